@@ -1,0 +1,242 @@
+//! Tenant administration: the caller's identity, its API keys and its calendar connections.
+//! Every route acts on the company of the calling key; no body or path can name another.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use voyage_core::deps::Deps;
+use voyage_core::model::{ApiKey, Connection, ConnectionStatus, Provider};
+use voyage_core::{auth, ids, validate, Error};
+use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
+
+pub fn router(deps: Arc<Deps>) -> Router {
+    Router::new()
+        .route("/v1/me", get(me))
+        .route("/v1/keys", post(create_key).get(list_keys))
+        .route("/v1/keys/{id}", delete(revoke_key))
+        .route(
+            "/v1/connections",
+            post(create_connection).get(list_connections),
+        )
+        .route(
+            "/v1/connections/{id}",
+            get(get_connection).delete(delete_connection),
+        )
+        .with_state(deps)
+}
+
+async fn me(Authenticated(p): Authenticated) -> Json<serde_json::Value> {
+    Json(json!({"company_id": p.company_id, "key_id": p.key_id, "internal": p.internal}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    internal: bool,
+}
+
+/// A key as listed: never its hash, never the key.
+#[derive(Debug, Serialize)]
+struct KeyView {
+    id: String,
+    company_id: String,
+    internal: bool,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for KeyView {
+    fn from(k: ApiKey) -> Self {
+        KeyView {
+            id: k.id,
+            company_id: k.company_id,
+            internal: k.internal,
+            description: k.description,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// Creates another key for the caller's company. Only an internal key may create an internal
+/// key, so no tenant can raise its own scope.
+async fn create_key(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> ApiResult<impl IntoResponse> {
+    if body.internal {
+        p.require_internal()?;
+    }
+    if let Some(d) = &body.description {
+        validate::text("description", d, 200)?;
+    }
+    let key = auth::create_key(&deps.store, &p.company_id, body.internal, body.description).await?;
+    let mut view = serde_json::to_value(KeyView::from(key.record))
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // The only time the key is ever shown.
+    view["key"] = json!(key.plaintext);
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn list_keys(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+) -> ApiResult<Json<serde_json::Value>> {
+    let keys: Vec<KeyView> = deps
+        .store
+        .list_api_keys(&p.company_id)
+        .await?
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    Ok(Json(json!({ "data": keys })))
+}
+
+async fn revoke_key(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    validate::identifier("id", &id)?;
+    deps.store.revoke_api_key(&p.company_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConnection {
+    provider: Provider,
+    staff_id: String,
+    staff_email: String,
+    #[serde(default)]
+    calendar_id: Option<String>,
+}
+
+/// A connection as the tenant sees it: never the channel token or `clientState`.
+#[derive(Debug, Serialize)]
+pub struct ConnectionView {
+    pub id: String,
+    pub provider: Provider,
+    pub staff_id: String,
+    pub staff_email: String,
+    pub calendar_id: Option<String>,
+    pub status: ConnectionStatus,
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Google channel id or Graph subscription id.
+    pub channel_id: Option<String>,
+    pub channel_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Connection> for ConnectionView {
+    fn from(c: Connection) -> Self {
+        ConnectionView {
+            id: c.id,
+            provider: c.provider,
+            staff_id: c.staff_id,
+            staff_email: c.staff_email,
+            calendar_id: c.calendar_id,
+            status: c.status,
+            last_sync_at: c.last_sync_at,
+            last_error: c.last_error,
+            channel_id: c.channel.as_ref().map(|ch| ch.id.clone()),
+            channel_expires_at: c.channel.as_ref().map(|ch| ch.expires_at),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// Creates a connection in `pending`. The provider work that activates it (a Google push
+/// channel, a Graph subscription) is done by the provider's function.
+async fn create_connection(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<CreateConnection>,
+) -> ApiResult<impl IntoResponse> {
+    validate::identifier("staff_id", &body.staff_id)?;
+    validate::email("staff_email", &body.staff_email)?;
+    match (&body.calendar_id, body.provider) {
+        (Some(c), _) => validate::text("calendar_id", c, 512)?,
+        (None, Provider::Google) => {
+            return Err(Error::validation("calendar_id", "is required for Google").into())
+        }
+        (None, Provider::Exchange) => {}
+    }
+    if body.calendar_id.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::validation("calendar_id", "must not be empty").into());
+    }
+    let now = deps.store.now();
+    let connection = Connection {
+        id: ids::new_id("conn"),
+        company_id: p.company_id,
+        provider: body.provider,
+        staff_id: body.staff_id,
+        staff_email: body.staff_email,
+        calendar_id: body.calendar_id,
+        status: ConnectionStatus::Pending,
+        last_sync_at: None,
+        last_error: None,
+        channel: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    let created = deps.store.create_connection(&connection).await?;
+    Ok((StatusCode::CREATED, Json(ConnectionView::from(created))))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn list_connections(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let page = deps
+        .store
+        .list_connections(&p.company_id, q.limit, q.cursor.as_deref())
+        .await?;
+    let data: Vec<ConnectionView> = page.items.into_iter().map(ConnectionView::from).collect();
+    Ok(Json(json!({ "data": data, "next_cursor": page.next })))
+}
+
+async fn get_connection(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ConnectionView>> {
+    validate::identifier("id", &id)?;
+    let c = deps.store.get_connection(&p.company_id, &id).await?;
+    Ok(Json(c.into()))
+}
+
+async fn delete_connection(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    validate::identifier("id", &id)?;
+    deps.store.delete_connection(&p.company_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

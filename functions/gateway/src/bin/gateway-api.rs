@@ -1,0 +1,13 @@
+//! The tenant admin API Lambda (`/v1/me`, `/v1/keys`, `/v1/connections`).
+
+use std::sync::Arc;
+
+use voyage_core::config::Config;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let config = Config::from_env()?;
+    voyage_http::logging::init(config.log_format);
+    let deps = Arc::new(voyage_aws::deps_from_config(config).await?);
+    voyage_http::serve_lambda(voyage_fn_gateway::api::router(deps)).await
+}

@@ -1,0 +1,9 @@
+//! The gateway: who may call, and the tenant's own administration.
+//!
+//! - [`authorizer`]: the API Gateway HTTP API Lambda authorizer (REQUEST type, simple
+//!   responses) that resolves `Authorization: Bearer <key>` to its company for every other
+//!   function.
+//! - [`api`]: the tenant admin routes: `/v1/me`, `/v1/keys`, `/v1/connections`.
+
+pub mod api;
+pub mod authorizer;

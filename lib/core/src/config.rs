@@ -1,0 +1,221 @@
+//! Configuration from environment variables, validated once at start. A bad value stops the
+//! process with a message naming the variable, instead of failing on the first request.
+
+use std::time::Duration;
+
+use crate::retry::{parse_duration, RetryPolicy};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("configuration: {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Every setting, with its variable. See the README's configuration table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `VOYAGE_LOG_FORMAT`: `json` (default on Lambda) or `text` (default locally).
+    pub log_format: Option<LogFormat>,
+    /// `VOYAGE_PUBLIC_BASE_URL`: the public root under which provider callbacks are built.
+    pub public_base_url: Option<String>,
+    /// `VOYAGE_TABLE_NAME`: the DynamoDB table (AWS only).
+    pub table_name: Option<String>,
+    /// `VOYAGE_WEBHOOK_QUEUE_URL`: the SQS queue that carries webhook retries (AWS only).
+    pub webhook_queue_url: Option<String>,
+    /// `VOYAGE_INBOUND_QUEUE_URL`: the SQS queue of Graph notifications (AWS only).
+    pub inbound_queue_url: Option<String>,
+    /// `VOYAGE_OUTBOUND_QUEUE_URL`: the SQS queue of session changes for Exchange (AWS only).
+    pub outbound_queue_url: Option<String>,
+    /// `VOYAGE_GOOGLE_SYNC_QUEUE_URL`: the SQS queue of Google push wake-ups (AWS only).
+    pub google_sync_queue_url: Option<String>,
+    /// `VOYAGE_EVENT_BUS_NAME`: the EventBridge bus platform events go to (AWS only).
+    pub event_bus_name: Option<String>,
+    /// `VOYAGE_WEBHOOK_RETRY_DELAYS`: default `30s,5m,30m`.
+    pub webhook_retry: RetryPolicy,
+    /// `VOYAGE_PENDING_CANCELLATION_GRACE`: default `10m`.
+    pub pending_cancellation_grace: Duration,
+    /// `VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS`: `true` lets webhooks reach private addresses.
+    pub allow_private_webhook_targets: bool,
+    /// `VOYAGE_ALLOW_HTTP_WEBHOOKS`: `true` accepts plain `http://` endpoint URLs.
+    pub allow_http_webhooks: bool,
+    /// `VOYAGE_GRAPH_BASE_URL`, default `https://graph.microsoft.com`.
+    pub graph_base_url: String,
+    /// `VOYAGE_MS_LOGIN_BASE_URL`, default `https://login.microsoftonline.com`.
+    pub ms_login_base_url: String,
+    /// `VOYAGE_GOOGLE_CALENDAR_BASE_URL`, default `https://www.googleapis.com`.
+    pub google_calendar_base_url: String,
+    /// `VOYAGE_GOOGLE_TOKEN_URL`, default `https://oauth2.googleapis.com/token`.
+    pub google_token_url: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Ok(Config {
+            log_format: match get("VOYAGE_LOG_FORMAT").as_deref() {
+                None => None,
+                Some("json") => Some(LogFormat::Json),
+                Some("text") => Some(LogFormat::Text),
+                Some(other) => {
+                    return Err(ConfigError {
+                        var: "VOYAGE_LOG_FORMAT",
+                        message: format!("`{other}` is not `json` or `text`"),
+                    })
+                }
+            },
+            public_base_url: get("VOYAGE_PUBLIC_BASE_URL")
+                .map(|v| base_url("VOYAGE_PUBLIC_BASE_URL", &v))
+                .transpose()?,
+            table_name: get("VOYAGE_TABLE_NAME"),
+            webhook_queue_url: get("VOYAGE_WEBHOOK_QUEUE_URL"),
+            inbound_queue_url: get("VOYAGE_INBOUND_QUEUE_URL"),
+            outbound_queue_url: get("VOYAGE_OUTBOUND_QUEUE_URL"),
+            google_sync_queue_url: get("VOYAGE_GOOGLE_SYNC_QUEUE_URL"),
+            event_bus_name: get("VOYAGE_EVENT_BUS_NAME"),
+            webhook_retry: match get("VOYAGE_WEBHOOK_RETRY_DELAYS") {
+                None => RetryPolicy::default(),
+                Some(v) => RetryPolicy::parse(&v).map_err(|message| ConfigError {
+                    var: "VOYAGE_WEBHOOK_RETRY_DELAYS",
+                    message,
+                })?,
+            },
+            pending_cancellation_grace: match get("VOYAGE_PENDING_CANCELLATION_GRACE") {
+                None => Duration::from_secs(600),
+                Some(v) => parse_duration(&v).map_err(|message| ConfigError {
+                    var: "VOYAGE_PENDING_CANCELLATION_GRACE",
+                    message,
+                })?,
+            },
+            allow_private_webhook_targets: flag(
+                "VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS",
+                get("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS"),
+            )?,
+            allow_http_webhooks: flag(
+                "VOYAGE_ALLOW_HTTP_WEBHOOKS",
+                get("VOYAGE_ALLOW_HTTP_WEBHOOKS"),
+            )?,
+            graph_base_url: base_url(
+                "VOYAGE_GRAPH_BASE_URL",
+                &get("VOYAGE_GRAPH_BASE_URL").unwrap_or("https://graph.microsoft.com".into()),
+            )?,
+            ms_login_base_url: base_url(
+                "VOYAGE_MS_LOGIN_BASE_URL",
+                &get("VOYAGE_MS_LOGIN_BASE_URL")
+                    .unwrap_or("https://login.microsoftonline.com".into()),
+            )?,
+            google_calendar_base_url: base_url(
+                "VOYAGE_GOOGLE_CALENDAR_BASE_URL",
+                &get("VOYAGE_GOOGLE_CALENDAR_BASE_URL")
+                    .unwrap_or("https://www.googleapis.com".into()),
+            )?,
+            google_token_url: base_url(
+                "VOYAGE_GOOGLE_TOKEN_URL",
+                &get("VOYAGE_GOOGLE_TOKEN_URL")
+                    .unwrap_or("https://oauth2.googleapis.com/token".into()),
+            )?,
+        })
+    }
+
+    /// A setting that the AWS deployment must have.
+    pub fn require<'a>(
+        value: &'a Option<String>,
+        var: &'static str,
+    ) -> Result<&'a str, ConfigError> {
+        value.as_deref().ok_or(ConfigError {
+            var,
+            message: "must be set".into(),
+        })
+    }
+}
+
+fn flag(var: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(ConfigError {
+            var,
+            message: format!("`{other}` is not true or false"),
+        }),
+    }
+}
+
+/// An absolute http(s) URL, returned without a trailing slash.
+fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let rest = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"));
+    match rest {
+        Some(host)
+            if !host.is_empty()
+                && !host.starts_with('/')
+                && !value.contains(char::is_whitespace) =>
+        {
+            Ok(value.trim_end_matches('/').to_string())
+        }
+        _ => Err(ConfigError {
+            var,
+            message: format!("`{value}` is not an absolute http(s) URL"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.webhook_retry, RetryPolicy::default());
+        assert_eq!(c.pending_cancellation_grace, Duration::from_secs(600));
+        assert_eq!(c.graph_base_url, "https://graph.microsoft.com");
+        assert!(!c.allow_private_webhook_targets);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, value) in [
+            ("VOYAGE_WEBHOOK_RETRY_DELAYS", "30s,soon"),
+            ("VOYAGE_PENDING_CANCELLATION_GRACE", "ten"),
+            ("VOYAGE_LOG_FORMAT", "xml"),
+            ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "maybe"),
+            ("VOYAGE_GRAPH_BASE_URL", "graph.local"),
+            ("VOYAGE_PUBLIC_BASE_URL", "ftp://x"),
+        ] {
+            let e = from(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_trailing_slash() {
+        let c = from(&[("VOYAGE_PUBLIC_BASE_URL", "https://voyage.example/")]).unwrap();
+        assert_eq!(c.public_base_url.as_deref(), Some("https://voyage.example"));
+    }
+}

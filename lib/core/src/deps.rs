@@ -1,0 +1,83 @@
+//! The dependencies a function needs, built once per process (in `main`, or once by the
+//! local system) and borrowed by every handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::ports::{EventBus, Queue};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// The queues of the system. On AWS each is an SQS queue with a dead-letter queue; locally
+/// each is a durable in-process queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueName {
+    /// Webhook deliveries due for an attempt.
+    WebhookDeliveries,
+    /// Graph change notifications waiting for a delta round.
+    ExchangeInbound,
+    /// Session changes to write to Exchange calendars.
+    ExchangeOutbound,
+    /// Google push wake-ups waiting for a sync.
+    GoogleSync,
+    /// Platform events from the bus (EventBridge rule target / local bus).
+    PlatformEvents,
+}
+
+impl QueueName {
+    pub const ALL: [QueueName; 5] = [
+        QueueName::WebhookDeliveries,
+        QueueName::ExchangeInbound,
+        QueueName::ExchangeOutbound,
+        QueueName::GoogleSync,
+        QueueName::PlatformEvents,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueName::WebhookDeliveries => "webhook-deliveries",
+            QueueName::ExchangeInbound => "exchange-inbound",
+            QueueName::ExchangeOutbound => "exchange-outbound",
+            QueueName::GoogleSync => "google-sync",
+            QueueName::PlatformEvents => "platform-events",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub queues: HashMap<QueueName, Arc<dyn Queue>>,
+    pub bus: Option<Arc<dyn EventBus>>,
+}
+
+impl Deps {
+    pub fn new(store: Store, config: Config) -> Self {
+        Deps {
+            store,
+            config: Arc::new(config),
+            queues: HashMap::new(),
+            bus: None,
+        }
+    }
+
+    pub fn with_queue(mut self, name: QueueName, queue: Arc<dyn Queue>) -> Self {
+        self.queues.insert(name, queue);
+        self
+    }
+
+    pub fn with_bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// The queue `name`, or an error naming it when this function was deployed without it.
+    pub fn queue(&self, name: QueueName) -> Result<&dyn Queue> {
+        self.queues
+            .get(&name)
+            .map(|q| q.as_ref())
+            .ok_or_else(|| Error::Internal(format!("queue {} is not configured", name.as_str())))
+    }
+}

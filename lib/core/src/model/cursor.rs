@@ -1,0 +1,26 @@
+//! Where a connection's delta sync resumes.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum CursorToken {
+    /// Google `nextSyncToken`.
+    GoogleSyncToken(String),
+    /// Graph `@odata.deltaLink` (a whole URL).
+    GraphDeltaLink(String),
+}
+
+/// Advanced only after a round's effects are durable, with a version check, so that a crash
+/// replays a page instead of skipping it (DESIGN-NOTES 1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaCursor {
+    pub company_id: String,
+    pub connection_id: String,
+    pub token: CursorToken,
+    pub updated_at: DateTime<Utc>,
+    /// 0 for a cursor not stored yet.
+    #[serde(default)]
+    pub version: u64,
+}

@@ -1,0 +1,22 @@
+//! The records the integrations layer keeps. Every record belongs to one company and carries
+//! its id, so that every store key can start with it (tenant isolation at the key).
+
+pub mod availability;
+pub mod connection;
+pub mod cursor;
+pub mod mapping;
+pub mod pending;
+pub mod session;
+pub mod tenant;
+pub mod webhook;
+
+pub use availability::AvailabilityOverride;
+pub use connection::{Connection, ConnectionStatus, Provider, PushChannel};
+pub use cursor::{CursorToken, DeltaCursor};
+pub use mapping::EventMapping;
+pub use pending::{PendingChange, PendingKind};
+pub use session::{HistoryEntry, Session, SessionClient, SessionStatus};
+pub use tenant::{ApiKey, Principal};
+pub use webhook::{
+    Attempt, Delivery, DeliveryStatus, EndpointStatus, SigningSecret, WebhookEndpoint,
+};

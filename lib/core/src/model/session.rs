@@ -1,0 +1,54 @@
+//! The platform's mirror of a session (booking): what the integrations layer believes the
+//! booking is, changed only through the booking command engine.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    Confirmed,
+    PendingCancellation,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClient {
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// One change to a session, with where it came from (`platform`, `exchange-inbound`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub command: String,
+    pub origin: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub company_id: String,
+    pub staff_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub time_zone: String,
+    pub title: String,
+    #[serde(default)]
+    pub location: Option<String>,
+    #[serde(default)]
+    pub client: Option<SessionClient>,
+    pub status: SessionStatus,
+    /// The staff member declined the calendar invitation.
+    #[serde(default)]
+    pub declined: bool,
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub version: u64,
+}

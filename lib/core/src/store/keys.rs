@@ -1,0 +1,87 @@
+use super::{classify_cas_failure, company_pk, decode, encode, Store};
+use crate::model::ApiKey;
+use crate::ports::{Condition, Index, Item, Key, Query};
+use crate::{Error, Result};
+
+fn key_of(hash: &str) -> Key {
+    Key::new(format!("KEY#{hash}"), "KEY")
+}
+
+fn item_of(key: &ApiKey, version: u64) -> Result<Item> {
+    let mut item = Item::new(key_of(&key.key_hash), encode(key)?);
+    item.gsi1 = Some(Key::new(
+        company_pk(&key.company_id),
+        format!("KEY#{}", key.id),
+    ));
+    item.version = version;
+    Ok(item)
+}
+
+impl Store {
+    pub async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
+        self.table
+            .put(item_of(key, 1)?, Condition::NotExists)
+            .await
+            .map_err(|e| match e {
+                crate::ports::StoreError::ConditionFailed => Error::Duplicate {
+                    entity: "api key",
+                    id: key.id.clone(),
+                },
+                other => other.into(),
+            })
+    }
+
+    /// The key whose SHA-256 is `hash`, revoked or not.
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        match self.table.get(&key_of(hash)).await? {
+            Some(item) => Ok(Some(decode(&item)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list_api_keys(&self, company: &str) -> Result<Vec<ApiKey>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut q = Query::prefix(company_pk(company), "KEY#", 100);
+            q.cursor = cursor;
+            let page = self.table.query_index(Index::Gsi1, q).await?;
+            for item in &page.items {
+                out.push(decode(item)?);
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Marks a key revoked; it authenticates nothing from then on.
+    pub async fn revoke_api_key(&self, company: &str, key_id: &str) -> Result<ApiKey> {
+        let q = Query::prefix(company_pk(company), format!("KEY#{key_id}"), 2);
+        let page = self.table.query_index(Index::Gsi1, q).await?;
+        let item = page
+            .items
+            .into_iter()
+            .find(|i| {
+                i.gsi1
+                    .as_ref()
+                    .is_some_and(|g| g.sk == format!("KEY#{key_id}"))
+            })
+            .ok_or_else(|| Error::not_found("api key", key_id))?;
+        let mut key: ApiKey = decode(&item)?;
+        if key.revoked_at.is_none() {
+            key.revoked_at = Some(self.now());
+            let next = item_of(&key, item.version + 1)?;
+            if let Err(e) = self.table.put(next, Condition::Version(item.version)).await {
+                return Err(match e {
+                    crate::ports::StoreError::ConditionFailed => {
+                        classify_cas_failure(self.table(), &item.key, "api key", key_id).await
+                    }
+                    other => other.into(),
+                });
+            }
+        }
+        Ok(key)
+    }
+}

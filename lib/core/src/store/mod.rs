@@ -1,0 +1,186 @@
+//! Typed stores, written once over the [`Table`] port.
+//!
+//! Every adapter (SQLite, DynamoDB, memory) implements only the primitive; the meaning of a
+//! failed condition (duplicate, conflict, not found), expiry, batching and key layout are
+//! decided here, so the adapters cannot drift apart. The layout, one table keyed `pk`/`sk`:
+//!
+//! | record | pk | sk | gsi1 | gsi2 |
+//! |---|---|---|---|---|
+//! | API key | `KEY#<sha256>` | `KEY` | `CO#<c>` / `KEY#<id>` | |
+//! | connection | `CO#<c>` | `CONN#<id>` | `CHAN#<channel id>` / `CONN` | `CONNS#<provider>` / `<c>#<id>` |
+//! | staff's connection (copy) | `CO#<c>` | `STAFFCONN#<staff>#<provider>` | | |
+//! | delta cursor | `CO#<c>` | `CURSOR#<connection>` | | |
+//! | mapping | `CO#<c>` | `MAP#<connection>#<session>` | | |
+//! | mapping by event (copy) | `CO#<c>` | `MAPX#<connection>#<event>` | | |
+//! | override | `CO#<c>` | `OVR#<staff>#<connection>#<event>` | | |
+//! | session | `CO#<c>` | `SESS#<id>` | `CO#<c>#STAFF#<staff>` / `SESS#<start>#<id>` | |
+//! | idempotency | `CO#<c>` | `IDEM#<scope>#<key>` (ttl) | | |
+//!
+//! Copies are written in the same transaction as their primary, so the lookups they serve
+//! (a staff member's connection, mappings by provider event id) are one consistent read.
+
+mod connections;
+mod cursors;
+mod idempotency;
+mod keys;
+mod mappings;
+mod overrides;
+mod sessions;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use idempotency::Claim;
+
+use crate::ports::{Clock, Item, Key, Page, StoreError, Table};
+use crate::{Error, Result};
+
+/// Largest page a list route may ask for.
+pub const MAX_PAGE: usize = 100;
+
+#[derive(Clone)]
+pub struct Store {
+    table: Arc<dyn Table>,
+    clock: Arc<dyn Clock>,
+}
+
+/// One page of typed records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl Store {
+    pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
+        Store { table, clock }
+    }
+
+    pub fn table(&self) -> &dyn Table {
+        self.table.as_ref()
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Whether an item read from the table is still alive. DynamoDB removes expired items
+    /// lazily (up to days later), so expiry is decided on read, identically for all adapters.
+    fn live(&self, item: &Item) -> bool {
+        item.expires_at
+            .is_none_or(|t| t > self.clock.now().timestamp())
+    }
+
+    fn decode_page<T: DeserializeOwned + Versioned>(&self, page: Page) -> Result<Listed<T>> {
+        let items = page
+            .items
+            .iter()
+            .filter(|i| self.live(i))
+            .map(decode)
+            .collect::<Result<Vec<T>>>()?;
+        Ok(Listed {
+            items,
+            next: page.next,
+        })
+    }
+}
+
+pub(crate) fn company_pk(company: &str) -> String {
+    format!("CO#{company}")
+}
+
+/// Records whose stored version is authoritative for compare-and-set.
+pub(crate) trait Versioned {
+    fn set_version(&mut self, version: u64);
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn set_version(&mut self, version: u64) {
+                self.version = version;
+            }
+        }
+    )*};
+}
+versioned!(
+    crate::model::Connection,
+    crate::model::DeltaCursor,
+    crate::model::EventMapping,
+    crate::model::Session
+);
+
+macro_rules! unversioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn set_version(&mut self, _: u64) {}
+        }
+    )*};
+}
+unversioned!(
+    crate::model::ApiKey,
+    crate::model::AvailabilityOverride,
+    idempotency::IdempotencyRecord
+);
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("encode: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned + Versioned>(item: &Item) -> Result<T> {
+    let mut value: T = serde_json::from_str(&item.data).map_err(|e| {
+        Error::from(StoreError::Corrupt(format!(
+            "{}/{}: {e}",
+            item.key.pk, item.key.sk
+        )))
+    })?;
+    value.set_version(item.version);
+    Ok(value)
+}
+
+/// After a failed versioned write: was the record gone, or changed by someone else?
+pub(crate) async fn classify_cas_failure(
+    table: &dyn Table,
+    key: &Key,
+    entity: &'static str,
+    id: &str,
+) -> Error {
+    match table.get(key).await {
+        Ok(None) => Error::not_found(entity, id),
+        Ok(Some(_)) => Error::Conflict {
+            entity,
+            id: id.to_string(),
+        },
+        Err(e) => e.into(),
+    }
+}
+
+pub(crate) fn validate_page_size(limit: Option<usize>) -> Result<usize> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(Error::validation(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        )),
+    }
+}
+
+/// Checks that a client-supplied cursor is one we issued, so a forged cursor is a 422
+/// naming the field rather than a store error.
+pub(crate) fn check_cursor(cursor: Option<&str>) -> Result<Option<String>> {
+    match cursor {
+        None => Ok(None),
+        Some(c) if crate::ports::table::Resume::decode(c).is_some() => Ok(Some(c.to_string())),
+        Some(_) => Err(Error::validation(
+            "cursor",
+            "is not a cursor this API issued",
+        )),
+    }
+}

@@ -1,0 +1,299 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+use voyage_core::ports::table::{
+    check_batch, check_transaction, prefix_end, Resume, BATCH_GET_LIMIT,
+};
+use voyage_core::ports::{Condition, Index, Item, Key, Page, Query, StoreError, Table, TxWrite};
+
+use crate::db::{unavailable, Db};
+
+/// The [`Table`] port on SQLite: one row per item, partial indexes for the two GSIs.
+#[derive(Clone)]
+pub struct SqliteTable {
+    db: Arc<Db>,
+}
+
+impl SqliteTable {
+    pub fn new(db: Arc<Db>) -> Self {
+        SqliteTable { db }
+    }
+}
+
+const COLUMNS: &str = "pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, version, expires_at, data";
+
+fn item_of(row: &Row<'_>) -> rusqlite::Result<Item> {
+    let index = |p: Option<String>, s: Option<String>| match (p, s) {
+        (Some(pk), Some(sk)) => Some(Key { pk, sk }),
+        _ => None,
+    };
+    Ok(Item {
+        key: Key {
+            pk: row.get(0)?,
+            sk: row.get(1)?,
+        },
+        gsi1: index(row.get(2)?, row.get(3)?),
+        gsi2: index(row.get(4)?, row.get(5)?),
+        version: row.get::<_, i64>(6)? as u64,
+        expires_at: row.get(7)?,
+        data: row.get(8)?,
+    })
+}
+
+fn current_version(tx: &Transaction<'_>, key: &Key) -> Result<Option<u64>, StoreError> {
+    tx.query_row(
+        "SELECT version FROM items WHERE pk = ?1 AND sk = ?2",
+        params![key.pk, key.sk],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.map(|v| v as u64))
+    .map_err(unavailable)
+}
+
+fn write_item(tx: &Transaction<'_>, item: &Item) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR REPLACE INTO items (pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, version, expires_at, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            item.key.pk,
+            item.key.sk,
+            item.gsi1.as_ref().map(|k| &k.pk),
+            item.gsi1.as_ref().map(|k| &k.sk),
+            item.gsi2.as_ref().map(|k| &k.pk),
+            item.gsi2.as_ref().map(|k| &k.sk),
+            item.version as i64,
+            item.expires_at,
+            item.data
+        ],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn delete_item(tx: &Transaction<'_>, key: &Key) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM items WHERE pk = ?1 AND sk = ?2",
+        params![key.pk, key.sk],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn page_of(mut items: Vec<Item>, limit: usize, index: Option<Index>) -> Page {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|i| Resume::of(i, index).encode())
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+fn bad_cursor() -> StoreError {
+    StoreError::Corrupt("query cursor is not one this store issued".into())
+}
+
+#[async_trait]
+impl Table for SqliteTable {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        let key = key.clone();
+        self.db
+            .call(move |c| {
+                c.query_row(
+                    &format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"),
+                    params![key.pk, key.sk],
+                    item_of,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>, StoreError> {
+        if keys.len() > BATCH_GET_LIMIT {
+            return Err(StoreError::Unavailable(format!(
+                "batch get of {} keys exceeds {BATCH_GET_LIMIT}",
+                keys.len()
+            )));
+        }
+        let keys = keys.to_vec();
+        self.db
+            .call(move |c| {
+                let tx = c.transaction().map_err(unavailable)?;
+                let mut out = Vec::with_capacity(keys.len());
+                {
+                    let mut stmt = tx
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"
+                        ))
+                        .map_err(unavailable)?;
+                    for k in &keys {
+                        if let Some(item) = stmt
+                            .query_row(params![k.pk, k.sk], item_of)
+                            .optional()
+                            .map_err(unavailable)?
+                        {
+                            out.push(item);
+                        }
+                    }
+                }
+                tx.commit().map_err(unavailable)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
+        self.transact(vec![TxWrite::Put(item, condition)]).await
+    }
+
+    async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
+        self.transact(vec![TxWrite::Delete(key.clone(), condition)])
+            .await
+    }
+
+    async fn batch_write(&self, puts: Vec<Item>, deletes: Vec<Key>) -> Result<(), StoreError> {
+        check_batch(&puts, &deletes)?;
+        self.db
+            .call(move |c| {
+                let tx = c.transaction().map_err(unavailable)?;
+                for k in &deletes {
+                    delete_item(&tx, k)?;
+                }
+                for i in &puts {
+                    write_item(&tx, i)?;
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn transact(&self, writes: Vec<TxWrite>) -> Result<(), StoreError> {
+        check_transaction(&writes)?;
+        self.db
+            .call(move |c| {
+                // IMMEDIATE takes the write lock before reading versions, so no other process
+                // can change an item between our check and our write.
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(unavailable)?;
+                for w in &writes {
+                    let (key, cond) = match w {
+                        TxWrite::Put(i, c) => (&i.key, *c),
+                        TxWrite::Delete(k, c) => (k, *c),
+                    };
+                    if !cond.holds(current_version(&tx, key)?) {
+                        return Err(StoreError::ConditionFailed);
+                    }
+                }
+                for w in &writes {
+                    match w {
+                        TxWrite::Put(i, _) => write_item(&tx, i)?,
+                        TxWrite::Delete(k, _) => delete_item(&tx, k)?,
+                    }
+                }
+                tx.commit().map_err(unavailable)
+            })
+            .await
+    }
+
+    async fn query(&self, q: Query) -> Result<Page, StoreError> {
+        let after = match &q.cursor {
+            Some(c) => Some(Resume::decode(c).ok_or_else(bad_cursor)?.sk),
+            None => None,
+        };
+        let limit = q.limit.max(1);
+        self.db
+            .call(move |c| {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM items
+                         WHERE pk = ?1 AND sk >= ?2 AND sk < ?3
+                           AND (?4 IS NULL OR sk <= ?4) AND (?5 IS NULL OR sk > ?5)
+                         ORDER BY sk LIMIT ?6"
+                    ))
+                    .map_err(unavailable)?;
+                let items = stmt
+                    .query_map(
+                        params![
+                            q.pk,
+                            q.prefix,
+                            prefix_end(&q.prefix),
+                            q.upper,
+                            after,
+                            (limit + 1) as i64
+                        ],
+                        item_of,
+                    )
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)?;
+                Ok(page_of(items, limit, None))
+            })
+            .await
+    }
+
+    async fn query_index(&self, index: Index, q: Query) -> Result<Page, StoreError> {
+        let after = match &q.cursor {
+            Some(c) => Some(Resume::decode(c).ok_or_else(bad_cursor)?),
+            None => None,
+        };
+        let (ipk, isk) = match index {
+            Index::Gsi1 => ("gsi1pk", "gsi1sk"),
+            Index::Gsi2 => ("gsi2pk", "gsi2sk"),
+        };
+        let limit = q.limit.max(1);
+        self.db
+            .call(move |c| {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM items
+                         WHERE {ipk} = ?1 AND {isk} >= ?2 AND {isk} < ?3
+                           AND (?4 IS NULL OR {isk} <= ?4)
+                           AND (?5 IS NULL OR ({isk}, pk, sk) > (?5, ?6, ?7))
+                         ORDER BY {isk}, pk, sk LIMIT ?8"
+                    ))
+                    .map_err(unavailable)?;
+                let (a_isk, a_pk, a_sk) = match after {
+                    Some(r) => (Some(r.isk.unwrap_or_default()), Some(r.pk), Some(r.sk)),
+                    None => (None, None, None),
+                };
+                let items = stmt
+                    .query_map(
+                        params![
+                            q.pk,
+                            q.prefix,
+                            prefix_end(&q.prefix),
+                            q.upper,
+                            a_isk,
+                            a_pk,
+                            a_sk,
+                            (limit + 1) as i64
+                        ],
+                        item_of,
+                    )
+                    .map_err(unavailable)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(unavailable)?;
+                Ok(page_of(items, limit, Some(index)))
+            })
+            .await
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "DELETE FROM items WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                    params![now],
+                )
+                .map(|n| n as u64)
+                .map_err(unavailable)
+            })
+            .await
+    }
+}

@@ -1,0 +1,166 @@
+//! `voyage`: the whole integrations system on one machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use voyage::Local;
+use voyage_core::config::Config;
+use voyage_fn_scheduled::Job;
+
+#[derive(Parser)]
+#[command(
+    name = "voyage",
+    version,
+    about = "Voyage integrations: webhooks and calendar sync"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every route, queue and schedule in this process.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        addr: SocketAddr,
+        /// Where the durable store lives.
+        #[arg(long, env = "VOYAGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Manage tenant API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run scheduled jobs by hand.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a company and print it (shown only this once).
+    Create {
+        #[arg(long)]
+        company: String,
+        /// Grant the `internal` scope (platform-to-integrations routes).
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long, env = "VOYAGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Run one job now, even while `serve` runs on the same data.
+    Run {
+        job: String,
+        #[arg(long, env = "VOYAGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// List the jobs.
+    List,
+}
+
+fn open(data_dir: Option<PathBuf>, config: Config) -> Result<(Local, PathBuf), String> {
+    let dir = voyage::data_dir(data_dir);
+    Ok((Local::open(&dir, config)?, dir))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    voyage_http::logging::init(config.log_format);
+    match cli.command {
+        Command::Serve { addr, data_dir } => {
+            let (local, dir) = open(data_dir, config)?;
+            voyage::serve(local, addr, &dir, shutdown_signal()).await
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Create {
+                    company,
+                    internal,
+                    description,
+                    data_dir,
+                },
+        } => {
+            let (local, _) = open(data_dir, config)?;
+            let key =
+                voyage_core::auth::create_key(&local.deps.store, &company, internal, description)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            // The key alone on stdout, so `KEY=$(voyage keys create ...)` works.
+            println!("{}", key.plaintext);
+            eprintln!(
+                "voyage: key {} for company {}{} (shown once; store it now)",
+                key.record.id,
+                company,
+                if internal {
+                    " with the internal scope"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Command::Jobs {
+            command: JobsCommand::Run { job, data_dir },
+        } => {
+            let job = Job::parse(&job).map_err(|e| e.to_string())?;
+            let (local, _) = open(data_dir, config)?;
+            let report = voyage_fn_scheduled::run(job, &local.deps)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string(&report).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::Jobs {
+            command: JobsCommand::List,
+        } => {
+            for job in Job::ALL {
+                println!("{}", job.name());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voyage: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
