@@ -1,1 +1,9 @@
+//! Test harness shared by the cross-crate suites: adapter fixtures and the AWS emulator.
+//!
+//! The DynamoDB, SQS and EventBridge adapters are tested through the real AWS SDK against
+//! moto server. `scripts/test` (the README's test command) starts one on a free loopback
+//! port and exports `AWS_ENDPOINT_URL`; without it these tests fail with a message saying
+//! so, rather than pass by skipping.
 
+pub mod contract;
+pub mod fixtures;

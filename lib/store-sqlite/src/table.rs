@@ -120,7 +120,9 @@ impl Table for SqliteTable {
                 keys.len()
             )));
         }
-        let keys = keys.to_vec();
+        let mut keys = keys.to_vec();
+        keys.sort();
+        keys.dedup();
         self.db
             .call(move |c| {
                 let tx = c.transaction().map_err(unavailable)?;

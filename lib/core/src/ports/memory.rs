@@ -64,7 +64,11 @@ impl Table for MemoryTable {
             )));
         }
         let items = self.lock()?;
-        Ok(keys.iter().filter_map(|k| items.get(k).cloned()).collect())
+        let unique: std::collections::BTreeSet<&Key> = keys.iter().collect();
+        Ok(unique
+            .into_iter()
+            .filter_map(|k| items.get(k).cloned())
+            .collect())
     }
 
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {

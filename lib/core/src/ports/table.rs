@@ -146,7 +146,8 @@ pub const TRANSACTION_LIMIT: usize = 100;
 pub trait Table: Send + Sync + 'static {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
 
-    /// Items that exist among `keys` (at most [`BATCH_GET_LIMIT`]), in no particular order.
+    /// Items that exist among `keys` (at most [`BATCH_GET_LIMIT`]; a key named twice is read
+    /// once), in no particular order.
     async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>, StoreError>;
 
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError>;

@@ -1,0 +1,497 @@
+//! The typed-store contract: the errors callers branch on (not found, duplicate, conflict)
+//! and the batching, paging and expiry rules, identical on every table adapter.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use voyage_core::model::availability::OverrideRef;
+use voyage_core::model::{
+    AvailabilityOverride, Connection, ConnectionStatus, CursorToken, DeltaCursor, EventMapping,
+    Provider, PushChannel, Session, SessionStatus,
+};
+use voyage_core::ports::{ManualClock, Table};
+use voyage_core::store::{Claim, Store};
+use voyage_core::Error;
+
+use crate::fixtures::Fixture;
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 9, 0, 0)
+        .single()
+        .expect("valid time")
+}
+
+fn store(f: &Fixture<dyn Table>) -> (Store, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    (Store::new(f.it.clone(), clock.clone()), clock)
+}
+
+pub fn connection(company: &str, id: &str, staff: &str, provider: Provider) -> Connection {
+    Connection {
+        id: id.into(),
+        company_id: company.into(),
+        provider,
+        staff_id: staff.into(),
+        staff_email: format!("{staff}@example.com"),
+        calendar_id: Some("primary".into()),
+        status: ConnectionStatus::Pending,
+        last_sync_at: None,
+        last_error: None,
+        channel: None,
+        created_at: t0(),
+        updated_at: t0(),
+        version: 0,
+    }
+}
+
+pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Session {
+    Session {
+        id: id.into(),
+        company_id: company.into(),
+        staff_id: staff.into(),
+        start,
+        end: start + Duration::hours(1),
+        time_zone: "Europe/Berlin".into(),
+        title: "Consultation".into(),
+        location: None,
+        client: None,
+        status: SessionStatus::Confirmed,
+        declined: false,
+        history: vec![],
+        updated_at: t0(),
+        version: 0,
+    }
+}
+
+pub async fn connections_refuse_duplicates_and_stale_writes(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    // GIVEN a connection for staff s1 on Google
+    let mut c = s
+        .create_connection(&connection("acme", "c1", "s1", Provider::Google))
+        .await
+        .unwrap();
+    assert_eq!(c.version, 1);
+    // WHEN a second Google connection for s1 is created THEN it is a duplicate
+    let dup = s
+        .create_connection(&connection("acme", "c2", "s1", Provider::Google))
+        .await;
+    assert!(matches!(dup, Err(Error::Duplicate { .. })), "{dup:?}");
+    // ...but Exchange for the same staff member, and Google in another company, are fine.
+    s.create_connection(&connection("acme", "c3", "s1", Provider::Exchange))
+        .await
+        .unwrap();
+    s.create_connection(&connection("other", "c2", "s1", Provider::Google))
+        .await
+        .unwrap();
+    // A missing connection is NotFound, including across companies.
+    assert!(matches!(
+        s.get_connection("acme", "nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_connection("other", "c1").await,
+        Err(Error::NotFound { .. })
+    ));
+    // Compare-and-set: the first writer wins, a stale one gets Conflict.
+    let mut stale = c.clone();
+    c.status = ConnectionStatus::Active;
+    s.update_connection(&mut c).await.unwrap();
+    assert_eq!(c.version, 2);
+    stale.status = ConnectionStatus::Error;
+    assert!(matches!(
+        s.update_connection(&mut stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    // The staff lookup sees the update (its copy is written in the same transaction).
+    let by_staff = s
+        .connection_for_staff("acme", "s1", Provider::Google)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (by_staff.status, by_staff.version),
+        (ConnectionStatus::Active, 2)
+    );
+    // Deleted: updates are NotFound, the staff slot is free again.
+    s.delete_connection("acme", "c1").await.unwrap();
+    assert!(matches!(
+        s.update_connection(&mut c).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        s.connection_for_staff("acme", "s1", Provider::Google)
+            .await
+            .unwrap(),
+        None
+    );
+    s.create_connection(&connection("acme", "c4", "s1", Provider::Google))
+        .await
+        .unwrap();
+}
+
+pub async fn connections_are_found_by_channel_and_listed_in_pages(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    for i in 0..5 {
+        s.create_connection(&connection(
+            "acme",
+            &format!("c{i}"),
+            &format!("s{i}"),
+            Provider::Google,
+        ))
+        .await
+        .unwrap();
+    }
+    s.create_connection(&connection("zeta", "z1", "s1", Provider::Exchange))
+        .await
+        .unwrap();
+    let mut c = s.get_connection("acme", "c3").await.unwrap();
+    c.channel = Some(PushChannel {
+        id: "chan-3".into(),
+        resource_id: Some("res".into()),
+        expires_at: t0() + Duration::days(7),
+        secret: "token".into(),
+    });
+    s.update_connection(&mut c).await.unwrap();
+    let found = s.connection_by_channel("chan-3").await.unwrap().unwrap();
+    assert_eq!(found.id, "c3");
+    assert_eq!(s.connection_by_channel("chan-x").await.unwrap(), None);
+    // Paging a company's connections: every page within the limit, all of them once.
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s
+            .list_connections("acme", Some(2), cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2);
+        ids.extend(page.items.into_iter().map(|c| c.id));
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(ids, ["c0", "c1", "c2", "c3", "c4"]);
+    // Bad paging input names its field.
+    assert_eq!(
+        s.list_connections("acme", Some(0), None)
+            .await
+            .unwrap_err()
+            .field(),
+        Some("limit")
+    );
+    assert_eq!(
+        s.list_connections("acme", None, Some("forged"))
+            .await
+            .unwrap_err()
+            .field(),
+        Some("cursor")
+    );
+    // Every Google connection across companies, for the sync job.
+    let google = s.all_connections(Provider::Google, None).await.unwrap();
+    assert_eq!(google.items.len(), 5);
+    assert_eq!(
+        s.all_connections(Provider::Exchange, None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+pub async fn a_conflicting_cursor_update_is_refused(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    let fresh = DeltaCursor {
+        company_id: "acme".into(),
+        connection_id: "c1".into(),
+        token: CursorToken::GoogleSyncToken("t1".into()),
+        updated_at: t0(),
+        version: 0,
+    };
+    // GIVEN two workers that both read "no cursor yet"
+    let mut a = fresh.clone();
+    let mut b = fresh.clone();
+    b.token = CursorToken::GoogleSyncToken("t1-b".into());
+    // WHEN both store their round's token THEN exactly the first succeeds
+    s.save_cursor(&mut a).await.unwrap();
+    assert!(matches!(
+        s.save_cursor(&mut b).await,
+        Err(Error::Conflict { .. })
+    ));
+    // AND a later round from the stored version advances it, while a stale one is refused
+    let mut read = s.get_cursor("acme", "c1").await.unwrap().unwrap();
+    assert_eq!(
+        (read.version, read.token.clone()),
+        (1, CursorToken::GoogleSyncToken("t1".into()))
+    );
+    let mut stale = read.clone();
+    read.token = CursorToken::GraphDeltaLink("https://graph/delta?x=2".into());
+    s.save_cursor(&mut read).await.unwrap();
+    stale.token = CursorToken::GoogleSyncToken("t-stale".into());
+    assert!(matches!(
+        s.save_cursor(&mut stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    let now = s.get_cursor("acme", "c1").await.unwrap().unwrap();
+    assert_eq!(now.version, 2);
+    assert_eq!(
+        now.token,
+        CursorToken::GraphDeltaLink("https://graph/delta?x=2".into())
+    );
+    // Cleared (a 410): the next round starts from nothing.
+    s.clear_cursor("acme", "c1").await.unwrap();
+    assert_eq!(s.get_cursor("acme", "c1").await.unwrap(), None);
+}
+
+pub async fn api_keys_authenticate_until_revoked(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    let key = voyage_core::auth::create_key(&s, "acme", true, Some("ci".into()))
+        .await
+        .unwrap();
+    let header = format!("Bearer {}", key.plaintext);
+    let p = voyage_core::auth::authenticate(&s, Some(&header))
+        .await
+        .unwrap();
+    assert_eq!((p.company_id.as_str(), p.internal), ("acme", true));
+    assert!(matches!(
+        voyage_core::auth::authenticate(&s, Some("Bearer vk_nope")).await,
+        Err(Error::Unauthorized)
+    ));
+    assert_eq!(s.list_api_keys("acme").await.unwrap().len(), 1);
+    assert!(s.list_api_keys("other").await.unwrap().is_empty());
+    assert!(matches!(
+        s.revoke_api_key("other", &key.record.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    s.revoke_api_key("acme", &key.record.id).await.unwrap();
+    assert!(matches!(
+        voyage_core::auth::authenticate(&s, Some(&header)).await,
+        Err(Error::Unauthorized)
+    ));
+    // Nothing stored can be used as a key.
+    let stored = s.list_api_keys("acme").await.unwrap();
+    assert_ne!(stored[0].key_hash, key.plaintext);
+}
+
+pub async fn idempotency_claims_replay_and_expire(f: &Fixture<dyn Table>) {
+    let (s, clock) = store(f);
+    let ttl = Duration::hours(24);
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+            .await
+            .unwrap(),
+        Claim::Fresh
+    );
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+            .await
+            .unwrap(),
+        Claim::InFlight
+    );
+    // Keys are per company.
+    assert_eq!(
+        s.claim_idempotent("other", "dispatch", "k1", ttl)
+            .await
+            .unwrap(),
+        Claim::Fresh
+    );
+    let answer = serde_json::json!({"event_id": "evt_1"});
+    s.complete_idempotent("acme", "dispatch", "k1", ttl, answer.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+            .await
+            .unwrap(),
+        Claim::Replay(answer)
+    );
+    // After the ttl the key is fresh again, whether or not the store purged it yet.
+    clock.advance(Duration::hours(25));
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+            .await
+            .unwrap(),
+        Claim::Fresh
+    );
+}
+
+pub async fn mappings_are_read_by_event_in_batches(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    for i in 0..150 {
+        let mut m = EventMapping {
+            company_id: "acme".into(),
+            session_id: format!("sess{i}"),
+            connection_id: "c1".into(),
+            provider: Provider::Exchange,
+            external_event_id: format!("evt{i}"),
+            change_key: Some(format!("ck{i}")),
+            last_start: t0(),
+            last_end: t0() + Duration::hours(1),
+            updated_at: t0(),
+            version: 0,
+        };
+        s.save_mapping(&mut m).await.unwrap();
+        assert_eq!(m.version, 1);
+    }
+    let mut dup = s
+        .mapping_for_session("acme", "c1", "sess0")
+        .await
+        .unwrap()
+        .unwrap();
+    dup.version = 0;
+    assert!(matches!(
+        s.save_mapping(&mut dup).await,
+        Err(Error::Duplicate { .. })
+    ));
+    // 150 events plus unknown ones: chunked batch reads find exactly the known.
+    let mut events: Vec<String> = (0..150).map(|i| format!("evt{i}")).collect();
+    events.push("unknown".into());
+    events.push("evt3".into());
+    let found = s.mappings_for_events("acme", "c1", &events).await.unwrap();
+    assert_eq!(found.len(), 150);
+    // Updating with the stored version works; the by-event copy follows.
+    let mut m = s
+        .mapping_for_session("acme", "c1", "sess7")
+        .await
+        .unwrap()
+        .unwrap();
+    m.change_key = Some("ck-new".into());
+    s.save_mapping(&mut m).await.unwrap();
+    let by_event = s
+        .mappings_for_events("acme", "c1", &["evt7".into()])
+        .await
+        .unwrap();
+    assert_eq!(by_event[0].change_key.as_deref(), Some("ck-new"));
+    s.delete_mapping(&m).await.unwrap();
+    assert!(s
+        .mappings_for_events("acme", "c1", &["evt7".into()])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn overrides_are_written_in_batches_and_read_by_range(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    let make = |i: i64| AvailabilityOverride {
+        company_id: "acme".into(),
+        staff_id: "s1".into(),
+        connection_id: "c1".into(),
+        source: Provider::Google,
+        external_event_id: format!("e{i:03}"),
+        start: t0() + Duration::hours(i),
+        end: t0() + Duration::hours(i) + Duration::minutes(30),
+        all_day: false,
+        updated_at: t0(),
+    };
+    let all: Vec<AvailabilityOverride> = (0..60).map(make).collect();
+    s.apply_overrides(&all, &[]).await.unwrap();
+    let window = s
+        .overrides_for_staff(
+            "acme",
+            "s1",
+            t0() + Duration::hours(10),
+            t0() + Duration::hours(12),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = window
+        .iter()
+        .map(|o| o.external_event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["e010", "e011"]);
+    // Remove 40, move one: the batch mixes puts and deletes across several calls.
+    let removals: Vec<OverrideRef> = all[..40].iter().map(|o| o.reference()).collect();
+    let mut moved = make(50);
+    moved.start = t0() - Duration::hours(5);
+    moved.end = t0() - Duration::hours(4);
+    s.apply_overrides(&[moved], &removals).await.unwrap();
+    let left = s
+        .overrides_for_connection("acme", "s1", "c1")
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 20);
+    let early = s
+        .overrides_for_staff("acme", "s1", t0() - Duration::days(1), t0())
+        .await
+        .unwrap();
+    assert_eq!(early.len(), 1);
+    assert_eq!(early[0].external_event_id, "e050");
+    assert!(s
+        .overrides_for_staff(
+            "other",
+            "s1",
+            t0() - Duration::days(9),
+            t0() + Duration::days(9)
+        )
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn sessions_are_conditional_and_found_by_staff_and_time(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    let mut a = s
+        .create_session(&session("acme", "a", "s1", t0()))
+        .await
+        .unwrap();
+    s.create_session(&session("acme", "b", "s1", t0() + Duration::hours(2)))
+        .await
+        .unwrap();
+    s.create_session(&session("acme", "c", "s1", t0() + Duration::days(2)))
+        .await
+        .unwrap();
+    s.create_session(&session("acme", "d", "s2", t0()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_session(&session("acme", "a", "s1", t0())).await,
+        Err(Error::Duplicate { .. })
+    ));
+    let mut stale = a.clone();
+    a.status = SessionStatus::PendingCancellation;
+    s.update_session(&mut a).await.unwrap();
+    stale.status = SessionStatus::Cancelled;
+    assert!(matches!(
+        s.update_session(&mut stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(
+        s.get_session("acme", "a").await.unwrap().status,
+        SessionStatus::PendingCancellation
+    );
+    assert!(matches!(
+        s.get_session("acme", "zz").await,
+        Err(Error::NotFound { .. })
+    ));
+    // Moving a session re-indexes it under its new start.
+    let mut b = s.get_session("acme", "b").await.unwrap();
+    b.start = t0() + Duration::days(3);
+    b.end = b.start + Duration::hours(1);
+    s.update_session(&mut b).await.unwrap();
+    let today: Vec<String> = s
+        .sessions_for_staff(
+            "acme",
+            "s1",
+            t0() - Duration::hours(1),
+            t0() + Duration::days(1),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(today, ["a"]);
+    let later: Vec<String> = s
+        .sessions_for_staff(
+            "acme",
+            "s1",
+            t0() + Duration::days(1),
+            t0() + Duration::days(4),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(later, ["c", "b"]);
+}

@@ -1,0 +1,48 @@
+//! The table and typed-store contracts, run against every table adapter.
+
+use voyage_tests::contract_tests;
+use voyage_tests::fixtures;
+
+macro_rules! every_case {
+    ($adapter:ident, $fixture:expr) => {
+        mod $adapter {
+            #[allow(unused_imports)]
+            use super::*;
+            contract_tests!(
+                table,
+                $fixture,
+                voyage_tests::contract::table,
+                [
+                    create_is_refused_when_the_item_exists,
+                    versioned_writes_are_compare_and_set,
+                    items_round_trip_every_field,
+                    batch_get_reads_what_exists,
+                    batch_write_puts_and_deletes_within_limits,
+                    transactions_are_all_or_nothing,
+                    queries_are_ordered_paged_and_bounded,
+                    index_queries_are_ordered_and_paged,
+                    index_entries_follow_the_item,
+                ]
+            );
+            contract_tests!(
+                store,
+                $fixture,
+                voyage_tests::contract::store,
+                [
+                    connections_refuse_duplicates_and_stale_writes,
+                    connections_are_found_by_channel_and_listed_in_pages,
+                    a_conflicting_cursor_update_is_refused,
+                    api_keys_authenticate_until_revoked,
+                    idempotency_claims_replay_and_expire,
+                    mappings_are_read_by_event_in_batches,
+                    overrides_are_written_in_batches_and_read_by_range,
+                    sessions_are_conditional_and_found_by_staff_and_time,
+                ]
+            );
+        }
+    };
+}
+
+every_case!(memory, fixtures::memory_table());
+every_case!(sqlite, fixtures::sqlite_table());
+every_case!(dynamodb, fixtures::dynamo_table().await);
