@@ -53,8 +53,12 @@ enum KeysCommand {
         internal: bool,
         #[arg(long)]
         description: Option<String>,
-        #[arg(long, env = "VOYAGE_DATA_DIR")]
+        #[arg(long, env = "VOYAGE_DATA_DIR", conflicts_with = "table")]
         data_dir: Option<PathBuf>,
+        /// Write the key into this deployed DynamoDB table instead of the local store (uses
+        /// the usual AWS credentials and region).
+        #[arg(long)]
+        table: Option<String>,
     },
 }
 
@@ -108,13 +112,25 @@ async fn run(cli: Cli) -> Result<(), String> {
                     internal,
                     description,
                     data_dir,
+                    table,
                 },
         } => {
-            let (local, _) = open(data_dir, config)?;
-            let key =
-                voyage_core::auth::create_key(&local.deps.store, &company, internal, description)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let store = match table {
+                Some(table) => {
+                    let sdk = voyage_aws::sdk_config().await;
+                    voyage_core::store::Store::new(
+                        std::sync::Arc::new(voyage_aws::DynamoTable::new(
+                            voyage_aws::dynamodb_client(&sdk),
+                            table,
+                        )),
+                        std::sync::Arc::new(voyage_core::ports::SystemClock),
+                    )
+                }
+                None => open(data_dir, config)?.0.deps.store.clone(),
+            };
+            let key = voyage_core::auth::create_key(&store, &company, internal, description)
+                .await
+                .map_err(|e| e.to_string())?;
             // The key alone on stdout, so `KEY=$(voyage keys create ...)` works.
             println!("{}", key.plaintext);
             eprintln!(

@@ -167,3 +167,43 @@ fn unknown_jobs_and_bad_configuration_fail_with_a_named_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("VOYAGE_WEBHOOK_RETRY_DELAYS"));
 }
+
+/// `keys create --table` writes the key into a deployed DynamoDB table (here moto's, through
+/// `AWS_ENDPOINT_URL`, as scripts/test sets it), where the authorizer finds it.
+#[tokio::test]
+async fn keys_can_be_created_in_a_deployed_table() {
+    assert!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok(),
+        "needs moto: run ./scripts/test"
+    );
+    let sdk = voyage_aws::sdk_config().await;
+    let client = voyage_aws::dynamodb_client(&sdk);
+    let table = format!("keys-{}", std::process::id());
+    voyage_aws::create_table(&client, &table).await.unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--company",
+            "acme",
+            "--internal",
+            "--table",
+            &table,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let store = voyage_core::store::Store::new(
+        std::sync::Arc::new(voyage_aws::DynamoTable::new(client, table)),
+        std::sync::Arc::new(voyage_core::ports::SystemClock),
+    );
+    let p = voyage_core::auth::authenticate(&store, Some(&format!("Bearer {key}")))
+        .await
+        .unwrap();
+    assert_eq!((p.company_id.as_str(), p.internal), ("acme", true));
+}

@@ -55,10 +55,74 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
     Ok(report)
 }
 
-/// What the EventBridge rule sends: its `Input`, `{"job": "<name>"}`.
+/// A named set of jobs that one EventBridge rule runs together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every five minutes: sweeps of due records.
+    FiveMinutes,
+    /// Hourly: renewals of provider subscriptions and channels (none yet).
+    Renewal,
+}
+
+impl Schedule {
+    pub fn parse(name: &str) -> Result<Schedule> {
+        match name {
+            "five-minutes" => Ok(Schedule::FiveMinutes),
+            "renewal" => Ok(Schedule::Renewal),
+            other => Err(Error::validation(
+                "schedule",
+                format!("unknown schedule `{other}`; known: five-minutes, renewal"),
+            )),
+        }
+    }
+
+    pub fn jobs(self) -> &'static [Job] {
+        match self {
+            Schedule::FiveMinutes => &[Job::PurgeExpired],
+            Schedule::Renewal => &[],
+        }
+    }
+}
+
+/// What an EventBridge rule sends as its `Input`: `{"schedule": "five-minutes"}` (every
+/// job of a schedule) or `{"job": "purge-expired"}` (one job).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduledInput {
-    pub job: String,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+}
+
+/// Runs what `input` names. Every job runs even when an earlier one fails; the first error
+/// is returned after all have run, so one broken job never starves the others.
+pub async fn run_input(input: &ScheduledInput, deps: &Deps) -> Result<Vec<JobReport>> {
+    let jobs: Vec<Job> = match (&input.job, &input.schedule) {
+        (Some(job), None) => vec![Job::parse(job)?],
+        (None, Some(schedule)) => Schedule::parse(schedule)?.jobs().to_vec(),
+        _ => {
+            return Err(Error::validation(
+                "job",
+                "give exactly one of `job` or `schedule`",
+            ))
+        }
+    };
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for job in jobs {
+        match run(job, deps).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                tracing::error!(job = job.name(), error = %e, "job failed");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +137,16 @@ mod tests {
         let e = Job::parse("nope").unwrap_err();
         assert_eq!(e.field(), Some("job"));
         assert!(e.to_string().contains("purge-expired"));
+    }
+
+    #[test]
+    fn every_job_belongs_to_a_schedule() {
+        for j in Job::ALL {
+            let scheduled = [Schedule::FiveMinutes, Schedule::Renewal]
+                .iter()
+                .any(|s| s.jobs().contains(&j));
+            assert!(scheduled, "{} is on no schedule", j.name());
+        }
+        assert!(Schedule::parse("hourly").is_err());
     }
 }

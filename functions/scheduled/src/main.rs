@@ -1,8 +1,8 @@
-//! The scheduled-jobs Lambda, invoked by EventBridge rules with `{"job": "<name>"}`.
+//! The scheduled-jobs Lambda, invoked by EventBridge rules with `{"schedule": "<name>"}`.
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use voyage_core::config::Config;
-use voyage_fn_scheduled::{run, Job, ScheduledInput};
+use voyage_fn_scheduled::{run_input, ScheduledInput};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -12,9 +12,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledInput>| async move {
-            let job = Job::parse(&event.payload.job)?;
-            let report = run(job, deps).await?;
-            Ok::<_, lambda_runtime::Error>(report)
+            let reports = run_input(&event.payload, deps).await?;
+            Ok::<_, lambda_runtime::Error>(reports)
         },
     ))
     .await

@@ -13,6 +13,13 @@ pub use dynamodb::{create_table, DynamoTable};
 pub use eventbridge::EventBridgeBus;
 pub use sqs::SqsQueue;
 
+pub use aws_config::SdkConfig;
+
+/// A DynamoDB client on `sdk`, for callers that do not depend on the SDK crate themselves.
+pub fn dynamodb_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(sdk)
+}
+
 /// The shared SDK configuration of a process.
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
