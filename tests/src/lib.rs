@@ -5,5 +5,7 @@
 //! port and exports `AWS_ENDPOINT_URL`; without it these tests fail with a message saying
 //! so, rather than pass by skipping.
 
+pub mod app;
 pub mod contract;
 pub mod fixtures;
+pub mod receiver;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use axum::Router;
 use voyage_core::config::Config;
 use voyage_core::deps::{Deps, QueueName};
-use voyage_core::ports::SystemClock;
+use voyage_core::ports::{Queue, SystemClock};
 use voyage_core::store::Store;
+use voyage_core::webhooks::WebhookEngine;
 use voyage_fn_scheduled::Job;
 use voyage_http::Auth;
 use voyage_store_sqlite::{Db, SqliteBus, SqliteQueue, SqliteTable};
@@ -21,10 +22,14 @@ pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Receives after which a local queue message is dead-lettered (SQS `maxReceiveCount`).
 pub const MAX_RECEIVES: u32 = 5;
 
+/// How many queue messages the local system handles at once, per queue.
+pub const CONSUMER_CONCURRENCY: usize = 64;
+
 /// The local system's dependencies on one data directory.
 pub struct Local {
     pub deps: Arc<Deps>,
     pub db: Arc<Db>,
+    pub webhooks: WebhookEngine,
 }
 
 impl Local {
@@ -48,10 +53,11 @@ impl Local {
             MAX_RECEIVES,
         );
         deps = deps.with_bus(Arc::new(SqliteBus::new(events)));
-        Ok(Local {
-            deps: Arc::new(deps),
-            db,
-        })
+        let deps = Arc::new(deps);
+        let transport =
+            voyage_fn_webhooks::HttpTransport::new(deps.config.allow_private_webhook_targets)?;
+        let webhooks = WebhookEngine::new(deps.clone(), Arc::new(transport));
+        Ok(Local { deps, db, webhooks })
     }
 
     /// Every route of every function, authenticated against the store.
@@ -60,7 +66,7 @@ impl Local {
         let routes = Router::new()
             .merge(voyage_http::health_routes())
             .merge(voyage_fn_gateway::api::router(deps.clone()))
-            .merge(voyage_fn_webhooks::router(deps.clone()))
+            .merge(voyage_fn_webhooks::router(self.webhooks.clone()))
             .merge(voyage_fn_google_sync::router(deps.clone()))
             .merge(voyage_fn_exchange_inbound::router(deps.clone()))
             .merge(voyage_fn_exchange_outbound::router(deps.clone()));
@@ -84,6 +90,70 @@ impl Local {
             });
         }
     }
+
+    /// Consumes the in-process queues: delivery attempts and platform events, each message
+    /// handled by the same worker code as the Lambda's.
+    pub fn spawn_consumers(&self) -> Result<(), String> {
+        for name in [QueueName::WebhookDeliveries, QueueName::PlatformEvents] {
+            let queue = self
+                .deps
+                .queues
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| format!("queue {} missing", name.as_str()))?;
+            let engine = self.webhooks.clone();
+            tokio::spawn(consume(queue, move |body| {
+                let engine = engine.clone();
+                async move { voyage_fn_webhooks::worker::handle(&engine, &body).await }
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Receives from `queue` forever, handling up to [`CONSUMER_CONCURRENCY`] messages at once.
+/// A handled message is acked; a failed one is released with a growing delay and, after
+/// [`MAX_RECEIVES`], dead-lettered by the queue.
+pub async fn consume<F, Fut>(queue: Arc<dyn Queue>, handler: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), voyage_core::Error>> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONSUMER_CONCURRENCY));
+    let handler = Arc::new(handler);
+    loop {
+        let free = permits.available_permits().clamp(1, 10);
+        let messages = match queue.receive(free, Duration::from_secs(1)).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue receive failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for m in messages {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let queue = queue.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let result = handler(m.body).await;
+                let done = match result {
+                    Ok(()) => queue.ack(&m.receipt).await,
+                    Err(e) => {
+                        tracing::warn!(message_id = %m.id, error = %e, "message failed; will retry");
+                        let backoff = Duration::from_secs(1 << m.receive_count.min(6));
+                        queue.release(&m.receipt, backoff).await
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(message_id = %m.id, error = %e, "could not settle message");
+                }
+                drop(permit);
+            });
+        }
+    }
 }
 
 /// The data directory to use: the flag, else `VOYAGE_DATA_DIR`, else `.voyage`.
@@ -104,6 +174,7 @@ pub async fn serve(
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     local.spawn_timers();
+    local.spawn_consumers()?;
     println!("voyage: serving every route on http://{bound}");
     println!("voyage: data lives in {}", local.db.path().display());
     println!(

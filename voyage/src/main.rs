@@ -29,6 +29,9 @@ enum Command {
         /// Where the durable store lives.
         #[arg(long, env = "VOYAGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Let webhooks reach loopback and private addresses (for receivers on this machine).
+        #[arg(long)]
+        allow_private_webhook_targets: bool,
     },
     /// Manage tenant API keys.
     Keys {
@@ -101,7 +104,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     voyage_http::logging::init(config.log_format);
     match cli.command {
-        Command::Serve { addr, data_dir } => {
+        Command::Serve {
+            addr,
+            data_dir,
+            allow_private_webhook_targets,
+        } => {
+            let mut config = config;
+            config.allow_private_webhook_targets |= allow_private_webhook_targets;
             let (local, dir) = open(data_dir, config)?;
             voyage::serve(local, addr, &dir, shutdown_signal()).await
         }

@@ -10,14 +10,17 @@ use voyage_core::{Error, Result};
 pub enum Job {
     /// Remove records past their TTL (the embedded store's stand-in for DynamoDB TTL).
     PurgeExpired,
+    /// Wake every pending webhook delivery whose attempt is overdue (its message was lost).
+    RedriveWebhooks,
 }
 
 impl Job {
-    pub const ALL: [Job; 1] = [Job::PurgeExpired];
+    pub const ALL: [Job; 2] = [Job::PurgeExpired, Job::RedriveWebhooks];
 
     pub fn name(self) -> &'static str {
         match self {
             Job::PurgeExpired => "purge-expired",
+            Job::RedriveWebhooks => "redrive-webhooks",
         }
     }
 
@@ -25,6 +28,9 @@ impl Job {
     pub fn every(self) -> std::time::Duration {
         match self {
             Job::PurgeExpired => std::time::Duration::from_secs(300),
+            // Locally a lost wake-up cannot happen short of a crash; a minute keeps restarts
+            // quick to resume.
+            Job::RedriveWebhooks => std::time::Duration::from_secs(60),
         }
     }
 
@@ -42,9 +48,18 @@ impl Job {
     }
 }
 
+/// How overdue a delivery must be before the sweep re-drives it: its own wake-up has had
+/// time to arrive.
+pub const REDRIVE_SLACK: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
     let report = match job {
         Job::PurgeExpired => jobs::purge_expired(&deps.store).await?,
+        Job::RedriveWebhooks => JobReport {
+            job: job.name().into(),
+            processed: voyage_core::webhooks::redrive_due(deps, REDRIVE_SLACK).await?,
+            failed: 0,
+        },
     };
     tracing::info!(
         job = job.name(),
@@ -78,7 +93,7 @@ impl Schedule {
 
     pub fn jobs(self) -> &'static [Job] {
         match self {
-            Schedule::FiveMinutes => &[Job::PurgeExpired],
+            Schedule::FiveMinutes => &[Job::PurgeExpired, Job::RedriveWebhooks],
             Schedule::Renewal => &[],
         }
     }

@@ -1,12 +1,10 @@
-//! The webhooks function. Its routes and queue handling arrive with the issue that owns this
-//! capability; until then the router serves nothing but JSON 404s, so API Gateway and the
-//! local system already route to it.
+//! The webhooks function: tenants' endpoints and delivery logs, internal dispatch, and the
+//! worker that makes delivery attempts. The HTTP routes and the queue handling are shared by
+//! the Lambdas (`webhooks`, `webhooks-worker`) and the local system.
 
-use std::sync::Arc;
+pub mod api;
+pub mod transport;
+pub mod worker;
 
-use axum::Router;
-use voyage_core::deps::Deps;
-
-pub fn router(deps: Arc<Deps>) -> Router {
-    Router::new().with_state(deps)
-}
+pub use api::router;
+pub use transport::HttpTransport;

@@ -24,5 +24,6 @@ pub mod retry;
 pub mod signing;
 pub mod store;
 pub mod validate;
+pub mod webhooks;
 
 pub use error::{Error, Result};

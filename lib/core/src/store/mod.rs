@@ -15,6 +15,9 @@
 //! | override | `CO#<c>` | `OVR#<staff>#<connection>#<event>` | | |
 //! | session | `CO#<c>` | `SESS#<id>` | `CO#<c>#STAFF#<staff>` / `SESS#<start>#<id>` | |
 //! | idempotency | `CO#<c>` | `IDEM#<scope>#<key>` (ttl) | | |
+//! | webhook endpoint | `CO#<c>` | `WH#<id>` | | |
+//! | delivery | `CO#<c>` | `DLV#<id>` (ttl 30 d) | `CO#<c>#WH#<endpoint>` / `DLV#<id>` | `DLVDUE` / `<due>#<c>#<id>` while pending |
+//! | delivery attempt | `CO#<c>` | `DLV#<id>#A#<n>` (ttl 30 d) | | |
 //!
 //! Copies are written in the same transaction as their primary, so the lookups they serve
 //! (a staff member's connection, mappings by provider event id) are one consistent read.
@@ -26,6 +29,9 @@ mod keys;
 mod mappings;
 mod overrides;
 mod sessions;
+mod webhooks;
+
+pub use webhooks::DELIVERY_RETENTION_DAYS;
 
 use std::sync::Arc;
 
@@ -110,6 +116,8 @@ macro_rules! versioned {
     )*};
 }
 versioned!(
+    crate::model::WebhookEndpoint,
+    crate::model::Delivery,
     crate::model::Connection,
     crate::model::DeltaCursor,
     crate::model::EventMapping,
@@ -125,6 +133,7 @@ macro_rules! unversioned {
 }
 unversioned!(
     crate::model::ApiKey,
+    crate::model::Attempt,
     crate::model::AvailabilityOverride,
     idempotency::IdempotencyRecord
 );

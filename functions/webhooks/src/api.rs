@@ -1,0 +1,479 @@
+//! `/v1/webhooks`: endpoints, delivery logs, redelivery, test events, internal dispatch.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use voyage_core::model::{
+    Attempt, Delivery, DeliveryStatus, EndpointStatus, SigningSecret, WebhookEndpoint,
+};
+use voyage_core::retry::RetryPolicy;
+use voyage_core::webhooks::address::validate_url;
+use voyage_core::webhooks::{validate_event_type, validate_pattern, Dispatch, WebhookEngine};
+use voyage_core::{ids, signing, validate, Error};
+use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
+
+/// How long a rotated-out secret keeps signing.
+pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
+/// Most subscription patterns per endpoint.
+pub const MAX_EVENTS: usize = 100;
+
+pub fn router(engine: WebhookEngine) -> Router {
+    Router::new()
+        .route("/v1/webhooks", post(create).get(list))
+        .route("/v1/webhooks/dispatch", post(dispatch))
+        .route("/v1/webhooks/deliveries/{delivery_id}", get(get_delivery))
+        .route(
+            "/v1/webhooks/deliveries/{delivery_id}/redeliver",
+            post(redeliver),
+        )
+        .route("/v1/webhooks/{id}", get(read).patch(update).delete(remove))
+        .route("/v1/webhooks/{id}/rotate-secret", post(rotate))
+        .route("/v1/webhooks/{id}/test", post(test))
+        .route("/v1/webhooks/{id}/deliveries", get(deliveries))
+        .with_state(engine)
+}
+
+#[derive(Debug, Serialize)]
+struct EndpointView {
+    id: String,
+    url: String,
+    events: Vec<String>,
+    description: Option<String>,
+    status: EndpointStatus,
+    disabled_reason: Option<String>,
+    retry_schedule: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Only when just created or rotated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+fn schedule_text(secs: &[u64]) -> String {
+    secs.iter()
+        .map(|s| format!("{s}s"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn view(e: WebhookEndpoint, secret: Option<String>) -> EndpointView {
+    EndpointView {
+        retry_schedule: e.retry_delays_secs.as_deref().map(schedule_text),
+        id: e.id,
+        url: e.url,
+        events: e.events,
+        description: e.description,
+        status: e.status,
+        disabled_reason: e.disabled_reason,
+        created_at: e.created_at,
+        updated_at: e.updated_at,
+        secret,
+    }
+}
+
+fn check_events(events: &[String]) -> Result<(), Error> {
+    if events.is_empty() {
+        return Err(Error::validation(
+            "events",
+            "must name at least one event type",
+        ));
+    }
+    if events.len() > MAX_EVENTS {
+        return Err(Error::validation(
+            "events",
+            format!("at most {MAX_EVENTS} patterns"),
+        ));
+    }
+    for (i, e) in events.iter().enumerate() {
+        validate_pattern(&format!("events[{i}]"), e)?;
+    }
+    Ok(())
+}
+
+fn check_schedule(text: &str) -> Result<Vec<u64>, Error> {
+    let p = RetryPolicy::parse(text).map_err(|m| Error::validation("retry_schedule", m))?;
+    Ok(p.delays.iter().map(|d| d.as_secs()).collect())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    url: String,
+    events: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    /// e.g. `"30s,5m,30m"`; the deployment's schedule when absent.
+    #[serde(default)]
+    retry_schedule: Option<String>,
+}
+
+async fn create(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> ApiResult<impl IntoResponse> {
+    let config = &engine.deps.config;
+    validate_url("url", &body.url, config.allow_http_webhooks)?;
+    check_events(&body.events)?;
+    if let Some(d) = &body.description {
+        validate::text("description", d, 500)?;
+    }
+    let secret = match body.secret {
+        Some(s) => {
+            signing::secret_key(&s).map_err(|e| Error::validation("secret", e.to_string()))?;
+            s
+        }
+        None => signing::generate_secret(),
+    };
+    let retry = body
+        .retry_schedule
+        .as_deref()
+        .map(check_schedule)
+        .transpose()?;
+    let now = engine.deps.store.now();
+    let endpoint = WebhookEndpoint {
+        id: ids::new_id("whk"),
+        company_id: p.company_id,
+        url: body.url,
+        events: body.events,
+        description: body.description,
+        status: EndpointStatus::Active,
+        secrets: vec![SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        }],
+        retry_delays_secs: retry,
+        disabled_reason: None,
+        failing_since: None,
+        failed_deliveries: 0,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    let created = engine.deps.store.create_endpoint(&endpoint).await?;
+    Ok((StatusCode::CREATED, Json(view(created, Some(secret)))))
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiQuery(q): ApiQuery<Page>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let page = engine
+        .deps
+        .store
+        .list_endpoints(&p.company_id, q.limit, q.cursor.as_deref())
+        .await?;
+    let data: Vec<EndpointView> = page.items.into_iter().map(|e| view(e, None)).collect();
+    Ok(Json(json!({"data": data, "next_cursor": page.next})))
+}
+
+async fn read(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<EndpointView>> {
+    validate::identifier("id", &id)?;
+    let e = engine.deps.store.get_endpoint(&p.company_id, &id).await?;
+    Ok(Json(view(e, None)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    status: Option<EndpointStatus>,
+    #[serde(default)]
+    retry_schedule: Option<String>,
+}
+
+async fn update(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateBody>,
+) -> ApiResult<Json<EndpointView>> {
+    validate::identifier("id", &id)?;
+    if let Some(u) = &body.url {
+        validate_url("url", u, engine.deps.config.allow_http_webhooks)?;
+    }
+    if let Some(ev) = &body.events {
+        check_events(ev)?;
+    }
+    if let Some(d) = &body.description {
+        validate::text("description", d, 500)?;
+    }
+    let retry = body
+        .retry_schedule
+        .as_deref()
+        .map(check_schedule)
+        .transpose()?;
+    let store = &engine.deps.store;
+    let mut e = store.get_endpoint(&p.company_id, &id).await?;
+    if let Some(u) = body.url {
+        e.url = u;
+    }
+    if let Some(ev) = body.events {
+        e.events = ev;
+    }
+    if let Some(d) = body.description {
+        e.description = Some(d);
+    }
+    if let Some(r) = retry {
+        e.retry_delays_secs = Some(r);
+    }
+    if let Some(s) = body.status {
+        if s == EndpointStatus::Active && e.status == EndpointStatus::Disabled {
+            // Re-enabled by the tenant: start its health from scratch.
+            e.disabled_reason = None;
+            e.failing_since = None;
+            e.failed_deliveries = 0;
+        }
+        if s == EndpointStatus::Disabled && e.status == EndpointStatus::Active {
+            e.disabled_reason = Some("disabled by the tenant".into());
+        }
+        e.status = s;
+    }
+    store.update_endpoint(&mut e).await?;
+    Ok(Json(view(e, None)))
+}
+
+async fn remove(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    validate::identifier("id", &id)?;
+    engine
+        .deps
+        .store
+        .delete_endpoint(&p.company_id, &id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<EndpointView>> {
+    validate::identifier("id", &id)?;
+    let store = &engine.deps.store;
+    let mut e = store.get_endpoint(&p.company_id, &id).await?;
+    let now = store.now();
+    let secret = signing::generate_secret();
+    // The previous current secret signs for 24 h more; older ones stop now.
+    for (i, s) in e.secrets.iter_mut().enumerate() {
+        if i == 0 {
+            s.expires_at = Some(now + ROTATION_OVERLAP);
+        } else if s.expires_at.is_none_or(|t| t > now) {
+            s.expires_at = Some(now);
+        }
+    }
+    e.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
+    e.secrets.insert(
+        0,
+        SigningSecret {
+            secret: secret.clone(),
+            expires_at: None,
+        },
+    );
+    store.update_endpoint(&mut e).await?;
+    Ok(Json(view(e, Some(secret))))
+}
+
+async fn test(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    validate::identifier("id", &id)?;
+    let e = engine.deps.store.get_endpoint(&p.company_id, &id).await?;
+    if e.status != EndpointStatus::Active {
+        return Err(Error::validation("id", "the endpoint is disabled").into());
+    }
+    let mut payload = serde_json::Map::new();
+    payload.insert("endpoint_id".into(), json!(e.id));
+    payload.insert("message".into(), json!("This is a test event from Voyage."));
+    let out = engine
+        .dispatch(Dispatch {
+            company_id: p.company_id,
+            event_type: "webhook.test".into(),
+            payload,
+            idempotency_key: None,
+            only_endpoint: Some(e.id),
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeliveriesQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryView {
+    id: String,
+    endpoint_id: String,
+    event_id: String,
+    event_type: String,
+    status: DeliveryStatus,
+    attempt_count: u32,
+    last_status_code: Option<u16>,
+    last_error_class: Option<String>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    redelivery_of: Option<String>,
+    created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<Attempt>>,
+}
+
+fn delivery_view(d: Delivery, attempts: Option<Vec<Attempt>>) -> DeliveryView {
+    let payload = attempts
+        .as_ref()
+        .and_then(|_| serde_json::from_str(d.body.get()).ok());
+    DeliveryView {
+        // A pending delivery's due time is shown; a finished one has none.
+        next_attempt_at: if d.status == DeliveryStatus::Pending {
+            d.next_attempt_at
+        } else {
+            None
+        },
+        id: d.id,
+        endpoint_id: d.endpoint_id,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        status: d.status,
+        attempt_count: d.attempt_count,
+        last_status_code: d.last_status_code,
+        last_error_class: d.last_error_class,
+        redelivery_of: d.redelivery_of,
+        created_at: d.created_at,
+        payload,
+        attempts,
+    }
+}
+
+async fn deliveries(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    validate::identifier("id", &id)?;
+    let status =
+        match q.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(DeliveryStatus::parse(s).ok_or_else(|| {
+                Error::validation("status", "must be pending, succeeded or failed")
+            })?),
+        };
+    let store = &engine.deps.store;
+    store.get_endpoint(&p.company_id, &id).await?;
+    let page = store
+        .list_deliveries(&p.company_id, &id, status, q.limit, q.cursor.as_deref())
+        .await?;
+    let data: Vec<DeliveryView> = page
+        .items
+        .into_iter()
+        .map(|d| delivery_view(d, None))
+        .collect();
+    Ok(Json(json!({"data": data, "next_cursor": page.next})))
+}
+
+async fn get_delivery(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(delivery_id): ApiPath<String>,
+) -> ApiResult<Json<DeliveryView>> {
+    validate::identifier("delivery_id", &delivery_id)?;
+    let (d, attempts) = engine
+        .deps
+        .store
+        .delivery_with_attempts(&p.company_id, &delivery_id)
+        .await?;
+    Ok(Json(delivery_view(d, Some(attempts))))
+}
+
+async fn redeliver(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(delivery_id): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    validate::identifier("delivery_id", &delivery_id)?;
+    let d = engine.redeliver(&p.company_id, &delivery_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(delivery_view(d, None))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchBody {
+    pub company_id: String,
+    pub event: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+impl DispatchBody {
+    /// Validates and converts (also used for platform events from the bus).
+    pub fn into_dispatch(self) -> Result<Dispatch, Error> {
+        validate::identifier("company_id", &self.company_id)?;
+        validate_event_type("event", &self.event)?;
+        if let Some(k) = &self.idempotency_key {
+            if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control() || c == '#') {
+                return Err(Error::validation(
+                    "idempotency_key",
+                    "must be 1-255 characters, without control characters or #",
+                ));
+            }
+        }
+        Ok(Dispatch {
+            company_id: self.company_id,
+            event_type: self.event,
+            payload: self.payload,
+            idempotency_key: self.idempotency_key,
+            only_endpoint: None,
+        })
+    }
+}
+
+/// Internal: the platform dispatches an event for a company.
+async fn dispatch(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<DispatchBody>,
+) -> ApiResult<impl IntoResponse> {
+    p.require_internal()?;
+    let out = engine.dispatch(body.into_dispatch()?).await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}

@@ -1,0 +1,251 @@
+use chrono::{DateTime, Utc};
+
+use super::{
+    check_cursor, classify_cas_failure, company_pk, decode, encode, validate_page_size, Listed,
+    Store,
+};
+use crate::model::{Attempt, Delivery, DeliveryStatus, WebhookEndpoint};
+use crate::ports::table::BATCH_WRITE_LIMIT;
+use crate::ports::{Condition, Index, Item, Key, Query, StoreError, TxWrite};
+use crate::{Error, Result};
+
+/// Deliveries and their attempts are kept this long (then expire through TTL).
+pub const DELIVERY_RETENTION_DAYS: i64 = 30;
+
+fn endpoint_key(company: &str, id: &str) -> Key {
+    Key::new(company_pk(company), format!("WH#{id}"))
+}
+
+fn delivery_key(company: &str, id: &str) -> Key {
+    Key::new(company_pk(company), format!("DLV#{id}"))
+}
+
+fn attempt_key(company: &str, delivery: &str, number: u32) -> Key {
+    Key::new(company_pk(company), format!("DLV#{delivery}#A#{number:03}"))
+}
+
+/// The sweep index: only pending deliveries are in it, ordered by due time.
+const DUE_PK: &str = "DLVDUE";
+
+fn due_sk(at: DateTime<Utc>, company: &str, id: &str) -> String {
+    format!("{}#{company}#{id}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+}
+
+fn delivery_item(d: &Delivery, version: u64) -> Result<Item> {
+    let mut item = Item::new(delivery_key(&d.company_id, &d.id), encode(d)?);
+    item.version = version;
+    item.gsi1 = Some(Key::new(
+        format!("CO#{}#WH#{}", d.company_id, d.endpoint_id),
+        format!("DLV#{}", d.id),
+    ));
+    if d.status == DeliveryStatus::Pending {
+        if let Some(at) = d.next_attempt_at {
+            item.gsi2 = Some(Key::new(DUE_PK, due_sk(at, &d.company_id, &d.id)));
+        }
+    }
+    item.expires_at =
+        Some((d.created_at + chrono::Duration::days(DELIVERY_RETENTION_DAYS)).timestamp());
+    Ok(item)
+}
+
+impl Store {
+    pub async fn create_endpoint(&self, e: &WebhookEndpoint) -> Result<WebhookEndpoint> {
+        let mut e = e.clone();
+        e.version = 1;
+        let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&e)?);
+        item.version = 1;
+        match self.table.put(item, Condition::NotExists).await {
+            Ok(()) => Ok(e),
+            Err(StoreError::ConditionFailed) => Err(Error::Duplicate {
+                entity: "webhook endpoint",
+                id: e.id.clone(),
+            }),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn get_endpoint(&self, company: &str, id: &str) -> Result<WebhookEndpoint> {
+        match self.table.get(&endpoint_key(company, id)).await? {
+            Some(item) => decode(&item),
+            None => Err(Error::not_found("webhook endpoint", id)),
+        }
+    }
+
+    /// Compare-and-set on `e.version`; on success `e.version` is the new version.
+    pub async fn update_endpoint(&self, e: &mut WebhookEndpoint) -> Result<()> {
+        let expected = e.version;
+        let mut next = e.clone();
+        next.version = expected + 1;
+        next.updated_at = self.now();
+        let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&next)?);
+        item.version = next.version;
+        let key = item.key.clone();
+        match self.table.put(item, Condition::Version(expected)).await {
+            Ok(()) => {
+                *e = next;
+                Ok(())
+            }
+            Err(StoreError::ConditionFailed) => {
+                Err(classify_cas_failure(self.table(), &key, "webhook endpoint", &e.id).await)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn delete_endpoint(&self, company: &str, id: &str) -> Result<()> {
+        match self
+            .table
+            .delete(&endpoint_key(company, id), Condition::Exists)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::ConditionFailed) => Err(Error::not_found("webhook endpoint", id)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_endpoints(
+        &self,
+        company: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Listed<WebhookEndpoint>> {
+        let mut q = Query::prefix(company_pk(company), "WH#", validate_page_size(limit)?);
+        q.cursor = check_cursor(cursor)?;
+        let page = self.table.query(q).await?;
+        self.decode_page(page)
+    }
+
+    /// Every endpoint of a company, for fan-out.
+    pub async fn all_endpoints(&self, company: &str) -> Result<Vec<WebhookEndpoint>> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let mut q = Query::prefix(company_pk(company), "WH#", 100);
+            q.cursor = cursor;
+            let page = self.table.query(q).await?;
+            for item in &page.items {
+                out.push(decode(item)?);
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Stores new deliveries, 25 per batch write.
+    pub async fn create_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
+        let mut items = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            items.push(delivery_item(d, 1)?);
+        }
+        for chunk in items.chunks(BATCH_WRITE_LIMIT) {
+            self.table.batch_write(chunk.to_vec(), vec![]).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get_delivery(&self, company: &str, id: &str) -> Result<Delivery> {
+        match self.table.get(&delivery_key(company, id)).await? {
+            Some(item) if self.live(&item) => decode(&item),
+            _ => Err(Error::not_found("delivery", id)),
+        }
+    }
+
+    /// A delivery with its attempts, in one query.
+    pub async fn delivery_with_attempts(
+        &self,
+        company: &str,
+        id: &str,
+    ) -> Result<(Delivery, Vec<Attempt>)> {
+        let q = Query::prefix(company_pk(company), format!("DLV#{id}"), 100);
+        let page = self.table.query(q).await?;
+        let mut delivery = None;
+        let mut attempts = Vec::new();
+        for item in page.items.iter().filter(|i| self.live(i)) {
+            if item.key.sk == format!("DLV#{id}") {
+                delivery = Some(decode::<Delivery>(item)?);
+            } else if item.key.sk.starts_with(&format!("DLV#{id}#A#")) {
+                attempts.push(decode::<Attempt>(item)?);
+            }
+        }
+        let delivery = delivery.ok_or_else(|| Error::not_found("delivery", id))?;
+        attempts.sort_by_key(|a| a.number);
+        Ok((delivery, attempts))
+    }
+
+    /// Compare-and-set on `d.version`, writing `attempt` (if any) in the same transaction.
+    pub async fn update_delivery(&self, d: &mut Delivery, attempt: Option<&Attempt>) -> Result<()> {
+        let expected = d.version;
+        let mut next = d.clone();
+        next.version = expected + 1;
+        next.updated_at = self.now();
+        let item = delivery_item(&next, next.version)?;
+        let key = item.key.clone();
+        let mut writes = vec![TxWrite::Put(item, Condition::Version(expected))];
+        if let Some(a) = attempt {
+            let mut ai = Item::new(attempt_key(&d.company_id, &d.id, a.number), encode(a)?);
+            ai.expires_at =
+                Some((d.created_at + chrono::Duration::days(DELIVERY_RETENTION_DAYS)).timestamp());
+            writes.push(TxWrite::Put(ai, Condition::None));
+        }
+        match self.table.transact(writes).await {
+            Ok(()) => {
+                *d = next;
+                Ok(())
+            }
+            Err(StoreError::ConditionFailed) => {
+                Err(classify_cas_failure(self.table(), &key, "delivery", &d.id).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An endpoint's deliveries, oldest first, optionally only those in `status`.
+    pub async fn list_deliveries(
+        &self,
+        company: &str,
+        endpoint: &str,
+        status: Option<DeliveryStatus>,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Listed<Delivery>> {
+        let mut q = Query::prefix(
+            format!("CO#{company}#WH#{endpoint}"),
+            "DLV#",
+            validate_page_size(limit)?,
+        );
+        q.cursor = check_cursor(cursor)?;
+        let page = self.table.query_index(Index::Gsi1, q).await?;
+        let mut listed: Listed<Delivery> = self.decode_page(page)?;
+        if let Some(s) = status {
+            listed.items.retain(|d| d.status == s);
+        }
+        Ok(listed)
+    }
+
+    /// Pending deliveries due at or before `until`, across companies, oldest due first.
+    pub async fn due_deliveries(
+        &self,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let mut q = Query::prefix(DUE_PK, "", limit.max(1));
+        q.upper = Some(format!("{}~", until.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+        let page = self.table.query_index(Index::Gsi2, q).await?;
+        // The index may lag: confirm each against its record.
+        let mut out = Vec::new();
+        for item in page.items {
+            if let Some(fresh) = self.table.get(&item.key).await? {
+                let d: Delivery = decode(&fresh)?;
+                if d.status == DeliveryStatus::Pending
+                    && d.next_attempt_at.is_some_and(|t| t <= until)
+                {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,567 @@
+//! Outbound webhooks end to end through the local system: real HTTP receivers on loopback,
+//! the in-process queue and worker, signatures checked by the GitHub vector's algorithm and
+//! by the reference Standard Webhooks verifier (PyPI `standardwebhooks`).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use voyage_core::signing;
+use voyage_tests::app::TestApp;
+use voyage_tests::receiver::{Answer, Receiver};
+
+const PRIVATE_OK: (&str, &str) = ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true");
+const HTTP_OK: (&str, &str) = ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true");
+const FAST_RETRIES: (&str, &str) = ("VOYAGE_WEBHOOK_RETRY_DELAYS", "1s,2s");
+
+async fn endpoint(app: &TestApp, key: &str, url: &str, events: Value) -> Value {
+    let (status, body) = app
+        .call(
+            "POST",
+            "/v1/webhooks",
+            key,
+            Some(json!({"url": url, "events": events})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn dispatch(app: &TestApp, internal: &str, event: &str, extra: Value) -> Value {
+    let mut body = json!({"company_id": "acme", "event": event, "payload": {"session_id": "s1"}});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            body[k] = v;
+        }
+    }
+    let (status, answer) = app
+        .call("POST", "/v1/webhooks/dispatch", internal, Some(body))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+/// Verifies with the reference implementation. Fails the test when Python or the package is
+/// missing (scripts/test provides both).
+fn standard_verify(secret: &str, headers: &[(&str, String)], body: &str) -> bool {
+    let python = std::env::var("VOYAGE_STANDARDWEBHOOKS_PYTHON")
+        .expect("VOYAGE_STANDARDWEBHOOKS_PYTHON is not set: run ./scripts/test");
+    let input = json!({
+        "secret": secret,
+        "headers": headers.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "body": body,
+    });
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+d = json.load(sys.stdin)
+try:
+    Webhook(d["secret"]).verify(d["body"], d["headers"])
+    print("ok")
+except Exception as e:
+    print("fail", e)
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "ok"
+}
+
+fn std_headers(r: &voyage_tests::receiver::Received) -> Vec<(&'static str, String)> {
+    vec![
+        ("webhook-id", r.header("webhook-id").unwrap()),
+        ("webhook-timestamp", r.header("webhook-timestamp").unwrap()),
+        ("webhook-signature", r.header("webhook-signature").unwrap()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatched_event_arrives_signed_both_ways() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let created = endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(created["status"], "active");
+
+    let answer = dispatch(&app, &internal, "session.cancelled", json!({})).await;
+    assert_eq!(answer["deliveries"].as_array().unwrap().len(), 1);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let r = &got[0];
+    // The body is the contract's envelope.
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["id"], answer["event_id"]);
+    assert_eq!(body["type"], "session.cancelled");
+    assert_eq!(body["company_id"], "acme");
+    assert_eq!(body["data"], json!({"session_id": "s1"}));
+    assert!(body["created_at"].is_string());
+    // Headers.
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert!(r
+        .header("user-agent")
+        .unwrap()
+        .starts_with("Voyage-Webhooks/"));
+    assert_eq!(
+        r.header("x-webhook-event").as_deref(),
+        Some("session.cancelled")
+    );
+    let delivery_id = answer["deliveries"][0]["id"].as_str().unwrap();
+    assert_eq!(r.header("x-webhook-delivery").as_deref(), Some(delivery_id));
+    assert_eq!(r.header("webhook-id").as_deref(), Some(delivery_id));
+    // GitHub's convention: HMAC-SHA256 of the exact body, keyed with the secret as shown.
+    assert_eq!(
+        r.header("x-webhook-signature-256").unwrap(),
+        signing::github_signature(&secret, r.body.as_bytes())
+    );
+    // Standard Webhooks: the reference verifier accepts it, and rejects a tampered body.
+    assert!(standard_verify(&secret, &std_headers(r), &r.body));
+    assert!(!standard_verify(
+        &secret,
+        &std_headers(r),
+        &r.body.replace("s1", "s2")
+    ));
+
+    // The delivery log shows the successful attempt.
+    let (status, log) = app
+        .call(
+            "GET",
+            &format!("/v1/webhooks/deliveries/{delivery_id}"),
+            &tenant,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(log["status"], "succeeded");
+    assert_eq!(log["attempts"][0]["status_code"], 200);
+    assert_eq!(log["attempts"][0]["response_body"], "receiver says hi");
+    // The secret is never shown again.
+    let (_, read) = app
+        .call(
+            "GET",
+            &format!("/v1/webhooks/{}", created["id"].as_str().unwrap()),
+            &tenant,
+            None,
+        )
+        .await;
+    assert!(read.get("secret").is_none() && !read.to_string().contains(&secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_is_retried_on_schedule_until_it_succeeds() {
+    let receiver = Receiver::start().await;
+    receiver.script([Answer::status(500), Answer::status(503)]);
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK, FAST_RETRIES]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    let answer = dispatch(&app, &internal, "session.created", json!({})).await;
+    let got = receiver.wait_for(3, Duration::from_secs(15)).await;
+    // Waits follow the schedule (1 s, then 2 s), each at least as long as scheduled.
+    let first_gap = got[1].at - got[0].at;
+    let second_gap = got[2].at - got[1].at;
+    assert!(first_gap >= Duration::from_millis(950), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(1950), "{second_gap:?}");
+    // Every retry carries the same delivery id.
+    let ids: Vec<_> = got.iter().map(|r| r.header("x-webhook-delivery")).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]));
+    let delivery_id = answer["deliveries"][0]["id"].as_str().unwrap();
+    let mut log = Value::Null;
+    for _ in 0..50 {
+        log = app
+            .call(
+                "GET",
+                &format!("/v1/webhooks/deliveries/{delivery_id}"),
+                &tenant,
+                None,
+            )
+            .await
+            .1;
+        if log["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(log["status"], "succeeded", "{log}");
+    let codes: Vec<_> = log["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status_code"].clone())
+        .collect();
+    assert_eq!(codes, [json!(500), json!(503), json!(200)]);
+    assert!(log["attempts"][0]["next_retry_at"].is_string());
+    assert_eq!(log["attempts"][0]["error_class"], "http_status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_run_out_and_the_delivery_fails() {
+    let receiver = Receiver::start().await;
+    receiver.answer_always(Answer::status(500));
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK, ("VOYAGE_WEBHOOK_RETRY_DELAYS", "1s")]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let ep = endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    dispatch(&app, &internal, "session.created", json!({})).await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, failed) = app
+        .call(
+            "GET",
+            &format!(
+                "/v1/webhooks/{}/deliveries?status=failed",
+                ep["id"].as_str().unwrap()
+            ),
+            &tenant,
+            None,
+        )
+        .await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed["data"][0]["attempt_count"], 2);
+    // No third attempt.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), 2);
+    // Redelivery sends it again, as a new delivery of the same event.
+    let old = failed["data"][0]["id"].as_str().unwrap();
+    receiver.answer_always(Answer::status(200));
+    let (status, again) = app
+        .call(
+            "POST",
+            &format!("/v1/webhooks/deliveries/{old}/redeliver"),
+            &tenant,
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(again["redelivery_of"], old);
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[2].header("x-webhook-delivery").as_deref(),
+        again["id"].as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_the_endpoint_and_tells_the_others() {
+    let gone = Receiver::start().await;
+    gone.answer_always(Answer::status(410));
+    let other = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK, FAST_RETRIES]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let ep = endpoint(&app, &tenant, &gone.url("/gone"), json!(["session.*"])).await;
+    endpoint(&app, &tenant, &other.url("/other"), json!(["webhook.*"])).await;
+    dispatch(&app, &internal, "session.created", json!({})).await;
+    let got = other.wait_for(1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["type"], "webhook.endpoint.disabled");
+    assert_eq!(body["data"]["endpoint_id"], ep["id"]);
+    let (_, read) = app
+        .call(
+            "GET",
+            &format!("/v1/webhooks/{}", ep["id"].as_str().unwrap()),
+            &tenant,
+            None,
+        )
+        .await;
+    assert_eq!(read["status"], "disabled");
+    assert!(read["disabled_reason"].as_str().unwrap().contains("410"));
+    // Exactly one attempt: 410 is not retried.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gone.received().len(), 1);
+    // Disabled endpoints receive nothing further.
+    dispatch(&app, &internal, "session.updated", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gone.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_receive_only_what_they_subscribe_to() {
+    let sessions = Receiver::start().await;
+    let exact = Receiver::start().await;
+    let everything = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &sessions.url("/s"), json!(["session.*"])).await;
+    endpoint(
+        &app,
+        &tenant,
+        &exact.url("/e"),
+        json!(["session.cancelled"]),
+    )
+    .await;
+    endpoint(&app, &tenant, &everything.url("/a"), json!(["*"])).await;
+    // Another company's endpoint never sees acme's events.
+    let other_tenant = app.key("zeta", false).await;
+    let foreign = Receiver::start().await;
+    endpoint(&app, &other_tenant, &foreign.url("/z"), json!(["*"])).await;
+    let a = dispatch(&app, &internal, "session.created", json!({})).await;
+    assert_eq!(a["deliveries"].as_array().unwrap().len(), 2);
+    let b = dispatch(&app, &internal, "session.cancelled", json!({})).await;
+    assert_eq!(b["deliveries"].as_array().unwrap().len(), 3);
+    let c = dispatch(&app, &internal, "connection.error", json!({})).await;
+    assert_eq!(c["deliveries"].as_array().unwrap().len(), 1);
+    everything.wait_for(3, Duration::from_secs(10)).await;
+    sessions.wait_for(2, Duration::from_secs(10)).await;
+    exact.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((sessions.received().len(), exact.received().len()), (2, 1));
+    assert!(foreign.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_addresses_are_refused_after_resolution() {
+    let receiver = Receiver::start().await;
+    // Private targets NOT allowed here.
+    let app = TestApp::start(&[HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let port = receiver.addr.port();
+    for url in [
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        format!("http://localhost:{port}/hook"),
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+    ] {
+        endpoint(&app, &tenant, &url, json!(["*"])).await;
+    }
+    let answer = dispatch(&app, &internal, "session.created", json!({})).await;
+    for d in answer["deliveries"].as_array().unwrap() {
+        let id = d["id"].as_str().unwrap();
+        let mut log = Value::Null;
+        for _ in 0..100 {
+            log = app
+                .call(
+                    "GET",
+                    &format!("/v1/webhooks/deliveries/{id}"),
+                    &tenant,
+                    None,
+                )
+                .await
+                .1;
+            if log["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(log["status"], "failed", "{log}");
+        assert_eq!(log["attempts"][0]["error_class"], "ssrf_blocked", "{log}");
+    }
+    assert!(
+        receiver.received().is_empty(),
+        "an internal address was reached"
+    );
+}
+
+/// A DNS name that resolves to loopback is refused like the address itself.
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_refused() {
+    use std::sync::Arc;
+    use voyage_core::webhooks::{OutgoingRequest, Transport, TransportError};
+    let receiver = Receiver::start().await;
+    let lookup: voyage_fn_webhooks::transport::Lookup = Arc::new(|name: String| {
+        Box::pin(async move {
+            assert_eq!(name, "rebind.attacker.example");
+            Ok(vec!["127.0.0.1".parse().unwrap()])
+        })
+    });
+    let request = OutgoingRequest {
+        url: format!(
+            "http://rebind.attacker.example:{}/hook",
+            receiver.addr.port()
+        ),
+        headers: vec![],
+        body: "{}".into(),
+        timeout: Duration::from_secs(5),
+    };
+    let guarded = voyage_fn_webhooks::HttpTransport::with_lookup(false, lookup.clone()).unwrap();
+    assert!(matches!(
+        guarded.send(request.clone()).await,
+        Err(TransportError::Blocked(_))
+    ));
+    assert!(receiver.received().is_empty());
+    // With private targets allowed the same name is reached: the refusal was the guard's.
+    let open = voyage_fn_webhooks::HttpTransport::with_lookup(true, lookup).unwrap();
+    assert_eq!(open.send(request).await.unwrap().status, 200);
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_rotation_both_secrets_sign_for_the_overlap() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let created = endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    let old = created["secret"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap();
+    let (status, rotated) = app
+        .call(
+            "POST",
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            &tenant,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(old, new);
+    let (status, _) = app
+        .call("POST", &format!("/v1/webhooks/{id}/test"), &tenant, None)
+        .await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let r = &got[0];
+    let body: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["type"], "webhook.test");
+    // Receivers holding either secret verify the delivery.
+    assert!(standard_verify(&old, &std_headers(r), &r.body));
+    assert!(standard_verify(&new, &std_headers(r), &r.body));
+    let github = r.header("x-webhook-signature-256").unwrap();
+    assert_eq!(
+        github,
+        format!(
+            "{}, {}",
+            signing::github_signature(&new, r.body.as_bytes()),
+            signing::github_signature(&old, r.body.as_bytes())
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_sends_nothing_new() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    let first = dispatch(
+        &app,
+        &internal,
+        "session.created",
+        json!({"idempotency_key": "k-1"}),
+    )
+    .await;
+    let again = dispatch(
+        &app,
+        &internal,
+        "session.created",
+        json!({"idempotency_key": "k-1"}),
+    )
+    .await;
+    assert_eq!(first, again);
+    let other = dispatch(
+        &app,
+        &internal,
+        "session.created",
+        json!({"idempotency_key": "k-2"}),
+    )
+    .await;
+    assert_ne!(first["event_id"], other["event_id"]);
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_stored() {
+    let app = TestApp::start(&[]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let cases = [
+        (
+            json!({"url": "http://example.com/x", "events": ["*"]}),
+            "url",
+        ),
+        (json!({"url": "ftp://example.com", "events": ["*"]}), "url"),
+        (
+            json!({"url": format!("https://example.com/{}", "a".repeat(2100)), "events": ["*"]}),
+            "url",
+        ),
+        (
+            json!({"url": "https://example.com", "events": []}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["session.*", "sesion.*"]}),
+            "events[1]",
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["*"], "secret": "hunter2"}),
+            "secret",
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["*"], "retry_schedule": "soon"}),
+            "retry_schedule",
+        ),
+        (json!({"url": "https://example.com"}), "events"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = app
+            .call("POST", "/v1/webhooks", &tenant, Some(body.clone()))
+            .await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    let (_, listed) = app.call("GET", "/v1/webhooks", &tenant, None).await;
+    assert_eq!(listed["data"], json!([]));
+    // Dispatch: only internal keys, a known event, an object payload.
+    let ok = json!({"company_id": "acme", "event": "session.created", "payload": {}});
+    assert_eq!(
+        app.call("POST", "/v1/webhooks/dispatch", &tenant, Some(ok))
+            .await
+            .0,
+        403
+    );
+    for (body, field) in [
+        (
+            json!({"company_id": "acme", "event": "session.exploded", "payload": {}}),
+            "event",
+        ),
+        (
+            json!({"company_id": "acme", "event": "session.created", "payload": [1]}),
+            "payload",
+        ),
+        (
+            json!({"company_id": "a#b", "event": "session.created", "payload": {}}),
+            "company_id",
+        ),
+    ] {
+        let (status, answer) = app
+            .call("POST", "/v1/webhooks/dispatch", &internal, Some(body))
+            .await;
+        assert_eq!(
+            (status.as_u16(), answer["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{answer}"
+        );
+    }
+    // A caller-chosen secret is accepted and echoed once.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (status, created) = app
+        .call(
+            "POST",
+            "/v1/webhooks",
+            &tenant,
+            Some(json!({"url": "https://example.com/h", "events": ["*"], "secret": secret})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), created["secret"].as_str()),
+        (201, Some(secret))
+    );
+}
