@@ -20,6 +20,13 @@ pub struct TestApp {
 impl TestApp {
     /// A local system with these environment settings, consumers running.
     pub fn start(env: &[(&str, &str)]) -> TestApp {
+        let app = Self::start_idle(env);
+        app.local.spawn_consumers().unwrap();
+        app
+    }
+
+    /// The same, with no queue consumers (messages stay queued until someone reads them).
+    pub fn start_idle(env: &[(&str, &str)]) -> TestApp {
         let map: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -27,7 +34,6 @@ impl TestApp {
         let config = Config::from_lookup(|k| map.get(k).cloned()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let local = Local::open(dir.path(), config).unwrap();
-        local.spawn_consumers().unwrap();
         TestApp {
             router: local.router(),
             local,

@@ -565,3 +565,137 @@ async fn bad_input_is_refused_before_anything_is_stored() {
         (201, Some(secret))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_wake_up_was_lost_is_redriven_by_the_sweep() {
+    use voyage_core::deps::QueueName;
+    let receiver = Receiver::start().await;
+    let app = TestApp::start_idle(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    dispatch(&app, &internal, "session.created", json!({})).await;
+    // Lose the wake-up.
+    let queue = app.local.deps.queue(QueueName::WebhookDeliveries).unwrap();
+    let lost = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(lost.len(), 1);
+    queue.ack(&lost[0].receipt).await.unwrap();
+    app.local.spawn_consumers().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty());
+    // The sweep finds the record and wakes it again.
+    let redriven = voyage_core::webhooks::redrive_due(&app.local.deps, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(redriven, 1);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    // Nothing is due any more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        voyage_core::webhooks::redrive_due(&app.local.deps, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// The Lambda path: DynamoDB and SQS on moto, the worker's batch handler as the
+/// `webhooks-worker` Lambda calls it, a poison message failing alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_worker_delivers_from_sqs_with_partial_batch_failures() {
+    use std::sync::Arc;
+    use voyage_core::deps::{Deps, QueueName};
+    use voyage_core::ports::{Queue, SystemClock};
+    use voyage_core::store::Store;
+    use voyage_core::webhooks::{Dispatch, WebhookEngine};
+    let receiver = Receiver::start().await;
+    let table = voyage_tests::fixtures::dynamo_table().await;
+    let sqs = aws_sdk_sqs::Client::new(&voyage_tests::fixtures::aws().await);
+    let (url, _) = voyage_tests::fixtures::create_sqs_pair(&sqs).await;
+    let queue: Arc<dyn Queue> = Arc::new(voyage_aws::SqsQueue::new(sqs, url));
+    let config = voyage_core::config::Config::from_lookup(|k| match k {
+        "VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS" | "VOYAGE_ALLOW_HTTP_WEBHOOKS" => {
+            Some("true".into())
+        }
+        _ => None,
+    })
+    .unwrap();
+    let store = Store::new(table.it.clone(), Arc::new(SystemClock));
+    let deps =
+        Arc::new(Deps::new(store, config).with_queue(QueueName::WebhookDeliveries, queue.clone()));
+    let engine = WebhookEngine::new(
+        deps.clone(),
+        Arc::new(voyage_fn_webhooks::HttpTransport::new(true).unwrap()),
+    );
+    // The API through the same router the Lambda serves, keys resolved on DynamoDB.
+    let router = voyage_http::finish(
+        voyage_fn_webhooks::router(engine.clone()),
+        voyage_http::Auth::Keys(deps.store.clone()),
+    );
+    let key = voyage_core::auth::create_key(&deps.store, "acme", false, None)
+        .await
+        .unwrap()
+        .plaintext;
+    let req = http::Request::post("/v1/webhooks")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"url": receiver.url("/hook"), "events": ["*"]}).to_string(),
+        ))
+        .unwrap();
+    use tower::ServiceExt;
+    assert_eq!(router.oneshot(req).await.unwrap().status(), 201);
+    let mut payload = serde_json::Map::new();
+    payload.insert("session_id".into(), json!("s1"));
+    let out = engine
+        .dispatch(Dispatch {
+            company_id: "acme".into(),
+            event_type: "session.created".into(),
+            payload,
+            idempotency_key: None,
+            only_endpoint: None,
+        })
+        .await
+        .unwrap();
+    // What SQS hands the Lambda: the wake-up, plus a poison message.
+    let mut batch: Vec<(String, String)> = Vec::new();
+    for m in queue.receive(10, Duration::from_secs(2)).await.unwrap() {
+        batch.push((m.id, m.body));
+    }
+    assert_eq!(batch.len(), 1);
+    batch.push(("poison-1".into(), "{not json".into()));
+    let failed = voyage_fn_webhooks::worker::handle_batch(&engine, batch).await;
+    assert_eq!(failed, ["poison-1"]);
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        got[0].header("x-webhook-delivery").as_deref(),
+        out.deliveries[0].id.as_str().into()
+    );
+    let (d, attempts) = deps
+        .store
+        .delivery_with_attempts("acme", &out.deliveries[0].id)
+        .await
+        .unwrap();
+    assert_eq!(d.status, voyage_core::model::DeliveryStatus::Succeeded);
+    assert_eq!(attempts.len(), 1);
+    // A platform event from EventBridge, as the rule's SQS target delivers it.
+    let event = json!({
+        "version": "0", "id": "e1", "source": "voyage.platform", "detail-type": "session.cancelled",
+        "account": "123456789012", "time": "2026-11-29T18:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"company_id": "acme", "payload": {"session_id": "s2"}}
+    });
+    let failed =
+        voyage_fn_webhooks::worker::handle_batch(&engine, vec![("m2".into(), event.to_string())])
+            .await;
+    assert!(failed.is_empty());
+    let wake = queue.receive(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(wake.len(), 1);
+    let failed = voyage_fn_webhooks::worker::handle_batch(
+        &engine,
+        vec![(wake[0].id.clone(), wake[0].body.clone())],
+    )
+    .await;
+    assert!(failed.is_empty());
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert!(got[1].body.contains("\"s2\""));
+}

@@ -207,3 +207,121 @@ async fn keys_can_be_created_in_a_deployed_table() {
         .unwrap();
     assert_eq!((p.company_id.as_str(), p.internal), ("acme", true));
 }
+
+/// A receiver that fails its first request and records every one.
+async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let c = c.clone();
+            async move {
+                if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), count)
+}
+
+fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--allow-private-webhook-targets",
+        "--addr",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let banner = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        banner,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_middle_of_a_retry_schedule_loses_no_delivery() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, count) = flaky_receiver().await;
+    let env = [
+        ("VOYAGE_WEBHOOK_RETRY_DELAYS", "3s"),
+        ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true"),
+    ];
+    let mut server = serve_with(dir.path(), &env);
+    let tenant = create_key(dir.path(), "acme");
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--company",
+            "platform",
+            "--internal",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let internal = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/v1/webhooks", server.base))
+        .bearer_auth(&tenant)
+        .json(&serde_json::json!({"url": url, "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let dispatched = client
+        .post(format!("{}/v1/webhooks/dispatch", server.base))
+        .bearer_auth(&internal)
+        .json(&serde_json::json!({"company_id": "acme", "event": "session.created", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dispatched.status(), 202);
+    // The first attempt fails...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "first attempt never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the process dies (SIGKILL) while the retry waits.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    // After a restart the retry is made.
+    let _server = serve_with(dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while count.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the retry was lost across the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
