@@ -699,3 +699,24 @@ async fn the_lambda_worker_delivers_from_sqs_with_partial_batch_failures() {
     let got = receiver.wait_for(2, Duration::from_secs(5)).await;
     assert!(got[1].body.contains("\"s2\""));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_over_a_shorter_schedule() {
+    let receiver = Receiver::start().await;
+    receiver.script([Answer {
+        status: 429,
+        headers: vec![("retry-after".into(), "3".into())],
+        delay: Duration::ZERO,
+    }]);
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK, ("VOYAGE_WEBHOOK_RETRY_DELAYS", "1s")]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    dispatch(&app, &internal, "session.created", json!({})).await;
+    let got = receiver.wait_for(2, Duration::from_secs(15)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "retried after {gap:?}, before Retry-After"
+    );
+}

@@ -1,0 +1,195 @@
+//! Webhook delivery benchmarks (a bench binary; figures go to docs/PERFORMANCE.md):
+//!
+//! 1. Throughput: deliveries per second through the local system (internal dispatch route,
+//!    SQLite store and queue, worker, signing, HTTP) to a loopback receiver, as a ratio to a
+//!    bare reqwest loop posting the same bodies to the same receiver with the same
+//!    concurrency, in the same run.
+//! 2. Fan-out: one event to 100 endpoints of which one answers after 5 s: the wall time until
+//!    the 99 fast ones have it, and until all 100 deliveries are recorded.
+//!
+//! Run: `cargo bench -p voyage-tests --bench webhooks` (env BENCH_EVENTS, default 2000).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use futures_util::StreamExt;
+use serde_json::json;
+use tower::ServiceExt;
+use voyage_core::model::DeliveryStatus;
+use voyage_tests::app::TestApp;
+
+async fn receiver(slow: Duration) -> (String, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::post(move |uri: axum::http::Uri, _body: axum::body::Bytes| {
+            let c = c.clone();
+            async move {
+                if uri.path().starts_with("/slow") {
+                    tokio::time::sleep(slow).await;
+                }
+                c.fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), count)
+}
+
+async fn wait_count(count: &AtomicUsize, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while count.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n}",
+            count.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn dispatch(app: &TestApp, key: &str, i: usize) {
+    let body = json!({"company_id": "acme", "event": "session.created", "payload": {"session_id": format!("s{i}"), "note": "x".repeat(200)}});
+    let req = http::Request::post("/v1/webhooks/dispatch")
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 202);
+}
+
+async fn throughput(events: usize) {
+    let (base, count) = receiver(Duration::ZERO).await;
+    // Baseline: bare reqwest, same concurrency as the local worker, same body size.
+    let client = reqwest::Client::new();
+    let body = json!({"id": "evt_x", "type": "session.created", "created_at": "2026-11-29T18:00:00Z", "company_id": "acme", "data": {"session_id": "s1", "note": "x".repeat(200)}}).to_string();
+    let start = Instant::now();
+    futures_util::stream::iter(0..events)
+        .map(|_| {
+            let client = client.clone();
+            let body = body.clone();
+            let url = format!("{base}/bare");
+            async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(voyage::CONSUMER_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let bare = events as f64 / start.elapsed().as_secs_f64();
+    count.store(0, Ordering::SeqCst);
+
+    let app = TestApp::start(&[
+        ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true"),
+        ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true"),
+    ]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let req = http::Request::post("/v1/webhooks")
+        .header("authorization", format!("Bearer {tenant}"))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"url": format!("{base}/hook"), "events": ["*"]}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(app.router.clone().oneshot(req).await.unwrap().status(), 201);
+    let start = Instant::now();
+    futures_util::stream::iter(0..events)
+        .map(|i| dispatch(&app, &internal, i))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    wait_count(&count, events, Duration::from_secs(600)).await;
+    let system = events as f64 / start.elapsed().as_secs_f64();
+    println!("throughput: {events} deliveries");
+    println!("  bare reqwest loop:  {bare:>8.0} posts/s");
+    println!("  local system:       {system:>8.0} deliveries/s (dispatch route -> store -> queue -> worker -> signed POST)");
+    println!("  ratio:              {:>8.2} (goal >= 0.5)", system / bare);
+}
+
+async fn fan_out() {
+    let (base, count) = receiver(Duration::from_secs(5)).await;
+    let app = TestApp::start(&[
+        ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true"),
+        ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true"),
+    ]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    for i in 0..100 {
+        let path = if i == 0 {
+            "/slow".to_string()
+        } else {
+            format!("/fast/{i}")
+        };
+        let req = http::Request::post("/v1/webhooks")
+            .header("authorization", format!("Bearer {tenant}"))
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"url": format!("{base}{path}"), "events": ["*"]}).to_string(),
+            ))
+            .unwrap();
+        assert_eq!(app.router.clone().oneshot(req).await.unwrap().status(), 201);
+    }
+    let start = Instant::now();
+    dispatch(&app, &internal, 0).await;
+    wait_count(&count, 99, Duration::from_secs(30)).await;
+    let fast = start.elapsed();
+    // All 100 recorded as succeeded (the slow one included).
+    loop {
+        let endpoints = app.local.deps.store.all_endpoints("acme").await.unwrap();
+        let mut done = 0;
+        for e in &endpoints {
+            let page = app
+                .local
+                .deps
+                .store
+                .list_deliveries("acme", &e.id, Some(DeliveryStatus::Succeeded), None, None)
+                .await
+                .unwrap();
+            done += page.items.len();
+        }
+        if done == 100 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {done} of 100 succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = start.elapsed();
+    println!("fan-out: 1 event -> 100 endpoints, one answering after 5 s");
+    println!(
+        "  99 fast endpoints received it after: {:>6.0} ms",
+        fast.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  all 100 deliveries recorded after:   {:>6.0} ms (goal: about 5000)",
+        all.as_secs_f64() * 1000.0
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let events = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    throughput(events).await;
+    fan_out().await;
+}

@@ -1,0 +1,194 @@
+//! Delivery rules that depend on time, driven by a manual clock and a scripted transport
+//! instead of sleeping.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Duration;
+use voyage_core::config::Config;
+use voyage_core::deps::Deps;
+use voyage_core::model::{DeliveryStatus, EndpointStatus, SigningSecret, WebhookEndpoint};
+use voyage_core::ports::memory::MemoryTable;
+use voyage_core::ports::ManualClock;
+use voyage_core::store::Store;
+use voyage_core::webhooks::engine::AttemptOutcome;
+use voyage_core::webhooks::{
+    Dispatch, OutgoingRequest, Transport, TransportError, TransportResponse, WebhookEngine,
+};
+
+/// Answers every request with `status` and records the URLs called.
+struct Scripted {
+    status: u16,
+    calls: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Transport for Scripted {
+    async fn send(&self, r: OutgoingRequest) -> Result<TransportResponse, TransportError> {
+        self.calls.lock().unwrap().push(r.url);
+        Ok(TransportResponse {
+            status: self.status,
+            body: String::new(),
+            retry_after: None,
+        })
+    }
+}
+
+fn endpoint(id: &str, url: &str, events: &[&str], clock: &ManualClock) -> WebhookEndpoint {
+    use voyage_core::ports::Clock;
+    WebhookEndpoint {
+        id: id.into(),
+        company_id: "acme".into(),
+        url: url.into(),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        description: None,
+        status: EndpointStatus::Active,
+        secrets: vec![SigningSecret {
+            secret: voyage_core::signing::generate_secret(),
+            expires_at: None,
+        }],
+        // No retries: each delivery fails on its one attempt.
+        retry_delays_secs: Some(vec![]),
+        disabled_reason: None,
+        failing_since: None,
+        failed_deliveries: 0,
+        created_at: clock.now(),
+        updated_at: clock.now(),
+        version: 0,
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_every_delivery_for_five_days_is_disabled() {
+    let clock = Arc::new(ManualClock::new(voyage_tests::contract::store::t0()));
+    let store = Store::new(Arc::new(MemoryTable::new()), clock.clone());
+    // No queues: wake-ups are only logged, and this test drives the attempts itself.
+    let config = Config::from_lookup(|_| None).unwrap();
+    let deps = Arc::new(Deps::new(store.clone(), config));
+    let transport = Arc::new(Scripted {
+        status: 500,
+        calls: Mutex::new(vec![]),
+    });
+    let engine = WebhookEngine::new(deps, transport.clone());
+    store
+        .create_endpoint(&endpoint(
+            "whk_bad",
+            "https://bad.example/h",
+            &["session.*"],
+            &clock,
+        ))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(&endpoint(
+            "whk_ops",
+            "https://ops.example/h",
+            &["webhook.*"],
+            &clock,
+        ))
+        .await
+        .unwrap();
+
+    // GIVEN 12 deliveries, one every half day, every one failing
+    let mut disabled_after = None;
+    for i in 0..12 {
+        let out = engine
+            .dispatch(Dispatch {
+                company_id: "acme".into(),
+                event_type: "session.created".into(),
+                payload: serde_json::Map::new(),
+                idempotency_key: None,
+                only_endpoint: None,
+            })
+            .await
+            .unwrap();
+        if disabled_after.is_some() {
+            // Disabled: it is no longer a target.
+            assert!(out.deliveries.is_empty());
+            continue;
+        }
+        assert_eq!(out.deliveries.len(), 1);
+        let outcome = engine.attempt("acme", &out.deliveries[0].id).await.unwrap();
+        assert_eq!(outcome, AttemptOutcome::Failed);
+        let e = store.get_endpoint("acme", "whk_bad").await.unwrap();
+        if e.status == EndpointStatus::Disabled && disabled_after.is_none() {
+            disabled_after = Some(i + 1);
+        }
+        clock.advance(Duration::hours(12));
+    }
+    // THEN it is disabled at the first failure that is both >= 10th and >= 5 days into the run
+    // (failure 11, at day 5), not before.
+    assert_eq!(disabled_after, Some(11));
+    let e = store.get_endpoint("acme", "whk_bad").await.unwrap();
+    assert!(e.disabled_reason.unwrap().contains("5 days"));
+    // AND the company's other endpoint was told.
+    let told = store
+        .list_deliveries("acme", "whk_ops", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(told.items.len(), 1);
+    assert_eq!(told.items[0].event_type, "webhook.endpoint.disabled");
+    // AND the disabled endpoint got nothing after it was disabled.
+    let calls = transport
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|u| u.contains("bad.example"))
+        .count();
+    assert_eq!(calls, 11);
+}
+
+#[tokio::test]
+async fn a_success_ends_a_run_of_failures() {
+    let clock = Arc::new(ManualClock::new(voyage_tests::contract::store::t0()));
+    let store = Store::new(Arc::new(MemoryTable::new()), clock.clone());
+    let config = Config::from_lookup(|_| None).unwrap();
+    let deps = Arc::new(Deps::new(store.clone(), config));
+    store
+        .create_endpoint(&endpoint("whk_1", "https://a.example/h", &["*"], &clock))
+        .await
+        .unwrap();
+    for status in [500, 500, 200] {
+        let engine = WebhookEngine::new(
+            deps.clone(),
+            Arc::new(Scripted {
+                status,
+                calls: Mutex::new(vec![]),
+            }),
+        );
+        let out = engine
+            .dispatch(Dispatch {
+                company_id: "acme".into(),
+                event_type: "session.created".into(),
+                payload: serde_json::Map::new(),
+                idempotency_key: None,
+                only_endpoint: None,
+            })
+            .await
+            .unwrap();
+        engine.attempt("acme", &out.deliveries[0].id).await.unwrap();
+        clock.advance(Duration::days(3));
+    }
+    let e = store.get_endpoint("acme", "whk_1").await.unwrap();
+    assert_eq!(
+        (e.failed_deliveries, e.failing_since, e.status),
+        (0, None, EndpointStatus::Active)
+    );
+    // A delivery that finished is not attempted again by a duplicate message.
+    let d = store
+        .list_deliveries("acme", "whk_1", Some(DeliveryStatus::Succeeded), None, None)
+        .await
+        .unwrap();
+    let engine = WebhookEngine::new(
+        deps.clone(),
+        Arc::new(Scripted {
+            status: 200,
+            calls: Mutex::new(vec![]),
+        }),
+    );
+    assert_eq!(
+        engine.attempt("acme", &d.items[0].id).await.unwrap(),
+        AttemptOutcome::Skipped("finished")
+    );
+}
