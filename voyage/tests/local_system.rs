@@ -28,37 +28,12 @@ impl Drop for Server {
     }
 }
 
-/// Starts `voyage serve` and waits for its banner (printed once it is listening).
+/// Starts `voyage serve` and waits for its banner (printed once it is listening); returns
+/// the server and how long that took.
 fn serve(dir: &Path) -> (Server, Duration) {
-    let port = free_port();
     let started = Instant::now();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut banner = Vec::new();
-    for _ in 0..3 {
-        banner.push(lines.next().expect("banner line").unwrap());
-    }
-    let ready = started.elapsed();
-    (
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            banner,
-        },
-        ready,
-    )
+    let server = serve_with(dir, &[]);
+    (server, started.elapsed())
 }
 
 fn create_key(dir: &Path, company: &str) -> String {

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
-use voyage_core::ports::table::{check_batch, check_transaction, Resume, BATCH_GET_LIMIT};
+use voyage_core::ports::table::{check_batch, check_transaction, page_of, Resume, BATCH_GET_LIMIT};
 use voyage_core::ports::{Condition, Index, Item, Key, Page, Query, StoreError, Table, TxWrite};
 
 use crate::describe;
@@ -131,6 +131,15 @@ fn non_empty<K, V>(m: HashMap<K, V>) -> Option<HashMap<K, V>> {
     (!m.is_empty()).then_some(m)
 }
 
+/// A single-item write's error: a failed condition, or the store being unavailable.
+fn write_error(condition_failed: bool, description: String) -> StoreError {
+    if condition_failed {
+        StoreError::ConditionFailed
+    } else {
+        StoreError::Unavailable(description)
+    }
+}
+
 fn build_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("dynamodb request: {e}"))
 }
@@ -148,24 +157,6 @@ impl DynamoTable {
             client,
             table: table.into(),
         }
-    }
-
-    fn page(
-        &self,
-        raw: Vec<HashMap<String, AttributeValue>>,
-        truncated: bool,
-        limit: usize,
-        index: Option<Index>,
-    ) -> Result<Page, StoreError> {
-        let mut items = raw.iter().map(from_attrs).collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit || truncated;
-        items.truncate(limit);
-        let next = if more {
-            items.last().map(|i| Resume::of(i, index).encode())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
     }
 
     async fn run_query(&self, index: Option<Index>, q: Query) -> Result<Page, StoreError> {
@@ -235,7 +226,8 @@ impl DynamoTable {
         // LastEvaluatedKey is also set when exactly limit+1 items were read; only a short
         // read with a key means "cut by the 1 MB page limit".
         let cut = truncated && raw.len() <= limit;
-        self.page(raw, cut, limit, index)
+        let items = raw.iter().map(from_attrs).collect::<Result<Vec<_>, _>>()?;
+        Ok(page_of(items, limit, index, cut))
     }
 }
 
@@ -330,11 +322,11 @@ impl Table for DynamoTable {
             .set_expression_attribute_values(non_empty(c.values))
             .send()
             .await
-            .map_err(|e| match e.as_service_error() {
-                Some(se) if se.is_conditional_check_failed_exception() => {
-                    StoreError::ConditionFailed
-                }
-                _ => StoreError::Unavailable(describe(&e)),
+            .map_err(|e| {
+                let failed = e
+                    .as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception());
+                write_error(failed, describe(&e))
             })?;
         Ok(())
     }
@@ -350,11 +342,11 @@ impl Table for DynamoTable {
             .set_expression_attribute_values(non_empty(c.values))
             .send()
             .await
-            .map_err(|e| match e.as_service_error() {
-                Some(se) if se.is_conditional_check_failed_exception() => {
-                    StoreError::ConditionFailed
-                }
-                _ => StoreError::Unavailable(describe(&e)),
+            .map_err(|e| {
+                let failed = e
+                    .as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception());
+                write_error(failed, describe(&e))
             })?;
         Ok(())
     }

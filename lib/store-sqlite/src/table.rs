@@ -3,7 +3,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use voyage_core::ports::table::{
-    check_batch, check_transaction, prefix_end, Resume, BATCH_GET_LIMIT,
+    check_batch, check_transaction, page_of, prefix_end, Resume, BATCH_GET_LIMIT,
 };
 use voyage_core::ports::{Condition, Index, Item, Key, Page, Query, StoreError, Table, TxWrite};
 
@@ -79,17 +79,6 @@ fn delete_item(tx: &Transaction<'_>, key: &Key) -> Result<(), StoreError> {
     )
     .map_err(unavailable)?;
     Ok(())
-}
-
-fn page_of(mut items: Vec<Item>, limit: usize, index: Option<Index>) -> Page {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more {
-        items.last().map(|i| Resume::of(i, index).encode())
-    } else {
-        None
-    };
-    Page { items, next }
 }
 
 fn bad_cursor() -> StoreError {
@@ -234,7 +223,7 @@ impl Table for SqliteTable {
                     .map_err(unavailable)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(unavailable)?;
-                Ok(page_of(items, limit, None))
+                Ok(page_of(items, limit, None, false))
             })
             .await
     }
@@ -281,7 +270,7 @@ impl Table for SqliteTable {
                     .map_err(unavailable)?
                     .collect::<rusqlite::Result<Vec<_>>>()
                     .map_err(unavailable)?;
-                Ok(page_of(items, limit, Some(index)))
+                Ok(page_of(items, limit, Some(index), false))
             })
             .await
     }

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::table::{
-    check_batch, check_transaction, prefix_end, Condition, Index, Item, Key, Page, Query, Resume,
-    StoreError, Table, TxWrite, BATCH_GET_LIMIT,
+    check_batch, check_transaction, page_of, prefix_end, Condition, Index, Item, Key, Page, Query,
+    Resume, StoreError, Table, TxWrite, BATCH_GET_LIMIT,
 };
 
 #[derive(Default)]
@@ -32,18 +32,6 @@ fn in_range(sk: &str, q: &Query) -> bool {
     sk.starts_with(q.prefix.as_str())
         && sk < prefix_end(&q.prefix).as_str()
         && q.upper.as_deref().is_none_or(|u| sk <= u)
-}
-
-fn page_of(mut items: Vec<Item>, limit: usize, index: Option<Index>) -> Page {
-    let limit = limit.max(1);
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more {
-        items.last().map(|i| Resume::of(i, index).encode())
-    } else {
-        None
-    };
-    Page { items, next }
 }
 
 fn bad_cursor() -> StoreError {
@@ -140,7 +128,7 @@ impl Table for MemoryTable {
             .take(q.limit.max(1) + 1)
             .map(|(_, i)| i.clone())
             .collect();
-        Ok(page_of(found, q.limit, None))
+        Ok(page_of(found, q.limit, None, false))
     }
 
     async fn query_index(&self, index: Index, q: Query) -> Result<Page, StoreError> {
@@ -174,6 +162,7 @@ impl Table for MemoryTable {
             found.into_iter().map(|(_, i)| i).collect(),
             q.limit,
             Some(index),
+            false,
         ))
     }
 

@@ -213,6 +213,20 @@ impl Resume {
     }
 }
 
+/// A page from `items` read with a `limit + 1` look-ahead (or cut short by the backend when
+/// `truncated`): at most `limit` items, and a resume cursor when more may follow.
+pub fn page_of(mut items: Vec<Item>, limit: usize, index: Option<Index>, truncated: bool) -> Page {
+    let limit = limit.max(1);
+    let more = items.len() > limit || truncated;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|i| Resume::of(i, index).encode())
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
 /// The smallest string greater than every string starting with `prefix`, for range scans.
 /// Keys are ASCII in practice; U+10FFFF sorts after every valid UTF-8 sequence.
 pub fn prefix_end(prefix: &str) -> String {

@@ -40,20 +40,11 @@ impl Store {
     }
 
     pub async fn list_api_keys(&self, company: &str) -> Result<Vec<ApiKey>> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let mut q = Query::prefix(company_pk(company), "KEY#", 100);
-            q.cursor = cursor;
-            let page = self.table.query_index(Index::Gsi1, q).await?;
-            for item in &page.items {
-                out.push(decode(item)?);
-            }
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(out),
-            }
-        }
+        self.query_all(
+            Some(Index::Gsi1),
+            Query::prefix(company_pk(company), "KEY#", 100),
+        )
+        .await
     }
 
     /// Marks a key revoked; it authenticates nothing from then on.

@@ -83,6 +83,28 @@ impl Store {
             .is_none_or(|t| t > self.clock.now().timestamp())
     }
 
+    /// Every live record a query covers, reading page after page.
+    async fn query_all<T: DeserializeOwned + Versioned>(
+        &self,
+        index: Option<crate::ports::Index>,
+        mut query: crate::ports::Query,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        loop {
+            let page = match index {
+                Some(i) => self.table.query_index(i, query.clone()).await?,
+                None => self.table.query(query.clone()).await?,
+            };
+            for item in page.items.iter().filter(|i| self.live(i)) {
+                out.push(decode(item)?);
+            }
+            match page.next {
+                Some(n) => query.cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
     fn decode_page<T: DeserializeOwned + Versioned>(&self, page: Page) -> Result<Listed<T>> {
         let items = page
             .items

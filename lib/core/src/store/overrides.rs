@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 
-use super::{company_pk, decode, encode, Store};
+use super::{company_pk, encode, Store};
 use crate::model::availability::OverrideRef;
 use crate::model::AvailabilityOverride;
 use crate::ports::table::BATCH_WRITE_LIMIT;
@@ -100,19 +100,7 @@ impl Store {
         company: &str,
         prefix: &str,
     ) -> Result<Vec<AvailabilityOverride>> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let mut q = Query::prefix(company_pk(company), prefix, 1000);
-            q.cursor = cursor;
-            let page = self.table.query(q).await?;
-            for item in &page.items {
-                out.push(decode(item)?);
-            }
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(out),
-            }
-        }
+        self.query_all(None, Query::prefix(company_pk(company), prefix, 1000))
+            .await
     }
 }

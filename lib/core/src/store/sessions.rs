@@ -79,24 +79,12 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        let upper = format!("SESS#{}", to.format("%Y-%m-%dT%H:%M:%SZ"));
-        loop {
-            let mut q = Query::prefix(staff_index(company, staff), "SESS#", 100);
-            q.upper = Some(upper.clone());
-            q.cursor = cursor;
-            let page = self.table.query_index(Index::Gsi1, q).await?;
-            for item in &page.items {
-                let s: Session = decode(item)?;
-                if s.start >= from && s.start < to {
-                    out.push(s);
-                }
-            }
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(out),
-            }
-        }
+        let mut q = Query::prefix(staff_index(company, staff), "SESS#", 100);
+        q.upper = Some(format!("SESS#{}", to.format("%Y-%m-%dT%H:%M:%SZ")));
+        let sessions: Vec<Session> = self.query_all(Some(Index::Gsi1), q).await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|s| s.start >= from && s.start < to)
+            .collect())
     }
 }

@@ -118,20 +118,8 @@ impl Store {
 
     /// Every endpoint of a company, for fan-out.
     pub async fn all_endpoints(&self, company: &str) -> Result<Vec<WebhookEndpoint>> {
-        let mut out = Vec::new();
-        let mut cursor = None;
-        loop {
-            let mut q = Query::prefix(company_pk(company), "WH#", 100);
-            q.cursor = cursor;
-            let page = self.table.query(q).await?;
-            for item in &page.items {
-                out.push(decode(item)?);
-            }
-            match page.next {
-                Some(n) => cursor = Some(n),
-                None => return Ok(out),
-            }
-        }
+        self.query_all(None, Query::prefix(company_pk(company), "WH#", 100))
+            .await
     }
 
     /// Stores new deliveries, 25 per batch write.
