@@ -43,9 +43,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
-/// One SQLite database shared by the table, queues and bus of a process.
+/// Read-only connections beside the writer. In WAL mode readers never wait for the writer,
+/// so reads run in parallel with each other and with the one write in progress.
+const READERS: usize = 4;
+
+/// One SQLite database shared by the table, queues and bus of a process: one writer
+/// connection (SQLite allows one writer at a time anyway; queuing here is cheaper than its
+/// busy-wait) and a few readers.
 pub struct Db {
     conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     path: PathBuf,
     /// Wakes in-process queue consumers when a message is sent; other processes' sends are
     /// found by polling.
@@ -68,12 +76,23 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(unavailable)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(unavailable)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open(&path).map_err(unavailable)?;
+            r.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(unavailable)?;
+            r.execute_batch("PRAGMA query_only = ON;")
+                .map_err(unavailable)?;
+            readers.push(Mutex::new(r));
+        }
         Ok(Arc::new(Db {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
             sent: tokio::sync::Notify::new(),
         }))
@@ -83,7 +102,31 @@ impl Db {
         &self.path
     }
 
-    /// Runs `f` on the connection off the async threads.
+    /// Runs a read-only `f` on one of the reader connections, off the async threads.
+    pub(crate) async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(self);
+        let start = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            // Take a free reader if there is one, else wait for the next in turn.
+            let n = db.readers.len();
+            let guard = (0..n)
+                .find_map(|i| db.readers[(start + i) % n].try_lock().ok())
+                .map(Ok)
+                .unwrap_or_else(|| db.readers[start % n].lock())
+                .map_err(|_| unavailable("reader lock poisoned"))?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| unavailable(format!("worker failed: {e}")))?
+    }
+
+    /// Runs `f` on the writer connection off the async threads.
     pub(crate) async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,

@@ -90,7 +90,7 @@ impl Table for SqliteTable {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let key = key.clone();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 c.query_row(
                     &format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"),
                     params![key.pk, key.sk],
@@ -113,26 +113,22 @@ impl Table for SqliteTable {
         keys.sort();
         keys.dedup();
         self.db
-            .call(move |c| {
-                let tx = c.transaction().map_err(unavailable)?;
+            .read(move |c| {
                 let mut out = Vec::with_capacity(keys.len());
-                {
-                    let mut stmt = tx
-                        .prepare_cached(&format!(
-                            "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"
-                        ))
-                        .map_err(unavailable)?;
-                    for k in &keys {
-                        if let Some(item) = stmt
-                            .query_row(params![k.pk, k.sk], item_of)
-                            .optional()
-                            .map_err(unavailable)?
-                        {
-                            out.push(item);
-                        }
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"
+                    ))
+                    .map_err(unavailable)?;
+                for k in &keys {
+                    if let Some(item) = stmt
+                        .query_row(params![k.pk, k.sk], item_of)
+                        .optional()
+                        .map_err(unavailable)?
+                    {
+                        out.push(item);
                     }
                 }
-                tx.commit().map_err(unavailable)?;
                 Ok(out)
             })
             .await
@@ -199,7 +195,7 @@ impl Table for SqliteTable {
         };
         let limit = q.limit.max(1);
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut stmt = c
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM items
@@ -239,7 +235,7 @@ impl Table for SqliteTable {
         };
         let limit = q.limit.max(1);
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut stmt = c
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM items
