@@ -82,7 +82,7 @@ impl HttpTransport {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(8)
+            .pool_max_idle_per_host(32)
             .dns_resolver(Arc::new(GuardedResolver {
                 lookup,
                 allow_private,

@@ -131,11 +131,12 @@ impl SqliteQueue {
                             continue;
                         }
                         let receipt = ulid::Ulid::new().to_string();
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE queue_messages SET receive_count = receive_count + 1,
                                     visible_at_ms = ?2, receipt = ?3 WHERE id = ?1",
-                            params![id, now + hide_ms, receipt],
                         )
+                        .map_err(crate::db::unavailable)?
+                        .execute(params![id, now + hide_ms, receipt])
                         .map_err(crate::db::unavailable)?;
                         out.push(ReceivedMessage {
                             id,
@@ -167,11 +168,12 @@ impl Queue for SqliteQueue {
         self.db
             .call(move |c| {
                 let now = now_ms();
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO queue_messages (id, queue, body, visible_at_ms, sent_at_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![id, name, body, now + delay.as_millis() as i64, now],
                 )
+                .map_err(crate::db::unavailable)?
+                .execute(params![id, name, body, now + delay.as_millis() as i64, now])
                 .map_err(crate::db::unavailable)?;
                 Ok(())
             })
@@ -189,6 +191,11 @@ impl Queue for SqliteQueue {
         let max = max.clamp(1, 10);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Register for the wake-up *before* looking, so a send that lands between the
+            // look and the wait is not missed (it would otherwise cost a whole poll interval).
+            let notified = self.db.sent.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let got = self.receive_now(max).await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
@@ -196,7 +203,7 @@ impl Queue for SqliteQueue {
             }
             let nap = POLL.min(deadline - now);
             // A send in this process wakes us at once; one from another process within POLL.
-            let _ = tokio::time::timeout(nap, self.db.sent.notified()).await;
+            let _ = tokio::time::timeout(nap, notified).await;
         }
     }
 

@@ -42,20 +42,21 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<Item> {
 }
 
 fn current_version(tx: &Transaction<'_>, key: &Key) -> Result<Option<u64>, StoreError> {
-    tx.query_row(
-        "SELECT version FROM items WHERE pk = ?1 AND sk = ?2",
-        params![key.pk, key.sk],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|v| v.map(|v| v as u64))
-    .map_err(unavailable)
+    tx.prepare_cached("SELECT version FROM items WHERE pk = ?1 AND sk = ?2")
+        .map_err(unavailable)?
+        .query_row(params![key.pk, key.sk], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+        .map_err(unavailable)
 }
 
 fn write_item(tx: &Transaction<'_>, item: &Item) -> Result<(), StoreError> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO items (pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, version, expires_at, data)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )
+    .map_err(unavailable)?
+    .execute(
         params![
             item.key.pk,
             item.key.sk,
@@ -73,11 +74,10 @@ fn write_item(tx: &Transaction<'_>, item: &Item) -> Result<(), StoreError> {
 }
 
 fn delete_item(tx: &Transaction<'_>, key: &Key) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM items WHERE pk = ?1 AND sk = ?2",
-        params![key.pk, key.sk],
-    )
-    .map_err(unavailable)?;
+    tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
+        .map_err(unavailable)?
+        .execute(params![key.pk, key.sk])
+        .map_err(unavailable)?;
     Ok(())
 }
 
