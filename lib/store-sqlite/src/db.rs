@@ -47,11 +47,27 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// so reads run in parallel with each other and with the one write in progress.
 const READERS: usize = 4;
 
-/// One SQLite database shared by the table, queues and bus of a process: one writer
-/// connection (SQLite allows one writer at a time anyway; queuing here is cheaper than its
-/// busy-wait) and a few readers.
+type WriteResult = Result<Box<dyn std::any::Any + Send>, StoreError>;
+type WriteFn = Box<dyn FnOnce(&Connection) -> WriteResult + Send>;
+
+struct WriteJob {
+    work: WriteFn,
+    done: tokio::sync::oneshot::Sender<WriteResult>,
+}
+
+/// Most calls one commit carries.
+const GROUP_LIMIT: usize = 256;
+
+/// One SQLite database shared by the table, queues and bus of a process.
+///
+/// Writes go to one writer thread that owns the write connection and *group-commits*: it
+/// drains every call waiting at that moment into one `BEGIN IMMEDIATE ... COMMIT`, each call
+/// inside its own savepoint (a call that fails, such as a failed condition, is rolled back
+/// alone). A call is answered only after the commit that carries it, so durability per call
+/// is unchanged while the commit cost is shared. Reads go to a few read-only connections,
+/// which in WAL mode never wait for the writer.
 pub struct Db {
-    conn: Mutex<Connection>,
+    writer: std::sync::mpsc::Sender<WriteJob>,
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
     path: PathBuf,
@@ -89,8 +105,13 @@ impl Db {
                 .map_err(unavailable)?;
             readers.push(Mutex::new(r));
         }
+        let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("voyage-sqlite-writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Arc::new(Db {
-            conn: Mutex::new(conn),
+            writer: tx,
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
@@ -126,21 +147,77 @@ impl Db {
         .map_err(|e| unavailable(format!("worker failed: {e}")))?
     }
 
-    /// Runs `f` on the writer connection off the async threads.
+    /// Runs `f` inside the writer's current transaction (see [`Db`]); answers after commit.
     pub(crate) async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = db
-                .conn
-                .lock()
-                .map_err(|_| unavailable("connection lock poisoned"))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| unavailable(format!("worker failed: {e}")))?
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let work: WriteFn =
+            Box::new(move |c| f(c).map(|r| Box::new(r) as Box<dyn std::any::Any + Send>));
+        self.writer
+            .send(WriteJob { work, done })
+            .map_err(|_| unavailable("the writer has stopped"))?;
+        let result = answer
+            .await
+            .map_err(|_| unavailable("the writer dropped a call"))??;
+        result
+            .downcast::<R>()
+            .map(|r| *r)
+            .map_err(|_| unavailable("writer answered with the wrong type"))
+    }
+}
+
+/// The writer thread: one transaction per group of waiting calls.
+fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for job in group {
+                let _ = job.done.send(Err(unavailable(&e)));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            let result = match conn.execute_batch("SAVEPOINT call") {
+                Err(e) => Err(unavailable(e)),
+                Ok(()) => {
+                    let work = job.work;
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn)))
+                        .unwrap_or_else(|_| Err(unavailable("a store call panicked")));
+                    let end = if r.is_err() {
+                        "ROLLBACK TO call; RELEASE call"
+                    } else {
+                        "RELEASE call"
+                    };
+                    match conn.execute_batch(end) {
+                        Ok(()) => r,
+                        Err(e) => Err(unavailable(e)),
+                    }
+                }
+            };
+            answers.push((job.done, result));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (done, result) in answers {
+                    let _ = done.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                for (done, _) in answers {
+                    let _ = done.send(Err(unavailable(&e)));
+                }
+            }
+        }
     }
 }

@@ -52,7 +52,7 @@ impl SqliteQueue {
     pub async fn dead_letters(&self) -> Result<Vec<String>, QueueError> {
         let name = self.name.clone();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 let mut stmt = c
                     .prepare(
                         "SELECT body FROM dead_letters WHERE queue = ?1 ORDER BY failed_at_ms, id",
@@ -73,7 +73,7 @@ impl SqliteQueue {
     pub async fn depth(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();
         self.db
-            .call(move |c| {
+            .read(move |c| {
                 c.query_row(
                     "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1",
                     params![name],
@@ -92,9 +92,7 @@ impl SqliteQueue {
         let max_receives = self.max_receives as i64;
         self.db
             .call(move |c| {
-                let tx = c
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(crate::db::unavailable)?;
+                let tx = c;
                 let now = now_ms();
                 let mut out = Vec::new();
                 {
@@ -146,7 +144,6 @@ impl SqliteQueue {
                         });
                     }
                 }
-                tx.commit().map_err(crate::db::unavailable)?;
                 Ok(out)
             })
             .await

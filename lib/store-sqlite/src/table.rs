@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use voyage_core::ports::table::{
     check_batch, check_transaction, page_of, prefix_end, Resume, BATCH_GET_LIMIT,
 };
@@ -41,7 +41,7 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<Item> {
     })
 }
 
-fn current_version(tx: &Transaction<'_>, key: &Key) -> Result<Option<u64>, StoreError> {
+fn current_version(tx: &Connection, key: &Key) -> Result<Option<u64>, StoreError> {
     tx.prepare_cached("SELECT version FROM items WHERE pk = ?1 AND sk = ?2")
         .map_err(unavailable)?
         .query_row(params![key.pk, key.sk], |r| r.get::<_, i64>(0))
@@ -50,7 +50,7 @@ fn current_version(tx: &Transaction<'_>, key: &Key) -> Result<Option<u64>, Store
         .map_err(unavailable)
 }
 
-fn write_item(tx: &Transaction<'_>, item: &Item) -> Result<(), StoreError> {
+fn write_item(tx: &Connection, item: &Item) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO items (pk, sk, gsi1pk, gsi1sk, gsi2pk, gsi2sk, version, expires_at, data)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -73,7 +73,7 @@ fn write_item(tx: &Transaction<'_>, item: &Item) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn delete_item(tx: &Transaction<'_>, key: &Key) -> Result<(), StoreError> {
+fn delete_item(tx: &Connection, key: &Key) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")
         .map_err(unavailable)?
         .execute(params![key.pk, key.sk])
@@ -147,14 +147,13 @@ impl Table for SqliteTable {
         check_batch(&puts, &deletes)?;
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(unavailable)?;
                 for k in &deletes {
-                    delete_item(&tx, k)?;
+                    delete_item(c, k)?;
                 }
                 for i in &puts {
-                    write_item(&tx, i)?;
+                    write_item(c, i)?;
                 }
-                tx.commit().map_err(unavailable)
+                Ok(())
             })
             .await
     }
@@ -163,27 +162,24 @@ impl Table for SqliteTable {
         check_transaction(&writes)?;
         self.db
             .call(move |c| {
-                // IMMEDIATE takes the write lock before reading versions, so no other process
-                // can change an item between our check and our write.
-                let tx = c
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(unavailable)?;
+                // The writer's transaction holds the write lock: no other process can change
+                // an item between this check and this write.
                 for w in &writes {
                     let (key, cond) = match w {
                         TxWrite::Put(i, c) => (&i.key, *c),
                         TxWrite::Delete(k, c) => (k, *c),
                     };
-                    if !cond.holds(current_version(&tx, key)?) {
+                    if !cond.holds(current_version(c, key)?) {
                         return Err(StoreError::ConditionFailed);
                     }
                 }
                 for w in &writes {
                     match w {
-                        TxWrite::Put(i, _) => write_item(&tx, i)?,
-                        TxWrite::Delete(k, _) => delete_item(&tx, k)?,
+                        TxWrite::Put(i, _) => write_item(c, i)?,
+                        TxWrite::Delete(k, _) => delete_item(c, k)?,
                     }
                 }
-                tx.commit().map_err(unavailable)
+                Ok(())
             })
             .await
     }
