@@ -68,6 +68,8 @@ const GROUP_LIMIT: usize = 256;
 /// which in WAL mode never wait for the writer.
 pub struct Db {
     writer: std::sync::mpsc::Sender<WriteJob>,
+    /// Its drop tells the checkpointer thread to stop.
+    _alive: Arc<()>,
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
     path: PathBuf,
@@ -105,6 +107,26 @@ impl Db {
                 .map_err(unavailable)?;
             readers.push(Mutex::new(r));
         }
+        // Checkpoints (and their fsync) happen off the write path: the writer never runs
+        // one itself; a background connection runs a PASSIVE checkpoint, which never blocks
+        // writers, every half second.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(unavailable)?;
+        let checkpointer = Connection::open(&path).map_err(unavailable)?;
+        let alive = Arc::new(());
+        let watch = Arc::downgrade(&alive);
+        std::thread::Builder::new()
+            .name("voyage-sqlite-checkpoint".into())
+            .spawn(move || {
+                // Ends with its database (the last strong reference is the Db's).
+                while watch.strong_count() > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "wal checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| unavailable(format!("cannot start the checkpointer: {e}")))?;
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("voyage-sqlite-writer".into())
@@ -112,6 +134,7 @@ impl Db {
             .map_err(|e| unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Arc::new(Db {
             writer: tx,
+            _alive: alive,
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
