@@ -720,3 +720,34 @@ async fn retry_after_is_honoured_over_a_shorter_schedule() {
         "retried after {gap:?}, before Retry-After"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_event_on_the_local_bus_is_dispatched() {
+    use voyage_core::ports::BusEvent;
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let bus = app.local.deps.bus.clone().unwrap();
+    bus.publish(&[BusEvent::new(
+        "session.restored",
+        json!({"company_id": "acme", "payload": {"session_id": "s9"}, "idempotency_key": "bus-1"}),
+    )])
+    .await
+    .unwrap();
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(
+        (body["type"].as_str(), body["data"]["session_id"].as_str()),
+        (Some("session.restored"), Some("s9"))
+    );
+    // The same event again (same idempotency key) sends nothing new.
+    bus.publish(&[BusEvent::new(
+        "session.restored",
+        json!({"company_id": "acme", "payload": {"session_id": "s9"}, "idempotency_key": "bus-1"}),
+    )])
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.received().len(), 1);
+}
