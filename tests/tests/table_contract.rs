@@ -20,6 +20,7 @@ macro_rules! every_case {
                     batch_write_puts_and_deletes_within_limits,
                     transactions_are_all_or_nothing,
                     queries_are_ordered_paged_and_bounded,
+                    queries_page_backwards_when_descending,
                     index_queries_are_ordered_and_paged,
                     index_entries_follow_the_item,
                 ]

@@ -253,6 +253,22 @@ async fn retries_run_out_and_the_delivery_fails() {
         got[2].header("x-webhook-delivery").as_deref(),
         again["id"].as_str()
     );
+    // The log lists the newest delivery first.
+    let (_, log) = app
+        .call(
+            "GET",
+            &format!("/v1/webhooks/{}/deliveries", ep["id"].as_str().unwrap()),
+            &tenant,
+            None,
+        )
+        .await;
+    let ids: Vec<&str> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [again["id"].as_str().unwrap(), old]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,7 @@ impl DynamoTable {
             .set_expression_attribute_values(Some(values))
             .set_exclusive_start_key(start)
             .set_consistent_read(index.is_none().then_some(true))
+            .scan_index_forward(!q.descending)
             .limit((limit + 1) as i32)
             .send()
             .await

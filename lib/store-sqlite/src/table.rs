@@ -190,14 +190,19 @@ impl Table for SqliteTable {
             None => None,
         };
         let limit = q.limit.max(1);
+        let (after_op, order) = if q.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         self.db
             .read(move |c| {
                 let mut stmt = c
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM items
                          WHERE pk = ?1 AND sk >= ?2 AND sk < ?3
-                           AND (?4 IS NULL OR sk <= ?4) AND (?5 IS NULL OR sk > ?5)
-                         ORDER BY sk LIMIT ?6"
+                           AND (?4 IS NULL OR sk <= ?4) AND (?5 IS NULL OR sk {after_op} ?5)
+                         ORDER BY sk {order} LIMIT ?6"
                     ))
                     .map_err(unavailable)?;
                 let items = stmt
@@ -230,6 +235,11 @@ impl Table for SqliteTable {
             Index::Gsi2 => ("gsi2pk", "gsi2sk"),
         };
         let limit = q.limit.max(1);
+        let (after_op, order) = if q.descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         self.db
             .read(move |c| {
                 let mut stmt = c
@@ -237,8 +247,8 @@ impl Table for SqliteTable {
                         "SELECT {COLUMNS} FROM items
                          WHERE {ipk} = ?1 AND {isk} >= ?2 AND {isk} < ?3
                            AND (?4 IS NULL OR {isk} <= ?4)
-                           AND (?5 IS NULL OR ({isk}, pk, sk) > (?5, ?6, ?7))
-                         ORDER BY {isk}, pk, sk LIMIT ?8"
+                           AND (?5 IS NULL OR ({isk}, pk, sk) {after_op} (?5, ?6, ?7))
+                         ORDER BY {isk} {order}, pk {order}, sk {order} LIMIT ?8"
                     ))
                     .map_err(unavailable)?;
                 let (a_isk, a_pk, a_sk) = match after {

@@ -235,6 +235,31 @@ pub async fn index_queries_are_ordered_and_paged(f: &Fixture<dyn Table>) {
     );
 }
 
+pub async fn queries_page_backwards_when_descending(f: &Fixture<dyn Table>) {
+    let t = f.it.as_ref();
+    for sk in ["A#1", "A#2", "A#3", "A#4", "A#5", "B#1"] {
+        let mut it = item("D", sk, sk);
+        it.gsi1 = Some(Key::new("DIDX", sk));
+        t.put(it, Condition::None).await.unwrap();
+    }
+    let mut q = Query::prefix("D", "A#", 2);
+    q.descending = true;
+    assert_eq!(
+        sks(&all(t, None, q.clone()).await),
+        ["A#5", "A#4", "A#3", "A#2", "A#1"]
+    );
+    let got = all(
+        t,
+        Some(Index::Gsi1),
+        Query {
+            pk: "DIDX".into(),
+            ..q
+        },
+    )
+    .await;
+    assert_eq!(sks(&got), ["A#5", "A#4", "A#3", "A#2", "A#1"]);
+}
+
 /// A key's presence in an index follows the item: re-indexed or un-indexed on overwrite.
 pub async fn index_entries_follow_the_item(f: &Fixture<dyn Table>) {
     let t = f.it.as_ref();

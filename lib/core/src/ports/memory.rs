@@ -120,14 +120,31 @@ impl Table for MemoryTable {
             None => None,
         };
         let items = self.lock()?;
-        let found: Vec<Item> = items
+        let in_partition = items
             .range(Key::new(q.pk.clone(), q.prefix.clone())..)
             .take_while(|(k, _)| k.pk == q.pk)
             .filter(|(k, _)| in_range(&k.sk, &q))
-            .filter(|(k, _)| after.as_deref().is_none_or(|a| k.sk.as_str() > a))
-            .take(q.limit.max(1) + 1)
-            .map(|(_, i)| i.clone())
-            .collect();
+            .map(|(_, i)| i);
+        let after_cursor = |i: &&Item| {
+            after.as_deref().is_none_or(|a| {
+                if q.descending {
+                    i.key.sk.as_str() < a
+                } else {
+                    i.key.sk.as_str() > a
+                }
+            })
+        };
+        let found: Vec<Item> = if q.descending {
+            let mut all: Vec<&Item> = in_partition.filter(after_cursor).collect();
+            all.reverse();
+            all.into_iter().take(q.limit.max(1) + 1).cloned().collect()
+        } else {
+            in_partition
+                .filter(after_cursor)
+                .take(q.limit.max(1) + 1)
+                .cloned()
+                .collect()
+        };
         Ok(page_of(found, q.limit, None, false))
     }
 
@@ -151,12 +168,20 @@ impl Table for MemoryTable {
             })
             .filter(|(isk, i)| {
                 after.as_ref().is_none_or(|a| {
-                    (isk.as_str(), i.key.pk.as_str(), i.key.sk.as_str())
-                        > (a.0.as_str(), a.1.as_str(), a.2.as_str())
+                    let here = (isk.as_str(), i.key.pk.as_str(), i.key.sk.as_str());
+                    let there = (a.0.as_str(), a.1.as_str(), a.2.as_str());
+                    if q.descending {
+                        here < there
+                    } else {
+                        here > there
+                    }
                 })
             })
             .collect();
         found.sort_by(|a, b| (&a.0, &a.1.key).cmp(&(&b.0, &b.1.key)));
+        if q.descending {
+            found.reverse();
+        }
         found.truncate(q.limit.max(1) + 1);
         Ok(page_of(
             found.into_iter().map(|(_, i)| i).collect(),

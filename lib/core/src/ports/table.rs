@@ -108,6 +108,8 @@ pub struct Query {
     pub limit: usize,
     /// The `next` of a previous page.
     pub cursor: Option<String>,
+    /// Newest (greatest sort key) first.
+    pub descending: bool,
 }
 
 impl Query {
@@ -118,6 +120,7 @@ impl Query {
             upper: None,
             limit,
             cursor: None,
+            descending: false,
         }
     }
 }

@@ -190,7 +190,7 @@ impl Store {
         }
     }
 
-    /// An endpoint's deliveries, oldest first, optionally only those in `status`.
+    /// An endpoint's deliveries, newest first, optionally only those in `status`.
     pub async fn list_deliveries(
         &self,
         company: &str,
@@ -205,6 +205,7 @@ impl Store {
             validate_page_size(limit)?,
         );
         q.cursor = check_cursor(cursor)?;
+        q.descending = true;
         let page = self.table.query_index(Index::Gsi1, q).await?;
         let mut listed: Listed<Delivery> = self.decode_page(page)?;
         if let Some(s) = status {
