@@ -275,22 +275,23 @@ pub async fn api_keys_authenticate_until_revoked(f: &Fixture<dyn Table>) {
 
 pub async fn idempotency_claims_replay_and_expire(f: &Fixture<dyn Table>) {
     let (s, clock) = store(f);
+    let lease = Duration::minutes(2);
     let ttl = Duration::hours(24);
     assert_eq!(
-        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+        s.claim_idempotent("acme", "dispatch", "k1", lease)
             .await
             .unwrap(),
         Claim::Fresh
     );
     assert_eq!(
-        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+        s.claim_idempotent("acme", "dispatch", "k1", lease)
             .await
             .unwrap(),
         Claim::InFlight
     );
     // Keys are per company.
     assert_eq!(
-        s.claim_idempotent("other", "dispatch", "k1", ttl)
+        s.claim_idempotent("other", "dispatch", "k1", lease)
             .await
             .unwrap(),
         Claim::Fresh
@@ -299,8 +300,23 @@ pub async fn idempotency_claims_replay_and_expire(f: &Fixture<dyn Table>) {
     s.complete_idempotent("acme", "dispatch", "k1", ttl, answer.clone())
         .await
         .unwrap();
+    // A claim whose holder died (never completed) frees the key once its lease passes...
     assert_eq!(
-        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+        s.claim_idempotent("acme", "dispatch", "k2", lease)
+            .await
+            .unwrap(),
+        Claim::Fresh
+    );
+    clock.advance(Duration::minutes(3));
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k2", lease)
+            .await
+            .unwrap(),
+        Claim::Fresh
+    );
+    // ...while a completed answer is replayed for the whole ttl, past any lease.
+    assert_eq!(
+        s.claim_idempotent("acme", "dispatch", "k1", lease)
             .await
             .unwrap(),
         Claim::Replay(answer)
@@ -308,7 +324,7 @@ pub async fn idempotency_claims_replay_and_expire(f: &Fixture<dyn Table>) {
     // After the ttl the key is fresh again, whether or not the store purged it yet.
     clock.advance(Duration::hours(25));
     assert_eq!(
-        s.claim_idempotent("acme", "dispatch", "k1", ttl)
+        s.claim_idempotent("acme", "dispatch", "k1", lease)
             .await
             .unwrap(),
         Claim::Fresh

@@ -28,13 +28,16 @@ fn key_of(company: &str, scope: &str, key: &str) -> Key {
 }
 
 impl Store {
-    /// Claims `key` within `scope` for `ttl`. A record past its ttl counts as absent.
+    /// Claims `key` within `scope` while its first request runs. The claim lasts `lease`:
+    /// short, so that if the process dies before [`Store::complete_idempotent`], a retry
+    /// after the lease does the work again (at least once) instead of being refused for the
+    /// whole remembering period. A record past its expiry counts as absent.
     pub async fn claim_idempotent(
         &self,
         company: &str,
         scope: &str,
         key: &str,
-        ttl: chrono::Duration,
+        lease: chrono::Duration,
     ) -> Result<Claim> {
         let now = self.now();
         let record = IdempotencyRecord {
@@ -42,7 +45,7 @@ impl Store {
             response: None,
         };
         let mut item = Item::new(key_of(company, scope, key), encode(&record)?);
-        item.expires_at = Some((now + ttl).timestamp());
+        item.expires_at = Some((now + lease).timestamp());
         match self.table.put(item.clone(), Condition::NotExists).await {
             Ok(()) => return Ok(Claim::Fresh),
             Err(StoreError::ConditionFailed) => {}
@@ -77,7 +80,7 @@ impl Store {
         })
     }
 
-    /// Records the answer to replay for `key`.
+    /// Records the answer to replay for `key`, remembered for `ttl`.
     pub async fn complete_idempotent(
         &self,
         company: &str,

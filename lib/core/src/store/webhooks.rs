@@ -71,6 +71,15 @@ impl Store {
         }
     }
 
+    /// The endpoint, or `None` when it was deleted.
+    pub async fn find_endpoint(&self, company: &str, id: &str) -> Result<Option<WebhookEndpoint>> {
+        match self.get_endpoint(company, id).await {
+            Ok(e) => Ok(Some(e)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Compare-and-set on `e.version`; on success `e.version` is the new version.
     pub async fn update_endpoint(&self, e: &mut WebhookEndpoint) -> Result<()> {
         let expected = e.version;
@@ -223,10 +232,11 @@ impl Store {
         let mut q = Query::prefix(DUE_PK, "", limit.max(1));
         q.upper = Some(format!("{}~", until.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
         let page = self.table.query_index(Index::Gsi2, q).await?;
-        // The index may lag: confirm each against its record.
-        let mut out = Vec::new();
-        for item in page.items {
-            if let Some(fresh) = self.table.get(&item.key).await? {
+        // The index may lag: confirm each against its record, in one batch read.
+        let keys: Vec<Key> = page.items.into_iter().map(|i| i.key).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for fresh in self.table.batch_get(chunk).await? {
                 let d: Delivery = decode(&fresh)?;
                 if d.status == DeliveryStatus::Pending
                     && d.next_attempt_at.is_some_and(|t| t <= until)
@@ -235,6 +245,7 @@ impl Store {
                 }
             }
         }
+        out.sort_by_key(|d| d.next_attempt_at);
         Ok(out)
     }
 }

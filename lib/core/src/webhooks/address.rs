@@ -83,16 +83,34 @@ pub fn validate_url(field: &str, url: &str, allow_http: bool) -> Result<String> 
     if authority.contains('@') {
         return Err(bad("must not contain credentials"));
     }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("").to_string()
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, rest) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed IPv6 address"))?;
+        if h.parse::<Ipv6Addr>().is_err() {
+            return Err(bad("has an invalid IPv6 address"));
+        }
+        (h, rest.strip_prefix(':'))
     } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(h, _)| h)
-            .to_string()
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
     };
     if host.is_empty() {
         return Err(bad("must name a host"));
+    }
+    if !authority.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(bad("has a host name with characters DNS does not allow"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |n| n == 0) {
+            return Err(bad("has an invalid port"));
+        }
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -168,6 +186,12 @@ mod tests {
             "https://",
             "https://u:p@x.com/",
             "https://exa mple.com",
+            "https://example.com:99999/",
+            "https://example.com:0/",
+            "https://example.com:http/",
+            "https://exa_mple.com/",
+            "https://[::1/",
+            "https://[nope]/",
             &format!("https://x.com/{}", "a".repeat(2048)),
         ] {
             assert_eq!(

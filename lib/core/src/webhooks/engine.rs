@@ -33,6 +33,9 @@ pub const DISABLE_AFTER: chrono::Duration = chrono::Duration::days(5);
 pub const DISABLE_MIN_FAILURES: u32 = 10;
 /// Idempotency keys are remembered this long.
 pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
+/// How long a dispatch holds its idempotency key before answering; a retry after a crash
+/// within the dispatch may redo it once this has passed.
+pub const IDEMPOTENCY_LEASE: chrono::Duration = chrono::Duration::minutes(2);
 
 /// A platform event to deliver.
 #[derive(Debug, Clone)]
@@ -95,7 +98,7 @@ impl WebhookEngine {
         let store = &self.deps.store;
         if let Some(key) = &d.idempotency_key {
             match store
-                .claim_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_TTL)
+                .claim_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_LEASE)
                 .await?
             {
                 Claim::Fresh => {}
@@ -248,12 +251,10 @@ impl WebhookEngine {
             Err(Error::Conflict { .. }) => return Ok(AttemptOutcome::Skipped("claimed elsewhere")),
             Err(e) => return Err(e),
         }
-        let endpoint = match store.get_endpoint(company, &d.endpoint_id).await {
-            Ok(e) if e.status == EndpointStatus::Active => Some(e),
-            Ok(_) => None,
-            Err(Error::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
+        let endpoint = store
+            .find_endpoint(company, &d.endpoint_id)
+            .await?
+            .filter(|e| e.status == EndpointStatus::Active);
         let Some(endpoint) = endpoint else {
             d.status = DeliveryStatus::Failed;
             d.next_attempt_at = None;
@@ -349,10 +350,8 @@ impl WebhookEngine {
     async fn record_health(&self, company: &str, endpoint_id: &str, delivered: bool) -> Result<()> {
         let store = &self.deps.store;
         for _ in 0..5 {
-            let mut e = match store.get_endpoint(company, endpoint_id).await {
-                Ok(e) => e,
-                Err(Error::NotFound { .. }) => return Ok(()),
-                Err(err) => return Err(err),
+            let Some(mut e) = store.find_endpoint(company, endpoint_id).await? else {
+                return Ok(());
             };
             let now = self.now();
             if delivered {
@@ -391,10 +390,8 @@ impl WebhookEngine {
     ) -> Result<()> {
         let store = &self.deps.store;
         for _ in 0..5 {
-            let mut e = match store.get_endpoint(company, endpoint_id).await {
-                Ok(e) => e,
-                Err(Error::NotFound { .. }) => return Ok(()),
-                Err(err) => return Err(err),
+            let Some(mut e) = store.find_endpoint(company, endpoint_id).await? else {
+                return Ok(());
             };
             if e.status == EndpointStatus::Disabled {
                 return Ok(());
