@@ -3,31 +3,25 @@
 use voyage_tests::contract_tests;
 use voyage_tests::fixtures;
 
-contract_tests!(
-    sqlite_queue,
-    fixtures::sqlite_queue(),
-    voyage_tests::contract::queue,
-    [
-        a_message_is_delivered_until_acked,
-        a_delayed_message_waits_its_delay,
-        a_released_message_returns_then_dead_letters,
-        waits_beyond_the_queue_limit_are_chained,
-        delays_beyond_the_limit_are_refused,
-    ]
-);
+macro_rules! every_queue_case {
+    ($adapter:ident, $fixture:expr) => {
+        contract_tests!(
+            $adapter,
+            $fixture,
+            voyage_tests::contract::queue,
+            [
+                a_message_is_delivered_until_acked,
+                a_delayed_message_waits_its_delay,
+                a_released_message_returns_then_dead_letters,
+                waits_beyond_the_queue_limit_are_chained,
+                delays_beyond_the_limit_are_refused,
+            ]
+        );
+    };
+}
 
-contract_tests!(
-    sqs_queue,
-    fixtures::sqs_queue().await,
-    voyage_tests::contract::queue,
-    [
-        a_message_is_delivered_until_acked,
-        a_delayed_message_waits_its_delay,
-        a_released_message_returns_then_dead_letters,
-        waits_beyond_the_queue_limit_are_chained,
-        delays_beyond_the_limit_are_refused,
-    ]
-);
+every_queue_case!(sqlite_queue, fixtures::sqlite_queue());
+every_queue_case!(sqs_queue, fixtures::sqs_queue().await);
 
 contract_tests!(
     sqlite_bus,

@@ -58,6 +58,20 @@ fn endpoint(id: &str, url: &str, events: &[&str], clock: &ManualClock) -> Webhoo
     }
 }
 
+/// Dispatches one `session.created` event for acme.
+async fn created(engine: &WebhookEngine) -> voyage_core::webhooks::Dispatched {
+    engine
+        .dispatch(Dispatch {
+            company_id: "acme".into(),
+            event_type: "session.created".into(),
+            payload: serde_json::Map::new(),
+            idempotency_key: None,
+            only_endpoint: None,
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_endpoint_failing_every_delivery_for_five_days_is_disabled() {
     let clock = Arc::new(ManualClock::new(voyage_tests::contract::store::t0()));
@@ -92,16 +106,7 @@ async fn an_endpoint_failing_every_delivery_for_five_days_is_disabled() {
     // GIVEN 12 deliveries, one every half day, every one failing
     let mut disabled_after = None;
     for i in 0..12 {
-        let out = engine
-            .dispatch(Dispatch {
-                company_id: "acme".into(),
-                event_type: "session.created".into(),
-                payload: serde_json::Map::new(),
-                idempotency_key: None,
-                only_endpoint: None,
-            })
-            .await
-            .unwrap();
+        let out = created(&engine).await;
         if disabled_after.is_some() {
             // Disabled: it is no longer a target.
             assert!(out.deliveries.is_empty());
@@ -157,16 +162,7 @@ async fn a_success_ends_a_run_of_failures() {
                 calls: Mutex::new(vec![]),
             }),
         );
-        let out = engine
-            .dispatch(Dispatch {
-                company_id: "acme".into(),
-                event_type: "session.created".into(),
-                payload: serde_json::Map::new(),
-                idempotency_key: None,
-                only_endpoint: None,
-            })
-            .await
-            .unwrap();
+        let out = created(&engine).await;
         engine.attempt("acme", &out.deliveries[0].id).await.unwrap();
         clock.advance(Duration::days(3));
     }

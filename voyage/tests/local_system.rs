@@ -37,9 +37,19 @@ fn serve(dir: &Path) -> (Server, Duration) {
 }
 
 fn create_key(dir: &Path, company: &str) -> String {
+    keys_create(&[
+        "--company",
+        company,
+        "--data-dir",
+        &dir.display().to_string(),
+    ])
+}
+
+/// Runs `voyage keys create ARGS...` and returns the key it printed.
+fn keys_create(args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["keys", "create", "--company", company, "--data-dir"])
-        .arg(dir)
+        .args(["keys", "create"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -155,24 +165,7 @@ async fn keys_can_be_created_in_a_deployed_table() {
     let client = voyage_aws::dynamodb_client(&sdk);
     let table = format!("keys-{}", std::process::id());
     voyage_aws::create_table(&client, &table).await.unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "keys",
-            "create",
-            "--company",
-            "acme",
-            "--internal",
-            "--table",
-            &table,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = keys_create(&["--company", "acme", "--internal", "--table", &table]);
     let store = voyage_core::store::Store::new(
         std::sync::Arc::new(voyage_aws::DynamoTable::new(client, table)),
         std::sync::Arc::new(voyage_core::ports::SystemClock),
@@ -248,19 +241,14 @@ async fn a_restart_in_the_middle_of_a_retry_schedule_loses_no_delivery() {
     ];
     let mut server = serve_with(dir.path(), &env);
     let tenant = create_key(dir.path(), "acme");
-    let out = Command::new(BIN)
-        .args([
-            "keys",
-            "create",
-            "--company",
-            "platform",
-            "--internal",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let internal = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let data_dir = dir.path().display().to_string();
+    let internal = keys_create(&[
+        "--company",
+        "platform",
+        "--internal",
+        "--data-dir",
+        &data_dir,
+    ]);
     let client = reqwest::Client::new();
     let created = client
         .post(format!("{}/v1/webhooks", server.base))
