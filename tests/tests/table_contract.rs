@@ -38,6 +38,8 @@ macro_rules! every_case {
                     mappings_are_read_by_event_in_batches,
                     overrides_are_written_in_batches_and_read_by_range,
                     sessions_are_conditional_and_found_by_staff_and_time,
+                    credentials_are_replaced_and_kept_per_provider,
+                    outbound_context_is_one_read_and_its_commit_all_or_nothing,
                 ]
             );
         }

@@ -33,9 +33,15 @@ pub struct Local {
 }
 
 impl Local {
-    pub fn open(data_dir: &Path, config: Config) -> Result<Local, String> {
+    pub fn open(data_dir: &Path, mut config: Config) -> Result<Local, String> {
         let db =
             Db::open(data_dir).map_err(|e| format!("cannot open {}: {e}", data_dir.display()))?;
+        if config.credentials_key.is_none() {
+            config.credentials_key = Some(credentials_key(data_dir)?);
+        }
+        if let Some(sandbox) = Sandbox::read(data_dir) {
+            sandbox.apply(&mut config);
+        }
         let store = Store::new(
             Arc::new(SqliteTable::new(db.clone())),
             Arc::new(SystemClock),
@@ -53,7 +59,7 @@ impl Local {
             MAX_RECEIVES,
         );
         deps = deps.with_bus(Arc::new(SqliteBus::new(events)));
-        let deps = Arc::new(deps);
+        let deps = Arc::new(voyage_providers::attach(deps)?);
         let transport =
             voyage_fn_webhooks::HttpTransport::new(deps.config.allow_private_webhook_targets)?;
         let webhooks = WebhookEngine::new(deps.clone(), Arc::new(transport));
@@ -156,32 +162,153 @@ where
     }
 }
 
+/// The key that seals tenants' provider secrets: `VOYAGE_CREDENTIALS_KEY`, else the key file
+/// `credentials.key` beside the database (created on first use, readable by its owner only),
+/// so a copy of the database alone does not reveal any secret.
+fn credentials_key(data_dir: &Path) -> Result<[u8; 32], String> {
+    let path = data_dir.join("credentials.key");
+    let read = |p: &Path| -> Result<[u8; 32], String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        voyage_core::sealing::parse_key(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    let key = voyage_core::sealing::generate_key().map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(key.as_bytes())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        // Another process (a `jobs run` beside `serve`) made it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    read(&path)
+}
+
+/// The sandbox's provider settings: `serve --simulate-providers` writes them beside the
+/// database so `voyage jobs run` on the same data directory talks to the same simulators.
+/// Environment variables still win.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Sandbox {
+    pub graph_base_url: String,
+    pub ms_login_base_url: String,
+    pub public_base_url: String,
+}
+
+/// The app registration the sandbox's Graph simulator knows from the start.
+pub const SANDBOX_TENANT: &str = "sandbox-tenant";
+pub const SANDBOX_CLIENT_ID: &str = "sandbox-client";
+pub const SANDBOX_CLIENT_SECRET: &str = "sandbox-secret";
+
+impl Sandbox {
+    const FILE: &'static str = "sandbox.json";
+
+    pub fn for_address(base: &str) -> Sandbox {
+        Sandbox {
+            graph_base_url: format!("{base}/sim/graph"),
+            ms_login_base_url: format!("{base}/sim/graph"),
+            public_base_url: base.to_string(),
+        }
+    }
+
+    pub fn read(data_dir: &Path) -> Option<Sandbox> {
+        let text = std::fs::read_to_string(data_dir.join(Self::FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn write(&self, data_dir: &Path) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(data_dir.join(Self::FILE), text).map_err(|e| e.to_string())
+    }
+
+    pub fn remove(data_dir: &Path) {
+        let _ = std::fs::remove_file(data_dir.join(Self::FILE));
+    }
+
+    /// Points the provider clients at the simulators, unless the environment says otherwise.
+    pub fn apply(&self, config: &mut Config) {
+        let unset = |var: &str| {
+            std::env::var(var)
+                .map(|v| v.trim().is_empty())
+                .unwrap_or(true)
+        };
+        if unset("VOYAGE_GRAPH_BASE_URL") {
+            config.graph_base_url = self.graph_base_url.clone();
+        }
+        if unset("VOYAGE_MS_LOGIN_BASE_URL") {
+            config.ms_login_base_url = self.ms_login_base_url.clone();
+        }
+        if config.public_base_url.is_none() {
+            config.public_base_url = Some(self.public_base_url.clone());
+        }
+    }
+}
+
 /// The data directory to use: the flag, else `VOYAGE_DATA_DIR`, else `.voyage`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| PathBuf::from(".voyage"))
 }
 
-/// Serves until `shutdown` resolves. Prints the address, the data location and how to make a
-/// key, then answers requests.
+/// Serves until `shutdown` resolves. Binds first (so an `--addr` with port 0 works), opens
+/// the data directory with what the address implies (the public base URL; with
+/// `simulate_providers`, the simulators under `/sim/...`), prints the address, the data
+/// location and how to make a key, then answers requests.
 pub async fn serve(
-    local: Local,
-    addr: SocketAddr,
     data_dir: &Path,
+    mut config: Config,
+    addr: SocketAddr,
+    simulate_providers: bool,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let base = format!("http://{bound}");
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let simulators = if simulate_providers {
+        let sandbox = Sandbox::for_address(&base);
+        sandbox.write(data_dir)?;
+        let graph = voyage_simulators::GraphSimulator::new();
+        graph.register_app(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET);
+        Some(graph)
+    } else {
+        Sandbox::remove(data_dir);
+        None
+    };
+    if config.public_base_url.is_none() {
+        config.public_base_url = Some(base.clone());
+    }
+    let local = Local::open(data_dir, config)?;
     local.spawn_timers();
     local.spawn_consumers()?;
-    println!("voyage: serving every route on http://{bound}");
+    let mut router = local.router();
+    println!("voyage: serving every route on {base}");
     println!("voyage: data lives in {}", local.db.path().display());
+    if let Some(graph) = simulators {
+        router = Router::new()
+            .nest("/sim/graph", graph.router())
+            .merge(router);
+        println!(
+            "voyage: Microsoft Graph simulator on {base}/sim/graph (app: tenant {SANDBOX_TENANT}, client {SANDBOX_CLIENT_ID}, secret {SANDBOX_CLIENT_SECRET})"
+        );
+    }
     println!(
         "voyage: create an API key with: voyage keys create --company <company-id> --data-dir {}",
         data_dir.display()
     );
-    axum::serve(listener, local.router())
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| format!("server failed: {e}"))

@@ -32,6 +32,10 @@ enum Command {
         /// Let webhooks reach loopback and private addresses (for receivers on this machine).
         #[arg(long)]
         allow_private_webhook_targets: bool,
+        /// Serve stateful provider simulators (Microsoft Graph under `/sim/graph`) in this
+        /// process and point the provider clients at them: a sandbox with no cloud accounts.
+        #[arg(long)]
+        simulate_providers: bool,
     },
     /// Manage tenant API keys.
     Keys {
@@ -108,11 +112,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             addr,
             data_dir,
             allow_private_webhook_targets,
+            simulate_providers,
         } => {
             let mut config = config;
             config.allow_private_webhook_targets |= allow_private_webhook_targets;
-            let (local, dir) = open(data_dir, config)?;
-            voyage::serve(local, addr, &dir, shutdown_signal()).await
+            let dir = voyage::data_dir(data_dir);
+            voyage::serve(&dir, config, addr, simulate_providers, shutdown_signal()).await
         }
         Command::Keys {
             command:

@@ -1,4 +1,4 @@
-//! The exchange-outbound Lambda: decode, call core, encode.
+//! The exchange-outbound Lambda (HTTP): decode, call core, encode.
 
 use std::sync::Arc;
 
@@ -8,6 +8,6 @@ use voyage_core::config::Config;
 async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::from_env()?;
     voyage_http::logging::init(config.log_format);
-    let deps = Arc::new(voyage_aws::deps_from_config(config).await?);
-    voyage_http::serve_lambda(voyage_fn_exchange_outbound::router(deps)).await
+    let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
+    voyage_http::serve_lambda(voyage_fn_exchange_outbound::router(Arc::new(deps))).await
 }

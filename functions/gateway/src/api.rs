@@ -6,13 +6,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use voyage_core::deps::Deps;
-use voyage_core::model::{ApiKey, Connection, ConnectionStatus, Provider};
+use voyage_core::exchange::{credentials as exchange_credentials, subscriptions};
+use voyage_core::model::{ApiKey, Connection, ConnectionStatus, CredentialRecord, Provider};
 use voyage_core::{auth, ids, validate, Error};
 use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
 
@@ -28,6 +29,10 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route(
             "/v1/connections/{id}",
             get(get_connection).delete(delete_connection),
+        )
+        .route(
+            "/v1/credentials/exchange",
+            put(put_exchange_credentials).get(get_exchange_credentials),
         )
         .with_state(deps)
 }
@@ -161,8 +166,8 @@ impl From<Connection> for ConnectionView {
     }
 }
 
-/// Creates a connection in `pending`. The provider work that activates it (a Google push
-/// channel, a Graph subscription) is done by the provider's function.
+/// Creates a connection in `pending`, then, for Exchange, subscribes to the calendar at
+/// once: the answer shows `active`, or `error` with the reason (the renewal job retries).
 async fn create_connection(
     State(deps): State<Arc<Deps>>,
     Authenticated(p): Authenticated,
@@ -196,7 +201,10 @@ async fn create_connection(
         updated_at: now,
         version: 0,
     };
-    let created = deps.store.create_connection(&connection).await?;
+    let mut created = deps.store.create_connection(&connection).await?;
+    if created.provider == Provider::Exchange {
+        subscriptions::subscribe(&deps, &mut created).await?;
+    }
     Ok((StatusCode::CREATED, Json(ConnectionView::from(created))))
 }
 
@@ -237,6 +245,54 @@ async fn delete_connection(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     validate::identifier("id", &id)?;
-    deps.store.delete_connection(&p.company_id, &id).await?;
+    let removed = deps.store.delete_connection(&p.company_id, &id).await?;
+    if let (Provider::Exchange, Some(channel)) = (removed.provider, &removed.channel) {
+        subscriptions::remove_quietly(&deps, &p.company_id, &channel.id).await;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Credentials as shown back: the identity and when it was stored, never the secret.
+#[derive(Debug, Serialize)]
+struct CredentialsView {
+    provider: Provider,
+    #[serde(flatten)]
+    identity: serde_json::Map<String, serde_json::Value>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<CredentialRecord> for CredentialsView {
+    fn from(r: CredentialRecord) -> Self {
+        CredentialsView {
+            provider: r.provider,
+            identity: r.identity,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Stores the company's Graph app credentials (write-only: the secret is sealed and no
+/// route returns it). Connections in `error` for lack of credentials recover at the next
+/// renewal run.
+async fn put_exchange_credentials(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<exchange_credentials::ExchangeCredentialsInput>,
+) -> ApiResult<Json<CredentialsView>> {
+    let record = exchange_credentials::store(&deps, &p.company_id, body).await?;
+    Ok(Json(record.into()))
+}
+
+async fn get_exchange_credentials(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+) -> ApiResult<Json<CredentialsView>> {
+    match deps
+        .store
+        .get_credentials(&p.company_id, Provider::Exchange)
+        .await?
+    {
+        Some(r) => Ok(Json(r.into())),
+        None => Err(Error::not_found("credentials", "exchange").into()),
+    }
 }

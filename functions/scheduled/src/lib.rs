@@ -12,15 +12,22 @@ pub enum Job {
     PurgeExpired,
     /// Wake every pending webhook delivery whose attempt is overdue (its message was lost).
     RedriveWebhooks,
+    /// Renew Graph subscriptions expiring within 24 h; recreate missing or failed ones.
+    RenewSubscriptions,
 }
 
 impl Job {
-    pub const ALL: [Job; 2] = [Job::PurgeExpired, Job::RedriveWebhooks];
+    pub const ALL: [Job; 3] = [
+        Job::PurgeExpired,
+        Job::RedriveWebhooks,
+        Job::RenewSubscriptions,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Job::PurgeExpired => "purge-expired",
             Job::RedriveWebhooks => "redrive-webhooks",
+            Job::RenewSubscriptions => "renew-subscriptions",
         }
     }
 
@@ -31,6 +38,7 @@ impl Job {
             // Locally a lost wake-up cannot happen short of a crash; a minute keeps restarts
             // quick to resume.
             Job::RedriveWebhooks => std::time::Duration::from_secs(60),
+            Job::RenewSubscriptions => std::time::Duration::from_secs(3600),
         }
     }
 
@@ -60,6 +68,7 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
             processed: voyage_core::webhooks::redrive_due(deps, REDRIVE_SLACK).await?,
             failed: 0,
         },
+        Job::RenewSubscriptions => voyage_core::exchange::subscriptions::renew_all(deps).await?,
     };
     tracing::info!(
         job = job.name(),
@@ -75,7 +84,7 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
 pub enum Schedule {
     /// Every five minutes: sweeps of due records.
     FiveMinutes,
-    /// Hourly: renewals of provider subscriptions and channels (none yet).
+    /// Hourly: renewals of provider subscriptions and channels.
     Renewal,
 }
 
@@ -94,7 +103,7 @@ impl Schedule {
     pub fn jobs(self) -> &'static [Job] {
         match self {
             Schedule::FiveMinutes => &[Job::PurgeExpired, Job::RedriveWebhooks],
-            Schedule::Renewal => &[],
+            Schedule::Renewal => &[Job::RenewSubscriptions],
         }
     }
 }

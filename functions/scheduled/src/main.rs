@@ -8,7 +8,7 @@ use voyage_fn_scheduled::{run_input, ScheduledInput};
 async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env()?;
     voyage_http::logging::init(config.log_format);
-    let deps = voyage_aws::deps_from_config(config).await?;
+    let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
     let deps = &deps;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledInput>| async move {

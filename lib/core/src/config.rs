@@ -53,6 +53,9 @@ pub struct Config {
     pub google_calendar_base_url: String,
     /// `VOYAGE_GOOGLE_TOKEN_URL`, default `https://oauth2.googleapis.com/token`.
     pub google_token_url: String,
+    /// `VOYAGE_CREDENTIALS_KEY`: base64 of 32 random bytes, the key that seals tenants'
+    /// provider secrets at rest. Locally, when unset, a key file in the data directory.
+    pub credentials_key: Option<[u8; 32]>,
 }
 
 impl Config {
@@ -129,6 +132,13 @@ impl Config {
                 &get("VOYAGE_GOOGLE_TOKEN_URL")
                     .unwrap_or("https://oauth2.googleapis.com/token".into()),
             )?,
+            credentials_key: get("VOYAGE_CREDENTIALS_KEY")
+                .map(|v| crate::sealing::parse_key(&v))
+                .transpose()
+                .map_err(|message| ConfigError {
+                    var: "VOYAGE_CREDENTIALS_KEY",
+                    message,
+                })?,
         })
     }
 
@@ -206,6 +216,7 @@ mod tests {
             ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "maybe"),
             ("VOYAGE_GRAPH_BASE_URL", "graph.local"),
             ("VOYAGE_PUBLIC_BASE_URL", "ftp://x"),
+            ("VOYAGE_CREDENTIALS_KEY", "c2hvcnQ="),
         ] {
             let e = from(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var);

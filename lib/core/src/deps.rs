@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::exchange::graph::GraphApi;
 use crate::ports::{EventBus, Queue};
+use crate::sealing::Sealer;
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -51,16 +53,50 @@ pub struct Deps {
     pub config: Arc<Config>,
     pub queues: HashMap<QueueName, Arc<dyn Queue>>,
     pub bus: Option<Arc<dyn EventBus>>,
+    /// The Microsoft Graph client (HTTP adapter, or one pointed at the simulator).
+    pub graph: Option<Arc<dyn GraphApi>>,
+    /// Seals and opens tenants' provider secrets.
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl Deps {
     pub fn new(store: Store, config: Config) -> Self {
         Deps {
             store,
-            config: Arc::new(config),
             queues: HashMap::new(),
             bus: None,
+            graph: None,
+            sealer: config
+                .credentials_key
+                .and_then(|k| Sealer::new(&k).ok())
+                .map(Arc::new),
+            config: Arc::new(config),
         }
+    }
+
+    pub fn with_graph(mut self, graph: Arc<dyn GraphApi>) -> Self {
+        self.graph = Some(graph);
+        self
+    }
+
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    pub fn graph(&self) -> Result<&dyn GraphApi> {
+        self.graph
+            .as_deref()
+            .ok_or_else(|| Error::Internal("the Graph client is not configured".into()))
+    }
+
+    pub fn sealer(&self) -> Result<&Sealer> {
+        self.sealer.as_deref().ok_or_else(|| {
+            Error::Unavailable(
+                "VOYAGE_CREDENTIALS_KEY is not set: provider credentials cannot be stored or read"
+                    .into(),
+            )
+        })
     }
 
     pub fn with_queue(mut self, name: QueueName, queue: Arc<dyn Queue>) -> Self {

@@ -39,6 +39,15 @@ pub enum Error {
     #[error("{entity} `{id}` was changed concurrently")]
     Conflict { entity: &'static str, id: String },
 
+    /// A calendar provider refused or failed a call made for this request. `code` says
+    /// which (`exchange_auth_failed`, `exchange_throttled`, ...); 502 or 503.
+    #[error("{message}")]
+    Provider {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+
     /// A dependency (store, queue, provider) failed. Retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -67,7 +76,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::Validation { .. } | Error::UnknownField { .. } => 422,
-            Error::BadRequest { status, .. } => *status,
+            Error::BadRequest { status, .. } | Error::Provider { status, .. } => *status,
             Error::Unauthorized => 401,
             Error::Forbidden { .. } => 403,
             Error::NotFound { .. } => 404,
@@ -82,7 +91,7 @@ impl Error {
         match self {
             Error::Validation { .. } => "validation_failed",
             Error::UnknownField { .. } => "unknown_field",
-            Error::BadRequest { code, .. } => code,
+            Error::BadRequest { code, .. } | Error::Provider { code, .. } => code,
             Error::Unauthorized => "unauthorized",
             Error::Forbidden { .. } => "forbidden",
             Error::NotFound { .. } => "not_found",

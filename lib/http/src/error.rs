@@ -23,6 +23,8 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.0.code(), error = %self.0, "request failed");
             match &self.0 {
                 Error::Unavailable(_) => "a dependency is unavailable; retry later".to_string(),
+                // The provider's own readable reason: what the tenant needs to fix or wait for.
+                Error::Provider { message, .. } => message.clone(),
                 _ => "internal error".to_string(),
             }
         } else {

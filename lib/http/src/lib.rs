@@ -10,10 +10,12 @@ mod auth;
 mod error;
 mod json;
 pub mod logging;
+mod sqs;
 
 pub use auth::{auth_context, Auth, Authenticated};
 pub use error::{ApiError, ApiResult};
 pub use json::{decode_json, ApiJson, ApiPath, ApiQuery, MAX_BODY_BYTES};
+pub use sqs::serve_sqs;
 
 use axum::response::IntoResponse;
 use axum::routing::get;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use voyage_core::model::availability::OverrideRef;
 use voyage_core::model::{
-    AvailabilityOverride, Connection, ConnectionStatus, CursorToken, DeltaCursor, EventMapping,
-    Provider, PushChannel, Session, SessionStatus,
+    AvailabilityOverride, Connection, ConnectionStatus, CredentialRecord, CursorToken, DeltaCursor,
+    EventMapping, Provider, PushChannel, Session, SessionStatus,
 };
 use voyage_core::ports::{ManualClock, Table};
-use voyage_core::store::{Claim, Store};
+use voyage_core::store::{Claim, OutboundWrite, Store};
 use voyage_core::Error;
 
 use crate::fixtures::Fixture;
@@ -350,7 +350,7 @@ pub async fn mappings_are_read_by_event_in_batches(f: &Fixture<dyn Table>) {
         assert_eq!(m.version, 1);
     }
     let mut dup = s
-        .mapping_for_session("acme", "c1", "sess0")
+        .mapping_for_session("acme", Provider::Exchange, "sess0")
         .await
         .unwrap()
         .unwrap();
@@ -367,7 +367,7 @@ pub async fn mappings_are_read_by_event_in_batches(f: &Fixture<dyn Table>) {
     assert_eq!(found.len(), 150);
     // Updating with the stored version works; the by-event copy follows.
     let mut m = s
-        .mapping_for_session("acme", "c1", "sess7")
+        .mapping_for_session("acme", Provider::Exchange, "sess7")
         .await
         .unwrap()
         .unwrap();
@@ -510,4 +510,130 @@ pub async fn sessions_are_conditional_and_found_by_staff_and_time(f: &Fixture<dy
         .map(|x| x.id)
         .collect();
     assert_eq!(later, ["c", "b"]);
+}
+
+pub async fn credentials_are_replaced_and_kept_per_provider(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    assert_eq!(
+        s.get_credentials("acme", Provider::Exchange).await.unwrap(),
+        None
+    );
+    let mut identity = serde_json::Map::new();
+    identity.insert("tenant_id".into(), serde_json::json!("t1"));
+    let record = CredentialRecord {
+        company_id: "acme".into(),
+        provider: Provider::Exchange,
+        identity,
+        sealed: "v1.sealed-1".into(),
+        updated_at: t0(),
+        version: 0,
+    };
+    assert_eq!(s.put_credentials(&record).await.unwrap().version, 1);
+    let second = CredentialRecord {
+        sealed: "v1.sealed-2".into(),
+        ..record.clone()
+    };
+    assert_eq!(s.put_credentials(&second).await.unwrap().version, 2);
+    let stored = s
+        .get_credentials("acme", Provider::Exchange)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.sealed, "v1.sealed-2");
+    assert_eq!(
+        s.get_credentials("acme", Provider::Google).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_credentials("globex", Provider::Exchange)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn outbound_context_is_one_read_and_its_commit_all_or_nothing(f: &Fixture<dyn Table>) {
+    let (s, _) = store(f);
+    // GIVEN a staff member's connection and nothing else
+    let conn = s
+        .create_connection(&connection("acme", "c1", "ann", Provider::Exchange))
+        .await
+        .unwrap();
+    let empty = s
+        .outbound_context("acme", "ann", "sess1", Provider::Exchange)
+        .await
+        .unwrap();
+    assert_eq!(empty.connection.as_ref().map(|c| c.version), Some(1));
+    assert!(empty.session.is_none() && empty.mapping.is_none() && empty.credentials.is_none());
+    // WHEN a session, its mapping and the connection's sync state are committed together
+    let mut synced = conn.clone();
+    synced.last_sync_at = Some(t0());
+    let mapping = EventMapping {
+        company_id: "acme".into(),
+        session_id: "sess1".into(),
+        connection_id: "c1".into(),
+        provider: Provider::Exchange,
+        external_event_id: "evt1".into(),
+        change_key: Some("ck1".into()),
+        last_start: t0(),
+        last_end: t0() + Duration::hours(1),
+        updated_at: t0(),
+        version: 0,
+    };
+    let mut writes = vec![
+        OutboundWrite::Session(session("acme", "sess1", "ann", t0())),
+        OutboundWrite::Mapping {
+            next: mapping.clone(),
+            previous: None,
+        },
+        OutboundWrite::Connection(synced),
+    ];
+    s.commit_outbound(&mut writes).await.unwrap();
+    // THEN one read sees all of it, and the by-event copy is there too
+    let ctx = s
+        .outbound_context("acme", "ann", "sess1", Provider::Exchange)
+        .await
+        .unwrap();
+    assert_eq!(ctx.session.as_ref().map(|x| x.version), Some(1));
+    assert_eq!(ctx.mapping.as_ref().map(|m| m.version), Some(1));
+    let fresh = ctx.connection.clone().unwrap();
+    assert_eq!((fresh.version, fresh.last_sync_at), (2, Some(t0())));
+    assert_eq!(
+        s.mappings_for_events("acme", "c1", &["evt1".into()])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // WHEN a commit carries one stale version (the session read before the last write)
+    let stale_session = session("acme", "sess1", "ann", t0() + Duration::hours(3));
+    let mut moved = mapping.clone();
+    moved.version = 1;
+    moved.change_key = Some("ck2".into());
+    let mut writes = vec![
+        OutboundWrite::Session(stale_session),
+        OutboundWrite::Mapping {
+            next: moved,
+            previous: ctx.mapping.clone(),
+        },
+    ];
+    // THEN it is a conflict and nothing of it is written
+    assert!(matches!(
+        s.commit_outbound(&mut writes).await,
+        Err(Error::Conflict { .. })
+    ));
+    let after = s
+        .outbound_context("acme", "ann", "sess1", Provider::Exchange)
+        .await
+        .unwrap();
+    assert_eq!(after.mapping.unwrap().change_key.as_deref(), Some("ck1"));
+    assert_eq!(after.session.unwrap().start, t0());
+    // AND deleting the mapping with its current version removes both records
+    let mut writes = vec![OutboundWrite::DeleteMapping(ctx.mapping.clone().unwrap())];
+    s.commit_outbound(&mut writes).await.unwrap();
+    assert!(s
+        .mappings_for_events("acme", "c1", &["evt1".into()])
+        .await
+        .unwrap()
+        .is_empty());
 }

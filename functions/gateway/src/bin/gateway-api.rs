@@ -1,4 +1,5 @@
-//! The tenant admin API Lambda (`/v1/me`, `/v1/keys`, `/v1/connections`).
+//! The tenant admin API Lambda (`/v1/me`, `/v1/keys`, `/v1/connections`,
+//! `/v1/credentials/*`).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use voyage_core::config::Config;
 async fn main() -> Result<(), lambda_http::Error> {
     let config = Config::from_env()?;
     voyage_http::logging::init(config.log_format);
-    let deps = Arc::new(voyage_aws::deps_from_config(config).await?);
+    let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
+    let deps = Arc::new(deps);
     voyage_http::serve_lambda(voyage_fn_gateway::api::router(deps)).await
 }

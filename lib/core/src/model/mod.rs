@@ -3,6 +3,7 @@
 
 pub mod availability;
 pub mod connection;
+pub mod credentials;
 pub mod cursor;
 pub mod mapping;
 pub mod pending;
@@ -12,6 +13,7 @@ pub mod webhook;
 
 pub use availability::AvailabilityOverride;
 pub use connection::{Connection, ConnectionStatus, Provider, PushChannel};
+pub use credentials::CredentialRecord;
 pub use cursor::{CursorToken, DeltaCursor};
 pub use mapping::EventMapping;
 pub use pending::{PendingChange, PendingKind};

@@ -10,14 +10,14 @@ fn primary_key(company: &str, id: &str) -> Key {
     Key::new(company_pk(company), format!("CONN#{id}"))
 }
 
-fn staff_key(company: &str, staff: &str, provider: Provider) -> Key {
+pub(crate) fn staff_key(company: &str, staff: &str, provider: Provider) -> Key {
     Key::new(
         company_pk(company),
         format!("STAFFCONN#{staff}#{}", provider.as_str()),
     )
 }
 
-fn items_of(c: &Connection, version: u64) -> Result<(Item, Item)> {
+pub(crate) fn items_of(c: &Connection, version: u64) -> Result<(Item, Item)> {
     let data = encode(c)?;
     let mut primary = Item::new(primary_key(&c.company_id, &c.id), data.clone());
     primary.version = version;

@@ -1,15 +1,63 @@
 use super::{company_pk, decode, encode, Store};
-use crate::model::EventMapping;
+use crate::model::{EventMapping, Provider};
 use crate::ports::table::BATCH_GET_LIMIT;
 use crate::ports::{Condition, Item, Key, StoreError, TxWrite};
 use crate::{Error, Result};
 
-fn by_session(company: &str, connection: &str, session: &str) -> Key {
-    Key::new(company_pk(company), format!("MAP#{connection}#{session}"))
+/// A session shows as at most one event per provider (a staff member has one connection
+/// per provider), so the mapping is keyed by provider and session: the outbound path can
+/// read it in the same batch as the connection, before it knows the connection's id.
+pub(crate) fn by_session(company: &str, provider: Provider, session: &str) -> Key {
+    Key::new(
+        company_pk(company),
+        format!("MAP#{}#{session}", provider.as_str()),
+    )
 }
 
 fn by_event(company: &str, connection: &str, event: &str) -> Key {
     Key::new(company_pk(company), format!("MAPX#{connection}#{event}"))
+}
+
+/// The writes that store `next` (already carrying its new version) over `previous`: the
+/// mapping, its by-event copy, and the removal of a stale copy when the event changed.
+pub(crate) fn mapping_writes(
+    next: &EventMapping,
+    expected: u64,
+    previous: Option<&EventMapping>,
+) -> Result<Vec<TxWrite>> {
+    let data = encode(next)?;
+    let mut primary = Item::new(
+        by_session(&next.company_id, next.provider, &next.session_id),
+        data.clone(),
+    );
+    primary.version = next.version;
+    let mut copy = Item::new(
+        by_event(
+            &next.company_id,
+            &next.connection_id,
+            &next.external_event_id,
+        ),
+        data,
+    );
+    copy.version = next.version;
+    let condition = if expected == 0 {
+        Condition::NotExists
+    } else {
+        Condition::Version(expected)
+    };
+    let mut writes = vec![TxWrite::Put(primary, condition)];
+    if let Some(old) = previous {
+        if (&old.connection_id, &old.external_event_id)
+            != (&next.connection_id, &next.external_event_id)
+        {
+            writes.push(TxWrite::Delete(
+                by_event(&old.company_id, &old.connection_id, &old.external_event_id),
+                Condition::None,
+            ));
+        }
+    }
+    writes.push(TxWrite::Put(copy, Condition::None));
+    Ok(writes)
 }
 
 impl Store {
@@ -19,39 +67,13 @@ impl Store {
         let expected = m.version;
         let mut next = m.clone();
         next.version = expected + 1;
-        let data = encode(&next)?;
-        let mut primary = Item::new(
-            by_session(&m.company_id, &m.connection_id, &m.session_id),
-            data.clone(),
-        );
-        primary.version = next.version;
-        let mut copy = Item::new(
-            by_event(&m.company_id, &m.connection_id, &m.external_event_id),
-            data,
-        );
-        copy.version = next.version;
-        let condition = if expected == 0 {
-            Condition::NotExists
-        } else {
-            Condition::Version(expected)
-        };
-        let mut writes = vec![TxWrite::Put(primary, condition)];
-        // The provider event id never changes for a mapping (Graph immutable ids), but if it
-        // did, the stale by-event copy must go.
-        if expected != 0 {
-            if let Some(old) = self
-                .mapping_for_session(&m.company_id, &m.connection_id, &m.session_id)
+        let previous = if expected != 0 {
+            self.mapping_for_session(&m.company_id, m.provider, &m.session_id)
                 .await?
-            {
-                if old.external_event_id != m.external_event_id {
-                    writes.push(TxWrite::Delete(
-                        by_event(&m.company_id, &m.connection_id, &old.external_event_id),
-                        Condition::None,
-                    ));
-                }
-            }
-        }
-        writes.push(TxWrite::Put(copy, Condition::None));
+        } else {
+            None
+        };
+        let writes = mapping_writes(&next, expected, previous.as_ref())?;
         match self.table.transact(writes).await {
             Ok(()) => {
                 *m = next;
@@ -72,12 +94,12 @@ impl Store {
     pub async fn mapping_for_session(
         &self,
         company: &str,
-        connection: &str,
+        provider: Provider,
         session: &str,
     ) -> Result<Option<EventMapping>> {
         match self
             .table
-            .get(&by_session(company, connection, session))
+            .get(&by_session(company, provider, session))
             .await?
         {
             Some(item) => Ok(Some(decode(&item)?)),
@@ -108,18 +130,26 @@ impl Store {
     }
 
     pub async fn delete_mapping(&self, m: &EventMapping) -> Result<()> {
-        self.table
-            .transact(vec![
-                TxWrite::Delete(
-                    by_session(&m.company_id, &m.connection_id, &m.session_id),
-                    Condition::None,
-                ),
-                TxWrite::Delete(
-                    by_event(&m.company_id, &m.connection_id, &m.external_event_id),
-                    Condition::None,
-                ),
-            ])
-            .await?;
-        Ok(())
+        match self.table.transact(mapping_deletes(m)).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::ConditionFailed) => Err(Error::Conflict {
+                entity: "mapping",
+                id: m.session_id.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
+}
+
+pub(crate) fn mapping_deletes(m: &EventMapping) -> Vec<TxWrite> {
+    vec![
+        TxWrite::Delete(
+            by_session(&m.company_id, m.provider, &m.session_id),
+            Condition::Version(m.version),
+        ),
+        TxWrite::Delete(
+            by_event(&m.company_id, &m.connection_id, &m.external_event_id),
+            Condition::None,
+        ),
+    ]
 }

@@ -10,7 +10,8 @@
 //! | connection | `CO#<c>` | `CONN#<id>` | `CHAN#<channel id>` / `CONN` | `CONNS#<provider>` / `<c>#<id>` |
 //! | staff's connection (copy) | `CO#<c>` | `STAFFCONN#<staff>#<provider>` | | |
 //! | delta cursor | `CO#<c>` | `CURSOR#<connection>` | | |
-//! | mapping | `CO#<c>` | `MAP#<connection>#<session>` | | |
+//! | mapping | `CO#<c>` | `MAP#<provider>#<session>` | | |
+//! | credentials | `CO#<c>` | `CRED#<provider>` (secret sealed) | | |
 //! | mapping by event (copy) | `CO#<c>` | `MAPX#<connection>#<event>` | | |
 //! | override | `CO#<c>` | `OVR#<staff>#<connection>#<event>` | | |
 //! | session | `CO#<c>` | `SESS#<id>` | `CO#<c>#STAFF#<staff>` / `SESS#<start>#<id>` | |
@@ -23,10 +24,12 @@
 //! (a staff member's connection, mappings by provider event id) are one consistent read.
 
 mod connections;
+mod credentials;
 mod cursors;
 mod idempotency;
 mod keys;
 mod mappings;
+mod outbound;
 mod overrides;
 mod sessions;
 mod webhooks;
@@ -39,6 +42,7 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use idempotency::Claim;
+pub use outbound::{OutboundContext, OutboundWrite};
 
 use crate::ports::{Clock, Item, Key, Page, StoreError, Table};
 use crate::{Error, Result};
@@ -143,7 +147,8 @@ versioned!(
     crate::model::Connection,
     crate::model::DeltaCursor,
     crate::model::EventMapping,
-    crate::model::Session
+    crate::model::Session,
+    crate::model::CredentialRecord
 );
 
 macro_rules! unversioned {

@@ -5,7 +5,7 @@ use crate::model::Session;
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError};
 use crate::{Error, Result};
 
-fn key_of(company: &str, id: &str) -> Key {
+pub(crate) fn key_of(company: &str, id: &str) -> Key {
     Key::new(company_pk(company), format!("SESS#{id}"))
 }
 
@@ -13,7 +13,7 @@ fn staff_index(company: &str, staff: &str) -> String {
     format!("CO#{company}#STAFF#{staff}")
 }
 
-fn item_of(s: &Session, version: u64) -> Result<Item> {
+pub(crate) fn item_of(s: &Session, version: u64) -> Result<Item> {
     let mut item = Item::new(key_of(&s.company_id, &s.id), encode(s)?);
     item.version = version;
     item.gsi1 = Some(Key::new(

@@ -1,0 +1,55 @@
+//! Outbound queue messages: a session change, bare or in EventBridge's envelope.
+
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+use voyage_core::deps::Deps;
+use voyage_core::exchange::outbound::{self, SessionChangeInput};
+use voyage_core::Error;
+
+/// Changes of one batch written at once (Graph allows 4 concurrent requests per mailbox;
+/// a batch rarely holds many changes of one staff member).
+pub const CONCURRENCY: usize = 8;
+
+/// Handles one message. An error means "not done": the queue offers it again, and after its
+/// maximum receives it goes to the dead-letter queue, where a malformed message is kept.
+pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
+    let value: Value = serde_json::from_str(body)
+        .map_err(|e| Error::validation("message", format!("not JSON: {e}")))?;
+    let change = match value.get("detail") {
+        Some(detail) if value.get("detail-type").is_some() => detail.clone(),
+        _ => value,
+    };
+    let input: SessionChangeInput = serde_json::from_value(change)
+        .map_err(|e| Error::validation("message", format!("not a session change: {e}")))?;
+    let change = input.validate()?;
+    match outbound::apply(deps, &change).await {
+        Ok(outcome) => {
+            tracing::info!(session = %outcome.session_id, outcome = outcome.outcome, "session written to exchange");
+            Ok(())
+        }
+        // Not every staff member uses Exchange: for a queued change that is not a failure.
+        Err(Error::BadRequest {
+            code: "exchange_connection_not_found",
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
+pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
+    stream::iter(messages)
+        .map(|(id, body)| async move {
+            match handle(deps, &body).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "outbound message failed; it will be retried");
+                    Some(id)
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}

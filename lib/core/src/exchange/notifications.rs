@@ -1,0 +1,109 @@
+//! Graph's calls to us: change notifications and lifecycle events, authenticated by the
+//! subscription's `clientState` (compared in constant time), turned into one queue message
+//! per subscription and answered at once (Graph wants an answer within 3 s). The delta
+//! round that reads the actual changes runs from the queue.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::secrets_equal;
+use crate::deps::{Deps, QueueName};
+use crate::model::Provider;
+use crate::ports::queue::Envelope;
+use crate::{Error, Result};
+
+/// The queue message kind the inbound worker handles.
+pub const SYNC_KIND: &str = "exchange.sync";
+
+/// Why a connection is to be synced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub company_id: String,
+    pub connection_id: String,
+    pub subscription_id: String,
+    /// `notification`, or the lifecycle event (`missed`, `reauthorizationRequired`,
+    /// `subscriptionRemoved`).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Accepted {
+    /// Messages queued (one per subscription with at least one genuine notification).
+    pub queued: usize,
+    /// Notifications dropped: unknown subscription or wrong `clientState`.
+    pub dropped: usize,
+}
+
+/// Checks every notification in a Graph callback body and queues the genuine ones.
+pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::validation("value", format!("not a Graph notification body: {e}")))?;
+    let Some(items) = parsed.get("value").and_then(Value::as_array) else {
+        return Err(Error::validation(
+            "value",
+            "must be an array of notifications",
+        ));
+    };
+    let mut accepted = Accepted::default();
+    // One message per subscription: a burst of notifications becomes one delta round.
+    let mut wanted: BTreeMap<String, SyncRequest> = BTreeMap::new();
+    for item in items {
+        let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or_default();
+        let subscription = field("subscriptionId");
+        let reason = match item.get("lifecycleEvent").and_then(Value::as_str) {
+            Some(event) => event.to_string(),
+            None => "notification".to_string(),
+        };
+        if subscription.is_empty() {
+            accepted.dropped += 1;
+            continue;
+        }
+        let connection = deps.store.connection_by_channel(subscription).await?;
+        let genuine = connection.as_ref().is_some_and(|c| {
+            c.provider == Provider::Exchange
+                && c.channel
+                    .as_ref()
+                    .is_some_and(|ch| secrets_equal(&ch.secret, field("clientState")))
+        });
+        match (genuine, connection) {
+            (true, Some(c)) => {
+                let entry = wanted
+                    .entry(subscription.to_string())
+                    .or_insert(SyncRequest {
+                        company_id: c.company_id,
+                        connection_id: c.id,
+                        subscription_id: subscription.to_string(),
+                        reason: reason.clone(),
+                    });
+                // A lifecycle event outranks a plain notification for the same subscription.
+                if reason != "notification" {
+                    entry.reason = reason;
+                }
+            }
+            _ => {
+                tracing::warn!(
+                    subscription,
+                    "graph notification dropped: unknown subscription or wrong clientState"
+                );
+                accepted.dropped += 1;
+            }
+        }
+    }
+    let queue = deps.queue(QueueName::ExchangeInbound)?;
+    for request in wanted.into_values() {
+        let envelope = Envelope {
+            kind: SYNC_KIND.into(),
+            payload: serde_json::to_value(&request).map_err(|e| Error::Internal(e.to_string()))?,
+            not_before: None,
+        };
+        let body = serde_json::to_string(&envelope).map_err(|e| Error::Internal(e.to_string()))?;
+        queue
+            .send(&body, std::time::Duration::ZERO)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        accepted.queued += 1;
+    }
+    Ok(accepted)
+}

@@ -1,0 +1,229 @@
+//! Graph subscriptions on staff calendars: created with the connection, renewed before they
+//! lapse, recreated when lost, deleted with the connection.
+//!
+//! Each subscription carries a random `clientState`, stored on the connection, that every
+//! notification must echo (checked in constant time by the inbound function). Notifications
+//! go to `VOYAGE_PUBLIC_BASE_URL/v1/exchange/notifications`, lifecycle events to
+//! `.../v1/exchange/lifecycle`.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::graph::{CalendarRef, GraphError, NewSubscription};
+use super::{credentials, GraphCredentials};
+use crate::deps::Deps;
+use crate::model::{Connection, ConnectionStatus, PushChannel};
+use crate::{ids, Error, Result};
+
+pub const NOTIFICATION_PATH: &str = "/v1/exchange/notifications";
+pub const LIFECYCLE_PATH: &str = "/v1/exchange/lifecycle";
+/// Graph's maximum for Outlook events is 10,080 minutes; we ask for ten minutes less so a
+/// little clock skew never makes Graph refuse the request.
+pub const SUBSCRIPTION_MINUTES: i64 = 10_070;
+/// The renewal job renews subscriptions that expire within this window.
+pub const RENEWAL_WINDOW_HOURS: i64 = 24;
+
+pub fn calendar_of(c: &Connection) -> CalendarRef {
+    CalendarRef {
+        user: c.staff_email.clone(),
+        calendar: c.calendar_id.clone(),
+    }
+}
+
+fn new_client_state() -> String {
+    // 32 random bytes as hex: 64 characters, within Graph's 128.
+    hex_encode(&ids::random_bytes::<32>())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a subscribe or renew attempt did, for job reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Created,
+    Renewed,
+    Failed,
+    NotDue,
+}
+
+/// Puts a fresh subscription on the connection (replacing any old one) and records the
+/// result on it: `active`, or `error` with the reason. Store errors are returned; provider
+/// errors are recorded, not returned.
+pub async fn subscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
+    let result = create(deps, conn).await;
+    let old = conn.channel.clone();
+    let outcome = match result {
+        Ok(channel) => {
+            conn.channel = Some(channel);
+            conn.status = ConnectionStatus::Active;
+            conn.last_error = None;
+            Renewal::Created
+        }
+        Err(reason) => {
+            tracing::warn!(connection = %conn.id, %reason, "graph subscription failed");
+            conn.status = ConnectionStatus::Error;
+            conn.last_error = Some(format!("subscription: {reason}"));
+            Renewal::Failed
+        }
+    };
+    deps.store.update_connection(conn).await?;
+    if outcome == Renewal::Created {
+        if let Some(old) = old {
+            remove_quietly(deps, &conn.company_id, &old.id).await;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn create(deps: &Deps, conn: &Connection) -> std::result::Result<PushChannel, String> {
+    let base = deps
+        .config
+        .public_base_url
+        .as_deref()
+        .ok_or("VOYAGE_PUBLIC_BASE_URL is not set, so Graph has no notification URL to call")?;
+    let creds = load_credentials(deps, &conn.company_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let graph = deps.graph().map_err(|e| e.to_string())?;
+    let client_state = new_client_state();
+    let expires_at = deps.store.now() + Duration::minutes(SUBSCRIPTION_MINUTES);
+    let calendar = calendar_of(conn);
+    let sub = NewSubscription {
+        resource: calendar.events_path(),
+        change_types: "created,updated,deleted".into(),
+        notification_url: format!("{base}{NOTIFICATION_PATH}"),
+        lifecycle_url: format!("{base}{LIFECYCLE_PATH}"),
+        expires_at,
+        client_state: client_state.clone(),
+    };
+    let created = graph
+        .create_subscription(&creds, &sub)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(PushChannel {
+        id: created.id,
+        resource_id: None,
+        expires_at: created.expires_at,
+        secret: client_state,
+    })
+}
+
+async fn load_credentials(deps: &Deps, company: &str) -> Result<GraphCredentials> {
+    credentials::load(deps, company)
+        .await?
+        .ok_or_else(|| Error::validation("credentials", credentials::MISSING))
+}
+
+/// Renews the connection's subscription if it is due (missing, failed, or expiring within
+/// the renewal window); recreates it when Graph no longer knows it.
+pub async fn renew_if_due(
+    deps: &Deps,
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+) -> Result<Renewal> {
+    if conn.status == ConnectionStatus::Disabled {
+        return Ok(Renewal::NotDue);
+    }
+    let due = conn.status != ConnectionStatus::Active
+        || conn
+            .channel
+            .as_ref()
+            .is_none_or(|c| c.expires_at <= now + Duration::hours(RENEWAL_WINDOW_HOURS));
+    if !due {
+        return Ok(Renewal::NotDue);
+    }
+    renew(deps, conn).await
+}
+
+/// Extends the subscription to the maximum, or recreates it when it is missing or gone.
+pub async fn renew(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
+    let Some(channel) = conn.channel.clone() else {
+        return subscribe(deps, conn).await;
+    };
+    let creds = match load_credentials(deps, &conn.company_id).await {
+        Ok(c) => c,
+        Err(_) => return subscribe(deps, conn).await,
+    };
+    let expires_at = deps.store.now() + Duration::minutes(SUBSCRIPTION_MINUTES);
+    match deps
+        .graph()?
+        .renew_subscription(&creds, &channel.id, expires_at)
+        .await
+    {
+        Ok(sub) => {
+            conn.channel = Some(PushChannel {
+                expires_at: sub.expires_at,
+                ..channel
+            });
+            conn.status = ConnectionStatus::Active;
+            conn.last_error = None;
+            deps.store.update_connection(conn).await?;
+            Ok(Renewal::Renewed)
+        }
+        // Expired or removed on Graph's side: a new one (with a new clientState).
+        Err(GraphError::NotFound) => {
+            conn.channel = None;
+            subscribe(deps, conn).await
+        }
+        Err(e) => {
+            conn.status = ConnectionStatus::Error;
+            conn.last_error = Some(format!("subscription renewal: {e}"));
+            deps.store.update_connection(conn).await?;
+            Ok(Renewal::Failed)
+        }
+    }
+}
+
+/// Deletes a subscription on Graph, logging (not failing) when Graph cannot: an orphan
+/// subscription expires by itself within a week, and its notifications no longer match any
+/// connection, so they are dropped.
+pub async fn remove_quietly(deps: &Deps, company: &str, subscription_id: &str) {
+    let result = async {
+        let creds = load_credentials(deps, company).await?;
+        match deps
+            .graph()?
+            .delete_subscription(&creds, subscription_id)
+            .await
+        {
+            Ok(()) | Err(GraphError::NotFound) => Ok(()),
+            Err(e) => Err(Error::Unavailable(e.to_string())),
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(subscription = subscription_id, error = %e, "could not delete graph subscription");
+    }
+}
+
+/// The renewal job for Exchange: every connection, independently.
+pub async fn renew_all(deps: &Deps) -> Result<crate::jobs::JobReport> {
+    let mut report = crate::jobs::JobReport {
+        job: "renew-subscriptions".into(),
+        ..Default::default()
+    };
+    let mut cursor = None;
+    loop {
+        let page = deps
+            .store
+            .all_connections(crate::model::Provider::Exchange, cursor)
+            .await?;
+        for mut conn in page.items {
+            let now = deps.store.now();
+            match renew_if_due(deps, &mut conn, now).await {
+                Ok(Renewal::NotDue) => {}
+                Ok(Renewal::Created | Renewal::Renewed) => report.processed += 1,
+                Ok(Renewal::Failed) => report.failed += 1,
+                Err(e) => {
+                    tracing::warn!(connection = %conn.id, error = %e, "renewal failed");
+                    report.failed += 1;
+                }
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(report)
+}

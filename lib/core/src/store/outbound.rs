@@ -1,0 +1,113 @@
+//! The two store round trips of an outbound calendar write: one batch read of everything
+//! the write depends on, one transaction that records its result.
+
+use super::connections::{items_of as connection_items, staff_key};
+use super::credentials::credentials_key;
+use super::mappings::{by_session, mapping_deletes, mapping_writes};
+use super::sessions::{item_of as session_item, key_of as session_key};
+use super::{decode, Store};
+use crate::model::{Connection, CredentialRecord, EventMapping, Provider, Session};
+use crate::ports::{Condition, StoreError, TxWrite};
+use crate::{Error, Result};
+
+/// What an outbound write for one session of one staff member depends on.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundContext {
+    pub session: Option<Session>,
+    pub connection: Option<Connection>,
+    pub credentials: Option<CredentialRecord>,
+    pub mapping: Option<EventMapping>,
+}
+
+/// One record change in the closing transaction. Each carries the version it was read at
+/// (0: it did not exist), so a concurrent change makes the whole transaction fail.
+#[derive(Debug, Clone)]
+pub enum OutboundWrite {
+    Session(Session),
+    Connection(Connection),
+    Mapping {
+        next: EventMapping,
+        previous: Option<EventMapping>,
+    },
+    DeleteMapping(EventMapping),
+}
+
+impl Store {
+    /// Reads the session, the staff member's connection to `provider`, the company's
+    /// credentials for it and the session's mapping, in one batch read.
+    pub async fn outbound_context(
+        &self,
+        company: &str,
+        staff: &str,
+        session: &str,
+        provider: Provider,
+    ) -> Result<OutboundContext> {
+        let keys = [
+            session_key(company, session),
+            staff_key(company, staff, provider),
+            credentials_key(company, provider),
+            by_session(company, provider, session),
+        ];
+        let mut ctx = OutboundContext::default();
+        for item in self.table.batch_get(&keys).await? {
+            if item.key == keys[0] {
+                ctx.session = Some(decode(&item)?);
+            } else if item.key == keys[1] {
+                ctx.connection = Some(decode(&item)?);
+            } else if item.key == keys[2] {
+                ctx.credentials = Some(decode(&item)?);
+            } else if item.key == keys[3] {
+                ctx.mapping = Some(decode(&item)?);
+            }
+        }
+        Ok(ctx)
+    }
+
+    /// Applies `writes` in one transaction, all or nothing; a lost race is a `Conflict`.
+    /// On success every written record's `version` is its new version.
+    pub async fn commit_outbound(&self, writes: &mut [OutboundWrite]) -> Result<()> {
+        let mut tx = Vec::new();
+        for w in writes.iter_mut() {
+            match w {
+                OutboundWrite::Session(s) => {
+                    let expected = s.version;
+                    let condition = if expected == 0 {
+                        Condition::NotExists
+                    } else {
+                        Condition::Version(expected)
+                    };
+                    s.version = expected + 1;
+                    tx.push(TxWrite::Put(session_item(s, s.version)?, condition));
+                }
+                OutboundWrite::Connection(c) => {
+                    let expected = c.version;
+                    c.version = expected + 1;
+                    c.updated_at = self.now();
+                    let (primary, copy) = connection_items(c, c.version)?;
+                    tx.push(TxWrite::Put(primary, Condition::Version(expected)));
+                    tx.push(TxWrite::Put(copy, Condition::None));
+                }
+                OutboundWrite::Mapping { next, previous } => {
+                    let expected = next.version;
+                    next.version = expected + 1;
+                    tx.extend(mapping_writes(next, expected, previous.as_ref())?);
+                }
+                OutboundWrite::DeleteMapping(m) => tx.extend(mapping_deletes(m)),
+            }
+        }
+        match self.table.transact(tx).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::ConditionFailed) => Err(Error::Conflict {
+                entity: "session",
+                id: writes
+                    .iter()
+                    .find_map(|w| match w {
+                        OutboundWrite::Session(s) => Some(s.id.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

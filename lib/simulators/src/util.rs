@@ -1,0 +1,92 @@
+//! Pieces every simulator shares: fault injection, request counting, absolute links.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// One injected fault: the next `count` requests whose method and path match answer
+/// `status` (with `Retry-After` when given), or are answered after `latency_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What an injected fault does to a request.
+pub enum FaultAction {
+    Fail {
+        status: StatusCode,
+        retry_after: Option<u64>,
+    },
+    Delay(Duration),
+}
+
+/// Takes the first matching fault (spending one of its uses).
+pub fn take_fault(faults: &mut Vec<Fault>, method: &Method, path: &str) -> Option<FaultAction> {
+    let idx = faults.iter().position(|f| {
+        f.count > 0
+            && f.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+            && f.path_contains.as_deref().is_none_or(|p| path.contains(p))
+    })?;
+    let fault = &mut faults[idx];
+    fault.count -= 1;
+    let action = match fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        Some(status) => FaultAction::Fail {
+            status,
+            retry_after: fault.retry_after,
+        },
+        None => FaultAction::Delay(Duration::from_millis(fault.latency_ms.unwrap_or(0))),
+    };
+    if fault.count == 0 {
+        faults.remove(idx);
+    }
+    Some(action)
+}
+
+/// A request the simulator served, for tests and benchmarks that count provider calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct Served {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// A random URL-safe token of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The absolute URL of the simulator's root as the caller reached it, so that links work
+/// whether the simulator is served alone or nested under `/sim/graph`.
+pub fn external_root(headers: &HeaderMap, original_path: &str, inner_path: &str) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let prefix = original_path
+        .strip_suffix(inner_path)
+        .unwrap_or("")
+        .trim_end_matches('/');
+    format!("http://{host}{prefix}")
+}
