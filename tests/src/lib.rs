@@ -8,4 +8,5 @@
 pub mod app;
 pub mod contract;
 pub mod fixtures;
+pub mod graph;
 pub mod receiver;

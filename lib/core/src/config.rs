@@ -56,6 +56,8 @@ pub struct Config {
     /// `VOYAGE_CREDENTIALS_KEY`: base64 of 32 random bytes, the key that seals tenants'
     /// provider secrets at rest. Locally, when unset, a key file in the data directory.
     pub credentials_key: Option<[u8; 32]>,
+    /// `VOYAGE_GRAPH_TIMEOUT`: per-request timeout of Graph calls, default `10s`.
+    pub graph_timeout: Duration,
 }
 
 impl Config {
@@ -132,6 +134,13 @@ impl Config {
                 &get("VOYAGE_GOOGLE_TOKEN_URL")
                     .unwrap_or("https://oauth2.googleapis.com/token".into()),
             )?,
+            graph_timeout: match get("VOYAGE_GRAPH_TIMEOUT") {
+                None => Duration::from_secs(10),
+                Some(v) => parse_duration(&v).map_err(|message| ConfigError {
+                    var: "VOYAGE_GRAPH_TIMEOUT",
+                    message,
+                })?,
+            },
             credentials_key: get("VOYAGE_CREDENTIALS_KEY")
                 .map(|v| crate::sealing::parse_key(&v))
                 .transpose()

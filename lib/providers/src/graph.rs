@@ -80,7 +80,10 @@ impl GraphHttp {
         Self::with_budget(
             &config.graph_base_url,
             &config.ms_login_base_url,
-            RetryBudget::default(),
+            RetryBudget {
+                timeout: config.graph_timeout,
+                ..RetryBudget::default()
+            },
         )
     }
 

@@ -1,0 +1,180 @@
+//! A Graph simulator and a local system wired to each other over loopback HTTP, as a
+//! deployment and Microsoft Graph are: the simulator calls the system's notification URLs,
+//! the system calls the simulator's token and Graph routes.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use voyage_simulators::GraphSimulator;
+
+use crate::app::TestApp;
+
+pub const TENANT: &str = "contoso-tenant";
+pub const CLIENT_ID: &str = "voyage-app";
+pub const CLIENT_SECRET: &str = "s3cret-Graph~value";
+
+/// Serves `router` on a fresh loopback port; returns its base URL.
+pub async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+pub struct GraphWorld {
+    pub sim: GraphSimulator,
+    pub sim_url: String,
+    pub app: TestApp,
+    pub app_url: String,
+    pub http: reqwest::Client,
+}
+
+impl GraphWorld {
+    /// A simulator that knows the test app registration, and a local system (consumers
+    /// idle unless `consumers`) pointed at it, with `extra` settings.
+    pub async fn start(extra: &[(&str, &str)]) -> GraphWorld {
+        let sim = GraphSimulator::new();
+        sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
+        let sim_url = serve(sim.router()).await;
+        // The app's address must be known before its configuration: bind, then build.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_url = format!("http://{}", listener.local_addr().unwrap());
+        let mut env: Vec<(&str, &str)> = vec![
+            ("VOYAGE_GRAPH_BASE_URL", &sim_url),
+            ("VOYAGE_MS_LOGIN_BASE_URL", &sim_url),
+            ("VOYAGE_PUBLIC_BASE_URL", &app_url),
+        ];
+        env.extend_from_slice(extra);
+        let app = TestApp::start_idle(&env);
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        GraphWorld {
+            sim,
+            sim_url,
+            app,
+            app_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A tenant with Graph credentials (`secret` given) and an Exchange connection for
+    /// `staff`; returns the tenant key and the connection as the API shows it.
+    pub async fn tenant_with_connection(
+        &self,
+        company: &str,
+        staff: &str,
+        secret: &str,
+    ) -> (String, Value) {
+        let key = self.app.key(company, false).await;
+        let (status, _) = self
+            .app
+            .call(
+                "PUT",
+                "/v1/credentials/exchange",
+                &key,
+                Some(json!({"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": secret})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, conn) = self
+            .app
+            .call(
+                "POST",
+                "/v1/connections",
+                &key,
+                Some(
+                    json!({"provider": "exchange", "staff_id": staff, "staff_email": email(staff)}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{conn}");
+        (key, conn)
+    }
+
+    /// Every event in the staff member's simulated mailbox, deleted ones included.
+    pub async fn events(&self, staff: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/_control/users/{}/events",
+                self.sim_url,
+                email(staff)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn live_events(&self, staff: &str) -> Vec<Value> {
+        self.events(staff)
+            .await
+            .into_iter()
+            .filter(|e| e["deleted"] == json!(false))
+            .collect()
+    }
+
+    pub async fn subscriptions(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_control/subscriptions", self.sim_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["value"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Graph requests served, as `METHOD path-kind` (`POST events`, `PATCH event`, ...).
+    pub fn graph_calls(&self) -> Vec<String> {
+        self.sim
+            .served()
+            .into_iter()
+            .map(|s| {
+                let kind = if s.path.ends_with("/token") {
+                    "token"
+                } else if s.path.ends_with("/events") {
+                    "events"
+                } else if s.path.contains("/events/") {
+                    "event"
+                } else if s.path.contains("/subscriptions") {
+                    "subscriptions"
+                } else {
+                    "other"
+                };
+                format!("{} {kind} {}", s.method, s.status)
+            })
+            .collect()
+    }
+}
+
+pub fn email(staff: &str) -> String {
+    format!("{staff}@contoso.example")
+}
+
+/// A session change as the platform sends it.
+pub fn change(action: &str, company: &str, session: &str, staff: &str, start_hour: u32) -> Value {
+    json!({
+        "action": action,
+        "session": {
+            "id": session,
+            "company_id": company,
+            "staff_id": staff,
+            "start": format!("2026-12-01T{start_hour:02}:00:00Z"),
+            "end": format!("2026-12-01T{:02}:00:00Z", start_hour + 1),
+            "time_zone": "Europe/Berlin",
+            "title": "Consultation",
+            "location": "Room 4",
+            "client": {"name": "Bob Client", "email": "bob@example.com"}
+        }
+    })
+}
