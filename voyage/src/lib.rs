@@ -97,24 +97,49 @@ impl Local {
         }
     }
 
-    /// Consumes the in-process queues: delivery attempts and platform events, each message
-    /// handled by the same worker code as the Lambda's.
+    /// Consumes the in-process queues with the same worker code as the Lambdas': delivery
+    /// attempts, platform events (session changes go to Exchange, the rest to webhooks, as
+    /// the two EventBridge rules route them on AWS) and queued session changes.
     pub fn spawn_consumers(&self) -> Result<(), String> {
-        for name in [QueueName::WebhookDeliveries, QueueName::PlatformEvents] {
-            let queue = self
-                .deps
+        let queue = |name: QueueName| {
+            self.deps
                 .queues
                 .get(&name)
                 .cloned()
-                .ok_or_else(|| format!("queue {} missing", name.as_str()))?;
-            let engine = self.webhooks.clone();
-            tokio::spawn(consume(queue, move |body| {
-                let engine = engine.clone();
-                async move { voyage_fn_webhooks::worker::handle(&engine, &body).await }
-            }));
-        }
+                .ok_or_else(|| format!("queue {} missing", name.as_str()))
+        };
+        let engine = self.webhooks.clone();
+        tokio::spawn(consume(queue(QueueName::WebhookDeliveries)?, move |body| {
+            let engine = engine.clone();
+            async move { voyage_fn_webhooks::worker::handle(&engine, &body).await }
+        }));
+        let engine = self.webhooks.clone();
+        let deps = self.deps.clone();
+        tokio::spawn(consume(queue(QueueName::PlatformEvents)?, move |body| {
+            let engine = engine.clone();
+            let deps = deps.clone();
+            async move {
+                if is_session_change(&body) {
+                    voyage_fn_exchange_outbound::worker::handle(&deps, &body).await
+                } else {
+                    voyage_fn_webhooks::worker::handle(&engine, &body).await
+                }
+            }
+        }));
+        let deps = self.deps.clone();
+        tokio::spawn(consume(queue(QueueName::ExchangeOutbound)?, move |body| {
+            let deps = deps.clone();
+            async move { voyage_fn_exchange_outbound::worker::handle(&deps, &body).await }
+        }));
         Ok(())
     }
+}
+
+/// The local stand-in for the `SessionChangesRule` event pattern.
+fn is_session_change(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("detail-type").and_then(|d| d.as_str()) == Some("session.changed"))
 }
 
 /// Receives from `queue` forever, handling up to [`CONSUMER_CONCURRENCY`] messages at once.

@@ -204,6 +204,11 @@ async fn flaky_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
 }
 
 fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    serve_args(dir, env, &[])
+}
+
+/// Starts `voyage serve` with extra flags; the banner ends with the key-making hint.
+fn serve_args(dir: &Path, env: &[(&str, &str)], flags: &[&str]) -> Server {
     let port = free_port();
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -214,6 +219,7 @@ fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Server {
         "--data-dir",
     ])
     .arg(dir)
+    .args(flags)
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
     for (k, v) in env {
@@ -222,7 +228,15 @@ fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let banner = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    let mut banner = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let last = line.contains("voyage keys create");
+        banner.push(line);
+        if last {
+            break;
+        }
+    }
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
@@ -287,4 +301,96 @@ async fn a_restart_in_the_middle_of_a_retry_schedule_loses_no_delivery() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The sandbox as the README tells a new user to run it: `serve --simulate-providers`, the
+/// printed sandbox app's credentials, an Exchange connection, a session -> a Graph event in
+/// the simulated mailbox; `jobs run renew-subscriptions` on the same data runs cleanly beside
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
+    use serde_json::{json, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_args(dir.path(), &[], &["--simulate-providers"]);
+    let banner = server.banner.join("\n");
+    assert!(banner.contains("/sim/graph"), "{banner}");
+    let data_dir = dir.path().display().to_string();
+    let tenant = create_key(dir.path(), "acme");
+    let internal = keys_create(&[
+        "--company",
+        "platform",
+        "--internal",
+        "--data-dir",
+        &data_dir,
+    ]);
+    let http = reqwest::Client::new();
+    let base = &server.base;
+    let resp = http
+        .put(format!("{base}/v1/credentials/exchange"))
+        .bearer_auth(&tenant)
+        .json(&json!({"tenant_id": "sandbox-tenant", "client_id": "sandbox-client", "client_secret": "sandbox-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let conn: Value = http
+        .post(format!("{base}/v1/connections"))
+        .bearer_auth(&tenant)
+        .json(
+            &json!({"provider": "exchange", "staff_id": "ann", "staff_email": "ann@acme.example"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conn["status"], "active", "{conn}");
+    let out: Value = http
+        .post(format!("{base}/v1/exchange/outbound"))
+        .bearer_auth(&internal)
+        .json(&json!({"action": "created", "session": {
+            "id": "s1", "company_id": "acme", "staff_id": "ann",
+            "start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z",
+            "time_zone": "Europe/Berlin", "title": "Intro call"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["outcome"], "created", "{out}");
+    let events: Value = http
+        .get(format!(
+            "{base}/sim/graph/_control/users/ann@acme.example/events"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["value"][0]["id"], out["event_id"]);
+    assert_eq!(events["value"][0]["subject"], "Intro call");
+    // A job run from another process opens the same data and sandbox settings.
+    let run = Command::new(BIN)
+        .args([
+            "jobs",
+            "run",
+            "renew-subscriptions",
+            "--data-dir",
+            &data_dir,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        (report["processed"].as_u64(), report["failed"].as_u64()),
+        (Some(0), Some(0))
+    );
 }
