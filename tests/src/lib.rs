@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod contract;
+pub mod counting;
 pub mod fixtures;
 pub mod graph;
 pub mod receiver;
