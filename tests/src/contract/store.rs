@@ -58,6 +58,8 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         status: SessionStatus::Confirmed,
         declined: false,
         history: vec![],
+        pending: None,
+        outbox: vec![],
         updated_at: t0(),
         version: 0,
     }

@@ -28,6 +28,8 @@ use crate::store::{OutboundContext, OutboundWrite};
 use crate::{validate, Error, Result};
 
 pub const ORIGIN_PLATFORM: &str = "platform";
+/// Every `transactionId` the platform writes starts with this.
+pub const TRANSACTION_PREFIX: &str = "voyage-";
 /// A session keeps its newest history entries only, so its record stays far below
 /// DynamoDB's 400 KB item limit however often it changes.
 pub const HISTORY_LIMIT: usize = 100;
@@ -203,15 +205,9 @@ pub struct Outcome {
 pub fn transaction_id(company: &str, session: &str, generation: u64) -> String {
     let digest = Sha256::digest(format!("{company}/{session}/{generation}").as_bytes());
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    // Graph takes any string; a GUID shape keeps it readable in Graph's own tooling.
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    // Graph takes any string; the prefix lets the inbound path recognise our own event even
+    // before its mapping is stored (a create whose answer was lost).
+    format!("{TRANSACTION_PREFIX}{hex}")
 }
 
 /// The tag value naming the session an event shows.
@@ -270,6 +266,11 @@ fn merged_session(
         status,
         declined: existing.is_some_and(|s| s.declined),
         history: existing.map(|s| s.history.clone()).unwrap_or_default(),
+        pending: match status {
+            SessionStatus::PendingCancellation => existing.and_then(|s| s.pending.clone()),
+            _ => None,
+        },
+        outbox: existing.map(|s| s.outbox.clone()).unwrap_or_default(),
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };

@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::PendingChange;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
@@ -48,7 +50,25 @@ pub struct Session {
     pub declined: bool,
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The cancellation waiting for its grace period, while `status` is
+    /// `pending_cancellation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingChange>,
+    /// Webhook events a command produced that are not yet published: written in the same
+    /// conditional write as the command, cleared once the bus has them (an outbox, so a
+    /// crash between the two never loses an event).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<OutboxEvent>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,
+}
+
+/// A webhook event waiting in a session's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEvent {
+    pub event_type: String,
+    pub payload: serde_json::Map<String, serde_json::Value>,
+    /// Stable across retries, so a re-published event is delivered once.
+    pub idempotency_key: String,
 }

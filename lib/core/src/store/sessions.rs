@@ -9,6 +9,8 @@ pub(crate) fn key_of(company: &str, id: &str) -> Key {
     Key::new(company_pk(company), format!("SESS#{id}"))
 }
 
+const PENDING_PK: &str = "PENDCANCEL";
+
 fn staff_index(company: &str, staff: &str) -> String {
     format!("CO#{company}#STAFF#{staff}")
 }
@@ -20,6 +22,18 @@ pub(crate) fn item_of(s: &Session, version: u64) -> Result<Item> {
         staff_index(&s.company_id, &s.staff_id),
         format!("SESS#{}#{}", s.start.format("%Y-%m-%dT%H:%M:%SZ"), s.id),
     ));
+    // A sparse index of pending cancellations by due time, for the five-minute sweep.
+    item.gsi2 = s.pending.as_ref().map(|p| {
+        Key::new(
+            PENDING_PK,
+            format!(
+                "{}#{}#{}",
+                p.due_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                s.company_id,
+                s.id
+            ),
+        )
+    });
     Ok(item)
 }
 
@@ -69,6 +83,46 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Sessions by id, in one batch read per 100; missing ones are left out.
+    pub async fn get_sessions(&self, company: &str, ids: &[String]) -> Result<Vec<Session>> {
+        let mut keys: Vec<Key> = ids.iter().map(|id| key_of(company, id)).collect();
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for item in self.table.batch_get(chunk).await? {
+                out.push(decode(&item)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sessions whose pending cancellation is due at `until`, oldest first, confirmed
+    /// against their records (the index may lag).
+    pub async fn due_pending_cancellations(
+        &self,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let mut q = Query::prefix(PENDING_PK, "", limit.max(1));
+        q.upper = Some(format!("{}~", until.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+        let page = self.table.query_index(Index::Gsi2, q).await?;
+        let keys: Vec<Key> = page.items.into_iter().map(|i| i.key).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for fresh in self.table.batch_get(chunk).await? {
+                let s: Session = decode(&fresh)?;
+                if s.status == crate::model::SessionStatus::PendingCancellation
+                    && s.pending.as_ref().is_some_and(|p| p.due_at <= until)
+                {
+                    out.push(s);
+                }
+            }
+        }
+        out.sort_by_key(|s| s.pending.as_ref().map(|p| p.due_at));
+        Ok(out)
     }
 
     /// A staff member's sessions starting in `[from, to)`, ordered by start.
