@@ -13,6 +13,7 @@
 //! one, never the other way round.
 
 pub mod auth;
+pub mod booking;
 pub mod config;
 pub mod deps;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod jobs;
 pub mod model;
 pub mod ports;
+pub mod reconcile;
 pub mod retry;
 pub mod sealing;
 pub mod signing;

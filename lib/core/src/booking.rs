@@ -1,0 +1,412 @@
+//! The booking command engine: the one way the integrations layer changes a session
+//! (DESIGN-NOTES 1.4). Each command is decided purely ([`decide`]: the next session, or
+//! nothing when it would change nothing, which makes every command idempotent), written as a
+//! conditional write with a history entry naming its origin, and its webhook event goes
+//! through the session's outbox to the event bus. Side effects that would return to the
+//! calendar that caused the change are filtered here ([`calendar_writes`]), in one place.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::deps::Deps;
+use crate::exchange::outbound::push_history;
+use crate::model::{OutboxEvent, PendingChange, PendingKind, Provider, Session, SessionStatus};
+use crate::ports::BusEvent;
+use crate::{Error, Result};
+
+/// Changes made because of an Exchange (Outlook) change.
+pub const ORIGIN_EXCHANGE_INBOUND: &str = "exchange-inbound";
+/// Store-conflict retries of one command.
+const ATTEMPTS: usize = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    PendingCancellation {
+        grace: Duration,
+    },
+    Restore,
+    Cancel,
+    Reschedule {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+    FlagDecline,
+    /// A move refused for a conflict; the event was put back at the booked time.
+    RejectReschedule {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        reason: String,
+    },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::PendingCancellation { .. } => "pending_cancellation",
+            Command::Restore => "restore",
+            Command::Cancel => "cancel",
+            Command::Reschedule { .. } => "reschedule",
+            Command::FlagDecline => "flag_decline",
+            Command::RejectReschedule { .. } => "reject_reschedule",
+        }
+    }
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            Command::PendingCancellation { .. } => "session.cancellation_pending",
+            Command::Restore => "session.restored",
+            Command::Cancel => "session.cancelled",
+            Command::Reschedule { .. } => "session.rescheduled",
+            Command::FlagDecline => "session.declined",
+            Command::RejectReschedule { .. } => "session.reschedule_rejected",
+        }
+    }
+}
+
+/// The provider whose calendar an origin stands for.
+fn origin_provider(origin: &str) -> Option<Provider> {
+    match origin {
+        ORIGIN_EXCHANGE_INBOUND => Some(Provider::Exchange),
+        "google-sync" => Some(Provider::Google),
+        _ => None,
+    }
+}
+
+/// The calendars a command's result must be written to: every calendar the platform writes
+/// (Exchange), except the one the change came from: it shows the change already, and
+/// writing it back would loop.
+pub fn calendar_writes(command: &Command, origin: &str) -> Vec<Provider> {
+    let changes_booking = matches!(command, Command::Reschedule { .. } | Command::Cancel);
+    if !changes_booking {
+        return Vec::new();
+    }
+    [Provider::Exchange]
+        .into_iter()
+        .filter(|p| origin_provider(origin) != Some(*p))
+        .collect()
+}
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The session after `command`, or `None` when the command would change nothing.
+pub fn decide(
+    session: &Session,
+    command: &Command,
+    origin: &str,
+    now: DateTime<Utc>,
+) -> Option<Session> {
+    let mut next = session.clone();
+    let mut extra = Map::new();
+    let detail = match command {
+        Command::PendingCancellation { grace } => {
+            if session.status != SessionStatus::Confirmed {
+                return None;
+            }
+            let due_at = now + *grace;
+            next.status = SessionStatus::PendingCancellation;
+            next.pending = Some(PendingChange {
+                company_id: session.company_id.clone(),
+                session_id: session.id.clone(),
+                kind: PendingKind::Cancellation,
+                due_at,
+                origin: origin.to_string(),
+                created_at: now,
+            });
+            extra.insert("cancels_at".into(), json!(instant(due_at)));
+            Some(format!(
+                "cancels at {} unless the event returns",
+                instant(due_at)
+            ))
+        }
+        Command::Restore => {
+            if session.status != SessionStatus::PendingCancellation {
+                return None;
+            }
+            next.status = SessionStatus::Confirmed;
+            next.pending = None;
+            None
+        }
+        Command::Cancel => {
+            if session.status == SessionStatus::Cancelled {
+                return None;
+            }
+            next.status = SessionStatus::Cancelled;
+            next.pending = None;
+            None
+        }
+        Command::Reschedule { start, end } => {
+            if session.status == SessionStatus::Cancelled
+                || (*start, *end) == (session.start, session.end)
+            {
+                return None;
+            }
+            extra.insert("previous_start".into(), json!(instant(session.start)));
+            extra.insert("previous_end".into(), json!(instant(session.end)));
+            next.start = *start;
+            next.end = *end;
+            Some(format!(
+                "moved from {} to {}",
+                instant(session.start),
+                instant(*start)
+            ))
+        }
+        Command::FlagDecline => {
+            if session.declined {
+                return None;
+            }
+            next.declined = true;
+            None
+        }
+        Command::RejectReschedule { start, end, reason } => {
+            extra.insert("attempted_start".into(), json!(instant(*start)));
+            extra.insert("attempted_end".into(), json!(instant(*end)));
+            extra.insert("reason".into(), json!(reason));
+            Some(format!("move to {} rejected: {reason}", instant(*start)))
+        }
+    };
+    next.updated_at = now;
+    push_history(&mut next, now, command.name(), origin, detail);
+    let mut payload = Map::new();
+    payload.insert("session_id".into(), json!(next.id));
+    payload.insert("staff_id".into(), json!(next.staff_id));
+    payload.insert("status".into(), json!(next.status));
+    payload.insert("start".into(), json!(instant(next.start)));
+    payload.insert("end".into(), json!(instant(next.end)));
+    payload.insert("declined".into(), json!(next.declined));
+    payload.insert("origin".into(), json!(origin));
+    payload.extend(extra);
+    next.outbox.push(OutboxEvent {
+        event_type: command.event_type().into(),
+        payload,
+        // The version this write creates: the same command retried after a lost answer
+        // produces the same key, and the webhook dispatcher delivers it once.
+        idempotency_key: format!("{}:{}:{}", next.id, session.version + 1, command.name()),
+    });
+    Some(next)
+}
+
+/// Carries out `command` on the stored session: decide, conditional write (re-reading and
+/// deciding again after a lost race), then publish the outbox. Returns whether the session
+/// changed; `session` is left as stored.
+pub async fn execute(
+    deps: &Deps,
+    session: &mut Session,
+    command: &Command,
+    origin: &str,
+) -> Result<bool> {
+    for attempt in 1..=ATTEMPTS {
+        let Some(mut next) = decide(session, command, origin, deps.store.now()) else {
+            return Ok(false);
+        };
+        match deps.store.update_session(&mut next).await {
+            Ok(()) => {
+                *session = next;
+                tracing::info!(session = %session.id, command = command.name(), origin, "booking command applied");
+                publish_outbox(deps, session).await?;
+                return Ok(true);
+            }
+            Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {
+                *session = deps
+                    .store
+                    .get_session(&session.company_id, &session.id)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Conflict {
+        entity: "session",
+        id: session.id.clone(),
+    })
+}
+
+/// Publishes a session's outbox to the bus, then clears what was published. An event
+/// published twice (a crash between the two steps) carries the same idempotency key, so
+/// subscribers receive it once.
+pub async fn publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
+    if session.outbox.is_empty() {
+        return Ok(());
+    }
+    let Some(bus) = &deps.bus else {
+        tracing::warn!(session = %session.id, "no event bus configured; session events stay in the outbox");
+        return Ok(());
+    };
+    let events: Vec<BusEvent> = session
+        .outbox
+        .iter()
+        .map(|e| {
+            BusEvent::new(
+                e.event_type.clone(),
+                json!({"company_id": session.company_id, "payload": Value::Object(e.payload.clone()), "idempotency_key": e.idempotency_key}),
+            )
+        })
+        .collect();
+    bus.publish(&events)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let published: Vec<String> = session
+        .outbox
+        .iter()
+        .map(|e| e.idempotency_key.clone())
+        .collect();
+    for _ in 0..ATTEMPTS {
+        let mut next = session.clone();
+        next.outbox
+            .retain(|e| !published.contains(&e.idempotency_key));
+        match deps.store.update_session(&mut next).await {
+            Ok(()) => {
+                *session = next;
+                return Ok(());
+            }
+            Err(Error::Conflict { .. }) => {
+                *session = deps
+                    .store
+                    .get_session(&session.company_id, &session.id)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Left in the outbox: published again next time, delivered once.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(h: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap() + Duration::hours(h)
+    }
+
+    fn session(status: SessionStatus) -> Session {
+        Session {
+            id: "s1".into(),
+            company_id: "acme".into(),
+            staff_id: "ann".into(),
+            start: t(9),
+            end: t(10),
+            time_zone: "UTC".into(),
+            title: "x".into(),
+            location: None,
+            client: None,
+            status,
+            declined: false,
+            history: vec![],
+            pending: None,
+            outbox: vec![],
+            updated_at: t(0),
+            version: 3,
+        }
+    }
+
+    #[test]
+    fn commands_apply_once_and_say_where_they_came_from() {
+        let grace = Duration::minutes(10);
+        let pending = decide(
+            &session(SessionStatus::Confirmed),
+            &Command::PendingCancellation { grace },
+            ORIGIN_EXCHANGE_INBOUND,
+            t(1),
+        )
+        .unwrap();
+        assert_eq!(pending.status, SessionStatus::PendingCancellation);
+        assert_eq!(pending.pending.as_ref().unwrap().due_at, t(1) + grace);
+        assert_eq!(pending.history[0].origin, ORIGIN_EXCHANGE_INBOUND);
+        assert_eq!(pending.outbox[0].event_type, "session.cancellation_pending");
+        assert_eq!(
+            pending.outbox[0].idempotency_key,
+            "s1:4:pending_cancellation"
+        );
+        // Twice is once.
+        assert_eq!(
+            decide(
+                &pending,
+                &Command::PendingCancellation { grace },
+                ORIGIN_EXCHANGE_INBOUND,
+                t(2)
+            ),
+            None
+        );
+        let restored = decide(&pending, &Command::Restore, ORIGIN_EXCHANGE_INBOUND, t(2)).unwrap();
+        assert_eq!(
+            (restored.status, restored.pending.clone()),
+            (SessionStatus::Confirmed, None)
+        );
+        assert_eq!(
+            decide(&restored, &Command::Restore, ORIGIN_EXCHANGE_INBOUND, t(3)),
+            None
+        );
+        let cancelled = decide(&pending, &Command::Cancel, "scheduler", t(3)).unwrap();
+        assert_eq!(cancelled.status, SessionStatus::Cancelled);
+        assert_eq!(
+            decide(&cancelled, &Command::Cancel, "scheduler", t(4)),
+            None
+        );
+        assert_eq!(
+            decide(
+                &cancelled,
+                &Command::Reschedule {
+                    start: t(1),
+                    end: t(2)
+                },
+                "x",
+                t(4)
+            ),
+            None
+        );
+        let moved = decide(
+            &restored,
+            &Command::Reschedule {
+                start: t(11),
+                end: t(12),
+            },
+            ORIGIN_EXCHANGE_INBOUND,
+            t(3),
+        )
+        .unwrap();
+        assert_eq!((moved.start, moved.end), (t(11), t(12)));
+        assert_eq!(
+            moved.outbox.last().unwrap().payload["previous_start"],
+            "2026-12-01T09:00:00Z"
+        );
+        assert_eq!(
+            decide(
+                &moved,
+                &Command::Reschedule {
+                    start: t(11),
+                    end: t(12)
+                },
+                "x",
+                t(4)
+            ),
+            None
+        );
+        let declined =
+            decide(&moved, &Command::FlagDecline, ORIGIN_EXCHANGE_INBOUND, t(4)).unwrap();
+        assert!(declined.declined);
+        assert_eq!(decide(&declined, &Command::FlagDecline, "x", t(5)), None);
+    }
+
+    #[test]
+    fn writes_back_to_the_calendar_that_caused_the_change_are_filtered() {
+        let move_ = Command::Reschedule {
+            start: t(1),
+            end: t(2),
+        };
+        assert!(calendar_writes(&move_, ORIGIN_EXCHANGE_INBOUND).is_empty());
+        assert!(calendar_writes(&Command::Cancel, ORIGIN_EXCHANGE_INBOUND).is_empty());
+        assert_eq!(
+            calendar_writes(&move_, "google-sync"),
+            vec![Provider::Exchange]
+        );
+        assert_eq!(
+            calendar_writes(&Command::Cancel, "platform"),
+            vec![Provider::Exchange]
+        );
+        assert!(calendar_writes(&Command::FlagDecline, "platform").is_empty());
+    }
+}
