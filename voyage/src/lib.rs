@@ -99,7 +99,8 @@ impl Local {
 
     /// Consumes the in-process queues with the same worker code as the Lambdas': delivery
     /// attempts, platform events (session changes go to Exchange, the rest to webhooks, as
-    /// the two EventBridge rules route them on AWS) and queued session changes.
+    /// the two EventBridge rules route them on AWS), Graph sync requests and queued session
+    /// changes.
     pub fn spawn_consumers(&self) -> Result<(), String> {
         let queue = |name: QueueName| {
             self.deps
@@ -125,6 +126,11 @@ impl Local {
                     voyage_fn_webhooks::worker::handle(&engine, &body).await
                 }
             }
+        }));
+        let deps = self.deps.clone();
+        tokio::spawn(consume(queue(QueueName::ExchangeInbound)?, move |body| {
+            let deps = deps.clone();
+            async move { voyage_fn_exchange_inbound::worker::handle(&deps, &body).await }
         }));
         let deps = self.deps.clone();
         tokio::spawn(consume(queue(QueueName::ExchangeOutbound)?, move |body| {

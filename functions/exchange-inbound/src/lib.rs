@@ -1,10 +1,13 @@
-//! The exchange-inbound function's HTTP side: Graph's calls to us.
+//! The exchange-inbound function: Graph's calls to us (this router) and the delta rounds
+//! they trigger ([`worker`], from the inbound queue).
 //!
 //! - `POST /v1/exchange/notifications` and `POST /v1/exchange/lifecycle` (public; no tenant
 //!   key): with `?validationToken=` they answer Graph's validation handshake (200,
 //!   `text/plain`, the decoded token and nothing else); otherwise each notification's
 //!   `clientState` is checked against its subscription in constant time, genuine ones are
 //!   queued (one message per subscription) and the answer is 202 at once.
+
+pub mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;

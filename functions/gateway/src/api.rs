@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use voyage_core::deps::Deps;
 use voyage_core::exchange::{credentials as exchange_credentials, subscriptions};
-use voyage_core::model::{ApiKey, Connection, ConnectionStatus, CredentialRecord, Provider};
+use voyage_core::model::{
+    ApiKey, Connection, ConnectionStatus, CredentialRecord, HistoryEntry, Provider, Session,
+    SessionClient, SessionStatus,
+};
 use voyage_core::{auth, ids, validate, Error};
 use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
 
@@ -34,6 +37,8 @@ pub fn router(deps: Arc<Deps>) -> Router {
             "/v1/credentials/exchange",
             put(put_exchange_credentials).get(get_exchange_credentials),
         )
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/v1/staff/{staff_id}/overrides", get(staff_overrides))
         .with_state(deps)
 }
 
@@ -295,4 +300,103 @@ async fn get_exchange_credentials(
         Some(r) => Ok(Json(r.into())),
         None => Err(Error::not_found("credentials", "exchange").into()),
     }
+}
+
+/// A session as the tenant sees it: status, times, flags and history.
+#[derive(Debug, Serialize)]
+struct SessionView {
+    id: String,
+    staff_id: String,
+    status: SessionStatus,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    time_zone: String,
+    title: String,
+    location: Option<String>,
+    client: Option<SessionClient>,
+    declined: bool,
+    /// When a pending cancellation takes effect unless the event returns.
+    cancels_at: Option<DateTime<Utc>>,
+    history: Vec<HistoryEntry>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Session> for SessionView {
+    fn from(s: Session) -> Self {
+        SessionView {
+            cancels_at: s.pending.as_ref().map(|p| p.due_at),
+            id: s.id,
+            staff_id: s.staff_id,
+            status: s.status,
+            start: s.start,
+            end: s.end,
+            time_zone: s.time_zone,
+            title: s.title,
+            location: s.location,
+            client: s.client,
+            declined: s.declined,
+            history: s.history,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+async fn get_session(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<SessionView>> {
+    validate::identifier("id", &id)?;
+    Ok(Json(deps.store.get_session(&p.company_id, &id).await?.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: String,
+    to: String,
+}
+
+/// The longest range one overrides query may cover.
+const MAX_RANGE_DAYS: i64 = 366;
+
+fn instant(field: &str, value: &str) -> Result<DateTime<Utc>, Error> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| Error::validation(field, "must be an RFC 3339 date-time with an offset"))
+}
+
+/// Busy time from every connected calendar of a staff member, overlapping `[from, to)`.
+async fn staff_overrides(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiPath(staff): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    validate::identifier("staff_id", &staff)?;
+    let from = instant("from", &q.from)?;
+    let to = instant("to", &q.to)?;
+    if to <= from {
+        return Err(Error::validation("to", "must be after from").into());
+    }
+    if to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
+        return Err(Error::validation("to", format!("the range may cover at most {MAX_RANGE_DAYS} days")).into());
+    }
+    let data: Vec<serde_json::Value> = deps
+        .store
+        .overrides_for_staff(&p.company_id, &staff, from, to)
+        .await?
+        .into_iter()
+        .map(|o| {
+            json!({
+                "source": o.source,
+                "connection_id": o.connection_id,
+                "external_event_id": o.external_event_id,
+                "start": o.start,
+                "end": o.end,
+                "all_day": o.all_day,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "data": data })))
 }

@@ -14,13 +14,16 @@ pub enum Job {
     RedriveWebhooks,
     /// Renew Graph subscriptions expiring within 24 h; recreate missing or failed ones.
     RenewSubscriptions,
+    /// Cancel sessions whose pending cancellation's grace period has passed.
+    CommitPendingCancellations,
 }
 
 impl Job {
-    pub const ALL: [Job; 3] = [
+    pub const ALL: [Job; 4] = [
         Job::PurgeExpired,
         Job::RedriveWebhooks,
         Job::RenewSubscriptions,
+        Job::CommitPendingCancellations,
     ];
 
     pub fn name(self) -> &'static str {
@@ -28,6 +31,7 @@ impl Job {
             Job::PurgeExpired => "purge-expired",
             Job::RedriveWebhooks => "redrive-webhooks",
             Job::RenewSubscriptions => "renew-subscriptions",
+            Job::CommitPendingCancellations => "commit-pending-cancellations",
         }
     }
 
@@ -39,6 +43,8 @@ impl Job {
             // quick to resume.
             Job::RedriveWebhooks => std::time::Duration::from_secs(60),
             Job::RenewSubscriptions => std::time::Duration::from_secs(3600),
+            // Locally every 30 s, so a grace period ends close to its due time.
+            Job::CommitPendingCancellations => std::time::Duration::from_secs(30),
         }
     }
 
@@ -69,6 +75,9 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
             failed: 0,
         },
         Job::RenewSubscriptions => voyage_core::exchange::subscriptions::renew_all(deps).await?,
+        Job::CommitPendingCancellations => {
+            voyage_core::exchange::inbound::commit_pending_cancellations(deps).await?
+        }
     };
     tracing::info!(
         job = job.name(),
@@ -102,7 +111,11 @@ impl Schedule {
 
     pub fn jobs(self) -> &'static [Job] {
         match self {
-            Schedule::FiveMinutes => &[Job::PurgeExpired, Job::RedriveWebhooks],
+            Schedule::FiveMinutes => &[
+                Job::PurgeExpired,
+                Job::RedriveWebhooks,
+                Job::CommitPendingCancellations,
+            ],
             Schedule::Renewal => &[Job::RenewSubscriptions],
         }
     }

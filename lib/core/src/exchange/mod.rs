@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod graph;
+pub mod inbound;
 pub mod notifications;
 pub mod outbound;
 pub mod resource;

@@ -1,0 +1,59 @@
+//! Inbound queue messages: "sync this connection now" (from a Graph notification or
+//! lifecycle event), each handled by one delta round.
+
+use futures::stream::{self, StreamExt};
+use voyage_core::deps::Deps;
+use voyage_core::exchange::inbound;
+use voyage_core::exchange::notifications::{SyncRequest, SYNC_KIND};
+use voyage_core::ports::queue::Envelope;
+use voyage_core::Error;
+
+/// Rounds of one batch run at once (different connections; one connection's rounds are
+/// safe together, see `exchange::inbound`).
+pub const CONCURRENCY: usize = 8;
+
+/// Handles one message. An error means "not done": the queue offers it again, and after its
+/// maximum receives it goes to the dead-letter queue.
+pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
+    let envelope: Envelope = serde_json::from_str(body)
+        .map_err(|e| Error::validation("message", format!("not an envelope: {e}")))?;
+    if envelope.kind != SYNC_KIND {
+        return Err(Error::validation(
+            "kind",
+            format!("`{}` is not {SYNC_KIND}", envelope.kind),
+        ));
+    }
+    let request: SyncRequest = serde_json::from_value(envelope.payload)
+        .map_err(|e| Error::validation("payload", format!("not a sync request: {e}")))?;
+    let report = inbound::handle(deps, &request).await?;
+    tracing::info!(
+        connection = %request.connection_id,
+        reason = %request.reason,
+        pages = report.pages,
+        events = report.events,
+        commands = report.commands,
+        echoes = report.echoes,
+        resynced = report.resynced,
+        skipped = report.skipped.as_deref().unwrap_or(""),
+        "exchange delta round done"
+    );
+    Ok(())
+}
+
+/// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
+pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
+    stream::iter(messages)
+        .map(|(id, body)| async move {
+            match handle(deps, &body).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "inbound message failed; it will be retried");
+                    Some(id)
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}
