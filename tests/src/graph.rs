@@ -35,6 +35,16 @@ impl GraphWorld {
     /// A simulator that knows the test app registration, and a local system (consumers
     /// idle unless `consumers`) pointed at it, with `extra` settings.
     pub async fn start(extra: &[(&str, &str)]) -> GraphWorld {
+        Self::start_with(extra, false).await
+    }
+
+    /// The same, with the local system's queue consumers running (notifications become
+    /// delta rounds, webhooks are delivered).
+    pub async fn start_running(extra: &[(&str, &str)]) -> GraphWorld {
+        Self::start_with(extra, true).await
+    }
+
+    async fn start_with(extra: &[(&str, &str)], consumers: bool) -> GraphWorld {
         let sim = GraphSimulator::new();
         sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
         let sim_url = serve(sim.router()).await;
@@ -47,7 +57,11 @@ impl GraphWorld {
             ("VOYAGE_PUBLIC_BASE_URL", &app_url),
         ];
         env.extend_from_slice(extra);
-        let app = TestApp::start_idle(&env);
+        let app = if consumers {
+            TestApp::start(&env)
+        } else {
+            TestApp::start_idle(&env)
+        };
         let router = app.router.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -154,6 +168,112 @@ impl GraphWorld {
                 format!("{} {kind} {}", s.method, s.status)
             })
             .collect()
+    }
+}
+
+impl GraphWorld {
+    /// An app-only token, as the staff member's Outlook stand-in uses it.
+    pub async fn staff_token(&self) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/{TENANT}/oauth2/v2.0/token", self.sim_url))
+            .form(&[
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+                ("scope", "https://graph.microsoft.com/.default"),
+                ("grant_type", "client_credentials"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// The staff member changes an event through Graph's routes: `DELETE` (body `None`),
+    /// `PATCH` (a body), or `decline` (method `POST`, path suffix `/decline`).
+    pub async fn staff(
+        &self,
+        method: &str,
+        staff: &str,
+        event: &str,
+        suffix: &str,
+        body: Option<Value>,
+    ) -> u16 {
+        let token = self.staff_token().await;
+        let url = format!(
+            "{}/v1.0/users/{}/events/{event}{suffix}",
+            self.sim_url,
+            email(staff)
+        );
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    /// The staff member creates an event of their own (busy unless `show_as` says otherwise).
+    pub async fn staff_creates(
+        &self,
+        staff: &str,
+        subject: &str,
+        start: &str,
+        end: &str,
+        show_as: &str,
+    ) -> String {
+        let token = self.staff_token().await;
+        let v: Value = self
+            .http
+            .post(format!(
+                "{}/v1.0/users/{}/events",
+                self.sim_url,
+                email(staff)
+            ))
+            .bearer_auth(token)
+            .json(&json!({
+                "subject": subject, "showAs": show_as,
+                "start": {"dateTime": start, "timeZone": "UTC"},
+                "end": {"dateTime": end, "timeZone": "UTC"},
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    /// Restores a deleted event from Deleted Items (a simulator control route).
+    pub async fn restore(&self, staff: &str, event: &str) -> u16 {
+        self.http
+            .post(format!(
+                "{}/_control/users/{}/events/{event}/restore",
+                self.sim_url,
+                email(staff)
+            ))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    pub async fn control(&self, path: &str, body: Value) -> u16 {
+        self.http
+            .post(format!("{}/_control/{path}", self.sim_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 }
 

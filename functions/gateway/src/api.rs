@@ -347,7 +347,9 @@ async fn get_session(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<SessionView>> {
     validate::identifier("id", &id)?;
-    Ok(Json(deps.store.get_session(&p.company_id, &id).await?.into()))
+    Ok(Json(
+        deps.store.get_session(&p.company_id, &id).await?.into(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,7 +382,11 @@ async fn staff_overrides(
         return Err(Error::validation("to", "must be after from").into());
     }
     if to - from > chrono::Duration::days(MAX_RANGE_DAYS) {
-        return Err(Error::validation("to", format!("the range may cover at most {MAX_RANGE_DAYS} days")).into());
+        return Err(Error::validation(
+            "to",
+            format!("the range may cover at most {MAX_RANGE_DAYS} days"),
+        )
+        .into());
     }
     let data: Vec<serde_json::Value> = deps
         .store

@@ -12,13 +12,14 @@
 //! Control routes (what Graph has no route for; no token needed):
 //! - `POST /_control/apps` `{"tenant_id", "client_id", "client_secret"}`: register an app;
 //! - `POST /_control/faults` `{"method"?, "path_contains"?, "status"?, "retry_after"?,
-//!   "latency_ms"?, "count"?}`; `DELETE /_control/faults`;
+//!   "latency_ms"?, "count"?, "after"?}`; `DELETE /_control/faults`;
 //! - `GET /_control/requests` (every Graph request served), `DELETE` to clear;
 //! - `GET /_control/users/{user}/events`: every event, deleted ones included, with their
 //!   extended properties and transaction ids;
 //! - `POST /_control/users/{user}/events/{id}/restore`: bring a deleted event back from
 //!   Deleted Items (Graph has no such route; Outlook does it);
 //! - `POST /_control/delta/expire`: every delta token now answers 410 `syncStateNotFound`;
+//!   `POST /_control/delta/page-size` `{"max": n}`: serve delta pages of at most `n` events;
 //! - `GET /_control/subscriptions`; `POST /_control/subscriptions/{id}/lifecycle`
 //!   `{"lifecycleEvent": "reauthorizationRequired"|"subscriptionRemoved"|"missed"}`.
 //!
@@ -74,6 +75,9 @@ struct SimState {
     served: Vec<Served>,
     delta_epoch: u64,
     seq: u64,
+    /// The largest delta page served, whatever the client prefers (Graph may choose smaller
+    /// pages than asked).
+    max_page_size: Option<usize>,
 }
 
 #[derive(Default)]
@@ -333,6 +337,7 @@ impl GraphSimulator {
                 post(control_restore),
             )
             .route("/_control/delta/expire", post(control_expire_delta))
+            .route("/_control/delta/page-size", post(control_page_size))
             .route("/_control/subscriptions", get(control_subscriptions))
             .route(
                 "/_control/subscriptions/{id}/lifecycle",
@@ -396,6 +401,7 @@ async fn graph_edge(State(sim): State<GraphSimulator>, req: Request, next: Next)
             let code = match status.as_u16() {
                 429 => "TooManyRequests",
                 503 => "ServiceUnavailable",
+                410 => "syncStateNotFound",
                 _ => "InternalServerError",
             };
             let mut resp = graph_error(status, code, "injected fault");
@@ -971,7 +977,7 @@ async fn delta_in_calendar(
     delta(sim, user, calendar, q, &original, &inner, &headers)
 }
 
-fn page_size(headers: &HeaderMap) -> usize {
+fn page_size(headers: &HeaderMap, cap: Option<usize>) -> usize {
     headers
         .get_all("prefer")
         .iter()
@@ -981,7 +987,7 @@ fn page_size(headers: &HeaderMap) -> usize {
         .filter_map(|n| n.trim().parse::<usize>().ok())
         .next()
         .unwrap_or(DEFAULT_PAGE_SIZE)
-        .clamp(1, 1000)
+        .clamp(1, cap.unwrap_or(1000))
 }
 
 /// One page of a `calendarView` delta round. A round's changes are those with a sequence in
@@ -1058,7 +1064,7 @@ fn delta(
         })
         .unwrap_or_default();
     changed.sort_by_key(|e| e.seq);
-    let size = page_size(headers);
+    let size = page_size(headers, state.max_page_size);
     let page: Vec<Value> = changed
         .iter()
         .skip(round.offset)
@@ -1380,6 +1386,17 @@ async fn control_restore(
 
 async fn control_expire_delta(State(sim): State<GraphSimulator>) -> StatusCode {
     sim.state().delta_epoch += 1;
+    StatusCode::NO_CONTENT
+}
+
+async fn control_page_size(
+    State(sim): State<GraphSimulator>,
+    Json(body): Json<Value>,
+) -> StatusCode {
+    sim.state().max_page_size = body
+        .get("max")
+        .and_then(Value::as_u64)
+        .map(|n| n.max(1) as usize);
     StatusCode::NO_CONTENT
 }
 

@@ -23,6 +23,10 @@ pub struct Fault {
     pub latency_ms: Option<u64>,
     #[serde(default = "one")]
     pub count: u32,
+    /// Matching requests to let through before the fault applies (a fault on the second
+    /// page of a round: `after: 1`).
+    #[serde(default)]
+    pub after: u32,
 }
 
 fn one() -> u32 {
@@ -48,6 +52,10 @@ pub fn take_fault(faults: &mut Vec<Fault>, method: &Method, path: &str) -> Optio
             && f.path_contains.as_deref().is_none_or(|p| path.contains(p))
     })?;
     let fault = &mut faults[idx];
+    if fault.after > 0 {
+        fault.after -= 1;
+        return None;
+    }
     fault.count -= 1;
     let action = match fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         Some(status) => FaultAction::Fail {

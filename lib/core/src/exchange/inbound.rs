@@ -81,7 +81,9 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
         Err(e) => return Err(e),
     };
     if conn.provider != Provider::Exchange || conn.status == ConnectionStatus::Disabled {
-        return Ok(skipped("the connection is not an enabled Exchange connection"));
+        return Ok(skipped(
+            "the connection is not an enabled Exchange connection",
+        ));
     }
     match req.reason.as_str() {
         "reauthorizationRequired" => {
@@ -170,6 +172,7 @@ async fn round(
     let mut request = start_request(deps, &calendar, cursor.as_ref());
     let mut full = !matches!(request, DeltaRequest::Link(_));
     let mut seen: HashSet<String> = HashSet::new();
+    let mut started = deps.store.now();
     loop {
         if report.pages >= MAX_PAGES {
             // Resume from the last stored cursor next time; nothing is skipped.
@@ -180,13 +183,12 @@ async fn round(
             Ok(p) => p,
             Err(GraphError::SyncStateNotFound) if !report.resynced => {
                 tracing::info!(connection = %conn.id, "delta token expired; full resync");
-                deps.store
-                    .clear_cursor(&conn.company_id, &conn.id)
-                    .await?;
+                deps.store.clear_cursor(&conn.company_id, &conn.id).await?;
                 cursor = None;
                 report.resynced = true;
                 full = true;
                 seen.clear();
+                started = deps.store.now();
                 request = start_request(deps, &calendar, None);
                 continue;
             }
@@ -208,6 +210,8 @@ async fn round(
             (None, Some(delta)) => {
                 if full {
                     remove_vanished(deps, conn, &seen, &mut report).await?;
+                    reconcile_vanished(deps, conn, creds, &calendar, &seen, started, &mut report)
+                        .await?;
                 }
                 let mut next = DeltaCursor {
                     company_id: conn.company_id.clone(),
@@ -236,7 +240,11 @@ async fn round(
     }
 }
 
-fn start_request(deps: &Deps, calendar: &CalendarRef, cursor: Option<&DeltaCursor>) -> DeltaRequest {
+fn start_request(
+    deps: &Deps,
+    calendar: &CalendarRef,
+    cursor: Option<&DeltaCursor>,
+) -> DeltaRequest {
     match cursor.map(|c| &c.token) {
         Some(CursorToken::GraphDeltaLink(link)) => DeltaRequest::Link(link.clone()),
         _ => {
@@ -391,7 +399,10 @@ async fn carry_out(
         .unwrap_or_else(|_| Duration::minutes(10));
     if let PlanStep::Reschedule { start, end } = step {
         if let Some(reason) = conflict(deps, session, *start, *end).await? {
-            return reject_move(deps, conn, creds, calendar, mapping, snap, session, *start, *end, reason).await;
+            return reject_move(
+                deps, conn, creds, calendar, mapping, snap, session, *start, *end, reason,
+            )
+            .await;
         }
         let changed =
             booking::execute(deps, session, &step.command(grace), ORIGIN_EXCHANGE_INBOUND).await?;
@@ -473,7 +484,13 @@ async fn reject_move(
     let etag = snap.change_key.as_ref().map(|k| format!("W/\"{k}\""));
     match deps
         .graph()?
-        .update_event(creds, calendar, &mapping.external_event_id, etag.as_deref(), &back)
+        .update_event(
+            creds,
+            calendar,
+            &mapping.external_event_id,
+            etag.as_deref(),
+            &back,
+        )
         .await
     {
         Ok(written) => {
@@ -519,6 +536,58 @@ async fn remove_vanished(
     if !gone.is_empty() {
         deps.store.apply_overrides(&[], &gone).await?;
         report.overrides_removed += gone.len();
+    }
+    Ok(())
+}
+
+/// After a full sync: a mapped event that was not listed was deleted while we held no
+/// cursor (a full listing reports no removals), so it is reconciled as removed. Only
+/// mappings written before the round started count, and only sessions inside the window:
+/// an event created during the round, or outside it, was simply not in the listing.
+async fn reconcile_vanished(
+    deps: &Deps,
+    conn: &Connection,
+    creds: &GraphCredentials,
+    calendar: &CalendarRef,
+    seen: &HashSet<String>,
+    started: DateTime<Utc>,
+    report: &mut RoundReport,
+) -> Result<()> {
+    let vanished: Vec<EventMapping> = deps
+        .store
+        .mappings_for_connection(&conn.company_id, &conn.id)
+        .await?
+        .into_iter()
+        .filter(|m| m.updated_at < started && !seen.contains(&m.external_event_id))
+        .collect();
+    if vanished.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = vanished.iter().map(|m| m.session_id.clone()).collect();
+    let window_start = started - Duration::days(WINDOW_PAST_DAYS);
+    let window_end = started + Duration::days(WINDOW_FUTURE_DAYS);
+    let mut sessions: HashMap<String, Session> = deps
+        .store
+        .get_sessions(&conn.company_id, &ids)
+        .await?
+        .into_iter()
+        .filter(|s| s.end > window_start && s.start < window_end)
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    for m in &vanished {
+        let Some(session) = sessions.get_mut(&m.session_id) else {
+            continue;
+        };
+        let snap = EventSnapshot {
+            event_id: m.external_event_id.clone(),
+            change_key: None,
+            state: SnapshotState::Removed,
+        };
+        for step in reconcile::plan(&snap, m, session) {
+            if carry_out(deps, conn, creds, calendar, m, &snap, session, &step).await? {
+                report.commands += 1;
+            }
+        }
     }
     Ok(())
 }
@@ -632,7 +701,11 @@ mod tests {
             response: Some("Declined".into()),
         });
         match snapshot(&e).unwrap().state {
-            SnapshotState::Live { declined, cancelled, .. } => assert!(declined && !cancelled),
+            SnapshotState::Live {
+                declined,
+                cancelled,
+                ..
+            } => assert!(declined && !cancelled),
             other => panic!("{other:?}"),
         }
         let removed = GraphEvent {

@@ -129,6 +129,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Every mapping of a connection (its by-event copies), for re-baselining after a full
+    /// sync.
+    pub async fn mappings_for_connection(
+        &self,
+        company: &str,
+        connection: &str,
+    ) -> Result<Vec<EventMapping>> {
+        let q =
+            crate::ports::Query::prefix(company_pk(company), format!("MAPX#{connection}#"), 100);
+        self.query_all(None, q).await
+    }
+
     pub async fn delete_mapping(&self, m: &EventMapping) -> Result<()> {
         match self.table.transact(mapping_deletes(m)).await {
             Ok(()) => Ok(()),
