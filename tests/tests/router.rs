@@ -409,6 +409,13 @@ fn arb_request(valid_key: String) -> impl Strategy<Value = Request<Body>> {
         "/v1/connections/[a-zA-Z0-9%_#.-]{0,40}".prop_map(|s| s),
         "/v1/keys/[a-z0-9%_]{0,30}".prop_map(|s| s),
         "/v1/connections\\?(limit|cursor|x)=[a-zA-Z0-9%=-]{0,20}".prop_map(|s| s),
+        Just("/v1/exchange/outbound".to_string()),
+        Just("/v1/exchange/notifications".to_string()),
+        "/v1/exchange/(notifications|lifecycle)\\?validationToken=[a-zA-Z0-9%+ -]{0,30}"
+            .prop_map(|s| s),
+        Just("/v1/credentials/exchange".to_string()),
+        "/v1/sessions/[a-zA-Z0-9%_#.-]{0,20}".prop_map(|s| s),
+        "/v1/staff/[a-z0-9%]{0,10}/overrides\\?(from|to|x)=[a-zA-Z0-9%:-]{0,25}".prop_map(|s| s),
         "/[a-z/%.]{0,30}".prop_map(|s| s),
     ];
     let content_types = prop_oneof![
@@ -473,4 +480,47 @@ fn no_request_makes_any_route_answer_5xx() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Lambda event fixtures through the handlers they are for: Graph's validation handshake as
+/// API Gateway delivers it (no tenant key), and an SQS batch for the inbound worker with a
+/// poison message.
+#[tokio::test]
+async fn exchange_fixtures_run_through_their_handlers() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/");
+    let app = app();
+    let router = voyage_http::finish(
+        voyage_fn_exchange_inbound::router(app.local.deps.clone()),
+        voyage_http::Auth::LambdaAuthorizer,
+    );
+    let req = lambda_http::request::from_str(
+        &std::fs::read_to_string(format!("{root}apigw-v2-graph-validation.json")).unwrap(),
+    )
+    .unwrap();
+    let resp = router
+        .oneshot(req.map(|b| Body::from(b.to_vec())))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        std::str::from_utf8(&body).unwrap(),
+        "Validation: Testing client application reachability for subscription Request-Id: 2e8f8a5c"
+    );
+    let event: aws_lambda_events::sqs::SqsEvent = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}sqs-exchange-inbound.json")).unwrap(),
+    )
+    .unwrap();
+    let messages: Vec<(String, String)> = event
+        .records
+        .into_iter()
+        .map(|r| (r.message_id.unwrap(), r.body.unwrap()))
+        .collect();
+    let failed = voyage_fn_exchange_inbound::worker::handle_batch(&app.local.deps, messages).await;
+    // The sync request names a connection that does not exist here: done, nothing to do.
+    assert_eq!(failed, ["2e1424d4-f796-459a-8184-9c92662be6da"]);
 }
