@@ -133,6 +133,11 @@ impl Local {
             async move { voyage_fn_exchange_inbound::worker::handle(&deps, &body).await }
         }));
         let deps = self.deps.clone();
+        tokio::spawn(consume(queue(QueueName::GoogleSync)?, move |body| {
+            let deps = deps.clone();
+            async move { voyage_fn_google_sync::worker::handle(&deps, &body).await }
+        }));
+        let deps = self.deps.clone();
         tokio::spawn(consume(queue(QueueName::ExchangeOutbound)?, move |body| {
             let deps = deps.clone();
             async move { voyage_fn_exchange_outbound::worker::handle(&deps, &body).await }
@@ -233,6 +238,10 @@ fn credentials_key(data_dir: &Path) -> Result<[u8; 32], String> {
 pub struct Sandbox {
     pub graph_base_url: String,
     pub ms_login_base_url: String,
+    #[serde(default)]
+    pub google_calendar_base_url: String,
+    #[serde(default)]
+    pub google_token_url: String,
     pub public_base_url: String,
 }
 
@@ -248,6 +257,8 @@ impl Sandbox {
         Sandbox {
             graph_base_url: format!("{base}/sim/graph"),
             ms_login_base_url: format!("{base}/sim/graph"),
+            google_calendar_base_url: format!("{base}/sim/google"),
+            google_token_url: format!("{base}/sim/google/token"),
             public_base_url: base.to_string(),
         }
     }
@@ -278,6 +289,12 @@ impl Sandbox {
         }
         if unset("VOYAGE_MS_LOGIN_BASE_URL") {
             config.ms_login_base_url = self.ms_login_base_url.clone();
+        }
+        if unset("VOYAGE_GOOGLE_CALENDAR_BASE_URL") && !self.google_calendar_base_url.is_empty() {
+            config.google_calendar_base_url = self.google_calendar_base_url.clone();
+        }
+        if unset("VOYAGE_GOOGLE_TOKEN_URL") && !self.google_token_url.is_empty() {
+            config.google_token_url = self.google_token_url.clone();
         }
         if config.public_base_url.is_none() {
             config.public_base_url = Some(self.public_base_url.clone());
@@ -313,7 +330,12 @@ pub async fn serve(
         sandbox.write(data_dir)?;
         let graph = voyage_simulators::GraphSimulator::new();
         graph.register_app(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET);
-        Some(graph)
+        let google = voyage_simulators::GoogleSimulator::new();
+        google.register_account(
+            voyage_simulators::google::SANDBOX_CLIENT_EMAIL,
+            voyage_simulators::google::SANDBOX_PRIVATE_KEY,
+        )?;
+        Some((graph, google))
     } else {
         Sandbox::remove(data_dir);
         None
@@ -327,12 +349,17 @@ pub async fn serve(
     let mut router = local.router();
     println!("voyage: serving every route on {base}");
     println!("voyage: data lives in {}", local.db.path().display());
-    if let Some(graph) = simulators {
+    if let Some((graph, google)) = simulators {
         router = Router::new()
             .nest("/sim/graph", graph.router())
+            .nest("/sim/google", google.router())
             .merge(router);
         println!(
             "voyage: Microsoft Graph simulator on {base}/sim/graph (app: tenant {SANDBOX_TENANT}, client {SANDBOX_CLIENT_ID}, secret {SANDBOX_CLIENT_SECRET})"
+        );
+        println!(
+            "voyage: Google Calendar simulator on {base}/sim/google (service account {}; its key: lib/simulators/sandbox-service-account.pem)",
+            voyage_simulators::google::SANDBOX_CLIENT_EMAIL
         );
     }
     println!(

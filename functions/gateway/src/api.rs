@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use voyage_core::deps::Deps;
 use voyage_core::exchange::{credentials as exchange_credentials, subscriptions};
+use voyage_core::google::{channels, credentials as google_credentials};
 use voyage_core::model::{
     ApiKey, Connection, ConnectionStatus, CredentialRecord, HistoryEntry, Provider, Session,
     SessionClient, SessionStatus,
@@ -36,6 +37,10 @@ pub fn router(deps: Arc<Deps>) -> Router {
         .route(
             "/v1/credentials/exchange",
             put(put_exchange_credentials).get(get_exchange_credentials),
+        )
+        .route(
+            "/v1/credentials/google",
+            put(put_google_credentials).get(get_google_credentials),
         )
         .route("/v1/sessions/{id}", get(get_session))
         .route("/v1/staff/{staff_id}/overrides", get(staff_overrides))
@@ -171,8 +176,9 @@ impl From<Connection> for ConnectionView {
     }
 }
 
-/// Creates a connection in `pending`, then, for Exchange, subscribes to the calendar at
-/// once: the answer shows `active`, or `error` with the reason (the renewal job retries).
+/// Creates a connection in `pending`, then subscribes to the calendar at once (a Graph
+/// subscription, a Google push channel): the answer shows `active`, or `error` with the
+/// reason (the renewal job retries).
 async fn create_connection(
     State(deps): State<Arc<Deps>>,
     Authenticated(p): Authenticated,
@@ -207,8 +213,13 @@ async fn create_connection(
         version: 0,
     };
     let mut created = deps.store.create_connection(&connection).await?;
-    if created.provider == Provider::Exchange {
-        subscriptions::subscribe(&deps, &mut created).await?;
+    match created.provider {
+        Provider::Exchange => {
+            subscriptions::subscribe(&deps, &mut created).await?;
+        }
+        Provider::Google => {
+            channels::watch(&deps, &mut created).await?;
+        }
     }
     Ok((StatusCode::CREATED, Json(ConnectionView::from(created))))
 }
@@ -251,8 +262,14 @@ async fn delete_connection(
 ) -> ApiResult<StatusCode> {
     validate::identifier("id", &id)?;
     let removed = deps.store.delete_connection(&p.company_id, &id).await?;
-    if let (Provider::Exchange, Some(channel)) = (removed.provider, &removed.channel) {
-        subscriptions::remove_quietly(&deps, &p.company_id, &channel.id).await;
+    match (removed.provider, &removed.channel) {
+        (Provider::Exchange, Some(channel)) => {
+            subscriptions::remove_quietly(&deps, &p.company_id, &channel.id).await;
+        }
+        (Provider::Google, Some(channel)) => {
+            channels::stop_quietly(&deps, &removed, channel).await;
+        }
+        _ => {}
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -286,6 +303,31 @@ async fn put_exchange_credentials(
 ) -> ApiResult<Json<CredentialsView>> {
     let record = exchange_credentials::store(&deps, &p.company_id, body).await?;
     Ok(Json(record.into()))
+}
+
+/// Stores the company's Google service-account key (write-only: the private key is sealed
+/// and no route returns it).
+async fn put_google_credentials(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+    ApiJson(body): ApiJson<google_credentials::GoogleCredentialsInput>,
+) -> ApiResult<Json<CredentialsView>> {
+    let record = google_credentials::store(&deps, &p.company_id, body).await?;
+    Ok(Json(record.into()))
+}
+
+async fn get_google_credentials(
+    State(deps): State<Arc<Deps>>,
+    Authenticated(p): Authenticated,
+) -> ApiResult<Json<CredentialsView>> {
+    match deps
+        .store
+        .get_credentials(&p.company_id, Provider::Google)
+        .await?
+    {
+        Some(r) => Ok(Json(r.into())),
+        None => Err(Error::not_found("credentials", "google").into()),
+    }
 }
 
 async fn get_exchange_credentials(

@@ -16,14 +16,17 @@ pub enum Job {
     RenewSubscriptions,
     /// Cancel sessions whose pending cancellation's grace period has passed.
     CommitPendingCancellations,
+    /// Sync every active or failed Google connection (the backstop for lost pushes).
+    GoogleSync,
 }
 
 impl Job {
-    pub const ALL: [Job; 4] = [
+    pub const ALL: [Job; 5] = [
         Job::PurgeExpired,
         Job::RedriveWebhooks,
         Job::RenewSubscriptions,
         Job::CommitPendingCancellations,
+        Job::GoogleSync,
     ];
 
     pub fn name(self) -> &'static str {
@@ -32,6 +35,7 @@ impl Job {
             Job::RedriveWebhooks => "redrive-webhooks",
             Job::RenewSubscriptions => "renew-subscriptions",
             Job::CommitPendingCancellations => "commit-pending-cancellations",
+            Job::GoogleSync => "google-sync",
         }
     }
 
@@ -45,6 +49,7 @@ impl Job {
             Job::RenewSubscriptions => std::time::Duration::from_secs(3600),
             // Locally every 30 s, so a grace period ends close to its due time.
             Job::CommitPendingCancellations => std::time::Duration::from_secs(30),
+            Job::GoogleSync => std::time::Duration::from_secs(300),
         }
     }
 
@@ -74,7 +79,18 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
             processed: voyage_core::webhooks::redrive_due(deps, REDRIVE_SLACK).await?,
             failed: 0,
         },
-        Job::RenewSubscriptions => voyage_core::exchange::subscriptions::renew_all(deps).await?,
+        Job::RenewSubscriptions => {
+            // Graph subscriptions and Google channels alike; both run even if one fails.
+            let exchange = voyage_core::exchange::subscriptions::renew_all(deps).await;
+            let google = voyage_core::google::channels::renew_all(deps).await;
+            let (exchange, google) = (exchange?, google?);
+            JobReport {
+                job: job.name().into(),
+                processed: exchange.processed + google.processed,
+                failed: exchange.failed + google.failed,
+            }
+        }
+        Job::GoogleSync => voyage_core::google::sync::sync_all(deps).await?,
         Job::CommitPendingCancellations => {
             voyage_core::exchange::inbound::commit_pending_cancellations(deps).await?
         }
@@ -115,6 +131,7 @@ impl Schedule {
                 Job::PurgeExpired,
                 Job::RedriveWebhooks,
                 Job::CommitPendingCancellations,
+                Job::GoogleSync,
             ],
             Schedule::Renewal => &[Job::RenewSubscriptions],
         }

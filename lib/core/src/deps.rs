@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::exchange::graph::GraphApi;
+use crate::google::GoogleApi;
 use crate::ports::{EventBus, Queue};
 use crate::sealing::Sealer;
 use crate::store::Store;
@@ -55,6 +56,8 @@ pub struct Deps {
     pub bus: Option<Arc<dyn EventBus>>,
     /// The Microsoft Graph client (HTTP adapter, or one pointed at the simulator).
     pub graph: Option<Arc<dyn GraphApi>>,
+    /// The Google Calendar client.
+    pub google: Option<Arc<dyn GoogleApi>>,
     /// Seals and opens tenants' provider secrets.
     pub sealer: Option<Arc<Sealer>>,
 }
@@ -66,6 +69,7 @@ impl Deps {
             queues: HashMap::new(),
             bus: None,
             graph: None,
+            google: None,
             sealer: config
                 .credentials_key
                 .and_then(|k| Sealer::new(&k).ok())
@@ -77,6 +81,17 @@ impl Deps {
     pub fn with_graph(mut self, graph: Arc<dyn GraphApi>) -> Self {
         self.graph = Some(graph);
         self
+    }
+
+    pub fn with_google(mut self, google: Arc<dyn GoogleApi>) -> Self {
+        self.google = Some(google);
+        self
+    }
+
+    pub fn google(&self) -> Result<&dyn GoogleApi> {
+        self.google
+            .as_deref()
+            .ok_or_else(|| Error::Internal("the Google client is not configured".into()))
     }
 
     pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod deps;
 pub mod error;
 pub mod exchange;
+pub mod google;
 pub mod ids;
 pub mod jobs;
 pub mod model;

@@ -6,7 +6,10 @@
 //! for what the provider itself has no route for. They know nothing of Voyage's domain: the
 //! system under test talks to them only through the provider protocol.
 
+pub mod google;
 pub mod graph;
 mod util;
 
+pub use google::GoogleSimulator;
 pub use graph::GraphSimulator;
+pub use util::Fault;

@@ -1,0 +1,14 @@
+//! The google-sync worker Lambda: queued syncs from Google pushes, with partial batch
+//! failures.
+
+use voyage_core::config::Config;
+use voyage_fn_google_sync::worker;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    let config = Config::from_env()?;
+    voyage_http::logging::init(config.log_format);
+    let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
+    let deps = &deps;
+    voyage_http::serve_sqs(|messages| worker::handle_batch(deps, messages)).await
+}

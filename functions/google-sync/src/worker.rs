@@ -1,0 +1,53 @@
+//! Queued Google syncs (from pushes): one sync of the named connection per message.
+
+use futures::stream::{self, StreamExt};
+use voyage_core::deps::Deps;
+use voyage_core::google::push::{SyncRequest, SYNC_KIND};
+use voyage_core::google::sync;
+use voyage_core::ports::queue::Envelope;
+use voyage_core::Error;
+
+pub const CONCURRENCY: usize = 8;
+
+pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
+    let envelope: Envelope = serde_json::from_str(body)
+        .map_err(|e| Error::validation("message", format!("not an envelope: {e}")))?;
+    if envelope.kind != SYNC_KIND {
+        return Err(Error::validation(
+            "kind",
+            format!("`{}` is not {SYNC_KIND}", envelope.kind),
+        ));
+    }
+    let request: SyncRequest = serde_json::from_value(envelope.payload)
+        .map_err(|e| Error::validation("payload", format!("not a sync request: {e}")))?;
+    // The coalescing window ends as this sync starts: pushes from now on queue the next.
+    let mut conn = match deps
+        .store
+        .get_connection(&request.company_id, &request.connection_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let report = sync::sync_connection(deps, &mut conn).await?;
+    tracing::info!(connection = %conn.id, pages = report.pages, events = report.events, full = report.full, "google sync done");
+    Ok(())
+}
+
+pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
+    stream::iter(messages)
+        .map(|(id, body)| async move {
+            match handle(deps, &body).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "google sync message failed; it will be retried");
+                    Some(id)
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}

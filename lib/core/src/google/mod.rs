@@ -1,0 +1,14 @@
+//! The Google Calendar integration: the port, service-account credentials and JWTs, delta
+//! sync into availability overrides, push channels and push notifications.
+
+pub mod api;
+pub mod channels;
+pub mod credentials;
+pub mod jwt;
+pub mod push;
+pub mod sync;
+
+pub use api::{GoogleApi, GoogleError, ServiceAccount};
+
+/// The origin recorded for changes caused by Google.
+pub const ORIGIN_GOOGLE_SYNC: &str = "google-sync";
