@@ -9,5 +9,6 @@ pub mod app;
 pub mod contract;
 pub mod counting;
 pub mod fixtures;
+pub mod google;
 pub mod graph;
 pub mod receiver;

@@ -1,0 +1,208 @@
+//! A Google Calendar simulator and a local system wired to each other over loopback HTTP:
+//! the system gets tokens and events from the simulator, the simulator pushes to the
+//! system's notification address.
+
+use serde_json::{json, Value};
+use voyage_simulators::google::{SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY};
+use voyage_simulators::GoogleSimulator;
+
+use crate::app::TestApp;
+use crate::graph::serve;
+
+/// A key no simulator knows: signs, but Google refuses it.
+pub const UNREGISTERED_KEY: &str = include_str!("../fixtures/unregistered-service-account.pem");
+
+pub struct GoogleWorld {
+    pub sim: GoogleSimulator,
+    pub sim_url: String,
+    pub app: TestApp,
+    pub app_url: String,
+    pub http: reqwest::Client,
+}
+
+pub fn email(staff: &str) -> String {
+    format!("{staff}@contoso.example")
+}
+
+impl GoogleWorld {
+    pub async fn start(extra: &[(&str, &str)]) -> GoogleWorld {
+        let sim = GoogleSimulator::new();
+        sim.register_account(SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY)
+            .unwrap();
+        let sim_url = serve(sim.router()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_url = format!("http://{}", listener.local_addr().unwrap());
+        let token_url = format!("{sim_url}/token");
+        let mut env: Vec<(&str, &str)> = vec![
+            ("VOYAGE_GOOGLE_CALENDAR_BASE_URL", &sim_url),
+            ("VOYAGE_GOOGLE_TOKEN_URL", &token_url),
+            ("VOYAGE_PUBLIC_BASE_URL", &app_url),
+        ];
+        env.extend_from_slice(extra);
+        let app = TestApp::start_idle(&env);
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        GoogleWorld {
+            sim,
+            sim_url,
+            app,
+            app_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A company with a service account (`key`) and a Google connection for `staff`.
+    pub async fn tenant_with_connection(
+        &self,
+        company: &str,
+        staff: &str,
+        key: &str,
+    ) -> (String, Value) {
+        let tenant = self.app.key(company, false).await;
+        let (status, body) = self
+            .app
+            .call(
+                "PUT",
+                "/v1/credentials/google",
+                &tenant,
+                Some(
+                    json!({"type": "service_account", "client_email": SANDBOX_CLIENT_EMAIL,
+                    "private_key": key, "token_uri": "https://oauth2.googleapis.com/token"}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, conn) = self
+            .app
+            .call(
+                "POST",
+                "/v1/connections",
+                &tenant,
+                Some(json!({"provider": "google", "staff_id": staff, "staff_email": email(staff), "calendar_id": email(staff)})),
+            )
+            .await;
+        assert_eq!(status, 201, "{conn}");
+        (tenant, conn)
+    }
+
+    /// A token acting as the staff member, for their own edits through Google's routes.
+    pub async fn staff_token(&self, staff: &str) -> String {
+        let pair = voyage_core::google::jwt::key_pair(SANDBOX_PRIVATE_KEY).unwrap();
+        let token_url = format!("{}/token", self.sim_url);
+        let assertion = voyage_core::google::jwt::assertion(
+            &pair,
+            SANDBOX_CLIENT_EMAIL,
+            &email(staff),
+            &token_url,
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+        let v: Value = self
+            .http
+            .post(token_url)
+            .form(&[
+                ("grant_type", voyage_core::google::jwt::GRANT_TYPE),
+                ("assertion", &assertion),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// The staff member inserts an event; returns its id.
+    pub async fn insert(&self, token: &str, staff: &str, event: Value) -> String {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/calendar/v3/calendars/{}/events",
+                self.sim_url,
+                email(staff)
+            ))
+            .bearer_auth(token)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn edit(
+        &self,
+        token: &str,
+        staff: &str,
+        method: &str,
+        event: &str,
+        body: Option<Value>,
+    ) -> u16 {
+        let mut req = self
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!(
+                    "{}/calendar/v3/calendars/{}/events/{event}",
+                    self.sim_url,
+                    email(staff)
+                ),
+            )
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    pub async fn control(&self, method: &str, path: &str, body: Value) -> Value {
+        self.http
+            .request(
+                method.parse().unwrap(),
+                format!("{}/_control/{path}", self.sim_url),
+            )
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    /// The staff member's overrides between two instants, as external event ids.
+    pub async fn overrides(&self, tenant: &str, staff: &str) -> Vec<Value> {
+        let (status, body) = self
+            .app
+            .call(
+                "GET",
+                &format!(
+                    "/v1/staff/{staff}/overrides?from={}&to={}",
+                    (chrono::Utc::now() - chrono::Duration::days(3)).format("%Y-%m-%dT00:00:00Z"),
+                    (chrono::Utc::now() + chrono::Duration::days(200)).format("%Y-%m-%dT00:00:00Z")
+                ),
+                tenant,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A timed event body.
+pub fn timed(summary: &str, start: &str, end: &str) -> Value {
+    json!({"summary": summary, "start": {"dateTime": start}, "end": {"dateTime": end}})
+}
+
+/// `YYYY-MM-DD` of the day `n` days from today (tests stay inside the sync window whenever
+/// they run).
+pub fn day(n: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(n))
+        .format("%Y-%m-%d")
+        .to_string()
+}
