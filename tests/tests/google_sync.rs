@@ -122,7 +122,7 @@ async fn full_then_incremental_sync_keeps_overrides_true() {
     let out = sync_now(&w, "acme", &conn).await;
     assert_eq!(out["report"]["full"], false, "{out}");
     assert_eq!(out["report"]["events"], 3, "only the changes: {out}");
-    assert_eq!(ids(&w.overrides(&tenant, "ann").await), [new.clone()]);
+    assert_eq!(ids(&w.overrides(&tenant, "ann").await), [new]);
     let (_, shown) = w
         .app
         .call(
