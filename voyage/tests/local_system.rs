@@ -372,6 +372,48 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
         .unwrap();
     assert_eq!(events["value"][0]["id"], out["event_id"]);
     assert_eq!(events["value"][0]["subject"], "Intro call");
+    // Google in the same sandbox: the printed service account, a connection with a channel.
+    assert!(banner.contains("/sim/google"), "{banner}");
+    let key = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../lib/simulators/sandbox-service-account.pem"
+    ))
+    .unwrap();
+    let resp = http
+        .put(format!("{base}/v1/credentials/google"))
+        .bearer_auth(&tenant)
+        .json(
+            &json!({"client_email": "sandbox@voyage-sandbox.iam.gserviceaccount.com",
+            "private_key": key, "token_uri": "https://oauth2.googleapis.com/token"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let google: Value = http
+        .post(format!("{base}/v1/connections"))
+        .bearer_auth(&tenant)
+        .json(&json!({"provider": "google", "staff_id": "bob", "staff_email": "bob@acme.example", "calendar_id": "bob@acme.example"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(google["status"], "active", "{google}");
+    assert!(google["channel_id"].is_string());
+    let synced: Value = http
+        .post(format!("{base}/v1/google-sync"))
+        .bearer_auth(&internal)
+        .json(&json!({"company_id": "acme", "connection_id": google["id"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(synced["status"], "active", "{synced}");
+    assert_eq!(synced["report"]["full"], true, "{synced}");
     // A job run from another process opens the same data and sandbox settings.
     let run = Command::new(BIN)
         .args([
