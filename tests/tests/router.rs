@@ -414,6 +414,9 @@ fn arb_request(valid_key: String) -> impl Strategy<Value = Request<Body>> {
         "/v1/exchange/(notifications|lifecycle)\\?validationToken=[a-zA-Z0-9%+ -]{0,30}"
             .prop_map(|s| s),
         Just("/v1/credentials/exchange".to_string()),
+        Just("/v1/credentials/google".to_string()),
+        Just("/v1/google-sync".to_string()),
+        Just("/v1/google-sync/notifications".to_string()),
         "/v1/sessions/[a-zA-Z0-9%_#.-]{0,20}".prop_map(|s| s),
         "/v1/staff/[a-z0-9%]{0,10}/overrides\\?(from|to|x)=[a-zA-Z0-9%:-]{0,25}".prop_map(|s| s),
         "/[a-z/%.]{0,30}".prop_map(|s| s),
