@@ -1,7 +1,6 @@
 //! Inbound queue messages: "sync this connection now" (from a Graph notification or
 //! lifecycle event), each handled by one delta round.
 
-use futures::stream::{self, StreamExt};
 use voyage_core::deps::Deps;
 use voyage_core::exchange::inbound;
 use voyage_core::exchange::notifications::{SyncRequest, SYNC_KIND};
@@ -42,18 +41,8 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(messages)
-        .map(|(id, body)| async move {
-            match handle(deps, &body).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "inbound message failed; it will be retried");
-                    Some(id)
-                }
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(|failed| async move { failed })
-        .collect()
-        .await
+    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
+        handle(deps, &body).await
+    })
+    .await
 }

@@ -1,6 +1,5 @@
 //! Outbound queue messages: a session change, bare or in EventBridge's envelope.
 
-use futures::stream::{self, StreamExt};
 use serde_json::Value;
 use voyage_core::deps::Deps;
 use voyage_core::exchange::outbound::{self, SessionChangeInput};
@@ -38,18 +37,8 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(messages)
-        .map(|(id, body)| async move {
-            match handle(deps, &body).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "outbound message failed; it will be retried");
-                    Some(id)
-                }
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(|failed| async move { failed })
-        .collect()
-        .await
+    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
+        handle(deps, &body).await
+    })
+    .await
 }

@@ -1,6 +1,5 @@
 //! Queued Google syncs (from pushes): one sync of the named connection per message.
 
-use futures::stream::{self, StreamExt};
 use voyage_core::deps::Deps;
 use voyage_core::google::push::{SyncRequest, SYNC_KIND};
 use voyage_core::google::sync;
@@ -36,18 +35,8 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 }
 
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(messages)
-        .map(|(id, body)| async move {
-            match handle(deps, &body).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "google sync message failed; it will be retried");
-                    Some(id)
-                }
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(|failed| async move { failed })
-        .collect()
-        .await
+    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
+        handle(deps, &body).await
+    })
+    .await
 }

@@ -6,7 +6,6 @@
 //! `detail-type` is the event type and whose `detail` is
 //! `{"company_id", "payload": {...}, "idempotency_key"?}`.
 
-use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use voyage_core::webhooks::WebhookEngine;
 use voyage_core::Error;
@@ -56,18 +55,8 @@ pub async fn handle(engine: &WebhookEngine, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(engine: &WebhookEngine, messages: Vec<(String, String)>) -> Vec<String> {
-    stream::iter(messages)
-        .map(|(id, body)| async move {
-            match handle(engine, &body).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(message_id = %id, error = %e, "message failed; it will be retried");
-                    Some(id)
-                }
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(|failed| async move { failed })
-        .collect()
-        .await
+    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
+        handle(engine, &body).await
+    })
+    .await
 }

@@ -16,8 +16,10 @@ use crate::{Error, Result};
 
 /// Changes made because of an Exchange (Outlook) change.
 pub const ORIGIN_EXCHANGE_INBOUND: &str = "exchange-inbound";
-/// Store-conflict retries of one command.
-const ATTEMPTS: usize = 3;
+/// Store-conflict retries of one command. Several delta rounds of one connection may carry
+/// out the same command at once (a burst of notifications): each lost race re-reads and, the
+/// command being idempotent, usually finds nothing left to do.
+const ATTEMPTS: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {

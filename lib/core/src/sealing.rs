@@ -106,6 +106,46 @@ impl Sealer {
     }
 }
 
+/// A stored credential record opened: its clear identity and its unsealed secret fields,
+/// read by name.
+pub struct OpenedCredentials {
+    context: String,
+    identity: serde_json::Map<String, serde_json::Value>,
+    secret: serde_json::Value,
+}
+
+impl OpenedCredentials {
+    pub fn open(sealer: &Sealer, record: &crate::model::CredentialRecord) -> Result<Self> {
+        let context = crate::model::CredentialRecord::context(&record.company_id, record.provider);
+        let secret = serde_json::from_str(&sealer.open(&record.sealed, &context)?)
+            .map_err(|_| Error::Internal(format!("the stored secret for {context} is corrupt")))?;
+        Ok(OpenedCredentials {
+            context,
+            identity: record.identity.clone(),
+            secret,
+        })
+    }
+
+    fn text(&self, value: Option<&serde_json::Value>, name: &str) -> Result<String> {
+        value
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Error::Internal(format!("the credentials for {} lack {name}", self.context))
+            })
+    }
+
+    /// A clear identity field (`tenant_id`, `client_email`, ...).
+    pub fn identity(&self, name: &str) -> Result<String> {
+        self.text(self.identity.get(name), name)
+    }
+
+    /// A sealed field (`client_secret`, `private_key`).
+    pub fn secret(&self, name: &str) -> Result<String> {
+        self.text(self.secret.get(name), name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,11 +2,12 @@
 //! sealed.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 use super::GraphCredentials;
 use crate::deps::Deps;
 use crate::model::{CredentialRecord, Provider};
+use crate::sealing::OpenedCredentials;
 use crate::{validate, Error, Result};
 
 /// `PUT /v1/credentials/exchange`.
@@ -55,18 +56,11 @@ pub async fn store(
 
 /// Opens a stored record into usable credentials.
 pub fn open(deps: &Deps, record: &CredentialRecord) -> Result<GraphCredentials> {
-    let context = CredentialRecord::context(&record.company_id, Provider::Exchange);
-    let secret: Value = serde_json::from_str(&deps.sealer()?.open(&record.sealed, &context)?)
-        .map_err(|_| Error::Internal(format!("the stored secret for {context} is corrupt")))?;
-    let field = |v: Option<&Value>, name: &str| {
-        v.and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| Error::Internal(format!("the credentials for {context} lack {name}")))
-    };
+    let opened = OpenedCredentials::open(deps.sealer()?, record)?;
     Ok(GraphCredentials {
-        tenant_id: field(record.identity.get("tenant_id"), "tenant_id")?,
-        client_id: field(record.identity.get("client_id"), "client_id")?,
-        client_secret: field(secret.get("client_secret"), "client_secret")?,
+        tenant_id: opened.identity("tenant_id")?,
+        client_id: opened.identity("client_id")?,
+        client_secret: opened.secret("client_secret")?,
     })
 }
 

@@ -98,16 +98,20 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
         _ => {}
     }
     let Some(creds) = credentials::load(deps, &conn.company_id).await? else {
-        mark(deps, &mut conn, Some(credentials::MISSING.to_string())).await?;
+        deps.store
+            .record_sync(&mut conn, Some(credentials::MISSING.to_string()))
+            .await?;
         return Ok(skipped(credentials::MISSING));
     };
     match round(deps, &conn, &creds).await {
         Ok(report) => {
-            mark(deps, &mut conn, None).await?;
+            deps.store.record_sync(&mut conn, None).await?;
             Ok(report)
         }
         Err(RoundError::Graph(e)) => {
-            mark(deps, &mut conn, Some(format!("inbound sync: {e}"))).await?;
+            deps.store
+                .record_sync(&mut conn, Some(format!("inbound sync: {e}")))
+                .await?;
             match e {
                 // Waiting helps: the queue offers the message again.
                 GraphError::Throttled { .. } | GraphError::Unavailable(_) => {
@@ -130,34 +134,6 @@ impl From<Error> for RoundError {
     fn from(e: Error) -> Self {
         RoundError::Store(e)
     }
-}
-
-/// Records the round's outcome on the connection (re-reading after a lost race).
-async fn mark(deps: &Deps, conn: &mut Connection, error: Option<String>) -> Result<()> {
-    for _ in 0..3 {
-        match &error {
-            Some(message) => {
-                conn.status = ConnectionStatus::Error;
-                conn.last_error = Some(message.clone());
-            }
-            None => {
-                conn.status = ConnectionStatus::Active;
-                conn.last_error = None;
-                conn.last_sync_at = Some(deps.store.now());
-            }
-        }
-        match deps.store.update_connection(conn).await {
-            Ok(()) => return Ok(()),
-            Err(Error::Conflict { .. }) => {
-                *conn = deps
-                    .store
-                    .get_connection(&conn.company_id, &conn.id)
-                    .await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn round(

@@ -5,12 +5,13 @@
 //! `VOYAGE_GOOGLE_TOKEN_URL`, so no tenant can aim the system at another host.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 
 use super::api::ServiceAccount;
 use super::jwt;
 use crate::deps::Deps;
 use crate::model::{CredentialRecord, Provider};
+use crate::sealing::OpenedCredentials;
 use crate::{validate, Error, Result};
 
 /// `PUT /v1/credentials/google`: the fields of a Google service-account key file. The
@@ -87,17 +88,10 @@ pub async fn load(deps: &Deps, company: &str) -> Result<Option<ServiceAccount>> 
     else {
         return Ok(None);
     };
-    let context = CredentialRecord::context(company, Provider::Google);
-    let secret: Value = serde_json::from_str(&deps.sealer()?.open(&record.sealed, &context)?)
-        .map_err(|_| Error::Internal(format!("the stored secret for {context} is corrupt")))?;
-    let field = |v: Option<&Value>, name: &str| {
-        v.and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| Error::Internal(format!("the credentials for {context} lack {name}")))
-    };
+    let opened = OpenedCredentials::open(deps.sealer()?, &record)?;
     Ok(Some(ServiceAccount {
-        client_email: field(record.identity.get("client_email"), "client_email")?,
-        private_key: field(secret.get("private_key"), "private_key")?,
+        client_email: opened.identity("client_email")?,
+        private_key: opened.secret("private_key")?,
     }))
 }
 

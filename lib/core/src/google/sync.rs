@@ -86,7 +86,7 @@ pub async fn sync_connection(deps: &Deps, conn: &mut Connection) -> Result<SyncR
     };
     match result {
         Ok(report) => {
-            record(deps, conn, None).await?;
+            deps.store.record_sync(conn, None).await?;
             Ok(report)
         }
         Err(SyncError::Google(GoogleError::RateLimited { .. })) => {
@@ -96,7 +96,7 @@ pub async fn sync_connection(deps: &Deps, conn: &mut Connection) -> Result<SyncR
             ))
         }
         Err(SyncError::Google(_)) => {
-            record(deps, conn, outcome).await?;
+            deps.store.record_sync(conn, outcome).await?;
             Ok(SyncReport {
                 skipped: conn.last_error.clone(),
                 ..Default::default()
@@ -115,40 +115,6 @@ impl From<Error> for SyncError {
     fn from(e: Error) -> Self {
         SyncError::Store(e)
     }
-}
-
-/// Records a sync's outcome on the connection, re-reading after a lost race.
-pub(crate) async fn record(
-    deps: &Deps,
-    conn: &mut Connection,
-    error: Option<String>,
-) -> Result<()> {
-    for _ in 0..3 {
-        match &error {
-            Some(message) => {
-                conn.status = ConnectionStatus::Error;
-                conn.last_error = Some(message.clone());
-            }
-            None => {
-                if conn.status == ConnectionStatus::Error {
-                    conn.status = ConnectionStatus::Active;
-                }
-                conn.last_error = None;
-                conn.last_sync_at = Some(deps.store.now());
-            }
-        }
-        match deps.store.update_connection(conn).await {
-            Ok(()) => return Ok(()),
-            Err(Error::Conflict { .. }) => {
-                *conn = deps
-                    .store
-                    .get_connection(&conn.company_id, &conn.id)
-                    .await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 async fn run(

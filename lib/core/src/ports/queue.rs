@@ -118,3 +118,33 @@ pub async fn on_arrival(
         _ => Ok(Arrival::Due(envelope)),
     }
 }
+
+/// Handles a batch of `(message id, body)` pairs, up to `concurrency` at once, and returns
+/// the ids of the messages whose handler failed (each logged with its reason): what an SQS
+/// Lambda reports as partial batch failures, so one poison message never fails its batch.
+pub async fn handle_batch<F, Fut>(
+    messages: Vec<(String, String)>,
+    concurrency: usize,
+    handler: F,
+) -> Vec<String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    use futures::stream::{self, StreamExt};
+    let handler = &handler;
+    stream::iter(messages)
+        .map(|(id, body)| async move {
+            match handler(body).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(message_id = %id, error = %e, "message failed; it will be retried");
+                    Some(id)
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|failed| async move { failed })
+        .collect()
+        .await
+}

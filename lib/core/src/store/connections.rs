@@ -2,7 +2,7 @@ use super::{
     check_cursor, classify_cas_failure, company_pk, decode, encode, validate_page_size, Listed,
     Store,
 };
-use crate::model::{Connection, Provider};
+use crate::model::{Connection, ConnectionStatus, Provider};
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError, TxWrite};
 use crate::{Error, Result};
 
@@ -138,6 +138,46 @@ impl Store {
                 Err(classify_cas_failure(self.table(), &key, "connection", &c.id).await)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a sync's outcome on a connection, re-reading it after a lost race. A failure
+    /// puts it in `error` with the message. A success records the sync time and, when the
+    /// connection has its subscription or channel, makes it `active` again; without one it
+    /// keeps its status and reason (a sync alone does not bring notifications back).
+    pub async fn record_sync(&self, c: &mut Connection, error: Option<String>) -> Result<()> {
+        // Rounds of one connection may run at once (a burst of notifications on several
+        // workers), each recording here: allow for a few lost races.
+        for _ in 0..10 {
+            match &error {
+                Some(message) => {
+                    c.status = ConnectionStatus::Error;
+                    c.last_error = Some(message.clone());
+                }
+                None => {
+                    c.last_sync_at = Some(self.now());
+                    if c.channel.is_some() && c.status == ConnectionStatus::Error {
+                        c.status = ConnectionStatus::Active;
+                        c.last_error = None;
+                    }
+                }
+            }
+            match self.update_connection(c).await {
+                Ok(()) => return Ok(()),
+                Err(Error::Conflict { .. }) => {
+                    *c = self.get_connection(&c.company_id, &c.id).await?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match error {
+            // Every attempt lost to another round of this connection recording its own sync
+            // at the same moment: the sync time is as fresh as ours.
+            None => Ok(()),
+            Some(_) => Err(Error::Conflict {
+                entity: "connection",
+                id: c.id.clone(),
+            }),
         }
     }
 
