@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use voyage_core::deps::Deps;
 use voyage_core::exchange::notifications;
-use voyage_http::ApiResult;
+use voyage_http::{ApiQuery, ApiResult};
 
 pub fn router(deps: Arc<Deps>) -> Router {
     Router::new()
@@ -42,7 +42,7 @@ pub fn handshake(token: &str) -> Response {
 
 async fn graph_callback(
     State(deps): State<Arc<Deps>>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
     if let Some(token) = query.get("validationToken") {

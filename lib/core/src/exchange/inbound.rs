@@ -314,7 +314,7 @@ async fn apply_page(
             }
             let steps = reconcile::plan(&snap, mapping, session);
             for step in steps {
-                if carry_out(deps, conn, creds, calendar, mapping, &snap, session, &step).await? {
+                if carry_out(deps, creds, calendar, mapping, &snap, session, &step).await? {
                     report.commands += 1;
                 }
             }
@@ -363,7 +363,6 @@ async fn apply_page(
 #[allow(clippy::too_many_arguments)]
 async fn carry_out(
     deps: &Deps,
-    conn: &Connection,
     creds: &GraphCredentials,
     calendar: &CalendarRef,
     mapping: &EventMapping,
@@ -376,7 +375,7 @@ async fn carry_out(
     if let PlanStep::Reschedule { start, end } = step {
         if let Some(reason) = conflict(deps, session, *start, *end).await? {
             return reject_move(
-                deps, conn, creds, calendar, mapping, snap, session, *start, *end, reason,
+                deps, creds, calendar, mapping, snap, session, *start, *end, reason,
             )
             .await;
         }
@@ -433,7 +432,6 @@ async fn conflict(
 #[allow(clippy::too_many_arguments)]
 async fn reject_move(
     deps: &Deps,
-    conn: &Connection,
     creds: &GraphCredentials,
     calendar: &CalendarRef,
     mapping: &EventMapping,
@@ -443,7 +441,6 @@ async fn reject_move(
     end: DateTime<Utc>,
     reason: String,
 ) -> Result<bool> {
-    let _ = conn;
     let back = EventWrite {
         subject: session.title.clone(),
         body: EventBody {
@@ -560,7 +557,7 @@ async fn reconcile_vanished(
             state: SnapshotState::Removed,
         };
         for step in reconcile::plan(&snap, m, session) {
-            if carry_out(deps, conn, creds, calendar, m, &snap, session, &step).await? {
+            if carry_out(deps, creds, calendar, m, &snap, session, &step).await? {
                 report.commands += 1;
             }
         }

@@ -49,6 +49,7 @@ pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
     let mut accepted = Accepted::default();
     // One message per subscription: a burst of notifications becomes one delta round.
     let mut wanted: BTreeMap<String, SyncRequest> = BTreeMap::new();
+    let mut looked_up: BTreeMap<String, Option<crate::model::Connection>> = BTreeMap::new();
     for item in items {
         let field = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or_default();
         let subscription = field("subscriptionId");
@@ -60,7 +61,12 @@ pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
             accepted.dropped += 1;
             continue;
         }
-        let connection = deps.store.connection_by_channel(subscription).await?;
+        // One lookup per subscription, however many notifications a body carries for it.
+        if !looked_up.contains_key(subscription) {
+            let found = deps.store.connection_by_channel(subscription).await?;
+            looked_up.insert(subscription.to_string(), found);
+        }
+        let connection = looked_up.get(subscription).cloned().flatten();
         let genuine = connection.as_ref().is_some_and(|c| {
             c.provider == Provider::Exchange
                 && c.channel
