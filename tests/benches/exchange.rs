@@ -106,7 +106,9 @@ async fn main() {
         let elapsed = started.elapsed();
         let trips = (counting.round_trips() - before) as f64 / n as f64;
         let graph = sim.served().len() as f64 / n as f64;
-        assert_eq!(trips, 2.0, "{action}: store round trips per session");
+        // One batch read, the session recorded before the Graph call (so the echo of the
+        // write is known even if what follows is lost), one closing transaction.
+        assert_eq!(trips, 3.0, "{action}: store round trips per session");
         assert_eq!(graph, 1.0, "{action}: Graph calls per session");
         report.push((action, trips, graph, elapsed));
     }

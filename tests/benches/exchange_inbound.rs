@@ -156,6 +156,9 @@ fn plans_per_second() -> f64 {
         history: vec![],
         pending: None,
         outbox: vec![],
+        platform_version: None,
+        calendar_version: None,
+        event_txn: None,
         updated_at: t(0),
         version: 1,
     };

@@ -12,3 +12,4 @@ pub mod fixtures;
 pub mod google;
 pub mod graph;
 pub mod receiver;
+pub mod simulation;

@@ -114,7 +114,8 @@ async fn create_update_cancel_keep_exactly_one_tagged_event() {
             Some(change("cancelled", "acme", "s1", "ann", 14)),
         )
         .await;
-    // THEN the event is gone, the session cancelled, the mapping removed
+    // THEN the event is gone and the session cancelled; the mapping stays, so an event
+    // restored from Deleted Items is known as this session's and deleted again
     assert_eq!(
         (status.as_u16(), out["outcome"].as_str()),
         (200, Some("deleted")),
@@ -128,12 +129,15 @@ async fn create_update_cancel_keep_exactly_one_tagged_event() {
         commands,
         ["platform.created", "platform.updated", "platform.cancelled"]
     );
-    assert!(store
-        .mapping_for_session("acme", Provider::Exchange, "s1")
-        .await
-        .unwrap()
-        .is_none());
-    // AND a cancel redelivered finds nothing more to do
+    assert_eq!(
+        store
+            .mapping_for_session("acme", Provider::Exchange, "s1")
+            .await
+            .unwrap()
+            .map(|m| m.external_event_id),
+        Some(event["id"].as_str().unwrap().to_string())
+    );
+    // AND a cancel redelivered deletes nothing more (Graph's 404 is the answer it wants)
     let (status, out) = w
         .app
         .call(
@@ -145,9 +149,10 @@ async fn create_update_cancel_keep_exactly_one_tagged_event() {
         .await;
     assert_eq!(
         (status.as_u16(), out["outcome"].as_str()),
-        (200, Some("no_event")),
+        (200, Some("deleted")),
         "{out}"
     );
+    assert!(w.live_events("ann").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

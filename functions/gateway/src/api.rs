@@ -261,16 +261,7 @@ async fn delete_connection(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     validate::identifier("id", &id)?;
-    let removed = deps.store.delete_connection(&p.company_id, &id).await?;
-    match (removed.provider, &removed.channel) {
-        (Provider::Exchange, Some(channel)) => {
-            subscriptions::remove_quietly(&deps, &p.company_id, &channel.id).await;
-        }
-        (Provider::Google, Some(channel)) => {
-            channels::stop_quietly(&deps, &removed, channel).await;
-        }
-        _ => {}
-    }
+    voyage_core::connections::delete(&deps, &p.company_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -18,15 +18,21 @@ pub enum Job {
     CommitPendingCancellations,
     /// Sync every active or failed Google connection (the backstop for lost pushes).
     GoogleSync,
+    /// Publish session events a failed publish or a crash left in their outboxes.
+    RelayOutboxes,
+    /// Queue a re-basing round for every Exchange connection whose sync window is a day old.
+    RebaseSyncWindows,
 }
 
 impl Job {
-    pub const ALL: [Job; 5] = [
+    pub const ALL: [Job; 7] = [
         Job::PurgeExpired,
         Job::RedriveWebhooks,
         Job::RenewSubscriptions,
         Job::CommitPendingCancellations,
         Job::GoogleSync,
+        Job::RelayOutboxes,
+        Job::RebaseSyncWindows,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +42,8 @@ impl Job {
             Job::RenewSubscriptions => "renew-subscriptions",
             Job::CommitPendingCancellations => "commit-pending-cancellations",
             Job::GoogleSync => "google-sync",
+            Job::RelayOutboxes => "relay-outboxes",
+            Job::RebaseSyncWindows => "rebase-sync-windows",
         }
     }
 
@@ -50,6 +58,9 @@ impl Job {
             // Locally every 30 s, so a grace period ends close to its due time.
             Job::CommitPendingCancellations => std::time::Duration::from_secs(30),
             Job::GoogleSync => std::time::Duration::from_secs(300),
+            // Locally every 30 s: an event whose publish failed reaches webhooks soon.
+            Job::RelayOutboxes => std::time::Duration::from_secs(30),
+            Job::RebaseSyncWindows => std::time::Duration::from_secs(3600),
         }
     }
 
@@ -94,6 +105,8 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
         Job::CommitPendingCancellations => {
             voyage_core::exchange::inbound::commit_pending_cancellations(deps).await?
         }
+        Job::RelayOutboxes => voyage_core::booking::relay_outboxes(deps).await?,
+        Job::RebaseSyncWindows => voyage_core::exchange::inbound::rebase_sync_windows(deps).await?,
     };
     tracing::info!(
         job = job.name(),
@@ -130,10 +143,11 @@ impl Schedule {
             Schedule::FiveMinutes => &[
                 Job::PurgeExpired,
                 Job::RedriveWebhooks,
+                Job::RelayOutboxes,
                 Job::CommitPendingCancellations,
                 Job::GoogleSync,
             ],
-            Schedule::Renewal => &[Job::RenewSubscriptions],
+            Schedule::Renewal => &[Job::RenewSubscriptions, Job::RebaseSyncWindows],
         }
     }
 }

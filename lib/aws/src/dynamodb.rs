@@ -131,12 +131,64 @@ fn non_empty<K, V>(m: HashMap<K, V>) -> Option<HashMap<K, V>> {
     (!m.is_empty()).then_some(m)
 }
 
-/// A single-item write's error: a failed condition, or the store being unavailable.
-fn write_error(condition_failed: bool, description: String) -> StoreError {
-    if condition_failed {
-        StoreError::ConditionFailed
-    } else {
-        StoreError::Unavailable(description)
+/// Why a conditional write failed, as the store sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFailure {
+    /// A condition did not hold: a lost race the typed store classifies.
+    ConditionFailed,
+    /// Another transaction held one of the items (`TransactionConflict`): nothing was
+    /// written, so the same write is retried; still conflicting, it is a lost race too.
+    TransactionConflict,
+    /// Anything else (throttling, validation, the service unreachable).
+    Other,
+}
+
+/// How many times a write cancelled by a transaction conflict is tried in all.
+const CONFLICT_ATTEMPTS: u32 = 4;
+
+/// Runs `write` until it succeeds, fails for good, or has met a transaction conflict
+/// [`CONFLICT_ATTEMPTS`] times (`classify` reads the service's error); a conflict that persists
+/// is [`StoreError::ConditionFailed`], the error of a lost race that callers re-read and retry,
+/// never an outage.
+async fn write_with_conflict_retries<F, Fut, O, E, R>(
+    classify: fn(&E) -> WriteFailure,
+    mut write: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<O, aws_sdk_dynamodb::error::SdkError<E, R>>>,
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let mut attempt = 1;
+    loop {
+        let e = match write().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let failure = e.as_service_error().map_or(WriteFailure::Other, classify);
+        match store_error(failure, || describe(&e)) {
+            Retry::Conflict if attempt < CONFLICT_ATTEMPTS => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            Retry::Conflict => return Err(StoreError::ConditionFailed),
+            Retry::Fail(e) => return Err(e),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Retry {
+    Conflict,
+    Fail(StoreError),
+}
+
+fn store_error(failure: WriteFailure, description: impl FnOnce() -> String) -> Retry {
+    match failure {
+        WriteFailure::ConditionFailed => Retry::Fail(StoreError::ConditionFailed),
+        WriteFailure::TransactionConflict => Retry::Conflict,
+        WriteFailure::Other => Retry::Fail(StoreError::Unavailable(description())),
     }
 }
 
@@ -232,18 +284,51 @@ impl DynamoTable {
     }
 }
 
-/// Whether a cancelled transaction was cancelled by a failed condition (and not, say, by a
-/// concurrent transaction on the same item, which is worth retrying).
-fn is_condition_failure(
+/// Why a transaction failed. A cancelled transaction lists a reason per item: a failed
+/// condition on any item is a lost race; otherwise a concurrent transaction on one of them
+/// (`TransactionConflict`) is worth retrying; throttling and the rest are the store's trouble.
+fn transaction_failure(
     e: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-) -> bool {
+) -> WriteFailure {
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
     match e {
-        TransactWriteItemsError::TransactionCanceledException(t) => t
-            .cancellation_reasons()
-            .iter()
-            .any(|r| r.code() == Some("ConditionalCheckFailed")),
-        _ => false,
+        TransactWriteItemsError::TransactionCanceledException(t) => {
+            let has = |code: &str| {
+                t.cancellation_reasons()
+                    .iter()
+                    .any(|r| r.code() == Some(code))
+            };
+            if has("ConditionalCheckFailed") {
+                WriteFailure::ConditionFailed
+            } else if has("TransactionConflict") {
+                WriteFailure::TransactionConflict
+            } else {
+                WriteFailure::Other
+            }
+        }
+        _ => WriteFailure::Other,
+    }
+}
+
+/// Why a single-item put failed: a single write on an item that a transaction holds fails with
+/// `TransactionConflictException`.
+fn put_failure(e: &aws_sdk_dynamodb::operation::put_item::PutItemError) -> WriteFailure {
+    if e.is_conditional_check_failed_exception() {
+        WriteFailure::ConditionFailed
+    } else if e.is_transaction_conflict_exception() {
+        WriteFailure::TransactionConflict
+    } else {
+        WriteFailure::Other
+    }
+}
+
+fn delete_failure(e: &aws_sdk_dynamodb::operation::delete_item::DeleteItemError) -> WriteFailure {
+    if e.is_conditional_check_failed_exception() {
+        WriteFailure::ConditionFailed
+    } else if e.is_transaction_conflict_exception() {
+        WriteFailure::TransactionConflict
+    } else {
+        WriteFailure::Other
     }
 }
 
@@ -313,43 +398,34 @@ impl Table for DynamoTable {
     }
 
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
-        let c = condition_parts(condition);
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(to_attrs(&item)))
-            .set_condition_expression(c.expression)
-            .set_expression_attribute_names(non_empty(c.names))
-            .set_expression_attribute_values(non_empty(c.values))
-            .send()
-            .await
-            .map_err(|e| {
-                let failed = e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception());
-                write_error(failed, describe(&e))
-            })?;
-        Ok(())
+        let attrs = to_attrs(&item);
+        write_with_conflict_retries(put_failure, || {
+            let c = condition_parts(condition);
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(attrs.clone()))
+                .set_condition_expression(c.expression)
+                .set_expression_attribute_names(non_empty(c.names))
+                .set_expression_attribute_values(non_empty(c.values))
+                .send()
+        })
+        .await
     }
 
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
-        let c = condition_parts(condition);
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key_map(key)))
-            .set_condition_expression(c.expression)
-            .set_expression_attribute_names(non_empty(c.names))
-            .set_expression_attribute_values(non_empty(c.values))
-            .send()
-            .await
-            .map_err(|e| {
-                let failed = e
-                    .as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception());
-                write_error(failed, describe(&e))
-            })?;
-        Ok(())
+        write_with_conflict_retries(delete_failure, || {
+            let c = condition_parts(condition);
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key_map(key)))
+                .set_condition_expression(c.expression)
+                .set_expression_attribute_names(non_empty(c.names))
+                .set_expression_attribute_values(non_empty(c.values))
+                .send()
+        })
+        .await
     }
 
     async fn batch_write(&self, puts: Vec<Item>, deletes: Vec<Key>) -> Result<(), StoreError> {
@@ -429,18 +505,13 @@ impl Table for DynamoTable {
             };
             items.push(item);
         }
-        self.client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
-                // A cancelled transaction lists a reason per item; one failed condition is
-                // a lost race, anything else (a concurrent transaction) is retryable.
-                Some(se) if is_condition_failure(se) => StoreError::ConditionFailed,
-                _ => StoreError::Unavailable(describe(&e)),
-            })?;
-        Ok(())
+        write_with_conflict_retries(transaction_failure, || {
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+        })
+        .await
     }
 
     async fn query(&self, query: Query) -> Result<Page, StoreError> {
@@ -518,4 +589,136 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .await
         .map_err(|e| StoreError::Unavailable(describe(&e)))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::types::error::{
+        ConditionalCheckFailedException, ProvisionedThroughputExceededException,
+        TransactionCanceledException, TransactionConflictException,
+    };
+    use aws_sdk_dynamodb::types::CancellationReason;
+
+    fn cancelled(codes: &[&str]) -> TransactWriteItemsError {
+        let reasons = codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect();
+        TransactWriteItemsError::TransactionCanceledException(
+            TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(reasons))
+                .build(),
+        )
+    }
+
+    #[test]
+    fn a_transaction_conflict_is_retried_not_an_outage() {
+        // Reasons as DynamoDB lists them: one per item, `None` for items that were fine.
+        assert_eq!(
+            transaction_failure(&cancelled(&["None", "TransactionConflict"])),
+            WriteFailure::TransactionConflict
+        );
+        assert_eq!(
+            transaction_failure(&cancelled(&[
+                "TransactionConflict",
+                "ConditionalCheckFailed"
+            ])),
+            WriteFailure::ConditionFailed
+        );
+        assert_eq!(
+            transaction_failure(&cancelled(&["ConditionalCheckFailed", "None"])),
+            WriteFailure::ConditionFailed
+        );
+        assert_eq!(
+            transaction_failure(&cancelled(&["ThrottlingError"])),
+            WriteFailure::Other
+        );
+        assert_eq!(
+            put_failure(&PutItemError::TransactionConflictException(
+                TransactionConflictException::builder().build()
+            )),
+            WriteFailure::TransactionConflict
+        );
+        assert_eq!(
+            put_failure(&PutItemError::ConditionalCheckFailedException(
+                ConditionalCheckFailedException::builder().build()
+            )),
+            WriteFailure::ConditionFailed
+        );
+        assert_eq!(
+            put_failure(&PutItemError::ProvisionedThroughputExceededException(
+                ProvisionedThroughputExceededException::builder().build()
+            )),
+            WriteFailure::Other
+        );
+        assert_eq!(
+            delete_failure(&DeleteItemError::TransactionConflictException(
+                TransactionConflictException::builder().build()
+            )),
+            WriteFailure::TransactionConflict
+        );
+    }
+
+    #[test]
+    fn failures_become_store_errors() {
+        let none = || -> String { unreachable!("only an outage is described") };
+        assert_eq!(
+            store_error(WriteFailure::ConditionFailed, none),
+            Retry::Fail(StoreError::ConditionFailed)
+        );
+        assert_eq!(
+            store_error(WriteFailure::TransactionConflict, none),
+            Retry::Conflict
+        );
+        assert_eq!(
+            store_error(WriteFailure::Other, || "throttled".into()),
+            Retry::Fail(StoreError::Unavailable("throttled".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_that_persists_is_a_lost_race() {
+        use aws_sdk_dynamodb::error::SdkError;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        let calls = AtomicU32::new(0);
+        let conflict = || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let e: SdkError<PutItemError, ()> = SdkError::service_error(
+                PutItemError::TransactionConflictException(
+                    TransactionConflictException::builder().build(),
+                ),
+                (),
+            );
+            std::future::ready(Err::<(), _>(e))
+        };
+        let result = write_with_conflict_retries(put_failure, conflict).await;
+        assert_eq!(result, Err(StoreError::ConditionFailed));
+        assert_eq!(calls.load(Ordering::SeqCst), CONFLICT_ATTEMPTS);
+
+        // A conflict that clears is a success on a later attempt.
+        let calls = AtomicU32::new(0);
+        let clears = || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if n == 0 {
+                Err(SdkError::<PutItemError, ()>::service_error(
+                    PutItemError::TransactionConflictException(
+                        TransactionConflictException::builder().build(),
+                    ),
+                    (),
+                ))
+            } else {
+                Ok(())
+            })
+        };
+        assert_eq!(
+            write_with_conflict_retries(put_failure, clears).await,
+            Ok(())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 }

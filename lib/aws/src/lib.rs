@@ -1,5 +1,7 @@
 //! AWS adapters of the ports: DynamoDB [`Table`](voyage_core::ports::Table), SQS
-//! [`Queue`](voyage_core::ports::Queue), EventBridge [`EventBus`](voyage_core::ports::EventBus).
+//! [`Queue`](voyage_core::ports::Queue), EventBridge [`EventBus`](voyage_core::ports::EventBus);
+//! and the settings a deployed function reads at start from SSM and Secrets Manager
+//! ([`settings`]).
 //!
 //! Clients come from [`sdk_config`], which honours `AWS_ENDPOINT_URL` (and the per-service
 //! `AWS_ENDPOINT_URL_DYNAMODB`, `_SQS`, `_EVENTBRIDGE`), so the same code talks to moto in
@@ -7,6 +9,7 @@
 
 mod dynamodb;
 mod eventbridge;
+pub mod settings;
 mod sqs;
 
 pub use dynamodb::{create_table, DynamoTable};
@@ -44,10 +47,13 @@ use voyage_core::store::Store;
 
 /// Builds a function's dependencies on AWS from its configuration: the DynamoDB table
 /// (`VOYAGE_TABLE_NAME`, required), each queue whose URL is set, and the event bus when
-/// `VOYAGE_EVENT_BUS_NAME` is set. One SDK configuration is shared by every client.
+/// `VOYAGE_EVENT_BUS_NAME` is set. One SDK configuration is shared by every client. Settings
+/// the environment only names (`VOYAGE_PUBLIC_BASE_URL_PARAMETER`,
+/// `VOYAGE_CREDENTIALS_KEY_SECRET_ARN`) are read first ([`settings::resolve`]).
 pub async fn deps_from_config(config: Config) -> Result<Deps, ConfigError> {
     let table = Config::require(&config.table_name, "VOYAGE_TABLE_NAME")?.to_string();
     let sdk = sdk_config().await;
+    let config = settings::resolve(&sdk, config).await?;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let store = Store::new(
         Arc::new(DynamoTable::new(dynamo, table)),

@@ -1,9 +1,15 @@
 //! The booking command engine: the one way the integrations layer changes a session
 //! (DESIGN-NOTES 1.4). Each command is decided purely ([`decide`]: the next session, or
-//! nothing when it would change nothing, which makes every command idempotent), written as a
-//! conditional write with a history entry naming its origin, and its webhook event goes
-//! through the session's outbox to the event bus. Side effects that would return to the
-//! calendar that caused the change are filtered here ([`calendar_writes`]), in one place.
+//! nothing when it would change nothing or its precondition no longer holds, which makes
+//! every command idempotent and safe to re-decide on fresh state), written as a conditional
+//! write with a history entry naming its origin, and its webhook event goes through the
+//! session's outbox to the event bus. Side effects that would return to the calendar that
+//! caused the change are filtered here ([`calendar_writes`]), in one place.
+//!
+//! The outbox is published right after the write ([`publish_outbox`], retried at once); what
+//! a failed publish or a crash leaves behind is found through the store's outbox index and
+//! published by the five-minute relay ([`relay_outboxes`]). Every event carries an
+//! idempotency key, so the webhook dispatcher delivers a re-published event once.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
@@ -27,7 +33,11 @@ pub enum Command {
         grace: Duration,
     },
     Restore,
-    Cancel,
+    /// Commits a pending cancellation, only if it is still pending and due at `now` (a
+    /// restore that won the race is never undone by a sweep that read the session before).
+    CommitCancellation {
+        now: DateTime<Utc>,
+    },
     Reschedule {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -39,6 +49,9 @@ pub enum Command {
         end: DateTime<Utc>,
         reason: String,
     },
+    /// The event of a cancelled session came back (restored from Deleted Items) and was
+    /// deleted again: a history entry only, no webhook (the booking did not change).
+    DeleteRestoredEvent,
 }
 
 impl Command {
@@ -46,22 +59,25 @@ impl Command {
         match self {
             Command::PendingCancellation { .. } => "pending_cancellation",
             Command::Restore => "restore",
-            Command::Cancel => "cancel",
+            Command::CommitCancellation { .. } => "cancel",
             Command::Reschedule { .. } => "reschedule",
             Command::FlagDecline => "flag_decline",
             Command::RejectReschedule { .. } => "reject_reschedule",
+            Command::DeleteRestoredEvent => "delete_restored_event",
         }
     }
 
-    fn event_type(&self) -> &'static str {
-        match self {
+    /// The webhook event the command emits, if any.
+    fn event_type(&self) -> Option<&'static str> {
+        Some(match self {
             Command::PendingCancellation { .. } => "session.cancellation_pending",
             Command::Restore => "session.restored",
-            Command::Cancel => "session.cancelled",
+            Command::CommitCancellation { .. } => "session.cancelled",
             Command::Reschedule { .. } => "session.rescheduled",
             Command::FlagDecline => "session.declined",
             Command::RejectReschedule { .. } => "session.reschedule_rejected",
-        }
+            Command::DeleteRestoredEvent => return None,
+        })
     }
 }
 
@@ -78,7 +94,10 @@ fn origin_provider(origin: &str) -> Option<Provider> {
 /// (Exchange), except the one the change came from: it shows the change already, and
 /// writing it back would loop.
 pub fn calendar_writes(command: &Command, origin: &str) -> Vec<Provider> {
-    let changes_booking = matches!(command, Command::Reschedule { .. } | Command::Cancel);
+    let changes_booking = matches!(
+        command,
+        Command::Reschedule { .. } | Command::CommitCancellation { .. }
+    );
     if !changes_booking {
         return Vec::new();
     }
@@ -130,8 +149,10 @@ pub fn decide(
             next.pending = None;
             None
         }
-        Command::Cancel => {
-            if session.status == SessionStatus::Cancelled {
+        Command::CommitCancellation { now } => {
+            let due = session.status == SessionStatus::PendingCancellation
+                && session.pending.as_ref().is_some_and(|p| p.due_at <= *now);
+            if !due {
                 return None;
             }
             next.status = SessionStatus::Cancelled;
@@ -167,9 +188,18 @@ pub fn decide(
             extra.insert("reason".into(), json!(reason));
             Some(format!("move to {} rejected: {reason}", instant(*start)))
         }
+        Command::DeleteRestoredEvent => {
+            if session.status != SessionStatus::Cancelled {
+                return None;
+            }
+            Some("the event came back after the cancellation and was deleted again".into())
+        }
     };
     next.updated_at = now;
     push_history(&mut next, now, command.name(), origin, detail);
+    let Some(event_type) = command.event_type() else {
+        return Some(next);
+    };
     let mut payload = Map::new();
     payload.insert("session_id".into(), json!(next.id));
     payload.insert("staff_id".into(), json!(next.staff_id));
@@ -180,7 +210,7 @@ pub fn decide(
     payload.insert("origin".into(), json!(origin));
     payload.extend(extra);
     next.outbox.push(OutboxEvent {
-        event_type: command.event_type().into(),
+        event_type: event_type.into(),
         payload,
         // The version this write creates: the same command retried after a lost answer
         // produces the same key, and the webhook dispatcher delivers it once.
@@ -190,8 +220,9 @@ pub fn decide(
 }
 
 /// Carries out `command` on the stored session: decide, conditional write (re-reading and
-/// deciding again after a lost race), then publish the outbox. Returns whether the session
-/// changed; `session` is left as stored.
+/// deciding again after a lost race: every command re-checks its precondition on the fresh
+/// state), then publish the outbox. Returns whether the session changed; `session` is left
+/// as stored.
 pub async fn execute(
     deps: &Deps,
     session: &mut Session,
@@ -199,23 +230,14 @@ pub async fn execute(
     origin: &str,
 ) -> Result<bool> {
     for attempt in 1..=ATTEMPTS {
-        let Some(mut next) = decide(session, command, origin, deps.store.now()) else {
-            return Ok(false);
-        };
-        match deps.store.update_session(&mut next).await {
-            Ok(()) => {
-                *session = next;
-                tracing::info!(session = %session.id, command = command.name(), origin, "booking command applied");
-                publish_outbox(deps, session).await?;
-                return Ok(true);
-            }
+        match try_execute(deps, session, command, origin).await {
             Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {
                 *session = deps
                     .store
                     .get_session(&session.company_id, &session.id)
                     .await?;
             }
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
     Err(Error::Conflict {
@@ -224,16 +246,44 @@ pub async fn execute(
     })
 }
 
-/// Publishes a session's outbox to the bus, then clears what was published. An event
-/// published twice (a crash between the two steps) carries the same idempotency key, so
-/// subscribers receive it once.
-pub async fn publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
+/// One attempt: decide from `session` as given and write with a compare-and-set on its
+/// version. A lost race is [`Error::Conflict`] and leaves `session` as it was, for the caller
+/// to re-read and re-plan (a plan made from a stale session is never carried out).
+pub async fn try_execute(
+    deps: &Deps,
+    session: &mut Session,
+    command: &Command,
+    origin: &str,
+) -> Result<bool> {
+    let Some(mut next) = decide(session, command, origin, deps.store.now()) else {
+        return Ok(false);
+    };
+    deps.store.update_session(&mut next).await?;
+    *session = next;
+    tracing::info!(session = %session.id, command = command.name(), origin, "booking command applied");
+    publish_outbox(deps, session).await;
+    Ok(true)
+}
+
+/// Publish attempts made at once before the rest is left to the relay.
+const PUBLISH_ATTEMPTS: usize = 3;
+
+/// Publishes a session's outbox to the bus, then clears what was published. A publish that
+/// fails is retried at once a few times; what is still unpublished then stays in the outbox
+/// (indexed in the store) for [`relay_outboxes`]. An event published twice (a crash between
+/// the two steps) carries the same idempotency key, so subscribers receive it once.
+pub async fn publish_outbox(deps: &Deps, session: &mut Session) {
+    if let Err(e) = try_publish_outbox(deps, session).await {
+        tracing::warn!(session = %session.id, error = %e, "session events left in the outbox for the relay");
+    }
+}
+
+async fn try_publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
     if session.outbox.is_empty() {
         return Ok(());
     }
     let Some(bus) = &deps.bus else {
-        tracing::warn!(session = %session.id, "no event bus configured; session events stay in the outbox");
-        return Ok(());
+        return Err(Error::Unavailable("no event bus configured".into()));
     };
     let events: Vec<BusEvent> = session
         .outbox
@@ -245,9 +295,18 @@ pub async fn publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
             )
         })
         .collect();
-    bus.publish(&events)
-        .await
-        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match bus.publish(&events).await {
+            Ok(()) => break,
+            Err(e) if attempt >= PUBLISH_ATTEMPTS => return Err(Error::Unavailable(e.to_string())),
+            Err(e) => {
+                tracing::debug!(session = %session.id, error = %e, attempt, "publish failed; retrying");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
     let published: Vec<String> = session
         .outbox
         .iter()
@@ -271,8 +330,33 @@ pub async fn publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
             Err(e) => return Err(e),
         }
     }
-    // Left in the outbox: published again next time, delivered once.
+    // Left in the outbox: published again by the relay, delivered once.
     Ok(())
+}
+
+/// The five-minute relay: publishes every outbox a failed publish or a crash left behind.
+pub async fn relay_outboxes(deps: &Deps) -> Result<crate::jobs::JobReport> {
+    let mut report = crate::jobs::JobReport {
+        job: "relay-outboxes".into(),
+        ..Default::default()
+    };
+    const BATCH: usize = 100;
+    loop {
+        let waiting = deps.store.sessions_with_outbox(BATCH).await?;
+        let batch = waiting.len();
+        for mut session in waiting {
+            match try_publish_outbox(deps, &mut session).await {
+                Ok(()) => report.processed += 1,
+                Err(e) => {
+                    tracing::warn!(session = %session.id, error = %e, "outbox not relayed");
+                    report.failed += 1;
+                }
+            }
+        }
+        if batch < BATCH || report.failed > 0 {
+            return Ok(report);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +384,9 @@ mod tests {
             history: vec![],
             pending: None,
             outbox: vec![],
+            platform_version: None,
+            calendar_version: None,
+            event_txn: None,
             updated_at: t(0),
             version: 3,
         }
@@ -342,10 +429,21 @@ mod tests {
             decide(&restored, &Command::Restore, ORIGIN_EXCHANGE_INBOUND, t(3)),
             None
         );
-        let cancelled = decide(&pending, &Command::Cancel, "scheduler", t(3)).unwrap();
+        let cancelled = decide(
+            &pending,
+            &Command::CommitCancellation { now: t(3) },
+            "scheduler",
+            t(3),
+        )
+        .unwrap();
         assert_eq!(cancelled.status, SessionStatus::Cancelled);
         assert_eq!(
-            decide(&cancelled, &Command::Cancel, "scheduler", t(4)),
+            decide(
+                &cancelled,
+                &Command::CommitCancellation { now: t(4) },
+                "scheduler",
+                t(4)
+            ),
             None
         );
         assert_eq!(
@@ -394,19 +492,64 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_acts_only_on_a_cancellation_still_pending_and_due() {
+        let grace = Duration::minutes(10);
+        let pending = decide(
+            &session(SessionStatus::Confirmed),
+            &Command::PendingCancellation { grace },
+            ORIGIN_EXCHANGE_INBOUND,
+            t(1),
+        )
+        .unwrap();
+        let not_yet = Command::CommitCancellation {
+            now: t(1) + Duration::minutes(5),
+        };
+        assert_eq!(decide(&pending, &not_yet, "scheduler", t(1)), None);
+        // A restore won the race: the sweep's stale command finds nothing to commit.
+        let restored = decide(&pending, &Command::Restore, ORIGIN_EXCHANGE_INBOUND, t(1)).unwrap();
+        let due = Command::CommitCancellation { now: t(2) };
+        assert_eq!(decide(&restored, &due, "scheduler", t(2)), None);
+        assert_eq!(
+            decide(&pending, &due, "scheduler", t(2)).map(|s| s.status),
+            Some(SessionStatus::Cancelled)
+        );
+    }
+
+    #[test]
+    fn deleting_a_restored_event_is_history_without_a_webhook() {
+        let cancelled = session(SessionStatus::Cancelled);
+        let noted = decide(&cancelled, &Command::DeleteRestoredEvent, "platform", t(1)).unwrap();
+        assert_eq!(
+            noted.history.last().unwrap().command,
+            "delete_restored_event"
+        );
+        assert!(noted.outbox.is_empty());
+        assert_eq!(
+            decide(
+                &session(SessionStatus::Confirmed),
+                &Command::DeleteRestoredEvent,
+                "platform",
+                t(1)
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn writes_back_to_the_calendar_that_caused_the_change_are_filtered() {
         let move_ = Command::Reschedule {
             start: t(1),
             end: t(2),
         };
         assert!(calendar_writes(&move_, ORIGIN_EXCHANGE_INBOUND).is_empty());
-        assert!(calendar_writes(&Command::Cancel, ORIGIN_EXCHANGE_INBOUND).is_empty());
+        let cancel = Command::CommitCancellation { now: t(1) };
+        assert!(calendar_writes(&cancel, ORIGIN_EXCHANGE_INBOUND).is_empty());
         assert_eq!(
             calendar_writes(&move_, "google-sync"),
             vec![Provider::Exchange]
         );
         assert_eq!(
-            calendar_writes(&Command::Cancel, "platform"),
+            calendar_writes(&cancel, "platform"),
             vec![Provider::Exchange]
         );
         assert!(calendar_writes(&Command::FlagDecline, "platform").is_empty());

@@ -25,6 +25,9 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     /// `VOYAGE_PUBLIC_BASE_URL`: the public root under which provider callbacks are built.
     pub public_base_url: Option<String>,
+    /// `VOYAGE_PUBLIC_BASE_URL_PARAMETER`: the name of an SSM parameter holding the public
+    /// root, read at start when `VOYAGE_PUBLIC_BASE_URL` is unset (AWS only).
+    pub public_base_url_parameter: Option<String>,
     /// `VOYAGE_TABLE_NAME`: the DynamoDB table (AWS only).
     pub table_name: Option<String>,
     /// `VOYAGE_WEBHOOK_QUEUE_URL`: the SQS queue that carries webhook retries (AWS only).
@@ -56,6 +59,12 @@ pub struct Config {
     /// `VOYAGE_CREDENTIALS_KEY`: base64 of 32 random bytes, the key that seals tenants'
     /// provider secrets at rest. Locally, when unset, a key file in the data directory.
     pub credentials_key: Option<[u8; 32]>,
+    /// `VOYAGE_CREDENTIALS_PREVIOUS_KEYS`: keys the credentials key replaced, separated by
+    /// commas; they still open what they sealed (see docs/DEPLOY.md, "Rotating the key").
+    pub previous_credentials_keys: Vec<[u8; 32]>,
+    /// `VOYAGE_CREDENTIALS_KEY_SECRET_ARN`: a Secrets Manager secret holding the credentials
+    /// key ring, read at start when `VOYAGE_CREDENTIALS_KEY` is unset (AWS only).
+    pub credentials_key_secret_arn: Option<String>,
     /// `VOYAGE_GRAPH_TIMEOUT`: per-request timeout of Graph calls, default `10s`.
     pub graph_timeout: Duration,
 }
@@ -87,6 +96,7 @@ impl Config {
             public_base_url: get("VOYAGE_PUBLIC_BASE_URL")
                 .map(|v| base_url("VOYAGE_PUBLIC_BASE_URL", &v))
                 .transpose()?,
+            public_base_url_parameter: get("VOYAGE_PUBLIC_BASE_URL_PARAMETER"),
             table_name: get("VOYAGE_TABLE_NAME"),
             webhook_queue_url: get("VOYAGE_WEBHOOK_QUEUE_URL"),
             inbound_queue_url: get("VOYAGE_INBOUND_QUEUE_URL"),
@@ -148,6 +158,15 @@ impl Config {
                     var: "VOYAGE_CREDENTIALS_KEY",
                     message,
                 })?,
+            previous_credentials_keys: get("VOYAGE_CREDENTIALS_PREVIOUS_KEYS")
+                .map(|v| crate::sealing::parse_keys(&v))
+                .transpose()
+                .map_err(|message| ConfigError {
+                    var: "VOYAGE_CREDENTIALS_PREVIOUS_KEYS",
+                    message,
+                })?
+                .unwrap_or_default(),
+            credentials_key_secret_arn: get("VOYAGE_CREDENTIALS_KEY_SECRET_ARN"),
         })
     }
 
@@ -174,8 +193,8 @@ fn flag(var: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
     }
 }
 
-/// An absolute http(s) URL, returned without a trailing slash.
-fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+/// An absolute http(s) URL, returned without a trailing slash; an error names `var`.
+pub fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     let rest = value
         .strip_prefix("https://")
         .or_else(|| value.strip_prefix("http://"));
@@ -226,6 +245,7 @@ mod tests {
             ("VOYAGE_GRAPH_BASE_URL", "graph.local"),
             ("VOYAGE_PUBLIC_BASE_URL", "ftp://x"),
             ("VOYAGE_CREDENTIALS_KEY", "c2hvcnQ="),
+            ("VOYAGE_CREDENTIALS_PREVIOUS_KEYS", "c2hvcnQ="),
         ] {
             let e = from(&[(var, value)]).unwrap_err();
             assert_eq!(e.var, var);
@@ -237,5 +257,32 @@ mod tests {
     fn urls_lose_their_trailing_slash() {
         let c = from(&[("VOYAGE_PUBLIC_BASE_URL", "https://voyage.example/")]).unwrap();
         assert_eq!(c.public_base_url.as_deref(), Some("https://voyage.example"));
+    }
+
+    #[test]
+    fn credentials_keys_and_where_to_find_them() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = from(&[
+            ("VOYAGE_CREDENTIALS_KEY", hex),
+            ("VOYAGE_CREDENTIALS_PREVIOUS_KEYS", &format!("{b64}, {hex}")),
+            (
+                "VOYAGE_CREDENTIALS_KEY_SECRET_ARN",
+                "arn:aws:secretsmanager:x",
+            ),
+            ("VOYAGE_PUBLIC_BASE_URL_PARAMETER", "/stack/public-base-url"),
+        ])
+        .unwrap();
+        assert_eq!(c.credentials_key.unwrap()[31], 0xff);
+        assert_eq!(c.previous_credentials_keys.len(), 2);
+        assert_eq!(
+            c.credentials_key_secret_arn.as_deref(),
+            Some("arn:aws:secretsmanager:x")
+        );
+        assert_eq!(
+            c.public_base_url_parameter.as_deref(),
+            Some("/stack/public-base-url")
+        );
+        assert!(from(&[]).unwrap().previous_credentials_keys.is_empty());
     }
 }

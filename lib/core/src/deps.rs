@@ -72,7 +72,7 @@ impl Deps {
             google: None,
             sealer: config
                 .credentials_key
-                .and_then(|k| Sealer::new(&k).ok())
+                .and_then(|k| Sealer::with_previous(&k, &config.previous_credentials_keys).ok())
                 .map(Arc::new),
             config: Arc::new(config),
         }
@@ -108,7 +108,7 @@ impl Deps {
     pub fn sealer(&self) -> Result<&Sealer> {
         self.sealer.as_deref().ok_or_else(|| {
             Error::Unavailable(
-                "VOYAGE_CREDENTIALS_KEY is not set: provider credentials cannot be stored or read"
+                "no credentials key (VOYAGE_CREDENTIALS_KEY, or the secret named by VOYAGE_CREDENTIALS_KEY_SECRET_ARN): provider credentials cannot be stored or read"
                     .into(),
             )
         })

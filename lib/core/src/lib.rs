@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod booking;
 pub mod config;
+pub mod connections;
 pub mod deps;
 pub mod error;
 pub mod exchange;

@@ -3,6 +3,19 @@
 //! snapshot), our mapping and the session as the platform holds it, so every case is a
 //! table row and echoes of our own writes are harmless by construction (DESIGN-NOTES 1.3):
 //! when the event agrees with the session, the plan is empty.
+//!
+//! The mapping remembers what the calendar showed when we last wrote or read the event
+//! (`change_key`, `last_start`, `last_end`). That tells a staff member's move (the event is
+//! somewhere neither we nor the platform put it) from a calendar that lags behind the
+//! platform (the event is where we last saw it, but the platform has moved the session
+//! since, for example while the event sat in Deleted Items): the first is a reschedule, the
+//! second a write-back.
+//!
+//! Steps come in a fixed order: booking commands that only change the session first
+//! (restore, decline), then at most one step that writes to the calendar (reschedule, which
+//! may be rejected and written back; write-back; delete). The engine re-plans from fresh
+//! state after each session command and after a lost compare-and-set, and stops after a
+//! calendar write (the snapshot no longer shows the calendar then).
 
 use chrono::{DateTime, Utc};
 
@@ -18,7 +31,10 @@ pub struct EventSnapshot {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotState {
-    /// Deleted (or moved out of the synced window, which we treat alike).
+    /// Deleted: a direct read of the event answered 404/410. A delta page's `@removed`, or
+    /// an event missing from a full listing, is only a reason to read the event (Graph
+    /// reports events moved out of the sync window as removed too); it never becomes this
+    /// state unread.
     Removed,
     Live {
         start: DateTime<Utc>,
@@ -30,6 +46,16 @@ pub enum SnapshotState {
     },
 }
 
+impl EventSnapshot {
+    /// The event's times, when it is live.
+    pub fn times(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        match self.state {
+            SnapshotState::Live { start, end, .. } => Some((start, end)),
+            SnapshotState::Removed => None,
+        }
+    }
+}
+
 /// One step of a plan; the booking command engine carries each out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanStep {
@@ -37,52 +63,76 @@ pub enum PlanStep {
     MarkPendingCancellation,
     /// The event came back while its cancellation was pending.
     Restore,
+    /// The staff member declined.
+    FlagDecline,
     /// The event moved: the booking follows (or the move is rejected on conflict).
     Reschedule {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     },
-    /// The staff member declined.
-    FlagDecline,
+    /// The event is where the calendar last showed it, but the platform has moved the
+    /// session since: put the event at the session's times (our write, not a move).
+    WriteBack,
+    /// The session is cancelled but its event is live (restored from Deleted Items, or a
+    /// create whose answer was lost): delete it again.
+    DeleteEvent,
 }
 
 impl PlanStep {
-    /// The booking command that carries the step out (a move before any conflict check).
-    pub fn command(&self, grace: chrono::Duration) -> crate::booking::Command {
+    /// Whether carrying the step out writes to the calendar (after which the snapshot it
+    /// was planned from is stale).
+    pub fn writes_calendar(&self) -> bool {
+        matches!(
+            self,
+            PlanStep::Reschedule { .. } | PlanStep::WriteBack | PlanStep::DeleteEvent
+        )
+    }
+
+    /// The booking command that carries the step out (a move before any conflict check);
+    /// `None` for steps that only write to the calendar.
+    pub fn command(&self, grace: chrono::Duration) -> Option<crate::booking::Command> {
         use crate::booking::Command;
         match self {
-            PlanStep::MarkPendingCancellation => Command::PendingCancellation { grace },
-            PlanStep::Restore => Command::Restore,
-            PlanStep::Reschedule { start, end } => Command::Reschedule {
+            PlanStep::MarkPendingCancellation => Some(Command::PendingCancellation { grace }),
+            PlanStep::Restore => Some(Command::Restore),
+            PlanStep::Reschedule { start, end } => Some(Command::Reschedule {
                 start: *start,
                 end: *end,
-            },
-            PlanStep::FlagDecline => Command::FlagDecline,
+            }),
+            PlanStep::FlagDecline => Some(Command::FlagDecline),
+            PlanStep::WriteBack => None,
+            PlanStep::DeleteEvent => Some(Command::DeleteRestoredEvent),
         }
     }
 }
 
 /// What to do about `snapshot`, the event `mapping` links to `session`.
 ///
-/// - the event carries the change key of our last write: our own echo, nothing;
-/// - deleted or cancelled: pending cancellation (unless already pending or cancelled);
-/// - back while pending: restore, then any move or decline it also carries;
-/// - start/end differ from the session's: reschedule;
+/// - a cancelled session is final: a live event of it is deleted again, nothing else;
+/// - a live event ends a pending cancellation (restore), whatever its change key;
+/// - otherwise, the event carries the change key of our last write or read: nothing (an
+///   echo, or a duplicate notification);
+/// - deleted or cancelled in place: pending cancellation (unless already pending);
+/// - back while pending: restore, then what it also carries;
 /// - declined and not yet flagged: flag;
-/// - a cancelled session is final: nothing.
+/// - times differ from the session's: a reschedule when the event moved since we last saw
+///   it, a write-back when it is still where we last saw it (the platform moved the session).
 pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session) -> Vec<PlanStep> {
-    if snapshot.change_key.is_some() && snapshot.change_key == mapping.change_key {
-        return Vec::new();
-    }
     if session.status == SessionStatus::Cancelled {
-        return Vec::new();
+        return match snapshot.state {
+            SnapshotState::Live {
+                cancelled: false, ..
+            } => vec![PlanStep::DeleteEvent],
+            _ => Vec::new(),
+        };
     }
+    let echo = snapshot.change_key.is_some() && snapshot.change_key == mapping.change_key;
     match &snapshot.state {
         SnapshotState::Removed
         | SnapshotState::Live {
             cancelled: true, ..
         } => match session.status {
-            SessionStatus::Confirmed => vec![PlanStep::MarkPendingCancellation],
+            SessionStatus::Confirmed if !echo => vec![PlanStep::MarkPendingCancellation],
             _ => Vec::new(),
         },
         SnapshotState::Live {
@@ -92,17 +142,25 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
             ..
         } => {
             let mut steps = Vec::new();
+            // The event is there: a pending cancellation ends, whoever wrote it last.
             if session.status == SessionStatus::PendingCancellation {
                 steps.push(PlanStep::Restore);
             }
-            if (*start, *end) != (session.start, session.end) {
-                steps.push(PlanStep::Reschedule {
-                    start: *start,
-                    end: *end,
-                });
+            if echo {
+                return steps;
             }
             if *declined && !session.declined {
                 steps.push(PlanStep::FlagDecline);
+            }
+            if (*start, *end) != (session.start, session.end) {
+                if (*start, *end) == (mapping.last_start, mapping.last_end) {
+                    steps.push(PlanStep::WriteBack);
+                } else {
+                    steps.push(PlanStep::Reschedule {
+                        start: *start,
+                        end: *end,
+                    });
+                }
             }
             steps
         }
@@ -135,9 +193,20 @@ mod tests {
             history: vec![],
             pending: None,
             outbox: vec![],
+            platform_version: None,
+            calendar_version: None,
+            event_txn: None,
             updated_at: t(0),
             version: 1,
         }
+    }
+
+    /// A session the platform moved to 11:00-12:00 (the calendar last showed 9:00-10:00).
+    fn moved_session(status: SessionStatus) -> Session {
+        let mut s = session(status, false);
+        s.start = t(11);
+        s.end = t(12);
+        s
     }
 
     fn mapping() -> EventMapping {
@@ -195,9 +264,14 @@ mod tests {
             ("only the end moved", snap("k", live(9, 11, false, false)), session(Confirmed, false), vec![Reschedule { start: t(9), end: t(11) }]),
             ("declined", snap("k", live(9, 10, false, true)), session(Confirmed, false), vec![FlagDecline]),
             ("declined, already flagged", snap("k", live(9, 10, false, true)), session(Confirmed, true), vec![]),
-            ("moved and declined", snap("k", live(11, 12, false, true)), session(Confirmed, false), vec![moved.clone(), FlagDecline]),
+            ("moved and declined", snap("k", live(11, 12, false, true)), session(Confirmed, false), vec![FlagDecline, moved.clone()]),
             ("unchanged (title edit)", snap("k", live(9, 10, false, false)), session(Confirmed, false), vec![]),
-            ("a cancelled booking is final", snap("k", live(11, 12, false, true)), session(Cancelled, false), vec![]),
+            ("a cancelled booking is final: its live event is deleted again", snap("k", live(11, 12, false, true)), session(Cancelled, false), vec![DeleteEvent]),
+            ("a cancelled booking's event restored with our last key", snap("ours", live(9, 10, false, false)), session(Cancelled, false), vec![DeleteEvent]),
+            ("a cancelled booking's event cancelled in place", snap("k", live(9, 10, true, false)), session(Cancelled, false), vec![]),
+            ("where we last saw it, but the platform moved the session", snap("k", live(9, 10, false, false)), moved_session(Confirmed), vec![WriteBack]),
+            ("restored where it was, the platform moved the session meanwhile", snap("k", live(9, 10, false, false)), moved_session(PendingCancellation), vec![Restore, WriteBack]),
+            ("moved by the staff member while the platform moved the session", snap("k", live(13, 14, false, false)), moved_session(Confirmed), vec![Reschedule { start: t(13), end: t(14) }]),
         ];
         for (name, snapshot, session, want) in cases {
             assert_eq!(plan(&snapshot, &mapping(), &session), want, "{name}");
@@ -239,17 +313,46 @@ mod tests {
             ]
         }
 
-        fn apply(session: &Session, steps: &[PlanStep]) -> Session {
+        /// Carries out `steps` as the engine does, on a model of the calendar: returns the
+        /// session, the mapping and the calendar's event afterwards.
+        fn apply(
+            session: &Session,
+            mapping: &EventMapping,
+            snapshot: &EventSnapshot,
+            steps: &[PlanStep],
+        ) -> (Session, EventMapping, EventSnapshot) {
             let mut s = session.clone();
+            let mut m = mapping.clone();
+            let mut calendar = snapshot.clone();
             for step in steps {
-                if let Some(next) =
-                    crate::booking::decide(&s, &step.command(Duration::minutes(10)), "test", t(1))
-                {
-                    s = next;
-                    s.version += 1;
+                if let Some(command) = step.command(Duration::minutes(10)) {
+                    if let Some(next) = crate::booking::decide(&s, &command, "test", t(1)) {
+                        s = next;
+                        s.version += 1;
+                    }
+                }
+                match step {
+                    PlanStep::Reschedule { .. } => {}
+                    PlanStep::WriteBack => {
+                        calendar.change_key = Some("written".into());
+                        calendar.state = live(0, 0, false, false);
+                        if let SnapshotState::Live { start, end, .. } = &mut calendar.state {
+                            (*start, *end) = (s.start, s.end);
+                        }
+                    }
+                    PlanStep::DeleteEvent => {
+                        calendar.change_key = Some("written".into());
+                        calendar.state = SnapshotState::Removed;
+                    }
+                    _ => {}
                 }
             }
-            s
+            // What the calendar shows now is what the mapping remembers.
+            m.change_key = calendar.change_key.clone();
+            if let Some((start, end)) = calendar.times() {
+                (m.last_start, m.last_end) = (start, end);
+            }
+            (s, m, calendar)
         }
 
         proptest! {
@@ -257,12 +360,29 @@ mod tests {
             fn applying_a_plan_twice_equals_once(status in any_status(), declined in any::<bool>(), state in any_state(), key in prop_oneof![Just("ours"), Just("theirs")]) {
                 let snapshot = snap(key, state);
                 let s0 = session(status, declined);
-                let once = apply(&s0, &plan(&snapshot, &mapping(), &s0));
-                // The same snapshot again (a replay, a duplicate notification): no steps...
-                let again = plan(&snapshot, &mapping(), &once);
-                prop_assert!(again.is_empty(), "replanned {:?} after {:?}", again, once.status);
+                let m0 = mapping();
+                let (s1, m1, calendar) = apply(&s0, &m0, &snapshot, &plan(&snapshot, &m0, &s0));
+                // What the calendar shows afterwards (a replay, a duplicate notification, the
+                // echo of our own write): no steps...
+                let again = plan(&calendar, &m1, &s1);
+                prop_assert!(again.is_empty(), "replanned {:?} after {:?}", again, s1.status);
                 // ...and so applying it changes nothing.
-                prop_assert_eq!(apply(&once, &again), once);
+                prop_assert_eq!(apply(&s1, &m1, &calendar, &again).0, s1);
+            }
+
+            #[test]
+            fn a_confirmed_booking_ends_with_its_event_at_its_time_or_cancelled_without_one(status in any_status(), declined in any::<bool>(), state in any_state(), key in prop_oneof![Just("ours"), Just("theirs")]) {
+                let snapshot = snap(key, state);
+                let s0 = session(status, declined);
+                let m0 = mapping();
+                let (s1, _, calendar) = apply(&s0, &m0, &snapshot, &plan(&snapshot, &m0, &s0));
+                match (s1.status, calendar.state) {
+                    (Cancelled, SnapshotState::Live { cancelled: false, .. }) => prop_assert!(false, "a cancelled booking kept a live event"),
+                    (Confirmed, SnapshotState::Live { start, end, cancelled: false, .. }) if key != "ours" => {
+                        prop_assert_eq!((start, end), (s1.start, s1.end));
+                    }
+                    _ => {}
+                }
             }
         }
     }

@@ -21,18 +21,41 @@
 //! - `POST /_control/delta/expire`: every delta token now answers 410 `syncStateNotFound`;
 //!   `POST /_control/delta/page-size` `{"max": n}`: serve delta pages of at most `n` events;
 //! - `GET /_control/subscriptions`; `POST /_control/subscriptions/{id}/lifecycle`
-//!   `{"lifecycleEvent": "reauthorizationRequired"|"subscriptionRemoved"|"missed"}`.
+//!   `{"lifecycleEvent": "reauthorizationRequired"|"subscriptionRemoved"|"missed"}`: POSTs
+//!   the lifecycle notification and answers `{"delivered_status"}`, or in capture mode keeps
+//!   it and answers 202 `{"captured": true}`.
 //!
 //! Simplifications, on purpose: one default calendar per user named `calendar`; times are
 //! stored and returned in UTC (`dateTime` with seven fractional digits, `timeZone: "UTC"`)
 //! with the caller's zone kept in `originalStartTimeZone`; any registered app may act on any
 //! mailbox (application permissions).
+//!
+//! Graph quirks simulated on purpose: in an incremental `calendarView/delta` round, an event
+//! changed (moved, created, edited) outside the round's window is reported as
+//! `{"@odata.type": "#microsoft.graph.event", "id", "@removed": {"reason": "deleted"}}`, a
+//! false removal exactly like a real deletion (microsoftgraph/microsoft-graph-docs issues
+//! #6599, #10687, #4659); in the initial round such events are simply not listed.
+//!
+//! In-process tests also have a Rust-side API (no HTTP):
+//! - [`GraphSimulator::seeded`]: every generated id, change key, iCalUId and token (access
+//!   tokens, subscription ids, validation tokens, error `request-id`s) comes from a
+//!   SplitMix64 stream seeded with the seed, so the same sequence of requests gives the same
+//!   ids and the same delta page order (times stay on the real clock);
+//! - [`GraphSimulator::capture_notifications`] / [`GraphSimulator::take_notifications`]:
+//!   keep Graph's pushes (change and lifecycle notifications) instead of POSTing them, for the
+//!   test to deliver, drop, duplicate or reorder; in that mode a new subscription's validation
+//!   handshake is taken as passed without calling the notification URL;
+//! - `staff_create` / `staff_move` / `staff_decline` / `staff_delete` / `staff_restore`: what a
+//!   staff member does in Outlook, through the same code paths as the Graph and control
+//!   routes (same sequence numbers, change keys and notifications); [`GraphSimulator::events_of`]
+//!   reads a mailbox back as [`SimEventView`]s.
 
 // Handlers return a ready Graph error response as their `Err`: the natural shape here, and
 // the size of `Response` does not matter for a test simulator.
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,6 +77,10 @@ const DEFAULT_CALENDAR: &str = "calendar";
 pub const MAX_SUBSCRIPTION_MINUTES: i64 = 10_080;
 const DEFAULT_PAGE_SIZE: usize = 10;
 const TOKEN_LIFETIME_SECS: i64 = 3599;
+/// The extended property the platform tags its events with, `<company>/<session>`: the same
+/// id as `voyage_core::exchange::graph::SESSION_TAG_ID` (the simulators do not depend on the
+/// core). Only [`GraphSimulator::events_of`] reads it.
+const SESSION_TAG_ID: &str = "String {6f3a2b0e-5c1d-4e8a-9b7f-2d4c6e8a1b3c} Name VoyageSessionId";
 
 #[derive(Clone)]
 pub struct GraphSimulator {
@@ -63,6 +90,102 @@ pub struct GraphSimulator {
 struct Inner {
     state: Mutex<SimState>,
     http: reqwest::Client,
+    ids: IdSource,
+}
+
+/// Where generated ids and tokens come from: the thread RNG, or in seeded mode two SplitMix64
+/// streams (one for ids, change keys and tokens, one for error `request-id`s, so that an error
+/// answered along the way does not shift the ids that follow). The streams are atomics, not
+/// part of [`SimState`], so they can be drawn from with or without the state lock held.
+struct IdSource {
+    seeded: Option<(SplitMix64, SplitMix64)>,
+}
+
+impl IdSource {
+    /// A URL-safe token of `bytes` bytes.
+    fn token(&self, bytes: usize) -> String {
+        match &self.seeded {
+            None => random_token(bytes),
+            Some((ids, _)) => ids.token(bytes),
+        }
+    }
+
+    /// The `request-id` of an error body.
+    fn request_id(&self) -> String {
+        match &self.seeded {
+            None => random_token(12),
+            Some((_, request_ids)) => request_ids.token(12),
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea and Flood): a counter stepped by the golden gamma and mixed. Its
+/// own code, not `rand`'s `StdRng`, whose algorithm may change between `rand` versions.
+struct SplitMix64(AtomicU64);
+
+impl SplitMix64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn new(seed: u64) -> Self {
+        SplitMix64(AtomicU64::new(seed))
+    }
+
+    fn next(&self) -> u64 {
+        let z = self
+            .0
+            .fetch_add(Self::GAMMA, Ordering::Relaxed)
+            .wrapping_add(Self::GAMMA);
+        mix64(z)
+    }
+
+    fn token(&self, bytes: usize) -> String {
+        let mut buf = Vec::with_capacity(bytes + 8);
+        while buf.len() < bytes {
+            buf.extend_from_slice(&self.next().to_le_bytes());
+        }
+        buf.truncate(bytes);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+    }
+}
+
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+tokio::task_local! {
+    /// The simulator serving the current request, so that an error body built deep in a
+    /// handler draws its `request-id` from that simulator's [`IdSource`].
+    static SERVING: GraphSimulator;
+}
+
+/// A push the simulator would have POSTed, kept instead while capture is on
+/// ([`GraphSimulator::capture_notifications`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedNotification {
+    /// The subscription's `notificationUrl` (`lifecycleNotificationUrl` for a lifecycle
+    /// notification).
+    pub url: String,
+    /// The JSON body Graph would POST there: `{"value": [...]}`.
+    pub body: Value,
+}
+
+/// One event of a mailbox as [`GraphSimulator::events_of`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimEventView {
+    pub id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// In Deleted Items (gone from every Graph route, restorable).
+    pub deleted: bool,
+    /// `responseStatus.response` is `declined`.
+    pub declined: bool,
+    pub is_cancelled: bool,
+    /// The value of the platform's session tag extended property (`<company>/<session>`).
+    pub session_tag: Option<String>,
+    pub transaction_id: Option<String>,
+    pub show_as: String,
 }
 
 #[derive(Default)]
@@ -78,6 +201,9 @@ struct SimState {
     /// The largest delta page served, whatever the client prefers (Graph may choose smaller
     /// pages than asked).
     max_page_size: Option<usize>,
+    /// Keep notifications in `captured` instead of POSTing them.
+    capture: bool,
+    captured: Vec<CapturedNotification>,
 }
 
 #[derive(Default)]
@@ -95,6 +221,56 @@ struct SimEvent {
     end: DateTime<Utc>,
     seq: u64,
     deleted: bool,
+}
+
+impl SimEvent {
+    fn id(&self) -> &str {
+        self.json
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    fn etag(&self) -> &str {
+        self.json
+            .get("@odata.etag")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    fn view(&self) -> SimEventView {
+        let text = |k: &str| self.json.get(k).and_then(Value::as_str);
+        SimEventView {
+            id: self.id().to_string(),
+            start: self.start,
+            end: self.end,
+            deleted: self.deleted,
+            declined: self
+                .json
+                .get("responseStatus")
+                .and_then(|r| r.get("response"))
+                .and_then(Value::as_str)
+                == Some("declined"),
+            is_cancelled: self
+                .json
+                .get("isCancelled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            session_tag: self
+                .extended
+                .iter()
+                .find(|p| {
+                    p.get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| id.eq_ignore_ascii_case(SESSION_TAG_ID))
+                })
+                .and_then(|p| p.get("value"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            transaction_id: self.transaction_id.clone(),
+            show_as: text("showAs").unwrap_or("busy").to_string(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -131,10 +307,13 @@ impl Subscription {
 
 /// A Graph error response: `{"error": {"code", "message", "innerError"}}`.
 fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let request_id = SERVING
+        .try_with(|sim| sim.inner.ids.request_id())
+        .unwrap_or_else(|_| random_token(12));
     let body = json!({"error": {
         "code": code,
         "message": message,
-        "innerError": {"date": graph_instant(Utc::now()), "request-id": random_token(12)},
+        "innerError": {"date": graph_instant(Utc::now()), "request-id": request_id},
     }});
     (status, Json(body)).into_response()
 }
@@ -212,6 +391,10 @@ struct DeltaState {
     since: u64,
     upto: u64,
     offset: usize,
+    /// The round started without a delta token (a full listing). Not inferred from
+    /// `since == 0`: a mailbox may have had no change at all when its first round ran.
+    #[serde(default)]
+    initial: bool,
 }
 
 fn encode_token(s: &DeltaState) -> String {
@@ -233,7 +416,23 @@ impl Default for GraphSimulator {
 }
 
 impl GraphSimulator {
+    /// A simulator whose ids and tokens are random.
     pub fn new() -> Self {
+        Self::with_ids(IdSource { seeded: None })
+    }
+
+    /// A deterministic simulator: every generated id, change key, iCalUId and token comes
+    /// from SplitMix64 streams seeded with `seed`, so the same sequence of requests (and
+    /// Rust-side calls) gives the same ids, the same listing order and the same delta pages.
+    /// Times (`createdDateTime`, `lastModifiedDateTime`, token expiry) stay on the real clock.
+    pub fn seeded(seed: u64) -> Self {
+        let request_ids = mix64(seed ^ 0x5245_5155_4553_5449); // "REQUESTI"
+        Self::with_ids(IdSource {
+            seeded: Some((SplitMix64::new(seed), SplitMix64::new(request_ids))),
+        })
+    }
+
+    fn with_ids(ids: IdSource) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -243,6 +442,7 @@ impl GraphSimulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(SimState::default()),
                 http,
+                ids,
             }),
         }
     }
@@ -253,6 +453,15 @@ impl GraphSimulator {
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A URL-safe token of `bytes` bytes, random or from the seeded stream.
+    fn token(&self, bytes: usize) -> String {
+        self.inner.ids.token(bytes)
+    }
+
+    fn new_change_key(&self) -> String {
+        self.token(12)
     }
 
     /// Registers an app registration's client credentials for a tenant.
@@ -272,8 +481,91 @@ impl GraphSimulator {
         self.state().served.clear();
     }
 
+    /// Forgets every injected fault not yet spent.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     pub fn add_fault(&self, fault: Fault) {
         self.state().faults.push(fault);
+    }
+
+    /// While `on`, change and lifecycle notifications are not POSTed but kept, for
+    /// [`take_notifications`](Self::take_notifications); and a new subscription's validation
+    /// handshake is taken as passed without calling its notification URLs. Turning capture
+    /// off keeps what was captured until taken.
+    pub fn capture_notifications(&self, on: bool) {
+        self.state().capture = on;
+    }
+
+    /// Drains the captured notifications, oldest first.
+    pub fn take_notifications(&self) -> Vec<CapturedNotification> {
+        std::mem::take(&mut self.state().captured)
+    }
+
+    /// A staff member deletes an event in Outlook: it moves to Deleted Items, like `DELETE
+    /// /v1.0/users/{user}/events/{id}`. `false` when there is no such live event.
+    pub fn staff_delete(&self, user: &str, id: &str) -> bool {
+        self.trash(user, None, id, None).is_ok()
+    }
+
+    /// A staff member restores an event from Deleted Items, like `POST
+    /// /_control/users/{user}/events/{id}/restore`. `false` when no such event is deleted.
+    pub fn staff_restore(&self, user: &str, id: &str) -> bool {
+        self.untrash(user, id).is_some()
+    }
+
+    /// A staff member moves an event, like a `PATCH` of its `start` and `end` (in UTC).
+    /// `false` when there is no such live event or `end` is before `start`.
+    pub fn staff_move(
+        &self,
+        user: &str,
+        id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> bool {
+        let body = times_body(start, end);
+        self.mutate(user, None, id, None, "updated", |e| apply_fields(e, &body))
+            .is_ok()
+    }
+
+    /// A staff member declines an event, like `POST .../events/{id}/decline`. `false` when
+    /// there is no such live event.
+    pub fn staff_decline(&self, user: &str, id: &str) -> bool {
+        self.decline_live(user, None, id, None).is_ok()
+    }
+
+    /// A staff member creates an event of their own (no session tag, no transaction id) in
+    /// their default calendar, like `POST /v1.0/users/{user}/events`; returns its id.
+    ///
+    /// # Panics
+    ///
+    /// When `end` is before `start` (Graph refuses such an event).
+    pub fn staff_create(
+        &self,
+        user: &str,
+        subject: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        show_as: &str,
+    ) -> String {
+        let mut body = times_body(start, end);
+        body.insert("subject".into(), json!(subject));
+        body.insert("showAs".into(), json!(show_as));
+        match self.create_event(user, DEFAULT_CALENDAR, &body) {
+            Ok(event) => event.id().to_string(),
+            Err(_) => panic!("staff_create: the end {end} is before the start {start}"),
+        }
+    }
+
+    /// Every event of `user`'s mailbox, deleted ones included, in every calendar, in id
+    /// order (deterministic in seeded mode).
+    pub fn events_of(&self, user: &str) -> Vec<SimEventView> {
+        self.state()
+            .users
+            .get(&user_key(user))
+            .map(|m| m.events.values().map(SimEvent::view).collect())
+            .unwrap_or_default()
     }
 
     pub fn router(&self) -> Router {
@@ -343,14 +635,179 @@ impl GraphSimulator {
                 "/_control/subscriptions/{id}/lifecycle",
                 post(control_lifecycle),
             );
-        graph.merge(control).with_state(self.clone())
+        graph
+            .merge(control)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), serving))
+            .with_state(self.clone())
     }
 
-    /// Posts every change notification the change to `event` in `user`'s mailbox triggers.
-    fn notify(&self, user: &str, calendar: &str, event_id: &str, etag: &str, change: &str) {
-        let targets: Vec<(String, Value)> = {
-            let state = self.state();
+    /// Creates an event (the shared path of `POST .../events` and [`Self::staff_create`]) and
+    /// notifies. Graph's idempotent create: a live event with the same `transactionId` is
+    /// given back unchanged, without a notification.
+    fn create_event(
+        &self,
+        user: &str,
+        calendar: &str,
+        body: &Map<String, Value>,
+    ) -> Result<SimEvent, Response> {
+        if body.get("start").is_none() || body.get("end").is_none() {
+            return Err(bad_request("start and end are required."));
+        }
+        let event = {
+            let mut state = self.state();
+            if let Some(txn) = body.get("transactionId").and_then(Value::as_str) {
+                if let Some(existing) = state.users.get(&user_key(user)).and_then(|m| {
+                    m.events
+                        .values()
+                        .find(|e| !e.deleted && e.transaction_id.as_deref() == Some(txn))
+                }) {
+                    return Ok(existing.clone());
+                }
+            }
+            let now = Utc::now();
+            let mut json = Map::new();
+            json.insert("createdDateTime".into(), json!(graph_instant(now)));
+            json.insert("isCancelled".into(), json!(false));
+            json.insert("showAs".into(), json!("busy"));
+            json.insert("type".into(), json!("singleInstance"));
+            json.insert(
+                "responseStatus".into(),
+                json!({"response": "organizer", "time": "0001-01-01T00:00:00Z"}),
+            );
+            let mut event = SimEvent {
+                calendar: calendar.to_string(),
+                json,
+                extended: Vec::new(),
+                transaction_id: None,
+                start: now,
+                end: now,
+                seq: 0,
+                deleted: false,
+            };
+            apply_fields(&mut event, body)?;
+            // Ids are drawn only once the body is known to be good, so that a refused create
+            // does not move the seeded stream.
+            let id = format!("AAMkAGI2{}", self.token(30));
+            event.json.insert("id".into(), json!(id));
+            event.json.insert(
+                "iCalUId".into(),
+                json!(format!("040000008200E0{}", self.token(16))),
+            );
+            stamp(&mut event.json, &self.new_change_key());
+            state.seq += 1;
+            event.seq = state.seq;
             state
+                .users
+                .entry(user_key(user))
+                .or_default()
+                .events
+                .insert(id, event.clone());
+            event
+        };
+        self.notify(user, calendar, event.id(), event.etag(), "created");
+        Ok(event)
+    }
+
+    /// Applies `change` to a live event, bumps its change key and sequence, and notifies.
+    fn mutate(
+        &self,
+        user: &str,
+        calendar: Option<&str>,
+        id: &str,
+        if_match: Option<&str>,
+        change_type: &str,
+        change: impl FnOnce(&mut SimEvent) -> Result<(), Response>,
+    ) -> Result<SimEvent, Response> {
+        let updated = {
+            let mut state = self.state();
+            let SimState { users, seq, .. } = &mut *state;
+            let event = live_event_mut(users, user, calendar, id).ok_or_else(not_found)?;
+            if if_match_fails(if_match, event) {
+                return Err(conflict());
+            }
+            let mut next = event.clone();
+            change(&mut next)?;
+            stamp(&mut next.json, &self.new_change_key());
+            *seq += 1;
+            next.seq = *seq;
+            *event = next.clone();
+            next
+        };
+        self.notify(user, &updated.calendar, id, updated.etag(), change_type);
+        Ok(updated)
+    }
+
+    /// Declines a live event (the shared path of the decline route and
+    /// [`Self::staff_decline`]).
+    fn decline_live(
+        &self,
+        user: &str,
+        calendar: Option<&str>,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<SimEvent, Response> {
+        self.mutate(user, calendar, id, if_match, "updated", |e| {
+            e.json.insert(
+                "responseStatus".into(),
+                json!({"response": "declined", "time": graph_instant(Utc::now())}),
+            );
+            Ok(())
+        })
+    }
+
+    /// Moves a live event to Deleted Items: gone from every Graph route, restorable. The
+    /// shared path of `DELETE .../events/{id}` and [`Self::staff_delete`].
+    fn trash(
+        &self,
+        user: &str,
+        calendar: Option<&str>,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<SimEvent, Response> {
+        let removed = {
+            let mut state = self.state();
+            let SimState { users, seq, .. } = &mut *state;
+            let event = live_event_mut(users, user, calendar, id).ok_or_else(not_found)?;
+            if if_match_fails(if_match, event) {
+                return Err(conflict());
+            }
+            *seq += 1;
+            event.deleted = true;
+            event.seq = *seq;
+            event.clone()
+        };
+        self.notify(user, &removed.calendar, id, removed.etag(), "deleted");
+        Ok(removed)
+    }
+
+    /// Brings an event back from Deleted Items with a new change key (the shared path of the
+    /// restore control route and [`Self::staff_restore`]); `None` when no such event is
+    /// deleted.
+    fn untrash(&self, user: &str, id: &str) -> Option<SimEvent> {
+        let restored = {
+            let mut state = self.state();
+            let SimState { users, seq, .. } = &mut *state;
+            let event = users
+                .get_mut(&user_key(user))?
+                .events
+                .get_mut(id)
+                .filter(|e| e.deleted)?;
+            *seq += 1;
+            event.deleted = false;
+            event.seq = *seq;
+            stamp(&mut event.json, &self.new_change_key());
+            event.clone()
+        };
+        self.notify(user, &restored.calendar, id, restored.etag(), "created");
+        Some(restored)
+    }
+
+    /// Posts (or, in capture mode, keeps) every change notification the change to `event` in
+    /// `user`'s mailbox triggers.
+    fn notify(&self, user: &str, calendar: &str, event_id: &str, etag: &str, change: &str) {
+        let targets: Vec<CapturedNotification> = {
+            let mut state = self.state();
+            let targets: Vec<CapturedNotification> = state
                 .subscriptions
                 .values()
                 .filter(|s| s.user == user_key(user))
@@ -372,19 +829,61 @@ impl GraphSimulator {
                         "clientState": s.client_state,
                         "tenantId": s.tenant,
                     }]});
-                    (s.notification_url.clone(), body)
+                    CapturedNotification {
+                        url: s.notification_url.clone(),
+                        body,
+                    }
                 })
-                .collect()
+                .collect();
+            if state.capture {
+                state.captured.extend(targets);
+                return;
+            }
+            targets
         };
-        for (url, body) in targets {
+        for CapturedNotification { url, body } in targets {
+            // A Rust-side staff action may run outside any runtime: without one there is
+            // nothing to send with (capture mode is the way for such tests).
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!(%url, "graph simulator: no Tokio runtime, notification dropped");
+                continue;
+            };
             let http = self.inner.http.clone();
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 if let Err(e) = http.post(&url).json(&body).send().await {
                     tracing::debug!(error = %e, "graph simulator: notification not delivered");
                 }
             });
         }
     }
+}
+
+/// `{"start", "end"}` in Graph's shape, for the Rust-side helpers.
+fn times_body(start: DateTime<Utc>, end: DateTime<Utc>) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("start".into(), time_json(start));
+    body.insert("end".into(), time_json(end));
+    body
+}
+
+/// A live (not deleted) event of `user`, in `calendar` when given.
+fn live_event_mut<'a>(
+    users: &'a mut HashMap<String, Mailbox>,
+    user: &str,
+    calendar: Option<&str>,
+    id: &str,
+) -> Option<&'a mut SimEvent> {
+    users
+        .get_mut(&user_key(user))?
+        .events
+        .get_mut(id)
+        .filter(|e| !e.deleted && calendar.is_none_or(|c| c == e.calendar))
+}
+
+/// Runs every request (Graph and control routes) with its simulator in [`SERVING`], for the
+/// `request-id` of error bodies.
+async fn serving(State(sim): State<GraphSimulator>, req: Request, next: Next) -> Response {
+    SERVING.scope(sim, next.run(req)).await
 }
 
 /// Fault injection, request log and bearer-token check for every Graph route.
@@ -496,7 +995,7 @@ async fn token(
             "AADSTS7000215: Invalid client secret provided.",
         ),
         Some(_) => {
-            let token = format!("simgraph.{}", random_token(24));
+            let token = format!("simgraph.{}", sim.token(24));
             let expires = Utc::now() + chrono::Duration::seconds(TOKEN_LIFETIME_SECS);
             state.tokens.insert(token.clone(), (tenant, expires));
             Json(json!({
@@ -525,10 +1024,6 @@ fn render(e: &SimEvent, extended: bool) -> Value {
         );
     }
     Value::Object(out)
-}
-
-fn new_change_key() -> String {
-    random_token(12)
 }
 
 fn stamp(json: &mut Map<String, Value>, change_key: &str) {
@@ -616,69 +1111,10 @@ fn create(sim: GraphSimulator, user: String, calendar: String, body: Bytes) -> R
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("The body must be a JSON event object.");
     };
-    if body.get("start").is_none() || body.get("end").is_none() {
-        return bad_request("start and end are required.");
+    match sim.create_event(&user, &calendar, &body) {
+        Ok(event) => (StatusCode::CREATED, Json(render(&event, false))).into_response(),
+        Err(resp) => resp,
     }
-    let (event, etag) = {
-        let mut state = sim.state();
-        let txn = body.get("transactionId").and_then(Value::as_str);
-        let mailbox = state.users.entry(user_key(&user)).or_default();
-        // Graph's idempotent create: the same transactionId gives back the same event.
-        if let Some(txn) = txn {
-            if let Some(existing) = mailbox
-                .events
-                .values()
-                .find(|e| !e.deleted && e.transaction_id.as_deref() == Some(txn))
-            {
-                return (StatusCode::CREATED, Json(render(existing, false))).into_response();
-            }
-        }
-        let id = format!("AAMkAGI2{}", random_token(30));
-        let now = Utc::now();
-        let mut json = Map::new();
-        json.insert("id".into(), json!(id));
-        json.insert("createdDateTime".into(), json!(graph_instant(now)));
-        json.insert(
-            "iCalUId".into(),
-            json!(format!("040000008200E0{}", random_token(16))),
-        );
-        json.insert("isCancelled".into(), json!(false));
-        json.insert("showAs".into(), json!("busy"));
-        json.insert("type".into(), json!("singleInstance"));
-        json.insert(
-            "responseStatus".into(),
-            json!({"response": "organizer", "time": "0001-01-01T00:00:00Z"}),
-        );
-        let mut event = SimEvent {
-            calendar: calendar.clone(),
-            json,
-            extended: Vec::new(),
-            transaction_id: None,
-            start: now,
-            end: now,
-            seq: 0,
-            deleted: false,
-        };
-        if let Err(resp) = apply_fields(&mut event, &body) {
-            return resp;
-        }
-        let key = new_change_key();
-        stamp(&mut event.json, &key);
-        state.seq += 1;
-        event.seq = state.seq;
-        let etag = format!("W/\"{key}\"");
-        let rendered = event.clone();
-        state
-            .users
-            .entry(user_key(&user))
-            .or_default()
-            .events
-            .insert(id, event);
-        (rendered, etag)
-    };
-    let id = event.json["id"].as_str().unwrap_or_default().to_string();
-    sim.notify(&user, &calendar, &id, &etag, "created");
-    (StatusCode::CREATED, Json(render(&event, false))).into_response()
 }
 
 async fn list_default(
@@ -762,8 +1198,12 @@ fn find<'a>(
         .filter(|e| !e.deleted && calendar.is_none_or(|c| c == e.calendar))
 }
 
-fn if_match_fails(headers: &HeaderMap, event: &SimEvent) -> bool {
-    match headers.get("if-match").and_then(|h| h.to_str().ok()) {
+fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get("if-match").and_then(|h| h.to_str().ok())
+}
+
+fn if_match_fails(if_match: Option<&str>, event: &SimEvent) -> bool {
+    match if_match {
         None | Some("*") => false,
         Some(tag) => event.json.get("@odata.etag").and_then(Value::as_str) != Some(tag),
     }
@@ -775,41 +1215,6 @@ fn conflict() -> Response {
         "ErrorIrresolvableConflict",
         "The send or update operation could not be performed because the change key passed in the request does not match the current change key for the item.",
     )
-}
-
-/// Applies `change` to a live event, bumps its change key, and notifies.
-fn mutate(
-    sim: &GraphSimulator,
-    user: &str,
-    calendar: Option<&str>,
-    id: &str,
-    headers: &HeaderMap,
-    change_type: &str,
-    change: impl FnOnce(&mut SimEvent) -> Result<(), Response>,
-) -> Result<SimEvent, Response> {
-    let updated = {
-        let mut state = sim.state();
-        state.seq += 1;
-        let seq = state.seq;
-        let event = state
-            .users
-            .get_mut(&user_key(user))
-            .and_then(|m| m.events.get_mut(id))
-            .filter(|e| !e.deleted && calendar.is_none_or(|c| c == e.calendar))
-            .ok_or_else(not_found)?;
-        if if_match_fails(headers, event) {
-            return Err(conflict());
-        }
-        let mut next = event.clone();
-        change(&mut next)?;
-        stamp(&mut next.json, &new_change_key());
-        next.seq = seq;
-        *event = next.clone();
-        next
-    };
-    let etag = updated.json["@odata.etag"].as_str().unwrap_or_default();
-    sim.notify(user, &updated.calendar, id, etag, change_type);
-    Ok(updated)
 }
 
 async fn patch_event(
@@ -841,12 +1246,11 @@ fn patch(
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return bad_request("The body must be a JSON object.");
     };
-    match mutate(
-        &sim,
+    match sim.mutate(
         &user,
         calendar.as_deref(),
         &id,
-        &headers,
+        if_match(&headers),
         "updated",
         |e| apply_fields(e, &body),
     ) {
@@ -878,21 +1282,7 @@ fn decline(
     id: String,
     headers: HeaderMap,
 ) -> Response {
-    match mutate(
-        &sim,
-        &user,
-        calendar.as_deref(),
-        &id,
-        &headers,
-        "updated",
-        |e| {
-            e.json.insert(
-                "responseStatus".into(),
-                json!({"response": "declined", "time": graph_instant(Utc::now())}),
-            );
-            Ok(())
-        },
-    ) {
+    match sim.decline_live(&user, calendar.as_deref(), &id, if_match(&headers)) {
         Ok(_) => StatusCode::ACCEPTED.into_response(),
         Err(resp) => resp,
     }
@@ -923,28 +1313,10 @@ fn remove(
     id: String,
     headers: HeaderMap,
 ) -> Response {
-    let removed = {
-        let mut state = sim.state();
-        state.seq += 1;
-        let seq = state.seq;
-        let Some(event) = state
-            .users
-            .get_mut(&user_key(&user))
-            .and_then(|m| m.events.get_mut(&id))
-            .filter(|e| !e.deleted && calendar.as_deref().is_none_or(|c| c == e.calendar))
-        else {
-            return not_found();
-        };
-        if if_match_fails(&headers, event) {
-            return conflict();
-        }
-        event.deleted = true;
-        event.seq = seq;
-        event.clone()
-    };
-    let etag = removed.json["@odata.etag"].as_str().unwrap_or_default();
-    sim.notify(&user, &removed.calendar, &id, etag, "deleted");
-    StatusCode::NO_CONTENT.into_response()
+    match sim.trash(&user, calendar.as_deref(), &id, if_match(&headers)) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(resp) => resp,
+    }
 }
 
 async fn delta_default(
@@ -990,6 +1362,34 @@ fn page_size(headers: &HeaderMap, cap: Option<usize>) -> usize {
         .clamp(1, cap.unwrap_or(1000))
 }
 
+/// What a delta page lists for one changed event of a round, `None` to leave it out.
+///
+/// A deleted event is `@removed` with reason `deleted`. So is, on purpose, an event changed
+/// (moved, created, edited) outside the round's window in an incremental round: Graph's
+/// documented false removal (microsoftgraph/microsoft-graph-docs #6599, #10687, #4659), which
+/// a client must not take for a real deletion. In the initial round such an event is simply
+/// not listed.
+fn delta_entry(
+    e: &SimEvent,
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    initial: bool,
+) -> Option<Value> {
+    let id = e.json.get("id")?.clone();
+    let in_window = e.start < window_end && e.end > window_start;
+    if e.deleted || !in_window {
+        if initial && !e.deleted {
+            return None;
+        }
+        return Some(json!({
+            "@odata.type": "#microsoft.graph.event",
+            "id": id,
+            "@removed": {"reason": "deleted"},
+        }));
+    }
+    Some(render(e, false))
+}
+
 /// One page of a `calendarView` delta round. A round's changes are those with a sequence in
 /// `(since, upto]`, fixed when the round starts; later changes belong to the next round.
 fn delta(
@@ -1010,6 +1410,7 @@ fn delta(
                 if q.contains_key("$deltatoken") {
                     DeltaState {
                         since: s.upto,
+                        initial: false,
                         upto: state.seq,
                         offset: 0,
                         ..s
@@ -1047,10 +1448,11 @@ fn delta(
                 since: 0,
                 upto: state.seq,
                 offset: 0,
+                initial: true,
             }
         }
     };
-    let initial = round.since == 0;
+    let initial = round.initial;
     let mut changed: Vec<&SimEvent> = state
         .users
         .get(&round.user)
@@ -1069,20 +1471,7 @@ fn delta(
         .iter()
         .skip(round.offset)
         .take(size)
-        .filter_map(|e| {
-            let id = e.json.get("id")?.clone();
-            let in_window = e.start < round.end && e.end > round.start;
-            Some(if e.deleted {
-                json!({"@odata.type": "#microsoft.graph.event", "id": id, "@removed": {"reason": "deleted"}})
-            } else if !in_window {
-                if initial {
-                    return None;
-                }
-                json!({"@odata.type": "#microsoft.graph.event", "id": id, "@removed": {"reason": "changed"}})
-            } else {
-                render(e, false)
-            })
-        })
+        .filter_map(|e| delta_entry(e, round.start, round.end, initial))
         .collect();
     let root = external_root(headers, original.path(), inner);
     let base = format!("{root}{inner}");
@@ -1159,8 +1548,14 @@ async fn create_subscription(
         }
     };
     let lifecycle = field("lifecycleNotificationUrl");
+    // In capture mode the test delivers Graph's pushes itself, so the handshake (a call to
+    // the notification URLs) is taken as passed.
+    let capture = sim.state().capture;
     for target in std::iter::once(&url).chain(lifecycle.iter()) {
-        if let Err(message) = handshake(&sim.inner.http, target).await {
+        if capture {
+            break;
+        }
+        if let Err(message) = handshake(&sim, target).await {
             return graph_error(
                 StatusCode::BAD_REQUEST,
                 "ValidationError",
@@ -1181,7 +1576,7 @@ async fn create_subscription(
         .map(|(t, _)| t.clone())
         .unwrap_or_default();
     let sub = Subscription {
-        id: format!("{}-{}", random_token(6), random_token(9)),
+        id: format!("{}-{}", sim.token(6), sim.token(9)),
         resource,
         user: user_key(&user),
         calendar,
@@ -1213,11 +1608,12 @@ fn check_expiry(expires: DateTime<Utc>) -> Result<(), Response> {
 }
 
 /// Graph's validation handshake: POST `?validationToken=`; the endpoint must answer 200,
-/// `text/plain`, with the decoded token as the whole body.
-async fn handshake(http: &reqwest::Client, url: &str) -> Result<(), String> {
+/// `text/plain`, with the decoded token as the whole body. Skipped in capture mode.
+async fn handshake(sim: &GraphSimulator, url: &str) -> Result<(), String> {
+    let http = &sim.inner.http;
     let token = format!(
         "Validation: Testing client application reachability for subscription Request-Id: {}",
-        random_token(12)
+        sim.token(12)
     );
     let mut target = url::Url::parse(url).map_err(|e| format!("bad URL: {e}"))?;
     target
@@ -1362,26 +1758,10 @@ async fn control_restore(
     State(sim): State<GraphSimulator>,
     Path((user, id)): Path<(String, String)>,
 ) -> Response {
-    let restored = {
-        let mut state = sim.state();
-        state.seq += 1;
-        let seq = state.seq;
-        let Some(event) = state
-            .users
-            .get_mut(&user_key(&user))
-            .and_then(|m| m.events.get_mut(&id))
-            .filter(|e| e.deleted)
-        else {
-            return not_found();
-        };
-        event.deleted = false;
-        event.seq = seq;
-        stamp(&mut event.json, &new_change_key());
-        event.clone()
-    };
-    let etag = restored.json["@odata.etag"].as_str().unwrap_or_default();
-    sim.notify(&user, &restored.calendar, &id, etag, "created");
-    Json(render(&restored, false)).into_response()
+    match sim.untrash(&user, &id) {
+        Some(restored) => Json(render(&restored, false)).into_response(),
+        None => not_found(),
+    }
 }
 
 async fn control_expire_delta(State(sim): State<GraphSimulator>) -> StatusCode {
@@ -1446,6 +1826,15 @@ async fn control_lifecycle(
         "clientState": sub.client_state,
         "lifecycleEvent": event,
     }]});
+    {
+        let mut state = sim.state();
+        if state.capture {
+            state
+                .captured
+                .push(CapturedNotification { url, body: payload });
+            return (StatusCode::ACCEPTED, Json(json!({"captured": true}))).into_response();
+        }
+    }
     match sim.inner.http.post(&url).json(&payload).send().await {
         Ok(resp) => Json(json!({"delivered_status": resp.status().as_u16()})).into_response(),
         Err(e) => graph_error(StatusCode::BAD_GATEWAY, "DeliveryFailed", &e.to_string()),
@@ -1479,6 +1868,7 @@ mod tests {
             since: 3,
             upto: 9,
             offset: 20,
+            initial: false,
         };
         let back = decode_token(&encode_token(&s)).unwrap();
         assert_eq!(
@@ -1486,5 +1876,365 @@ mod tests {
             (2, 3, 9, 20)
         );
         assert!(decode_token("not-a-token").is_none());
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap()
+    }
+
+    fn sim_event(start: DateTime<Utc>, end: DateTime<Utc>, deleted: bool) -> SimEvent {
+        let mut json = Map::new();
+        json.insert("id".into(), json!("AAMkAGI2x"));
+        SimEvent {
+            calendar: DEFAULT_CALENDAR.into(),
+            json,
+            extended: Vec::new(),
+            transaction_id: None,
+            start,
+            end,
+            seq: 1,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn out_of_window_changes_are_false_removals_in_incremental_rounds() {
+        let (from, to) = (at(8, 0), at(18, 0));
+        let removed = json!({
+            "@odata.type": "#microsoft.graph.event",
+            "id": "AAMkAGI2x",
+            "@removed": {"reason": "deleted"},
+        });
+        let outside = sim_event(at(19, 0), at(20, 0), false);
+        assert_eq!(
+            delta_entry(&outside, from, to, false),
+            Some(removed.clone())
+        );
+        assert_eq!(delta_entry(&outside, from, to, true), None);
+        let deleted = sim_event(at(9, 0), at(10, 0), true);
+        assert_eq!(delta_entry(&deleted, from, to, false), Some(removed));
+        let inside = sim_event(at(9, 0), at(10, 0), false);
+        let listed = delta_entry(&inside, from, to, false).unwrap();
+        assert_eq!(listed["id"], "AAMkAGI2x");
+        assert!(listed.get("@removed").is_none());
+    }
+
+    /// Serves `sim` on a local port; returns a client, the base URL and a bearer token.
+    async fn serve(sim: &GraphSimulator) -> (reqwest::Client, String, String) {
+        sim.register_app("tenant", "client", "secret");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = sim.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let token: Value = http
+            .post(format!("{base}/tenant/oauth2/v2.0/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                "grant_type=client_credentials&client_id=client&client_secret=secret\
+                 &scope=https%3A%2F%2Fgraph.microsoft.com%2F.default",
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let bearer = token["access_token"].as_str().unwrap().to_string();
+        (http, base, bearer)
+    }
+
+    async fn get_json(http: &reqwest::Client, url: &str, bearer: &str) -> Value {
+        let resp = http.get(url).bearer_auth(bearer).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "GET {url}");
+        resp.json().await.unwrap()
+    }
+
+    fn ids(page: &Value) -> Vec<String> {
+        page["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn delta_reports_an_event_moved_out_of_the_window_as_deleted() {
+        let sim = GraphSimulator::seeded(7);
+        let (http, base, bearer) = serve(&sim).await;
+        let user = "staff@example.com";
+        let inside = sim.staff_create(user, "Inside", at(9, 0), at(10, 0), "busy");
+        let outside = sim.staff_create(user, "Outside", at(20, 0), at(21, 0), "busy");
+        let initial = get_json(
+            &http,
+            &format!(
+                "{base}/v1.0/users/{user}/calendarView/delta\
+                 ?startDateTime=2026-12-01T08:00:00Z&endDateTime=2026-12-01T18:00:00Z"
+            ),
+            &bearer,
+        )
+        .await;
+        // Initial round: the out-of-window event is simply not listed.
+        assert_eq!(ids(&initial), vec![inside.clone()]);
+        assert!(initial["value"][0].get("@removed").is_none());
+
+        assert!(sim.staff_move(user, &inside, at(19, 0), at(20, 0)));
+        let next = initial["@odata.deltaLink"].as_str().unwrap();
+        let round = get_json(&http, next, &bearer).await;
+        assert_eq!(
+            round["value"],
+            json!([{
+                "@odata.type": "#microsoft.graph.event",
+                "id": inside,
+                "@removed": {"reason": "deleted"},
+            }])
+        );
+        // The event is not deleted for all that.
+        let view = sim.events_of(user);
+        assert!(view.iter().all(|e| !e.deleted));
+        assert!(view.iter().any(|e| e.id == outside));
+    }
+
+    /// The same requests against two simulators seeded alike.
+    async fn scripted_run(seed: u64) -> (Vec<Value>, String, Vec<String>) {
+        let sim = GraphSimulator::seeded(seed);
+        sim.capture_notifications(true);
+        let (http, base, bearer) = serve(&sim).await;
+        let user = "staff@example.com";
+        let sub: Value = http
+            .post(format!("{base}/v1.0/subscriptions"))
+            .bearer_auth(&bearer)
+            .json(&json!({
+                "changeType": "created,updated,deleted",
+                "notificationUrl": "https://unreachable.invalid/notify",
+                "resource": format!("users/{user}/events"),
+                "expirationDateTime": graph_instant(Utc::now() + chrono::Duration::days(1)),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut created = Vec::new();
+        for h in 9..14 {
+            created.push(sim.staff_create(user, "Meeting", at(h, 0), at(h, 30), "busy"));
+        }
+        let resp = http
+            .post(format!("{base}/v1.0/users/{user}/events"))
+            .bearer_auth(&bearer)
+            .json(&json!({
+                "subject": "Booked",
+                "start": {"dateTime": "2026-12-01T15:00:00", "timeZone": "UTC"},
+                "end": {"dateTime": "2026-12-01T16:00:00", "timeZone": "UTC"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        let booked: Value = resp.json().await.unwrap();
+        assert!(sim.staff_move(user, &created[0], at(16, 0), at(17, 0)));
+        assert!(sim.staff_delete(user, &created[1]));
+        let mut pages = Vec::new();
+        let mut url = format!(
+            "{base}/v1.0/users/{user}/calendarView/delta\
+             ?startDateTime=2026-12-01T00:00:00Z&endDateTime=2026-12-02T00:00:00Z"
+        );
+        sim.state().max_page_size = Some(2);
+        loop {
+            let mut page = get_json(&http, &url, &bearer).await;
+            // Times are on the real clock; everything else must repeat.
+            for e in page["value"].as_array_mut().unwrap() {
+                if let Some(e) = e.as_object_mut() {
+                    e.remove("createdDateTime");
+                    e.remove("lastModifiedDateTime");
+                }
+            }
+            let next = page["@odata.nextLink"].as_str().map(str::to_string);
+            pages.push(page["value"].clone());
+            match next {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        pages.push(json!([
+            booked["id"],
+            booked["changeKey"],
+            booked["iCalUId"]
+        ]));
+        let missing: Value = http
+            .get(format!("{base}/v1.0/users/{user}/events/AAMkAGI2missing"))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages.push(missing["error"]["innerError"]["request-id"].clone());
+        let sub_id = sub["id"].as_str().unwrap().to_string();
+        let pushes: Vec<String> = sim
+            .take_notifications()
+            .iter()
+            .map(|n| n.body["value"][0]["resourceData"]["id"].to_string())
+            .collect();
+        (pages, format!("{sub_id} {bearer}"), pushes)
+    }
+
+    #[tokio::test]
+    async fn seeded_simulators_repeat_ids_tokens_and_delta_pages() {
+        let (pages_a, tokens_a, pushes_a) = scripted_run(42).await;
+        let (pages_b, tokens_b, pushes_b) = scripted_run(42).await;
+        assert_eq!(pages_a, pages_b);
+        assert_eq!(tokens_a, tokens_b);
+        assert_eq!(pushes_a, pushes_b);
+        assert_eq!(pushes_a.len(), 8);
+        assert!(pages_a.len() > 2, "several delta pages: {pages_a:?}");
+        let (pages_c, tokens_c, _) = scripted_run(43).await;
+        assert_ne!(pages_a, pages_c);
+        assert_ne!(tokens_a, tokens_c);
+        // Unseeded simulators stay random.
+        let (a, b) = (GraphSimulator::new(), GraphSimulator::new());
+        let at9 = at(9, 0);
+        assert_ne!(
+            a.staff_create("u", "s", at9, at9, "busy"),
+            b.staff_create("u", "s", at9, at9, "busy")
+        );
+    }
+
+    #[tokio::test]
+    async fn capture_keeps_pushes_and_skips_the_handshake() {
+        let sim = GraphSimulator::new();
+        sim.capture_notifications(true);
+        let (http, base, bearer) = serve(&sim).await;
+        let user = "Staff@Example.com";
+        let resp = http
+            .post(format!("{base}/v1.0/subscriptions"))
+            .bearer_auth(&bearer)
+            .json(&json!({
+                "changeType": "created,updated,deleted",
+                "notificationUrl": "https://unreachable.invalid/notify",
+                "lifecycleNotificationUrl": "https://unreachable.invalid/lifecycle",
+                "resource": format!("users/{user}/events"),
+                "expirationDateTime": graph_instant(Utc::now() + chrono::Duration::days(1)),
+                "clientState": "secret-state",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let sub: Value = resp.json().await.unwrap();
+
+        let id = sim.staff_create(user, "Dentist", at(9, 0), at(10, 0), "oof");
+        assert!(sim.staff_move(user, &id, at(11, 0), at(12, 0)));
+        assert!(sim.staff_decline(user, &id));
+        assert!(sim.staff_delete(user, &id));
+        assert!(!sim.staff_delete(user, &id));
+        assert!(!sim.staff_move(user, &id, at(11, 0), at(12, 0)));
+        assert!(!sim.staff_decline(user, &id));
+        assert!(sim.staff_restore(user, &id));
+        assert!(!sim.staff_restore(user, &id));
+        assert!(!sim.staff_move(user, &id, at(12, 0), at(11, 0)));
+
+        let pushes = sim.take_notifications();
+        let kinds: Vec<&str> = pushes
+            .iter()
+            .map(|n| n.body["value"][0]["changeType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["created", "updated", "updated", "deleted", "created"]
+        );
+        for n in &pushes {
+            assert_eq!(n.url, "https://unreachable.invalid/notify");
+            let item = &n.body["value"][0];
+            assert_eq!(item["subscriptionId"], sub["id"]);
+            assert_eq!(item["clientState"], "secret-state");
+            assert_eq!(item["tenantId"], "tenant");
+            assert_eq!(item["resourceData"]["id"], id.as_str());
+        }
+        assert!(sim.take_notifications().is_empty());
+
+        let resp = http
+            .post(format!(
+                "{base}/_control/subscriptions/{}/lifecycle",
+                sub["id"].as_str().unwrap()
+            ))
+            .json(&json!({"lifecycleEvent": "reauthorizationRequired"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        let lifecycle = sim.take_notifications();
+        assert_eq!(lifecycle.len(), 1);
+        assert_eq!(lifecycle[0].url, "https://unreachable.invalid/lifecycle");
+        assert_eq!(
+            lifecycle[0].body["value"][0]["lifecycleEvent"],
+            "reauthorizationRequired"
+        );
+
+        let view = sim.events_of(user);
+        assert_eq!(view.len(), 1);
+        let e = &view[0];
+        assert_eq!((e.start, e.end), (at(11, 0), at(12, 0)));
+        assert!(e.declined && !e.deleted && !e.is_cancelled);
+        assert_eq!(e.show_as, "oof");
+        assert_eq!(
+            (e.session_tag.as_deref(), e.transaction_id.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[tokio::test]
+    async fn events_of_reads_the_session_tag_and_transaction_id() {
+        let sim = GraphSimulator::seeded(1);
+        let (http, base, bearer) = serve(&sim).await;
+        let user = "staff@example.com";
+        let body = json!({
+            "subject": "Session",
+            "showAs": "busy",
+            "transactionId": "txn-1",
+            "start": {"dateTime": "2026-12-01T10:30:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-12-01T11:30:00", "timeZone": "Europe/Berlin"},
+            "singleValueExtendedProperties": [
+                {"id": SESSION_TAG_ID, "value": "acme/s-1"},
+            ],
+        });
+        let resp = http
+            .post(format!("{base}/v1.0/users/{user}/events"))
+            .bearer_auth(&bearer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let created: Value = resp.json().await.unwrap();
+        let view = sim.events_of(user);
+        assert_eq!(
+            view,
+            vec![SimEventView {
+                id: created["id"].as_str().unwrap().to_string(),
+                start: at(9, 30),
+                end: at(10, 30),
+                deleted: false,
+                declined: false,
+                is_cancelled: false,
+                session_tag: Some("acme/s-1".into()),
+                transaction_id: Some("txn-1".into()),
+                show_as: "busy".into(),
+            }]
+        );
+        // A staff delete goes through the route's code path: gone from Graph, restorable.
+        assert!(sim.staff_delete(user, &view[0].id));
+        let resp = http
+            .get(format!("{base}/v1.0/users/{user}/events/{}", view[0].id))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404);
+        let error: Value = resp.json().await.unwrap();
+        assert!(error["error"]["innerError"]["request-id"].is_string());
+        assert!(sim.events_of(user)[0].deleted);
     }
 }

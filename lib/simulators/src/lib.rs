@@ -11,5 +11,5 @@ pub mod graph;
 mod util;
 
 pub use google::GoogleSimulator;
-pub use graph::GraphSimulator;
+pub use graph::{CapturedNotification, GraphSimulator, SimEventView};
 pub use util::Fault;

@@ -60,6 +60,9 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         history: vec![],
         pending: None,
         outbox: vec![],
+        platform_version: None,
+        calendar_version: None,
+        event_txn: None,
         updated_at: t0(),
         version: 0,
     }
@@ -208,6 +211,7 @@ pub async fn a_conflicting_cursor_update_is_refused(f: &Fixture<dyn Table>) {
         connection_id: "c1".into(),
         token: CursorToken::GoogleSyncToken("t1".into()),
         updated_at: t0(),
+        based_at: None,
         version: 0,
     };
     // GIVEN two workers that both read "no cursor yet"

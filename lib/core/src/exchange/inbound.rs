@@ -4,17 +4,34 @@
 //! over [`WINDOW_PAST_DAYS`]..[`WINDOW_FUTURE_DAYS`] around now) through every `nextLink`,
 //! making each page's effects durable before the next, and stores the new `deltaLink` only
 //! at the end, with a versioned write (DESIGN-NOTES 1.2): a crash replays pages, never skips
-//! them, and every effect is idempotent. A 410 (`syncStateNotFound`) clears the cursor and
-//! runs a full sync, after which overrides whose events are gone are removed.
+//! them, and every effect is idempotent.
+//!
+//! **The window moves.** A cursor remembers when its full sync began (`based_at`); a round
+//! whose cursor is a day old or more first follows it to its end (so no change since it is
+//! lost, outside the window included), then runs a fresh full sync over the window around
+//! now, and replaces the old cursor only when that completes (compare-and-set on the old
+//! cursor's version), so inbound sync never goes blind as time passes. A 410 (`syncStateNotFound`)
+//! does the same at once. After a full sync, overrides whose events were not listed are
+//! removed, and mapped events that were not listed are read one by one.
+//!
+//! **Removal is confirmed, never assumed** (DESIGN-NOTES 1.8). Graph reports an event moved
+//! out of the window (or created outside it) as `@removed` with reason `deleted`, exactly like
+//! a deletion. So an `@removed` mapped event, or one missing from a full listing, is read
+//! directly: only a 404 makes it deleted; an event that still exists is reconciled with its
+//! real times, wherever they now lie.
+//!
+//! **One round at a time per connection.** A round holds the connection's lease
+//! ([`crate::store::LeaseClaim`]); a request arriving meanwhile coalesces into one more round
+//! by the holder.
 //!
 //! Per page: one batch read of the mappings of its events, one batch read of the mapped
 //! sessions, batched override writes; the platform's own events (mapped, or carrying our
-//! `transactionId`) never become overrides. A mapped event whose change key is the one we
-//! last wrote is our echo and is skipped; any other change is planned
-//! ([`crate::reconcile::plan`]) against the session and carried out by the booking command
-//! engine with origin `exchange-inbound`. A move onto another session or busy time is
-//! rejected by writing the event back to the booked time (our write, recorded in the
-//! mapping, so it does not echo).
+//! `transactionId`) never become overrides, and one of ours without a mapping (a create whose
+//! closing commit was lost) is adopted through its session tag. Each mapped event is planned
+//! ([`crate::reconcile::plan`]) against its session and carried out by the booking command
+//! engine with origin `exchange-inbound`, re-planning from fresh state after a lost
+//! compare-and-set. A move onto another session or busy time is rejected by writing the
+//! event back to the booked time (our write, recorded in the mapping, so it does not echo).
 
 use std::collections::{HashMap, HashSet};
 
@@ -36,13 +53,19 @@ use crate::model::{
     Provider, Session, SessionStatus,
 };
 use crate::reconcile::{self, EventSnapshot, PlanStep, SnapshotState};
+use crate::store::{LeaseClaim, Released};
 use crate::{Error, Result};
 
 /// The window a full sync reads: from a day back (sessions in progress) to half a year ahead.
 pub const WINDOW_PAST_DAYS: i64 = 1;
 pub const WINDOW_FUTURE_DAYS: i64 = 180;
+/// A cursor whose full sync began this long ago is replaced by a fresh full sync, so the
+/// window follows the clock.
+pub const REBASE_AFTER_HOURS: i64 = 24;
 /// Pages per round at most: a bound on one message's work (Graph pages hold up to 100).
 pub const MAX_PAGES: usize = 500;
+/// Plans per event at most in one round (each step re-plans; a plan has at most three).
+const MAX_REPLANS: usize = 8;
 
 /// What a round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -55,8 +78,15 @@ pub struct RoundReport {
     pub commands: usize,
     pub overrides_upserted: usize,
     pub overrides_removed: usize,
-    /// The round started over after a 410.
+    /// Events read directly to confirm a removal (or fill in missing times).
+    pub confirmations: usize,
+    /// Calendar writes made to follow the platform (write-backs, events deleted again).
+    pub calendar_writes: usize,
+    /// The round read the whole window (first sync, 410, or the daily re-base).
     pub resynced: bool,
+    /// Another round of this connection was running: this request joined it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub coalesced: bool,
     /// Why nothing was done, when nothing was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
@@ -69,7 +99,8 @@ fn skipped(reason: impl Into<String>) -> RoundReport {
     }
 }
 
-/// Handles one queued sync request: lifecycle work first, then a delta round.
+/// Handles one queued sync request: lifecycle work first, then delta rounds under the
+/// connection's lease.
 pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
     let mut conn = match deps
         .store
@@ -103,14 +134,50 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
             .await?;
         return Ok(skipped(credentials::MISSING));
     };
-    match round(deps, &conn, &creds).await {
+    let mut lease = match deps.store.claim_lease(&conn.company_id, &conn.id).await? {
+        LeaseClaim::Acquired(lease) => lease,
+        LeaseClaim::Coalesced => {
+            return Ok(RoundReport {
+                coalesced: true,
+                ..Default::default()
+            })
+        }
+    };
+    loop {
+        let outcome = round_and_record(deps, &mut conn, &creds).await;
+        let released = deps.store.release_lease(lease).await;
+        let report = outcome?;
+        match released {
+            Ok(Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
+            Ok(Released::RunAgain(held)) => {
+                // Nothing more can be done now; free the lease for the next request.
+                let _ = deps.store.release_lease(held).await;
+                return Ok(report);
+            }
+            Ok(Released::Done) => return Ok(report),
+            Err(e) => {
+                // The lease expires by itself; the round's effects are durable.
+                tracing::warn!(connection = %conn.id, error = %e, "sync lease not released");
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// One round, with its outcome recorded on the connection.
+async fn round_and_record(
+    deps: &Deps,
+    conn: &mut Connection,
+    creds: &GraphCredentials,
+) -> Result<RoundReport> {
+    match round(deps, conn, creds).await {
         Ok(report) => {
-            deps.store.record_sync(&mut conn, None).await?;
+            deps.store.record_sync(conn, None).await?;
             Ok(report)
         }
         Err(RoundError::Graph(e)) => {
             deps.store
-                .record_sync(&mut conn, Some(format!("inbound sync: {e}")))
+                .record_sync(conn, Some(format!("inbound sync: {e}")))
                 .await?;
             match e {
                 // Waiting helps: the queue offers the message again.
@@ -136,19 +203,65 @@ impl From<Error> for RoundError {
     }
 }
 
+impl From<GraphError> for RoundError {
+    fn from(e: GraphError) -> Self {
+        RoundError::Graph(e)
+    }
+}
+
+type RoundResult<T> = std::result::Result<T, RoundError>;
+
+/// What every step of a round needs about the connection.
+struct RoundCtx<'a> {
+    deps: &'a Deps,
+    conn: &'a Connection,
+    creds: &'a GraphCredentials,
+    calendar: CalendarRef,
+}
+
+/// Whether a cursor must be replaced by a fresh full sync: it predates window re-basing, or
+/// its window began a day ago or more.
+pub fn needs_rebase(cursor: &DeltaCursor, now: DateTime<Utc>) -> bool {
+    cursor
+        .based_at
+        .is_none_or(|b| now - b >= Duration::hours(REBASE_AFTER_HOURS))
+}
+
 async fn round(
     deps: &Deps,
     conn: &Connection,
     creds: &GraphCredentials,
-) -> std::result::Result<RoundReport, RoundError> {
+) -> RoundResult<RoundReport> {
+    let ctx = RoundCtx {
+        deps,
+        conn,
+        creds,
+        calendar: calendar_of(conn),
+    };
     let graph = deps.graph()?;
     let mut report = RoundReport::default();
-    let mut cursor = deps.store.get_cursor(&conn.company_id, &conn.id).await?;
-    let calendar = calendar_of(conn);
-    let mut request = start_request(deps, &calendar, cursor.as_ref());
-    let mut full = !matches!(request, DeltaRequest::Link(_));
-    let mut seen: HashSet<String> = HashSet::new();
+    let cursor = deps.store.get_cursor(&conn.company_id, &conn.id).await?;
     let mut started = deps.store.now();
+    // A cursor due for re-basing is first followed to its end (changes since it, events
+    // outside the window included, are not lost), then the full sync over the new window
+    // runs and replaces it.
+    let mut rebase = cursor.as_ref().is_some_and(|c| needs_rebase(c, started));
+    let (mut request, mut based_at) = match cursor.as_ref().map(|c| (&c.token, c.based_at)) {
+        Some((CursorToken::GraphDeltaLink(link), based)) => {
+            (DeltaRequest::Link(link.clone()), based)
+        }
+        _ => {
+            rebase = false;
+            (window_request(&ctx, started), Some(started))
+        }
+    };
+    let mut full = !matches!(request, DeltaRequest::Link(_));
+    // A full sync that no incremental catch-up preceded (the first one, or after a 410)
+    // cannot know what happened outside the window since: it reads every mapped event not
+    // listed, cancelled sessions' included (a restored event of one is deleted again).
+    let mut thorough = full;
+    report.resynced = full;
+    let mut seen: HashSet<String> = HashSet::new();
     loop {
         if report.pages >= MAX_PAGES {
             // Resume from the last stored cursor next time; nothing is skipped.
@@ -157,15 +270,17 @@ async fn round(
         }
         let page = match graph.delta_page(creds, &request).await {
             Ok(p) => p,
-            Err(GraphError::SyncStateNotFound) if !report.resynced => {
+            Err(GraphError::SyncStateNotFound) if !full => {
+                // The old cursor stays until the full sync completes and replaces it.
                 tracing::info!(connection = %conn.id, "delta token expired; full resync");
-                deps.store.clear_cursor(&conn.company_id, &conn.id).await?;
-                cursor = None;
-                report.resynced = true;
-                full = true;
-                seen.clear();
+                rebase = false;
+                thorough = true;
                 started = deps.store.now();
-                request = start_request(deps, &calendar, None);
+                full = true;
+                report.resynced = true;
+                seen.clear();
+                based_at = Some(started);
+                request = window_request(&ctx, started);
                 continue;
             }
             Err(e) => return Err(RoundError::Graph(e)),
@@ -180,26 +295,36 @@ async fn round(
                     .map(|e| e.id.clone()),
             );
         }
-        apply_page(deps, conn, creds, &calendar, &page.events, &mut report).await?;
+        apply_page(&ctx, &page.events, &mut report).await?;
         match (page.next_link, page.delta_link) {
             (Some(next), _) => request = DeltaRequest::Link(next),
+            (None, Some(_)) if rebase => {
+                // Caught up; now the full sync over the window around now.
+                rebase = false;
+                started = deps.store.now();
+                full = true;
+                report.resynced = true;
+                based_at = Some(started);
+                request = window_request(&ctx, started);
+            }
             (None, Some(delta)) => {
                 if full {
-                    remove_vanished(deps, conn, &seen, &mut report).await?;
-                    reconcile_vanished(deps, conn, creds, &calendar, &seen, started, &mut report)
-                        .await?;
+                    remove_vanished(&ctx, &seen, &mut report).await?;
+                    reconcile_vanished(&ctx, &seen, started, thorough, &mut report).await?;
                 }
                 let mut next = DeltaCursor {
                     company_id: conn.company_id.clone(),
                     connection_id: conn.id.clone(),
                     token: CursorToken::GraphDeltaLink(delta),
                     updated_at: deps.store.now(),
+                    based_at,
                     version: cursor.as_ref().map_or(0, |c| c.version),
                 };
                 match deps.store.save_cursor(&mut next).await {
                     Ok(()) => {}
-                    // Another round of this connection got there first: its cursor is as
-                    // good as ours (both rounds' effects are durable and idempotent).
+                    // Another round of this connection got there first (its lease expired
+                    // under it): its cursor is as good as ours, both rounds' effects being
+                    // durable and idempotent.
                     Err(Error::Conflict { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -216,32 +341,27 @@ async fn round(
     }
 }
 
-fn start_request(
-    deps: &Deps,
-    calendar: &CalendarRef,
-    cursor: Option<&DeltaCursor>,
-) -> DeltaRequest {
-    match cursor.map(|c| &c.token) {
-        Some(CursorToken::GraphDeltaLink(link)) => DeltaRequest::Link(link.clone()),
-        _ => {
-            let now = deps.store.now();
-            DeltaRequest::Start {
-                calendar: calendar.clone(),
-                from: now - Duration::days(WINDOW_PAST_DAYS),
-                to: now + Duration::days(WINDOW_FUTURE_DAYS),
-            }
-        }
+/// A full sync over the window around `now`.
+fn window_request(ctx: &RoundCtx<'_>, now: DateTime<Utc>) -> DeltaRequest {
+    DeltaRequest::Start {
+        calendar: ctx.calendar.clone(),
+        from: now - Duration::days(WINDOW_PAST_DAYS),
+        to: now + Duration::days(WINDOW_FUTURE_DAYS),
     }
 }
 
-/// The snapshot of a Graph event; `None` when its times cannot be read.
+/// The snapshot of a Graph event; `None` when it is a removal report or its times cannot be
+/// read (both call for a direct read of the event).
 pub fn snapshot(e: &GraphEvent) -> Option<EventSnapshot> {
-    let state = if e.removed.is_some() {
-        SnapshotState::Removed
-    } else {
-        let start = e.start.as_ref()?.to_utc()?;
-        let end = e.end.as_ref()?.to_utc()?;
-        SnapshotState::Live {
+    if e.removed.is_some() {
+        return None;
+    }
+    let start = e.start.as_ref()?.to_utc()?;
+    let end = e.end.as_ref()?.to_utc()?;
+    Some(EventSnapshot {
+        event_id: e.id.clone(),
+        change_key: e.change_key.clone(),
+        state: SnapshotState::Live {
             start,
             end,
             cancelled: e.is_cancelled.unwrap_or(false),
@@ -250,13 +370,31 @@ pub fn snapshot(e: &GraphEvent) -> Option<EventSnapshot> {
                 .as_ref()
                 .and_then(|r| r.response.as_deref())
                 .is_some_and(|r| r.eq_ignore_ascii_case("declined")),
-        }
-    };
-    Some(EventSnapshot {
-        event_id: e.id.clone(),
-        change_key: e.change_key.clone(),
-        state,
+        },
     })
+}
+
+/// Reads one event directly: `Removed` on 404, `None` when its times cannot be read.
+async fn read_snapshot(
+    ctx: &RoundCtx<'_>,
+    id: &str,
+    report: &mut RoundReport,
+) -> RoundResult<Option<EventSnapshot>> {
+    report.confirmations += 1;
+    match ctx
+        .deps
+        .graph()?
+        .get_event(ctx.creds, &ctx.calendar, id)
+        .await
+    {
+        Ok(current) => Ok(snapshot(&current)),
+        Err(GraphError::NotFound) => Ok(Some(EventSnapshot {
+            event_id: id.to_string(),
+            change_key: None,
+            state: SnapshotState::Removed,
+        })),
+        Err(e) => Err(RoundError::Graph(e)),
+    }
 }
 
 /// Busy for availability: `busy`, `oof`, `tentative`, `workingElsewhere` (any case), and
@@ -269,13 +407,11 @@ pub fn blocks_time(e: &GraphEvent) -> bool {
 }
 
 async fn apply_page(
-    deps: &Deps,
-    conn: &Connection,
-    creds: &GraphCredentials,
-    calendar: &CalendarRef,
+    ctx: &RoundCtx<'_>,
     events: &[GraphEvent],
     report: &mut RoundReport,
-) -> Result<()> {
+) -> RoundResult<()> {
+    let (deps, conn) = (ctx.deps, ctx.conn);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let mappings: HashMap<String, EventMapping> = deps
         .store
@@ -298,52 +434,88 @@ async fn apply_page(
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
     let now = deps.store.now();
-    for event in events {
-        if let Some(mapping) = mappings.get(&event.id) {
+    for listed in events {
+        let mapping = mappings.get(&listed.id);
+        if let (Some(m), None) = (mapping, &listed.removed) {
+            let echo = listed.change_key.is_some() && listed.change_key == m.change_key;
+            let confirmed = sessions
+                .get(&m.session_id)
+                .is_some_and(|s| s.status == SessionStatus::Confirmed);
+            if echo && confirmed {
+                report.echoes += 1;
+                continue;
+            }
+        }
+        // A removal report (or an entry without readable times) is a hint: the event is
+        // read, and only a 404 makes it gone. Graph reports events moved out of the window,
+        // ours and the staff member's alike, as removed.
+        let read;
+        let event = if listed.removed.is_some() || snapshot(listed).is_none() {
+            report.confirmations += 1;
+            match deps
+                .graph()?
+                .get_event(ctx.creds, &ctx.calendar, &listed.id)
+                .await
+            {
+                Ok(current) => {
+                    read = current;
+                    Some(&read)
+                }
+                Err(GraphError::NotFound) => None,
+                Err(e) => return Err(RoundError::Graph(e)),
+            }
+        } else {
+            Some(listed)
+        };
+        if let Some(mapping) = mapping {
             // The platform's own event: reconciled against its session, never an override.
             let Some(session) = sessions.get_mut(&mapping.session_id) else {
                 continue;
             };
-            let Some(snap) = snapshot(event) else {
-                tracing::warn!(event = %event.id, "graph event with unreadable times skipped");
-                continue;
+            let snap = match event {
+                None => EventSnapshot {
+                    event_id: listed.id.clone(),
+                    change_key: None,
+                    state: SnapshotState::Removed,
+                },
+                Some(e) => match snapshot(e) {
+                    Some(snap) => snap,
+                    None => {
+                        tracing::warn!(event = %e.id, "graph event with unreadable times skipped");
+                        continue;
+                    }
+                },
             };
-            if snap.change_key.is_some() && snap.change_key == mapping.change_key {
-                report.echoes += 1;
-                continue;
-            }
-            let steps = reconcile::plan(&snap, mapping, session);
-            for step in steps {
-                if carry_out(deps, creds, calendar, mapping, &snap, session, &step).await? {
-                    report.commands += 1;
-                }
-            }
+            reconcile_event(ctx, mapping, &snap, session, report).await?;
             continue;
         }
         let ours = event
-            .transaction_id
-            .as_deref()
+            .and_then(|e| e.transaction_id.as_deref())
             .is_some_and(|t| t.starts_with(TRANSACTION_PREFIX));
-        if ours {
+        if let (true, Some(e)) = (ours, event) {
+            adopt(ctx, e, report).await?;
             continue;
         }
         let reference = OverrideRef {
             company_id: conn.company_id.clone(),
             staff_id: conn.staff_id.clone(),
             connection_id: conn.id.clone(),
-            external_event_id: event.id.clone(),
+            external_event_id: listed.id.clone(),
         };
-        match (blocks_time(event), snapshot(event).map(|s| s.state)) {
-            (true, Some(SnapshotState::Live { start, end, .. })) => {
+        match event
+            .filter(|e| blocks_time(e))
+            .and_then(|e| snapshot(e).map(|s| (s.state, e.is_all_day.unwrap_or(false))))
+        {
+            Some((SnapshotState::Live { start, end, .. }, all_day)) => {
                 upserts.push(AvailabilityOverride {
                     company_id: conn.company_id.clone(),
                     staff_id: conn.staff_id.clone(),
                     connection_id: conn.id.clone(),
                     source: Provider::Exchange,
-                    external_event_id: event.id.clone(),
+                    external_event_id: listed.id.clone(),
                     start,
                     end,
-                    all_day: event.is_all_day.unwrap_or(false),
+                    all_day,
                     updated_at: now,
                 })
             }
@@ -358,39 +530,229 @@ async fn apply_page(
     Ok(())
 }
 
-/// Carries out one plan step; a move is checked for conflicts first and, on conflict,
-/// rejected by putting the event back. Returns whether a command changed the session.
-#[allow(clippy::too_many_arguments)]
-async fn carry_out(
-    deps: &Deps,
-    creds: &GraphCredentials,
-    calendar: &CalendarRef,
+/// One of our events without a mapping: a create whose answer or closing commit was lost
+/// (and which the staff member may have moved, deleted or restored since). Read with its tag;
+/// when it names a
+/// session of this company that has no Exchange event mapped, it is adopted (mapped) and
+/// reconciled like any mapped event: kept if the session is confirmed, deleted if the
+/// session is cancelled. An event of a session mapped to another event is left alone (the
+/// mapped one is the session's event; a create racing with us may be about to map this one).
+async fn adopt(
+    ctx: &RoundCtx<'_>,
+    listed: &GraphEvent,
+    report: &mut RoundReport,
+) -> RoundResult<()> {
+    let deps = ctx.deps;
+    let read;
+    let event = if listed.session_tag().is_some() {
+        listed
+    } else {
+        report.confirmations += 1;
+        match deps
+            .graph()?
+            .get_event(ctx.creds, &ctx.calendar, &listed.id)
+            .await
+        {
+            Ok(e) => {
+                read = e;
+                &read
+            }
+            Err(GraphError::NotFound) => return Ok(()),
+            Err(e) => return Err(RoundError::Graph(e)),
+        }
+    };
+    let Some((company, session_id)) = event.session_tag().and_then(|t| t.split_once('/')) else {
+        return Ok(());
+    };
+    if company != ctx.conn.company_id {
+        return Ok(());
+    }
+    let Some(mut session) = deps.store.find_session(company, session_id).await? else {
+        return Ok(());
+    };
+    let existing = deps
+        .store
+        .mapping_for_session(company, Provider::Exchange, session_id)
+        .await?;
+    if let Some(m) = &existing {
+        if m.external_event_id == event.id {
+            return Ok(());
+        }
+        // The session shows as another event. If that one is live, this is a duplicate
+        // (a create retried after its answer was lost, the first copy restored since): it
+        // goes. If that one is gone, this one takes its place.
+        report.confirmations += 1;
+        let mapped_calendar = match deps.store.get_connection(company, &m.connection_id).await {
+            Ok(c) => calendar_of(&c),
+            Err(Error::NotFound { .. }) => ctx.calendar.clone(),
+            Err(e) => return Err(e.into()),
+        };
+        match deps
+            .graph()?
+            .get_event(ctx.creds, &mapped_calendar, &m.external_event_id)
+            .await
+        {
+            Ok(_) => {
+                match deps
+                    .graph()?
+                    .delete_event(ctx.creds, &ctx.calendar, &event.id)
+                    .await
+                {
+                    Ok(()) | Err(GraphError::NotFound) => {}
+                    Err(e) => return Err(RoundError::Graph(e)),
+                }
+                tracing::info!(session = %session_id, event = %event.id, "duplicate platform event deleted");
+                report.calendar_writes += 1;
+                return Ok(());
+            }
+            Err(GraphError::NotFound) => {}
+            Err(e) => return Err(RoundError::Graph(e)),
+        }
+    }
+    let Some(snap) = snapshot(event) else {
+        return Ok(());
+    };
+    let Some((start, end)) = snap.times() else {
+        return Ok(());
+    };
+    let mut mapping = EventMapping {
+        company_id: company.to_string(),
+        session_id: session_id.to_string(),
+        connection_id: ctx.conn.id.clone(),
+        provider: Provider::Exchange,
+        external_event_id: event.id.clone(),
+        // Not our last write as far as the store knows: the event is reconciled.
+        change_key: None,
+        last_start: start,
+        last_end: end,
+        updated_at: deps.store.now(),
+        version: existing.as_ref().map_or(0, |m| m.version),
+    };
+    match deps.store.save_mapping(&mut mapping).await {
+        Ok(()) => {}
+        // A create (or another round) mapped the session meanwhile.
+        Err(Error::Duplicate { .. }) | Err(Error::Conflict { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(session = %session_id, event = %event.id, "unmapped platform event adopted");
+    reconcile_event(ctx, &mapping, &snap, &mut session, report).await
+}
+
+/// What carrying out one step did.
+struct Carried {
+    /// A booking command changed the session.
+    changed: bool,
+    /// The calendar was written: the snapshot no longer shows it, so planning stops.
+    wrote_calendar: bool,
+}
+
+/// Plans `snap` against the session and carries the plan out step by step, re-planning from
+/// fresh state after each session command and after every lost compare-and-set (a step is
+/// never carried out on a session other than the one it was planned from). Finally the
+/// mapping remembers what the calendar showed, so a duplicate notification plans nothing.
+async fn reconcile_event(
+    ctx: &RoundCtx<'_>,
     mapping: &EventMapping,
     snap: &EventSnapshot,
     session: &mut Session,
+    report: &mut RoundReport,
+) -> RoundResult<()> {
+    let deps = ctx.deps;
+    let mut mapping = mapping.clone();
+    for _ in 0..MAX_REPLANS {
+        let Some(step) = reconcile::plan(snap, &mapping, session).into_iter().next() else {
+            remember(deps, &mut mapping, snap).await;
+            return Ok(());
+        };
+        match carry_out(ctx, &mut mapping, snap, session, &step).await {
+            Ok(carried) => {
+                if carried.changed {
+                    report.commands += 1;
+                }
+                if carried.wrote_calendar {
+                    report.calendar_writes += 1;
+                    return Ok(());
+                }
+            }
+            Err(RoundError::Store(Error::Conflict { .. })) => {
+                *session = deps
+                    .store
+                    .get_session(&session.company_id, &session.id)
+                    .await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::warn!(session = %session.id, "reconciliation did not settle within its re-plans");
+    Ok(())
+}
+
+/// After reconciling: the mapping records the snapshot as seen (its change key and times),
+/// unless it already does. A removal leaves it as it is (a restore is compared with the last
+/// times the event had).
+async fn remember(deps: &Deps, mapping: &mut EventMapping, snap: &EventSnapshot) {
+    let Some((start, end)) = snap.times() else {
+        return;
+    };
+    let seen = (snap.change_key.clone(), start, end);
+    if (
+        mapping.change_key.clone(),
+        mapping.last_start,
+        mapping.last_end,
+    ) == seen
+    {
+        return;
+    }
+    (mapping.change_key, mapping.last_start, mapping.last_end) = seen;
+    mapping.updated_at = deps.store.now();
+    save_mapping_quietly(deps, mapping).await;
+}
+
+/// Carries out one plan step (one attempt: a lost compare-and-set is returned as
+/// [`Error::Conflict`] for the caller to re-plan).
+async fn carry_out(
+    ctx: &RoundCtx<'_>,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &mut Session,
     step: &PlanStep,
-) -> Result<bool> {
+) -> RoundResult<Carried> {
+    let deps = ctx.deps;
     let grace = Duration::from_std(deps.config.pending_cancellation_grace)
         .unwrap_or_else(|_| Duration::minutes(10));
-    if let PlanStep::Reschedule { start, end } = step {
-        if let Some(reason) = conflict(deps, session, *start, *end).await? {
-            return reject_move(
-                deps, creds, calendar, mapping, snap, session, *start, *end, reason,
-            )
-            .await;
+    match step {
+        PlanStep::Reschedule { start, end } => {
+            if let Some(reason) = conflict(deps, session, *start, *end).await? {
+                return reject_move(ctx, mapping, snap, session, *start, *end, reason).await;
+            }
+            let command = Command::Reschedule {
+                start: *start,
+                end: *end,
+            };
+            let changed =
+                booking::try_execute(deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
+            Ok(Carried {
+                changed,
+                wrote_calendar: false,
+            })
         }
-        let changed =
-            booking::execute(deps, session, &step.command(grace), ORIGIN_EXCHANGE_INBOUND).await?;
-        // What the calendar shows now, so a replay of this change is known as seen.
-        let mut m = mapping.clone();
-        m.change_key = snap.change_key.clone();
-        m.last_start = *start;
-        m.last_end = *end;
-        m.updated_at = deps.store.now();
-        save_mapping_quietly(deps, &mut m).await;
-        return Ok(changed);
+        PlanStep::WriteBack => write_back(ctx, mapping, snap, session).await,
+        PlanStep::DeleteEvent => delete_again(ctx, mapping, session).await,
+        other => {
+            let Some(command) = other.command(grace) else {
+                return Ok(Carried {
+                    changed: false,
+                    wrote_calendar: false,
+                });
+            };
+            let changed =
+                booking::try_execute(deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
+            Ok(Carried {
+                changed,
+                wrote_calendar: false,
+            })
+        }
     }
-    booking::execute(deps, session, &step.command(grace), ORIGIN_EXCHANGE_INBOUND).await
 }
 
 /// Another live session of the staff member, or busy time from any connected calendar,
@@ -429,23 +791,14 @@ async fn conflict(
     }))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn reject_move(
-    deps: &Deps,
-    creds: &GraphCredentials,
-    calendar: &CalendarRef,
-    mapping: &EventMapping,
-    snap: &EventSnapshot,
-    session: &mut Session,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    reason: String,
-) -> Result<bool> {
-    let back = EventWrite {
+/// The event as the session says it should be (a write-back; no transaction id, no tag
+/// change).
+fn session_event(session: &Session, note: &str) -> EventWrite {
+    EventWrite {
         subject: session.title.clone(),
         body: EventBody {
             content_type: "text".into(),
-            content: "Voyage session (moved back: the new time conflicts).".into(),
+            content: note.into(),
         },
         start: GraphDateTime::utc(session.start),
         end: GraphDateTime::utc(session.end),
@@ -453,37 +806,116 @@ async fn reject_move(
         show_as: "busy".into(),
         transaction_id: None,
         extended: Vec::new(),
-    };
+    }
+}
+
+/// Writes the session's times to the event, conditional on the snapshot's change key: an
+/// event changed again meanwhile (412) or gone (404) is left to its own notification. The
+/// written change key and times go into the mapping, so the write does not echo.
+async fn write_session_to_event(
+    ctx: &RoundCtx<'_>,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &Session,
+    note: &str,
+) -> RoundResult<bool> {
     let etag = snap.change_key.as_ref().map(|k| format!("W/\"{k}\""));
-    match deps
+    match ctx
+        .deps
         .graph()?
         .update_event(
-            creds,
-            calendar,
+            ctx.creds,
+            &ctx.calendar,
             &mapping.external_event_id,
             etag.as_deref(),
-            &back,
+            &session_event(session, note),
         )
         .await
     {
         Ok(written) => {
-            // Our write: its change key goes into the mapping so its echo is skipped.
-            let mut m = mapping.clone();
-            m.change_key = written.change_key.clone();
-            m.last_start = session.start;
-            m.last_end = session.end;
-            m.updated_at = deps.store.now();
-            save_mapping_quietly(deps, &mut m).await;
+            mapping.change_key = written.change_key.clone();
+            mapping.last_start = session.start;
+            mapping.last_end = session.end;
+            mapping.updated_at = ctx.deps.store.now();
+            save_mapping_quietly(ctx.deps, mapping).await;
+            Ok(true)
         }
-        // Changed again meanwhile: that newer change has its own notification.
-        Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => return Ok(false),
-        Err(e) => return Err(super::provider_error(&e)),
+        Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => Ok(false),
+        Err(e) => Err(RoundError::Graph(e)),
     }
-    let command = Command::RejectReschedule { start, end, reason };
-    booking::execute(deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await
 }
 
-/// A mapping update that may lose a race to another round: the loser's view is no newer,
+#[allow(clippy::too_many_arguments)]
+async fn reject_move(
+    ctx: &RoundCtx<'_>,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &mut Session,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    reason: String,
+) -> RoundResult<Carried> {
+    let note = "Voyage session (moved back: the new time conflicts).";
+    if !write_session_to_event(ctx, mapping, snap, session, note).await? {
+        // Changed again meanwhile: that newer change has its own notification.
+        return Ok(Carried {
+            changed: false,
+            wrote_calendar: true,
+        });
+    }
+    let command = Command::RejectReschedule { start, end, reason };
+    let changed = booking::execute(ctx.deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
+    Ok(Carried {
+        changed,
+        wrote_calendar: true,
+    })
+}
+
+/// The calendar lags behind the platform: the event goes to the session's times.
+async fn write_back(
+    ctx: &RoundCtx<'_>,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &Session,
+) -> RoundResult<Carried> {
+    let note = "Voyage session.";
+    write_session_to_event(ctx, mapping, snap, session, note).await?;
+    Ok(Carried {
+        changed: false,
+        wrote_calendar: true,
+    })
+}
+
+/// A cancelled session's event is live again: delete it and note it in the session's
+/// history. The mapping stays, so the next restore is deleted again too.
+async fn delete_again(
+    ctx: &RoundCtx<'_>,
+    mapping: &EventMapping,
+    session: &mut Session,
+) -> RoundResult<Carried> {
+    let deps = ctx.deps;
+    match deps
+        .graph()?
+        .delete_event(ctx.creds, &ctx.calendar, &mapping.external_event_id)
+        .await
+    {
+        Ok(()) | Err(GraphError::NotFound) => {}
+        Err(e) => return Err(RoundError::Graph(e)),
+    }
+    let changed = booking::execute(
+        deps,
+        session,
+        &Command::DeleteRestoredEvent,
+        ORIGIN_EXCHANGE_INBOUND,
+    )
+    .await?;
+    Ok(Carried {
+        changed,
+        wrote_calendar: true,
+    })
+}
+
+/// A mapping update that may lose a race to another writer: the loser's view is no newer,
 /// and a stale change key only costs a harmless replan.
 async fn save_mapping_quietly(deps: &Deps, m: &mut EventMapping) {
     if let Err(e) = deps.store.save_mapping(m).await {
@@ -493,11 +925,11 @@ async fn save_mapping_quietly(deps: &Deps, m: &mut EventMapping) {
 
 /// After a full sync: overrides of this connection whose events were not listed are gone.
 async fn remove_vanished(
-    deps: &Deps,
-    conn: &Connection,
+    ctx: &RoundCtx<'_>,
     seen: &HashSet<String>,
     report: &mut RoundReport,
 ) -> Result<()> {
+    let (deps, conn) = (ctx.deps, ctx.conn);
     let gone: Vec<OverrideRef> = deps
         .store
         .overrides_for_connection(&conn.company_id, &conn.staff_id, &conn.id)
@@ -514,88 +946,75 @@ async fn remove_vanished(
 }
 
 /// After a full sync: a mapped event that was not listed was deleted while we held no
-/// cursor (a full listing reports no removals), so it is reconciled as removed. Only
-/// mappings written before the round started count, and only sessions inside the window:
-/// an event created during the round, or outside it, was simply not in the listing.
+/// cursor, or lies outside the window (a full listing reports neither). Each is read
+/// directly and reconciled as it really is (an event mapped during the round and so not
+/// listed is read too: it is live, and agrees with its session). Only sessions that are not
+/// over (a session that ended over a day ago is history). Cancelled sessions
+/// are read only when `thorough` (no catch-up preceded the listing): otherwise every change
+/// to their events since the last round was already reported.
 async fn reconcile_vanished(
-    deps: &Deps,
-    conn: &Connection,
-    creds: &GraphCredentials,
-    calendar: &CalendarRef,
+    ctx: &RoundCtx<'_>,
     seen: &HashSet<String>,
     started: DateTime<Utc>,
+    thorough: bool,
     report: &mut RoundReport,
-) -> Result<()> {
+) -> RoundResult<()> {
+    let (deps, conn) = (ctx.deps, ctx.conn);
     let vanished: Vec<EventMapping> = deps
         .store
         .mappings_for_connection(&conn.company_id, &conn.id)
         .await?
         .into_iter()
-        .filter(|m| m.updated_at < started && !seen.contains(&m.external_event_id))
+        .filter(|m| !seen.contains(&m.external_event_id))
         .collect();
     if vanished.is_empty() {
         return Ok(());
     }
     let ids: Vec<String> = vanished.iter().map(|m| m.session_id.clone()).collect();
     let window_start = started - Duration::days(WINDOW_PAST_DAYS);
-    let window_end = started + Duration::days(WINDOW_FUTURE_DAYS);
     let mut sessions: HashMap<String, Session> = deps
         .store
         .get_sessions(&conn.company_id, &ids)
         .await?
         .into_iter()
-        .filter(|s| s.end > window_start && s.start < window_end)
+        .filter(|s| s.end > window_start && (thorough || s.status != SessionStatus::Cancelled))
         .map(|s| (s.id.clone(), s))
         .collect();
     for m in &vanished {
         let Some(session) = sessions.get_mut(&m.session_id) else {
             continue;
         };
-        let snap = EventSnapshot {
-            event_id: m.external_event_id.clone(),
-            change_key: None,
-            state: SnapshotState::Removed,
+        let Some(snap) = read_snapshot(ctx, &m.external_event_id, report).await? else {
+            continue;
         };
-        for step in reconcile::plan(&snap, m, session) {
-            if carry_out(deps, creds, calendar, m, &snap, session, &step).await? {
-                report.commands += 1;
-            }
-        }
+        reconcile_event(ctx, m, &snap, session, report).await?;
     }
     Ok(())
 }
 
-/// The scheduled sweep: commits every pending cancellation whose grace has passed.
+/// The scheduled sweep: commits every pending cancellation whose grace has passed. A
+/// cancellation caused by an Exchange deletion is confirmed first: the event is read, and if
+/// it is back (a restore whose notification was lost or is still queued) the session is
+/// reconciled with it instead; if Graph cannot be reached, it waits for the next sweep.
 pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::JobReport> {
     let mut report = crate::jobs::JobReport {
         job: "commit-pending-cancellations".into(),
         ..Default::default()
     };
+    // Outboxes first: a session whose events are not yet published is not in the pending
+    // index until they are.
+    let relayed = booking::relay_outboxes(deps).await?;
+    report.failed += relayed.failed;
     loop {
-        let due = deps
-            .store
-            .due_pending_cancellations(deps.store.now(), 100)
-            .await?;
+        let now = deps.store.now();
+        let due = deps.store.due_pending_cancellations(now, 100).await?;
         if due.is_empty() {
             break;
         }
         let batch = due.len();
         for mut session in due {
-            // The cancellation's cause is its origin: a write back there is filtered.
-            let origin = session
-                .pending
-                .as_ref()
-                .map(|p| p.origin.clone())
-                .unwrap_or_else(|| ORIGIN_EXCHANGE_INBOUND.to_string());
-            match booking::execute(deps, &mut session, &Command::Cancel, &origin).await {
-                Ok(_) => {
-                    report.processed += 1;
-                    for provider in booking::calendar_writes(&Command::Cancel, &origin) {
-                        if provider == Provider::Exchange {
-                            cancel_in_exchange(deps, &session).await;
-                        }
-                    }
-                }
+            match commit_one(deps, &mut session, now).await {
+                Ok(()) => report.processed += 1,
                 Err(e) => {
                     tracing::warn!(session = %session.id, error = %e, "pending cancellation not committed");
                     report.failed += 1;
@@ -607,6 +1026,126 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
         }
     }
     Ok(report)
+}
+
+async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> Result<()> {
+    // The cancellation's cause is its origin: a write back there is filtered.
+    let origin = session
+        .pending
+        .as_ref()
+        .map(|p| p.origin.clone())
+        .unwrap_or_else(|| ORIGIN_EXCHANGE_INBOUND.to_string());
+    if origin == ORIGIN_EXCHANGE_INBOUND && event_is_back(deps, session).await? {
+        return Ok(());
+    }
+    let command = Command::CommitCancellation { now };
+    if booking::execute(deps, session, &command, &origin).await? {
+        // The mapping stays, so a later restore of the event is deleted again.
+        for provider in booking::calendar_writes(&command, &origin) {
+            if provider == Provider::Exchange {
+                cancel_in_exchange(deps, session).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the pending session's event. If it exists again, reconciles the session with it
+/// (a restore) and says so; a 404, a missing mapping or connection means it is gone. Graph
+/// being unreachable is an error (the commit waits).
+async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
+    let Some(mapping) = deps
+        .store
+        .mapping_for_session(&session.company_id, Provider::Exchange, &session.id)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let conn = match deps
+        .store
+        .get_connection(&session.company_id, &mapping.connection_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(creds) = credentials::load(deps, &conn.company_id).await? else {
+        return Ok(false);
+    };
+    let ctx = RoundCtx {
+        deps,
+        conn: &conn,
+        creds: &creds,
+        calendar: calendar_of(&conn),
+    };
+    let mut report = RoundReport::default();
+    let snap = match read_snapshot(&ctx, &mapping.external_event_id, &mut report).await {
+        Ok(Some(snap)) => snap,
+        Ok(None) => return Ok(false),
+        Err(RoundError::Graph(e)) => return Err(super::provider_error(&e)),
+        Err(RoundError::Store(e)) => return Err(e),
+    };
+    if snap.state == SnapshotState::Removed {
+        return Ok(false);
+    }
+    match reconcile_event(&ctx, &mapping, &snap, session, &mut report).await {
+        Ok(()) => Ok(true),
+        Err(RoundError::Graph(e)) => Err(super::provider_error(&e)),
+        Err(RoundError::Store(e)) => Err(e),
+    }
+}
+
+/// The hourly job that keeps windows moving for quiet calendars too: every enabled Exchange
+/// connection whose cursor is missing or a day old gets a round queued (reason `rebase`),
+/// which re-bases it. Busy calendars re-base in their own rounds anyway.
+pub async fn rebase_sync_windows(deps: &Deps) -> Result<crate::jobs::JobReport> {
+    let mut report = crate::jobs::JobReport {
+        job: "rebase-sync-windows".into(),
+        ..Default::default()
+    };
+    let mut page_cursor = None;
+    loop {
+        let page = deps
+            .store
+            .all_connections(Provider::Exchange, page_cursor)
+            .await?;
+        for conn in page.items {
+            if conn.status == ConnectionStatus::Disabled || conn.status == ConnectionStatus::Pending
+            {
+                continue;
+            }
+            let now = deps.store.now();
+            let due = match deps.store.get_cursor(&conn.company_id, &conn.id).await? {
+                Some(c) => needs_rebase(&c, now),
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let request = SyncRequest {
+                company_id: conn.company_id.clone(),
+                connection_id: conn.id.clone(),
+                subscription_id: conn
+                    .channel
+                    .as_ref()
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default(),
+                reason: "rebase".into(),
+            };
+            match super::notifications::enqueue(deps, &request).await {
+                Ok(()) => report.processed += 1,
+                Err(e) => {
+                    tracing::warn!(connection = %conn.id, error = %e, "re-base round not queued");
+                    report.failed += 1;
+                }
+            }
+        }
+        match page.next {
+            Some(next) => page_cursor = Some(next),
+            None => return Ok(report),
+        }
+    }
 }
 
 /// Removes a cancelled session's event from Exchange (only for origins other than Exchange).
@@ -622,6 +1161,7 @@ async fn cancel_in_exchange(deps: &Deps, session: &Session) {
         title: session.title.clone(),
         location: session.location.clone(),
         client: session.client.clone(),
+        version: None,
     };
     if let Err(e) = super::outbound::apply(deps, &change).await {
         tracing::warn!(session = %session.id, error = %e, "cancelled session not removed from exchange");
@@ -681,12 +1221,15 @@ mod tests {
             } => assert!(declined && !cancelled),
             other => panic!("{other:?}"),
         }
+        // A removal report is never a snapshot: it is confirmed by reading the event.
         let removed = GraphEvent {
             id: "e2".into(),
-            removed: Some(Removed { reason: None }),
+            removed: Some(Removed {
+                reason: Some("deleted".into()),
+            }),
             ..Default::default()
         };
-        assert_eq!(snapshot(&removed).unwrap().state, SnapshotState::Removed);
+        assert!(snapshot(&removed).is_none());
         let unreadable = GraphEvent {
             id: "e3".into(),
             ..Default::default()

@@ -97,19 +97,23 @@ pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
             }
         }
     }
-    let queue = deps.queue(QueueName::ExchangeInbound)?;
     for request in wanted.into_values() {
-        let envelope = Envelope {
-            kind: SYNC_KIND.into(),
-            payload: serde_json::to_value(&request).map_err(|e| Error::Internal(e.to_string()))?,
-            not_before: None,
-        };
-        let body = serde_json::to_string(&envelope).map_err(|e| Error::Internal(e.to_string()))?;
-        queue
-            .send(&body, std::time::Duration::ZERO)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        enqueue(deps, &request).await?;
         accepted.queued += 1;
     }
     Ok(accepted)
+}
+
+/// Queues a delta round for one connection.
+pub async fn enqueue(deps: &Deps, request: &SyncRequest) -> Result<()> {
+    let envelope = Envelope {
+        kind: SYNC_KIND.into(),
+        payload: serde_json::to_value(request).map_err(|e| Error::Internal(e.to_string()))?,
+        not_before: None,
+    };
+    let body = serde_json::to_string(&envelope).map_err(|e| Error::Internal(e.to_string()))?;
+    deps.queue(QueueName::ExchangeInbound)?
+        .send(&body, std::time::Duration::ZERO)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))
 }

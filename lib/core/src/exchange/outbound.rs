@@ -1,13 +1,33 @@
 //! Sessions become Graph events: `POST /v1/exchange/outbound` and the outbound queue.
 //!
-//! The hot path is two store round trips and one Graph write: one batch read (session,
-//! the staff member's connection, the company's credentials, the session's mapping), the
-//! Graph call, and one transaction that records the session, the mapping and the
-//! connection's sync state. The session mirror is written in that same closing transaction
-//! whatever the Graph call did, so a failure never loses the platform's change. A crash
-//! between the Graph call and the transaction is repaired by the platform's retry: creates
-//! carry a `transactionId` derived from the session, so Graph returns the event it already
-//! made instead of a second one.
+//! The hot path is three store round trips and one Graph write: one batch read (session,
+//! the staff member's connection, the company's credentials, the session's mapping); the
+//! session mirror written *before* the Graph call (what the system is about to write is
+//! recorded first, so the echo of the write is recognised even if everything after the call
+//! is lost: inbound reconciliation compares the event with this record); the Graph call;
+//! and one transaction that records the mapping, the connection's sync state and, when it
+//! changed, the session. A crash between the Graph call and the transaction is repaired by
+//! the platform's retry (creates carry a `transactionId` derived from the session, so Graph
+//! returns the event it already made) or by inbound adoption of the unmapped event.
+//!
+//! **Ordering.** A change may carry the platform's `version` of the session (increasing with
+//! each platform change). A version older than the newest recorded, or equal to one whose
+//! calendar write completed, is `stale`: 200, nothing stored, nothing called. The same
+//! version again before its write completed is a retry and goes on. Without `version`,
+//! changes apply in arrival order.
+//!
+//! **A cancelled session stays cancelled under `updated`** (a retried edit arriving after the
+//! cancellation, or an edit the platform made before it learnt of a cancellation from
+//! Outlook); only `created` books it again.
+//!
+//! **What the calendar should show follows from the session, not the action:** a confirmed
+//! session has its event at its times; a cancelled one has none; while a cancellation is
+//! pending (the staff member deleted the event) nothing is written: a platform edit stores
+//! the new times and keeps the cancellation pending (a restore brings the event back and
+//! moves it to them). An update that finds the event gone (404) is the staff member's
+//! deletion not yet reconciled: the cancellation starts pending, and no second event is
+//! made. Only an event that is gone because the session was cancelled is created anew when
+//! the platform confirms the session again.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -76,6 +96,10 @@ pub struct SessionInput {
     pub location: Option<String>,
     #[serde(default)]
     pub client: Option<ClientInput>,
+    /// The platform's version of the session: an integer >= 1, increasing with each platform
+    /// change of it. Optional; without it changes apply in arrival order.
+    #[serde(default)]
+    pub version: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +123,8 @@ pub struct SessionChange {
     pub title: String,
     pub location: Option<String>,
     pub client: Option<SessionClient>,
+    /// The platform's version of the session, when it sends one.
+    pub version: Option<u64>,
 }
 
 /// The longest session we accept: longer is a data error on the platform's side.
@@ -167,6 +193,18 @@ impl SessionChangeInput {
             }
             None => None,
         };
+        let version = match &s.version {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(Error::validation(
+                        "session.version",
+                        "must be an integer of at least 1",
+                    ))
+                }
+            },
+        };
         Ok(SessionChange {
             action: self.action,
             id: s.id,
@@ -178,6 +216,7 @@ impl SessionChangeInput {
             title: s.title,
             location: s.location,
             client,
+            version,
         })
     }
 }
@@ -187,8 +226,8 @@ impl SessionChangeInput {
 pub struct Outcome {
     pub session_id: String,
     pub action: Action,
-    /// `created`, `updated`, `deleted`, `skipped` or `no_event` (a cancel with nothing to
-    /// remove).
+    /// `created`, `updated`, `deleted`, `skipped`, `no_event` (a cancel with nothing to
+    /// remove) or `stale` (an older platform version than one already applied: nothing done).
     pub outcome: &'static str,
     pub session_status: SessionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +287,10 @@ fn merged_session(
 ) -> Session {
     let status = match (change.action, existing.map(|s| s.status)) {
         (Action::Cancelled, _) => SessionStatus::Cancelled,
+        // A cancelled booking is final for edits: an `updated` (a late retry, or an edit the
+        // platform made before it learnt of the cancellation) is stored but does not bring
+        // it back. Only `created` books it again.
+        (Action::Updated, Some(SessionStatus::Cancelled)) => SessionStatus::Cancelled,
         // A staff member's deletion awaiting its grace period is not undone by a platform
         // edit of the same session: the pending cancellation keeps running.
         (_, Some(SessionStatus::PendingCancellation)) => SessionStatus::PendingCancellation,
@@ -271,6 +314,11 @@ fn merged_session(
             _ => None,
         },
         outbox: existing.map(|s| s.outbox.clone()).unwrap_or_default(),
+        platform_version: existing
+            .and_then(|s| s.platform_version)
+            .max(change.version),
+        calendar_version: existing.and_then(|s| s.calendar_version),
+        event_txn: existing.and_then(|s| s.event_txn.clone()),
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };
@@ -283,6 +331,7 @@ fn merged_session(
             &s.location,
             &s.client,
             s.status,
+            s.platform_version,
         ) == (
             next.start,
             next.end,
@@ -291,6 +340,7 @@ fn merged_session(
             &next.location,
             &next.client,
             next.status,
+            next.platform_version,
         )
     });
     if unchanged {
@@ -329,19 +379,54 @@ pub fn push_history(
     }
 }
 
+/// Whether `change` is older than what the session already reflects: a version below the
+/// newest recorded, or the newest one again once its calendar write completed.
+pub fn is_stale(session: Option<&Session>, change: &SessionChange) -> bool {
+    let (Some(s), Some(v)) = (session, change.version) else {
+        return false;
+    };
+    match s.platform_version {
+        Some(p) if v < p => true,
+        Some(p) if v == p => s.calendar_version == Some(p),
+        _ => false,
+    }
+}
+
 /// What the Graph step decided or did.
 #[derive(Debug, Clone)]
 enum Step {
     NoConnection,
     Skipped(String),
     NoCredentials,
+    /// The session's cancellation is pending: nothing is written to the calendar.
+    Pending,
+    /// The mapped event is gone (404) and the session was not cancelled: the staff member
+    /// deleted it, and the deletion is reconciled here.
+    EventGone,
     Wrote(Box<GraphEvent>, &'static str),
-    Deleted,
+    /// The event was deleted; when it was found through its `transactionId` (no mapping),
+    /// the event, so the mapping records it (a restore of it is then known).
+    Deleted(Option<Box<GraphEvent>>),
     NothingToDelete,
     Failed(GraphError),
 }
 
-/// Applies a validated change: the session mirror, the Graph event, the mapping.
+impl Step {
+    /// Whether the calendar shows what the change asked for (or needs nothing more).
+    fn settles_calendar(&self) -> bool {
+        matches!(
+            self,
+            Step::Pending
+                | Step::EventGone
+                | Step::Wrote(..)
+                | Step::Deleted(_)
+                | Step::NothingToDelete
+                | Step::Skipped(_)
+        )
+    }
+}
+
+/// Applies a validated change: the session mirror (first), the Graph event, the mapping.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
     let read = || {
         deps.store.outbound_context(
@@ -352,14 +437,24 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
         )
     };
     let mut ctx = read().await?;
-    let step = graph_step(deps, &ctx, change).await?;
+    let Some(previous) = record_intent(deps, &mut ctx, change, &read).await? else {
+        return Ok(stale(change, &ctx));
+    };
+    let step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
         let now = deps.store.now();
-        let (mut writes, outcome, status) = closing_writes(&ctx, change, &step, now);
+        let (mut writes, outcome) = closing_writes(&ctx, change, &step, now);
         match deps.store.commit_outbound(&mut writes).await {
-            Ok(()) => return finish(change, outcome, status, &step, &ctx),
+            Ok(()) => {
+                for w in writes {
+                    if let OutboundWrite::Session(s) = w {
+                        ctx.session = Some(s);
+                    }
+                }
+                break finish_step(deps, change, outcome, &step, ctx).await;
+            }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
                 tracing::debug!(session = %change.id, "outbound commit lost a race; re-reading");
                 ctx = read().await?;
@@ -369,7 +464,95 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
     }
 }
 
-async fn graph_step(deps: &Deps, ctx: &OutboundContext, change: &SessionChange) -> Result<Step> {
+/// Stores the session as the change makes it, before any Graph call (re-reading after a lost
+/// race). Returns the session as it was before (`Some(None)`: there was none), or `None`
+/// when the change is stale.
+async fn record_intent<F, Fut>(
+    deps: &Deps,
+    ctx: &mut OutboundContext,
+    change: &SessionChange,
+    read: &F,
+) -> Result<Option<Option<Session>>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<OutboundContext>>,
+{
+    for attempt in 1..=COMMIT_ATTEMPTS {
+        if is_stale(ctx.session.as_ref(), change) {
+            return Ok(None);
+        }
+        let previous = ctx.session.clone();
+        let mut next = merged_session(previous.as_ref(), change, deps.store.now());
+        let mapped = ctx.mapping.as_ref().is_some_and(|m| {
+            ctx.connection
+                .as_ref()
+                .is_some_and(|c| c.id == m.connection_id)
+        });
+        let may_create = next.status == SessionStatus::Confirmed
+            && (!mapped
+                || previous
+                    .as_ref()
+                    .is_some_and(|p| p.status == SessionStatus::Cancelled));
+        if may_create && next.event_txn.is_none() {
+            // Recorded before the create, so a create whose answer is lost can be found.
+            next.event_txn = Some(transaction_id(
+                &change.company_id,
+                &change.id,
+                next.version + 1,
+            ));
+        }
+        if previous.as_ref() == Some(&next) {
+            return Ok(Some(previous));
+        }
+        let mut writes = [OutboundWrite::Session(next)];
+        match deps.store.commit_outbound(&mut writes).await {
+            Ok(()) => {
+                let [OutboundWrite::Session(written)] = writes else {
+                    return Err(Error::Internal("intent write lost its session".into()));
+                };
+                ctx.session = Some(written);
+                return Ok(Some(previous));
+            }
+            Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
+                *ctx = read().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::Conflict {
+        entity: "session",
+        id: change.id.clone(),
+    })
+}
+
+fn stale(change: &SessionChange, ctx: &OutboundContext) -> Outcome {
+    Outcome {
+        session_id: change.id.clone(),
+        action: change.action,
+        outcome: "stale",
+        session_status: ctx
+            .session
+            .as_ref()
+            .map_or(SessionStatus::Confirmed, |s| s.status),
+        connection_id: ctx.connection.as_ref().map(|c| c.id.clone()),
+        event_id: ctx.mapping.as_ref().map(|m| m.external_event_id.clone()),
+        reason: Some(format!(
+            "version {} is not newer than the session's {}",
+            change.version.unwrap_or_default(),
+            ctx.session
+                .as_ref()
+                .and_then(|s| s.platform_version)
+                .unwrap_or_default()
+        )),
+    }
+}
+
+async fn graph_step(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    change: &SessionChange,
+    previous: Option<&Session>,
+) -> Result<Step> {
     let Some(conn) = &ctx.connection else {
         return Ok(Step::NoConnection);
     };
@@ -384,6 +567,14 @@ async fn graph_step(deps: &Deps, ctx: &OutboundContext, change: &SessionChange) 
         }
         ConnectionStatus::Active | ConnectionStatus::Error => {}
     }
+    let Some(session) = &ctx.session else {
+        return Err(Error::Internal(
+            "outbound: no session after the intent".into(),
+        ));
+    };
+    if session.status == SessionStatus::PendingCancellation {
+        return Ok(Step::Pending);
+    }
     let Some(record) = &ctx.credentials else {
         return Ok(Step::NoCredentials);
     };
@@ -393,43 +584,105 @@ async fn graph_step(deps: &Deps, ctx: &OutboundContext, change: &SessionChange) 
     // A mapping made through an older connection points into a calendar we may no longer
     // reach; only a mapping of this connection is updated in place.
     let mapping = ctx.mapping.as_ref().filter(|m| m.connection_id == conn.id);
-    Ok(match change.action {
-        Action::Cancelled => match mapping {
-            None => Step::NothingToDelete,
-            Some(m) => match graph
+    let txn = session
+        .event_txn
+        .clone()
+        .unwrap_or_else(|| transaction_id(&change.company_id, &change.id, session.version));
+    Ok(match session.status {
+        SessionStatus::Cancelled => match (mapping, &session.event_txn) {
+            (None, None) => Step::NothingToDelete,
+            (None, Some(txn)) => find_and_delete(graph, &creds, &calendar, change, txn).await,
+            (Some(m), _) => match graph
                 .delete_event(&creds, &calendar, &m.external_event_id)
                 .await
             {
-                Ok(()) | Err(GraphError::NotFound) => Step::Deleted,
+                Ok(()) | Err(GraphError::NotFound) => Step::Deleted(None),
                 Err(e) => Step::Failed(e),
             },
         },
-        Action::Created | Action::Updated => match mapping {
-            None => {
-                let body = event_body(
-                    change,
-                    Some(transaction_id(&change.company_id, &change.id, 0)),
-                );
-                match graph.create_event(&creds, &calendar, &body).await {
-                    Ok(e) => Step::Wrote(Box::new(e), "created"),
-                    Err(e) => Step::Failed(e),
-                }
+        _ => match mapping {
+            None => create(graph, &creds, &calendar, change, &txn).await,
+            Some(m) => {
+                let was_cancelled = previous.is_some_and(|p| p.status == SessionStatus::Cancelled);
+                update(graph, &creds, &calendar, m, change, &txn, was_cancelled).await
             }
-            Some(m) => update(graph, &creds, &calendar, m, change, ctx).await,
         },
     })
 }
 
+async fn create(
+    graph: &dyn GraphApi,
+    creds: &GraphCredentials,
+    calendar: &CalendarRef,
+    change: &SessionChange,
+    txn: &str,
+) -> Step {
+    let body = event_body(change, Some(txn.to_string()));
+    let created = match graph.create_event(creds, calendar, &body).await {
+        Ok(e) => e,
+        Err(e) => return Step::Failed(e),
+    };
+    // A retried create returns the event the first try made, as it is now: if the staff
+    // member moved it meanwhile, the platform's times are written over it.
+    let times = (
+        created.start.as_ref().and_then(|t| t.to_utc()),
+        created.end.as_ref().and_then(|t| t.to_utc()),
+    );
+    if times == (Some(change.start), Some(change.end)) {
+        return Step::Wrote(Box::new(created), "created");
+    }
+    match graph
+        .update_event(
+            creds,
+            calendar,
+            &created.id,
+            created.etag.as_deref(),
+            &event_body(change, None),
+        )
+        .await
+    {
+        Ok(e) => Step::Wrote(Box::new(e), "created"),
+        Err(e) => Step::Failed(e),
+    }
+}
+
+/// A cancelled session with no mapped event, whose create may have happened unrecorded: the
+/// same idempotent create (same `transactionId`) returns that event if Graph made it (or
+/// makes one), and it is deleted. Costs two calls, only after a create whose result was
+/// never recorded.
+async fn find_and_delete(
+    graph: &dyn GraphApi,
+    creds: &GraphCredentials,
+    calendar: &CalendarRef,
+    change: &SessionChange,
+    txn: &str,
+) -> Step {
+    let found = match graph
+        .create_event(creds, calendar, &event_body(change, Some(txn.to_string())))
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => return Step::Failed(e),
+    };
+    match graph.delete_event(creds, calendar, &found.id).await {
+        Ok(()) | Err(GraphError::NotFound) => Step::Deleted(Some(Box::new(found))),
+        Err(e) => Step::Failed(e),
+    }
+}
+
 /// Moves the mapped event to the session's state. The platform's booking is the truth for
 /// an outbound change: an event edited in Outlook since our last write (412) is re-read and
-/// overwritten; an event deleted in Outlook is created again.
+/// overwritten. An event that is gone was deleted by the staff member (the cancellation
+/// starts pending), unless the session was cancelled: then it was ours, and the confirmed
+/// session gets a new one.
 async fn update(
     graph: &dyn GraphApi,
     creds: &GraphCredentials,
     calendar: &CalendarRef,
     m: &EventMapping,
     change: &SessionChange,
-    ctx: &OutboundContext,
+    txn: &str,
+    was_cancelled: bool,
 ) -> Step {
     let body = event_body(change, None);
     let etag = m.change_key.as_ref().map(|k| format!("W/\"{k}\""));
@@ -463,17 +716,10 @@ async fn update(
     };
     match result {
         Ok(e) => Step::Wrote(Box::new(e), "updated"),
-        Err(GraphError::NotFound) => {
-            let generation = ctx.session.as_ref().map_or(1, |s| s.version.max(1));
-            let body = event_body(
-                change,
-                Some(transaction_id(&change.company_id, &change.id, generation)),
-            );
-            match graph.create_event(creds, calendar, &body).await {
-                Ok(e) => Step::Wrote(Box::new(e), "created"),
-                Err(e) => Step::Failed(e),
-            }
+        Err(GraphError::NotFound) if was_cancelled => {
+            create(graph, creds, calendar, change, txn).await
         }
+        Err(GraphError::NotFound) => Step::EventGone,
         Err(e) => Step::Failed(e),
     }
 }
@@ -485,8 +731,8 @@ fn closing_writes(
     change: &SessionChange,
     step: &Step,
     now: DateTime<Utc>,
-) -> (Vec<OutboundWrite>, &'static str, SessionStatus) {
-    let mut session = merged_session(ctx.session.as_ref(), change, now);
+) -> (Vec<OutboundWrite>, &'static str) {
+    let mut session = ctx.session.clone();
     let mut writes = Vec::new();
     let conn = ctx.connection.clone();
     let mark = |conn: Option<Connection>, error: Option<String>| -> Option<Connection> {
@@ -504,18 +750,18 @@ fn closing_writes(
         }
         Some(c)
     };
+    let mut note = |command: &str, detail: String| {
+        if let Some(s) = session.as_mut() {
+            push_history(s, now, command, ORIGIN_PLATFORM, Some(detail));
+        }
+    };
     let outcome = match step {
         Step::NoConnection => "no_connection",
         Step::Skipped(reason) => {
-            push_history(
-                &mut session,
-                now,
-                "exchange.skipped",
-                ORIGIN_PLATFORM,
-                Some(reason.clone()),
-            );
+            note("exchange.skipped", reason.clone());
             "skipped"
         }
+        Step::Pending | Step::EventGone => "skipped",
         Step::NoCredentials => {
             writes.extend(
                 mark(conn, Some(credentials::MISSING.into())).map(OutboundWrite::Connection),
@@ -523,41 +769,35 @@ fn closing_writes(
             "failed"
         }
         Step::Failed(e) => {
-            push_history(
-                &mut session,
-                now,
-                "exchange.failed",
-                ORIGIN_PLATFORM,
-                Some(e.to_string()),
-            );
+            note("exchange.failed", e.to_string());
             writes
                 .extend(mark(conn, Some(format!("outbound: {e}"))).map(OutboundWrite::Connection));
             "failed"
         }
-        Step::Deleted => {
-            if let Some(m) = &ctx.mapping {
-                writes.push(OutboundWrite::DeleteMapping(m.clone()));
+        Step::Deleted(found) => {
+            if let Some(s) = session.as_mut() {
+                s.event_txn = None;
+            }
+            // The mapping stays (or, for an event found through its transaction id, is
+            // made): an event restored from Deleted Items is then known as the cancelled
+            // session's and deleted again, wherever it lies.
+            if let (Some(event), Some(c)) = (found, &conn) {
+                writes.push(OutboundWrite::Mapping {
+                    next: mapping_of(change, c, event, ctx, now),
+                    previous: ctx.mapping.clone(),
+                });
             }
             writes.extend(mark(conn, None).map(OutboundWrite::Connection));
             "deleted"
         }
         Step::NothingToDelete => "no_event",
         Step::Wrote(event, what) => {
+            if let Some(s) = session.as_mut() {
+                s.event_txn = None;
+            }
             if let Some(c) = &conn {
-                let next = EventMapping {
-                    company_id: change.company_id.clone(),
-                    session_id: change.id.clone(),
-                    connection_id: c.id.clone(),
-                    provider: Provider::Exchange,
-                    external_event_id: event.id.clone(),
-                    change_key: event.change_key.clone(),
-                    last_start: change.start,
-                    last_end: change.end,
-                    updated_at: now,
-                    version: ctx.mapping.as_ref().map_or(0, |m| m.version),
-                };
                 writes.push(OutboundWrite::Mapping {
-                    next,
+                    next: mapping_of(change, c, event, ctx, now),
                     previous: ctx.mapping.clone(),
                 });
             }
@@ -565,11 +805,66 @@ fn closing_writes(
             what
         }
     };
-    let status = session.status;
-    if ctx.session.as_ref() != Some(&session) {
-        writes.insert(0, OutboundWrite::Session(session));
+    if let (Some(s), Some(v)) = (session.as_mut(), change.version) {
+        if step.settles_calendar() && s.calendar_version < Some(v) {
+            s.calendar_version = Some(v);
+        }
     }
-    (writes, outcome, status)
+    if let Some(s) = session {
+        if ctx.session.as_ref() != Some(&s) {
+            writes.insert(0, OutboundWrite::Session(s));
+        }
+    }
+    (writes, outcome)
+}
+
+/// The mapping of `event`, written for `change` through connection `c`.
+fn mapping_of(
+    change: &SessionChange,
+    c: &Connection,
+    event: &GraphEvent,
+    ctx: &OutboundContext,
+    now: DateTime<Utc>,
+) -> EventMapping {
+    EventMapping {
+        company_id: change.company_id.clone(),
+        session_id: change.id.clone(),
+        connection_id: c.id.clone(),
+        provider: Provider::Exchange,
+        external_event_id: event.id.clone(),
+        change_key: event.change_key.clone(),
+        last_start: change.start,
+        last_end: change.end,
+        updated_at: now,
+        version: ctx.mapping.as_ref().map_or(0, |m| m.version),
+    }
+}
+
+/// After the closing commit: a gone event starts the pending cancellation (the staff
+/// member's deletion, found by the write before the delta round found it); then the answer.
+async fn finish_step(
+    deps: &Deps,
+    change: &SessionChange,
+    outcome: &'static str,
+    step: &Step,
+    mut ctx: OutboundContext,
+) -> Result<Outcome> {
+    if let (Step::EventGone, Some(session)) = (step, ctx.session.as_mut()) {
+        let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
+            .unwrap_or_else(|_| chrono::Duration::minutes(10));
+        crate::booking::execute(
+            deps,
+            session,
+            &crate::booking::Command::PendingCancellation { grace },
+            crate::booking::ORIGIN_EXCHANGE_INBOUND,
+        )
+        .await?;
+    }
+    let status = ctx
+        .session
+        .as_ref()
+        .map_or(SessionStatus::Confirmed, |s| s.status);
+    finish(change, outcome, status, step, &ctx)
 }
 
 fn finish(
@@ -606,6 +901,14 @@ fn finish(
             },
             reason: match step {
                 Step::Skipped(r) => Some(r.clone()),
+                Step::Pending => Some(
+                    "the staff member deleted the event; the booking's cancellation is pending (the new times are stored)"
+                        .into(),
+                ),
+                Step::EventGone => Some(
+                    "the event was deleted in Outlook; the booking's cancellation is pending"
+                        .into(),
+                ),
                 _ => None,
             },
         }),

@@ -41,6 +41,10 @@ pub struct SyncReport {
     pub full: bool,
     /// The token expired and the sync started over.
     pub resynced: bool,
+    /// Another sync of this connection was running: this request joined it (it runs once
+    /// more when done).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub coalesced: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
 }
@@ -78,7 +82,41 @@ pub async fn sync_connection(deps: &Deps, conn: &mut Connection) -> Result<SyncR
             ..Default::default()
         });
     };
-    let result = run(deps, conn, &account).await;
+    // One sync at a time per connection: a request meanwhile coalesces into one more run.
+    let mut lease = match deps.store.claim_lease(&conn.company_id, &conn.id).await? {
+        crate::store::LeaseClaim::Acquired(lease) => lease,
+        crate::store::LeaseClaim::Coalesced => {
+            return Ok(SyncReport {
+                coalesced: true,
+                ..Default::default()
+            })
+        }
+    };
+    loop {
+        let result = run_and_record(deps, conn, &account).await;
+        let released = deps.store.release_lease(lease).await;
+        let report = result?;
+        match released {
+            Ok(crate::store::Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
+            Ok(crate::store::Released::RunAgain(held)) => {
+                let _ = deps.store.release_lease(held).await;
+                return Ok(report);
+            }
+            Ok(crate::store::Released::Done) => return Ok(report),
+            Err(e) => {
+                tracing::warn!(connection = %conn.id, error = %e, "sync lease not released");
+                return Ok(report);
+            }
+        }
+    }
+}
+
+async fn run_and_record(
+    deps: &Deps,
+    conn: &mut Connection,
+    account: &super::ServiceAccount,
+) -> Result<SyncReport> {
+    let result = run(deps, conn, account).await;
     let outcome = match &result {
         Ok(_) => None,
         Err(SyncError::Google(e)) => Some(e.to_string()),
@@ -243,6 +281,7 @@ async fn run(
             connection_id: conn.id.clone(),
             token: CursorToken::GoogleSyncToken(next_sync),
             updated_at: deps.store.now(),
+            based_at: None,
             version: cursor.as_ref().map_or(0, |c| c.version),
         };
         match deps.store.save_cursor(&mut next).await {

@@ -20,6 +20,12 @@ pub struct DeltaCursor {
     pub connection_id: String,
     pub token: CursorToken,
     pub updated_at: DateTime<Utc>,
+    /// When the full sync this cursor continues began: the sync window is
+    /// `[based_at - 1 day, based_at + 180 days)`, and a cursor older than a day is replaced by
+    /// a fresh full sync (the window moves with time). `None` for cursors stored before
+    /// windows were re-based: they are re-based at the next round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub based_at: Option<DateTime<Utc>>,
     /// 0 for a cursor not stored yet.
     #[serde(default)]
     pub version: u64,

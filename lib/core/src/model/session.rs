@@ -59,6 +59,20 @@ pub struct Session {
     /// crash between the two never loses an event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<OutboxEvent>,
+    /// The newest platform change applied (the `version` the platform sends with a change):
+    /// a change carrying a version not newer than this is stale and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_version: Option<u64>,
+    /// The newest platform version whose calendar write completed (or needed none): a
+    /// change carrying `platform_version` again is a retry, and stale once this equals it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_version: Option<u64>,
+    /// The `transactionId` of a calendar create that may have happened without its result
+    /// being recorded (set before the create, cleared when its event is mapped). A
+    /// cancellation that finds no mapped event uses it to find the event Graph may have made
+    /// (an idempotent create returns it) and delete it: no orphan event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_txn: Option<String>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,

@@ -202,4 +202,28 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Removes everything a connection's syncs produced: its availability overrides, its
+    /// event mappings, its delta cursor and its lease. Called after the connection itself is
+    /// deleted, so a re-created connection starts clean and no override of the old one keeps
+    /// blocking moves. Idempotent: a failure part-way is finished by calling it again.
+    pub async fn purge_connection_state(&self, conn: &Connection) -> Result<()> {
+        let overrides: Vec<crate::model::availability::OverrideRef> = self
+            .overrides_for_connection(&conn.company_id, &conn.staff_id, &conn.id)
+            .await?
+            .into_iter()
+            .map(|o| o.reference())
+            .collect();
+        if !overrides.is_empty() {
+            self.apply_overrides(&[], &overrides).await?;
+        }
+        for m in self
+            .mappings_for_connection(&conn.company_id, &conn.id)
+            .await?
+        {
+            self.forget_mapping(&m).await?;
+        }
+        self.clear_cursor(&conn.company_id, &conn.id).await?;
+        self.drop_lease(&conn.company_id, &conn.id).await
+    }
 }

@@ -153,6 +153,33 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes a mapping and its by-event copy whatever their versions (the connection is
+    /// gone). The by-session record is only removed while it still points at this event.
+    pub(crate) async fn forget_mapping(&self, m: &EventMapping) -> Result<()> {
+        if let Some(current) = self
+            .mapping_for_session(&m.company_id, m.provider, &m.session_id)
+            .await?
+        {
+            if current.connection_id == m.connection_id {
+                self.table
+                    .delete(
+                        &by_session(&m.company_id, m.provider, &m.session_id),
+                        Condition::None,
+                    )
+                    .await?;
+            }
+        }
+        self.table
+            .delete(
+                &by_event(&m.company_id, &m.connection_id, &m.external_event_id),
+                Condition::None,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 pub(crate) fn mapping_deletes(m: &EventMapping) -> Vec<TxWrite> {
     vec![
         TxWrite::Delete(

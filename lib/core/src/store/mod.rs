@@ -10,6 +10,7 @@
 //! | connection | `CO#<c>` | `CONN#<id>` | `CHAN#<channel id>` / `CONN` | `CONNS#<provider>` / `<c>#<id>` |
 //! | staff's connection (copy) | `CO#<c>` | `STAFFCONN#<staff>#<provider>` | | |
 //! | delta cursor | `CO#<c>` | `CURSOR#<connection>` | | |
+//! | sync lease | `CO#<c>` | `LEASE#<connection>` (ttl) | | |
 //! | mapping | `CO#<c>` | `MAP#<provider>#<session>` | | |
 //! | credentials | `CO#<c>` | `CRED#<provider>` (secret sealed) | | |
 //! | mapping by event (copy) | `CO#<c>` | `MAPX#<connection>#<event>` | | |
@@ -28,6 +29,7 @@ mod credentials;
 mod cursors;
 mod idempotency;
 mod keys;
+mod leases;
 mod mappings;
 mod outbound;
 mod overrides;
@@ -42,6 +44,7 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use idempotency::Claim;
+pub use leases::{Lease, LeaseClaim, Released, LEASE_TTL_SECONDS};
 pub use outbound::{OutboundContext, OutboundWrite};
 
 use crate::ports::{Clock, Item, Key, Page, StoreError, Table};

@@ -10,6 +10,7 @@ pub(crate) fn key_of(company: &str, id: &str) -> Key {
 }
 
 const PENDING_PK: &str = "PENDCANCEL";
+const OUTBOX_PK: &str = "OUTBOX";
 
 fn staff_index(company: &str, staff: &str) -> String {
     format!("CO#{company}#STAFF#{staff}")
@@ -22,17 +23,34 @@ pub(crate) fn item_of(s: &Session, version: u64) -> Result<Item> {
         staff_index(&s.company_id, &s.staff_id),
         format!("SESS#{}#{}", s.start.format("%Y-%m-%dT%H:%M:%SZ"), s.id),
     ));
-    // A sparse index of pending cancellations by due time, for the five-minute sweep.
-    item.gsi2 = s.pending.as_ref().map(|p| {
-        Key::new(
-            PENDING_PK,
+    // A sparse index for the sweeps: sessions whose outbox is not yet published (first:
+    // the relay publishes them, after which they fall back to the next case), then pending
+    // cancellations by due time.
+    item.gsi2 = if s.outbox.is_empty() {
+        None
+    } else {
+        Some(Key::new(
+            OUTBOX_PK,
             format!(
                 "{}#{}#{}",
-                p.due_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                s.updated_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
                 s.company_id,
                 s.id
             ),
-        )
+        ))
+    }
+    .or_else(|| {
+        s.pending.as_ref().map(|p| {
+            Key::new(
+                PENDING_PK,
+                format!(
+                    "{}#{}#{}",
+                    p.due_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    s.company_id,
+                    s.id
+                ),
+            )
+        })
     });
     Ok(item)
 }
@@ -122,6 +140,25 @@ impl Store {
             }
         }
         out.sort_by_key(|s| s.pending.as_ref().map(|p| p.due_at));
+        Ok(out)
+    }
+
+    /// Sessions whose outbox holds events not yet on the bus, oldest change first,
+    /// confirmed against their records (the index may lag).
+    pub async fn sessions_with_outbox(&self, limit: usize) -> Result<Vec<Session>> {
+        let q = Query::prefix(OUTBOX_PK, "", limit.max(1));
+        let page = self.table.query_index(Index::Gsi2, q).await?;
+        let keys: Vec<Key> = page.items.into_iter().map(|i| i.key).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for fresh in self.table.batch_get(chunk).await? {
+                let s: Session = decode(&fresh)?;
+                if !s.outbox.is_empty() {
+                    out.push(s);
+                }
+            }
+        }
+        out.sort_by_key(|s| s.updated_at);
         Ok(out)
     }
 

@@ -1,0 +1,1120 @@
+//! Deterministic simulation of the two-way Exchange sync (DESIGN-NOTES 5).
+//!
+//! One seeded generator drives, step by step, every actor around the real core code: the
+//! platform (session changes with versions, delivered late, reordered and twice), the staff
+//! member in Outlook (delete, restore, move onto free time, onto another booking or beyond
+//! the sync window, decline, busy events of their own), Graph (pushes delivered, dropped or
+//! duplicated; 429 and 503 answers; answers lost after the write happened), the store (a
+//! write refused), the bus (a publish refused), the scheduled jobs, the clock (minutes, and
+//! now and then a day) and restarts (everything in memory rebuilt; the store, the queue and
+//! Graph's state survive). Graph is the stateful simulator over loopback HTTP, reached
+//! through the real HTTP adapter; the store is the memory table; nothing sleeps. Same seed,
+//! same history.
+//!
+//! After the history the system settles (faults cleared, every message delivered, the
+//! grace passed, a backstop round run) and the invariants of issue #10 are checked:
+//! a cancelled session has no live event; a confirmed one has exactly one, at its booked
+//! time (both for sessions not yet over: one that ended before the sync window is history); a session is cancelled only if the platform cancelled it or its event was really
+//! deleted (no restore within the grace); webhooks match: no `session.cancelled` for a
+//! booking that ends confirmed, none twice.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use http::Request;
+use http_body_util::BodyExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use voyage_core::config::Config;
+use voyage_core::deps::{Deps, QueueName};
+use voyage_core::exchange::graph::{
+    CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphApi, GraphCredentials, GraphError,
+    GraphEvent, GraphSubscription, NewSubscription,
+};
+use voyage_core::exchange::notifications::SyncRequest;
+use voyage_core::exchange::{inbound, notifications, outbound};
+use voyage_core::model::SessionStatus;
+use voyage_core::ports::memory::MemoryTable;
+use voyage_core::ports::queue::{Envelope, QueueError, ReceivedMessage};
+use voyage_core::ports::table::{Index, Item, Key, Page, Query, StoreError, TxWrite};
+use voyage_core::ports::{
+    BusError, BusEvent, Clock, Condition, EventBus, ManualClock, Queue, Table,
+};
+use voyage_core::store::Store;
+use voyage_providers::graph::{GraphHttp, RetryBudget};
+use voyage_simulators::{CapturedNotification, Fault, GraphSimulator};
+
+pub const COMPANY: &str = "acme";
+pub const STAFF: &str = "ann";
+pub const EMAIL: &str = "ann@contoso.example";
+const TENANT: &str = "contoso-tenant";
+const CLIENT_ID: &str = "voyage-app";
+const CLIENT_SECRET: &str = "s3cret-Graph~value";
+/// The grace period of pending cancellations in the simulation.
+pub const GRACE_MINUTES: i64 = 10;
+/// Steps of one history.
+pub const STEPS: usize = 40;
+const SESSIONS: usize = 3;
+
+/// The clock's start: the current hour (the simulator checks subscription expiry against
+/// the real clock); every time in a history is relative to it, so a seed replays the same
+/// history on any day. Sessions are booked for the next day.
+fn epoch() -> DateTime<Utc> {
+    let now = Utc::now().timestamp();
+    Utc.timestamp_opt(now - now % 3600, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+/// Hourly slots on the day after `now` (from the start of its hour), plus a few beyond the
+/// 180-day window.
+fn slot(now: DateTime<Utc>, i: u32) -> (DateTime<Utc>, DateTime<Utc>) {
+    let hour = now.timestamp() - now.timestamp() % 3600;
+    let day = Utc.timestamp_opt(hour, 0).single().unwrap_or(now) + Duration::hours(24);
+    let start = if i < 8 {
+        day + Duration::hours(i as i64)
+    } else {
+        // 200+ days ahead: outside any window the sync reads.
+        day + Duration::days(200 + i as i64)
+    };
+    (start, start + Duration::hours(1))
+}
+
+const SLOTS: u32 = 10;
+
+// ---------------------------------------------------------------------------------------
+// Fault-injecting adapters around the real ones.
+
+/// The memory table, refusing the next `n` writes when told to.
+pub struct FaultyTable {
+    inner: MemoryTable,
+    fail_writes: AtomicU32,
+}
+
+impl FaultyTable {
+    fn new() -> Self {
+        FaultyTable {
+            inner: MemoryTable::new(),
+            fail_writes: AtomicU32::new(0),
+        }
+    }
+
+    fn fail_next_writes(&self, n: u32) {
+        self.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        let left = self.fail_writes.load(Ordering::SeqCst);
+        if left > 0 {
+            self.fail_writes.store(left - 1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("injected store fault".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Table for FaultyTable {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>, StoreError> {
+        self.inner.batch_get(keys).await
+    }
+    async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.put(item, condition).await
+    }
+    async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.delete(key, condition).await
+    }
+    async fn batch_write(&self, puts: Vec<Item>, deletes: Vec<Key>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.batch_write(puts, deletes).await
+    }
+    async fn transact(&self, writes: Vec<TxWrite>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.transact(writes).await
+    }
+    async fn query(&self, query: Query) -> Result<Page, StoreError> {
+        self.inner.query(query).await
+    }
+    async fn query_index(&self, index: Index, query: Query) -> Result<Page, StoreError> {
+        self.inner.query_index(index, query).await
+    }
+    async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+        self.inner.purge_expired(now).await
+    }
+}
+
+/// The bus: records what was published; refuses the next `n` publishes when told to.
+#[derive(Default)]
+pub struct RecordingBus {
+    events: Mutex<Vec<BusEvent>>,
+    refuse: AtomicU32,
+}
+
+impl RecordingBus {
+    fn refuse_next(&self, n: u32) {
+        self.refuse.store(n, Ordering::SeqCst);
+    }
+
+    pub fn events(&self) -> Vec<BusEvent> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl EventBus for RecordingBus {
+    async fn publish(&self, events: &[BusEvent]) -> Result<(), BusError> {
+        let left = self.refuse.load(Ordering::SeqCst);
+        if left > 0 {
+            self.refuse.store(left - 1, Ordering::SeqCst);
+            return Err(BusError::Unavailable("injected bus fault".into()));
+        }
+        if let Ok(mut e) = self.events.lock() {
+            e.extend_from_slice(events);
+        }
+        Ok(())
+    }
+}
+
+/// The inbound queue: a durable list (SQS survives restarts); the simulation takes messages
+/// itself, in an order it chooses.
+#[derive(Default)]
+pub struct ListQueue {
+    bodies: Mutex<VecDeque<String>>,
+}
+
+impl ListQueue {
+    fn push(&self, body: String) {
+        if let Ok(mut b) = self.bodies.lock() {
+            b.push_back(body);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bodies.lock().map(|b| b.len()).unwrap_or(0)
+    }
+
+    fn remove(&self, i: usize) -> Option<String> {
+        self.bodies.lock().ok()?.remove(i)
+    }
+}
+
+#[async_trait]
+impl Queue for ListQueue {
+    async fn send(&self, body: &str, _delay: StdDuration) -> Result<(), QueueError> {
+        self.push(body.to_string());
+        Ok(())
+    }
+    async fn receive(
+        &self,
+        _max: usize,
+        _wait: StdDuration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn ack(&self, _receipt: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn release(&self, _receipt: &str, _delay: StdDuration) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+/// The real Graph adapter, whose next answer can be lost after Graph acted on the request
+/// (a timeout after the write happened).
+pub struct LossyGraph {
+    inner: GraphHttp,
+    lose_next: AtomicU32,
+}
+
+impl LossyGraph {
+    fn lose<T>(&self, result: Result<T, GraphError>) -> Result<T, GraphError> {
+        let left = self.lose_next.load(Ordering::SeqCst);
+        if left > 0 {
+            self.lose_next.store(left - 1, Ordering::SeqCst);
+            return Err(GraphError::Unavailable(
+                "injected: the answer was lost".into(),
+            ));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl GraphApi for LossyGraph {
+    async fn create_event(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        event: &EventWrite,
+    ) -> Result<GraphEvent, GraphError> {
+        self.lose(self.inner.create_event(creds, calendar, event).await)
+    }
+    async fn update_event(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        id: &str,
+        etag: Option<&str>,
+        event: &EventWrite,
+    ) -> Result<GraphEvent, GraphError> {
+        self.lose(
+            self.inner
+                .update_event(creds, calendar, id, etag, event)
+                .await,
+        )
+    }
+    async fn get_event(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        id: &str,
+    ) -> Result<GraphEvent, GraphError> {
+        self.inner.get_event(creds, calendar, id).await
+    }
+    async fn delete_event(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        id: &str,
+    ) -> Result<(), GraphError> {
+        self.lose(self.inner.delete_event(creds, calendar, id).await)
+    }
+    async fn create_subscription(
+        &self,
+        creds: &GraphCredentials,
+        sub: &NewSubscription,
+    ) -> Result<GraphSubscription, GraphError> {
+        self.inner.create_subscription(creds, sub).await
+    }
+    async fn renew_subscription(
+        &self,
+        creds: &GraphCredentials,
+        id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<GraphSubscription, GraphError> {
+        self.inner.renew_subscription(creds, id, expires_at).await
+    }
+    async fn delete_subscription(
+        &self,
+        creds: &GraphCredentials,
+        id: &str,
+    ) -> Result<(), GraphError> {
+        self.inner.delete_subscription(creds, id).await
+    }
+    async fn delta_page(
+        &self,
+        creds: &GraphCredentials,
+        request: &DeltaRequest,
+    ) -> Result<DeltaPage, GraphError> {
+        self.inner.delta_page(creds, request).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The platform's and the staff member's side, as the simulation models them.
+
+/// What the platform believes about one of its sessions.
+#[derive(Debug, Clone)]
+struct PlatformSession {
+    version: u64,
+    slot: u32,
+    /// The platform cancelled it (its own decision).
+    cancelled_by_platform: bool,
+    /// The platform learnt (webhook) that the booking was cancelled: it changes it no more.
+    closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StaffAct {
+    Delete,
+    Restore,
+}
+
+/// The result of one history.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    pub steps: usize,
+    /// What happened, one line a step (printed on failure).
+    pub trace: Vec<String>,
+    /// The invariants that failed (empty: the history passed).
+    pub violations: Vec<String>,
+}
+
+pub struct World {
+    seed: u64,
+    epoch: DateTime<Utc>,
+    rng: StdRng,
+    clock: Arc<ManualClock>,
+    table: Arc<FaultyTable>,
+    bus: Arc<RecordingBus>,
+    queue: Arc<ListQueue>,
+    sim: GraphSimulator,
+    sim_url: String,
+    graph: Arc<LossyGraph>,
+    deps: Arc<Deps>,
+    platform: BTreeMap<String, PlatformSession>,
+    /// Platform changes sent but not yet accepted (the platform retries until a 2xx).
+    outbox: Vec<Value>,
+    pushes: Vec<CapturedNotification>,
+    staff_log: BTreeMap<String, Vec<(DateTime<Utc>, StaffAct)>>,
+    bus_seen: usize,
+    trace: Vec<String>,
+}
+
+fn config(sim_url: &str) -> Config {
+    let env: BTreeMap<&str, String> = [
+        ("VOYAGE_GRAPH_BASE_URL", sim_url.to_string()),
+        ("VOYAGE_MS_LOGIN_BASE_URL", sim_url.to_string()),
+        (
+            "VOYAGE_PUBLIC_BASE_URL",
+            "https://voyage.example".to_string(),
+        ),
+        (
+            "VOYAGE_PENDING_CANCELLATION_GRACE",
+            format!("{GRACE_MINUTES}m"),
+        ),
+        (
+            "VOYAGE_CREDENTIALS_KEY",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    Config::from_lookup(|k| env.get(k).cloned()).expect("simulation config")
+}
+
+impl World {
+    /// A world on `seed`: the simulator, a tenant with credentials and an active Exchange
+    /// connection for the staff member.
+    pub async fn new(seed: u64) -> World {
+        let sim = GraphSimulator::seeded(seed);
+        sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
+        sim.capture_notifications(true);
+        let sim_url = crate::graph::serve(sim.router()).await;
+        let epoch = epoch();
+        let clock = Arc::new(ManualClock::new(epoch));
+        let table = Arc::new(FaultyTable::new());
+        let bus = Arc::new(RecordingBus::default());
+        let queue = Arc::new(ListQueue::default());
+        let (deps, graph) = build(&sim_url, &clock, &table, &bus, &queue);
+        let mut w = World {
+            seed,
+            epoch,
+            rng: StdRng::seed_from_u64(seed),
+            clock,
+            table,
+            bus,
+            queue,
+            sim,
+            sim_url,
+            graph,
+            deps,
+            platform: BTreeMap::new(),
+            outbox: Vec::new(),
+            pushes: Vec::new(),
+            staff_log: BTreeMap::new(),
+            bus_seen: 0,
+            trace: Vec::new(),
+        };
+        w.connect().await;
+        w
+    }
+
+    async fn call(&self, method: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
+        let routes = voyage_fn_gateway::api::router(self.deps.clone());
+        let router = voyage_http::finish(routes, voyage_http::Auth::Keys(self.deps.store.clone()));
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let resp = router.oneshot(req).await.expect("router");
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn connect(&mut self) {
+        let key = voyage_core::auth::create_key(&self.deps.store, COMPANY, false, None)
+            .await
+            .expect("key")
+            .plaintext;
+        let (status, body) = self
+            .call(
+                "PUT",
+                "/v1/credentials/exchange",
+                &key,
+                json!({"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}),
+            )
+            .await;
+        assert_eq!(status, 200, "credentials: {body}");
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/connections",
+                &key,
+                json!({"provider": "exchange", "staff_id": STAFF, "staff_email": EMAIL}),
+            )
+            .await;
+        assert_eq!(status, 201, "connection: {body}");
+        assert_eq!(body["status"], "active", "connection: {body}");
+        // The first full sync (the hourly re-base job queues it for a connection without a
+        // cursor; its first notification does too).
+        inbound::rebase_sync_windows(&self.deps)
+            .await
+            .expect("baseline queued");
+        self.run_round(Some(0)).await;
+        self.trace.clear();
+    }
+
+    fn log(&mut self, line: String) {
+        let at = (self.clock.now() - self.epoch).num_minutes();
+        self.trace.push(format!("t+{at}m {line}"));
+    }
+
+    // --- the platform -------------------------------------------------------------------
+
+    fn platform_change(&mut self, id: &str, action: &str) {
+        let Some(p) = self.platform.get_mut(id) else {
+            return;
+        };
+        p.version += 1;
+        let (start, end) = slot(self.clock.now(), p.slot);
+        let change = json!({
+            "action": action,
+            "session": {
+                "id": id, "company_id": COMPANY, "staff_id": STAFF,
+                "start": start.to_rfc3339(), "end": end.to_rfc3339(),
+                "time_zone": "UTC", "title": format!("Session {id}"),
+                "version": p.version,
+            }
+        });
+        let line = format!("platform {action} {id} v{} slot {}", p.version, p.slot);
+        self.outbox.push(change);
+        self.log(line);
+    }
+
+    fn platform_acts(&mut self) {
+        let open: Vec<String> = self
+            .platform
+            .iter()
+            .filter(|(_, p)| !p.closed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if self.platform.len() < SESSIONS && (open.is_empty() || self.rng.gen_bool(0.4)) {
+            let id = format!("s{}", self.platform.len() + 1);
+            let slot = self.rng.gen_range(0..SLOTS);
+            self.platform.insert(
+                id.clone(),
+                PlatformSession {
+                    version: 0,
+                    slot,
+                    cancelled_by_platform: false,
+                    closed: false,
+                },
+            );
+            self.platform_change(&id, "created");
+            return;
+        }
+        if open.is_empty() {
+            return;
+        }
+        let id = open[self.rng.gen_range(0..open.len())].clone();
+        if self.rng.gen_bool(0.25) {
+            if let Some(p) = self.platform.get_mut(&id) {
+                p.cancelled_by_platform = true;
+                p.closed = true;
+            }
+            self.platform_change(&id, "cancelled");
+        } else {
+            let slot = self.rng.gen_range(0..SLOTS);
+            if let Some(p) = self.platform.get_mut(&id) {
+                p.slot = slot;
+            }
+            self.platform_change(&id, "updated");
+        }
+    }
+
+    /// Delivers one queued platform change (any of them: the platform's messages arrive
+    /// out of order), sometimes keeping a copy to deliver again.
+    async fn deliver_platform(&mut self, index: Option<usize>) -> bool {
+        if self.outbox.is_empty() {
+            return false;
+        }
+        let i = index.unwrap_or_else(|| self.rng.gen_range(0..self.outbox.len()));
+        let change = self.outbox.remove(i);
+        let duplicate = index.is_none() && self.rng.gen_bool(0.15);
+        let input: outbound::SessionChangeInput =
+            serde_json::from_value(change.clone()).expect("a valid change");
+        let valid = input.validate().expect("a valid change");
+        let result = outbound::apply(&self.deps, &valid).await;
+        let line = match &result {
+            Ok(o) => format!(
+                "deliver {} {} v{:?}: {} ({:?})",
+                format!("{:?}", valid.action).to_lowercase(),
+                valid.id,
+                valid.version,
+                o.outcome,
+                o.session_status
+            ),
+            Err(e) => format!(
+                "deliver {} {} v{:?}: error {e}",
+                format!("{:?}", valid.action).to_lowercase(),
+                valid.id,
+                valid.version
+            ),
+        };
+        self.log(line);
+        if result.is_err() || duplicate {
+            self.outbox.push(change);
+        }
+        true
+    }
+
+    // --- the staff member -----------------------------------------------------------------
+
+    fn tagged_events(&self) -> Vec<voyage_simulators::SimEventView> {
+        self.sim
+            .events_of(EMAIL)
+            .into_iter()
+            .filter(|e| e.session_tag.is_some())
+            .collect()
+    }
+
+    fn session_of(e: &voyage_simulators::SimEventView) -> String {
+        e.session_tag
+            .as_deref()
+            .and_then(|t| t.split_once('/'))
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_default()
+    }
+
+    fn staff_acts(&mut self) {
+        let events = self.tagged_events();
+        let live: Vec<_> = events.iter().filter(|e| !e.deleted).cloned().collect();
+        let deleted: Vec<_> = events.iter().filter(|e| e.deleted).cloned().collect();
+        let now = self.clock.now();
+        match self.rng.gen_range(0..10) {
+            0..=2 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                if self.sim.staff_delete(EMAIL, &e.id) {
+                    let s = Self::session_of(e);
+                    self.staff_log
+                        .entry(s.clone())
+                        .or_default()
+                        .push((now, StaffAct::Delete));
+                    self.log(format!("staff deletes the event of {s}"));
+                }
+            }
+            3..=4 if !deleted.is_empty() => {
+                let e = &deleted[self.rng.gen_range(0..deleted.len())];
+                if self.sim.staff_restore(EMAIL, &e.id) {
+                    let s = Self::session_of(e);
+                    self.staff_log
+                        .entry(s.clone())
+                        .or_default()
+                        .push((now, StaffAct::Restore));
+                    self.log(format!("staff restores the event of {s}"));
+                }
+            }
+            5..=7 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                let to = self.rng.gen_range(0..SLOTS);
+                let (start, end) = slot(self.clock.now(), to);
+                if self.sim.staff_move(EMAIL, &e.id, start, end) {
+                    let s = Self::session_of(e);
+                    self.log(format!("staff moves the event of {s} to slot {to}"));
+                }
+            }
+            8 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                if self.sim.staff_decline(EMAIL, &e.id) {
+                    let s = Self::session_of(e);
+                    self.log(format!("staff declines the event of {s}"));
+                }
+            }
+            _ => {
+                let to = self.rng.gen_range(0..SLOTS);
+                let (start, end) = slot(self.clock.now(), to);
+                self.sim.staff_create(EMAIL, "Dentist", start, end, "busy");
+                self.log(format!("staff books busy time at slot {to}"));
+            }
+        }
+    }
+
+    // --- Graph's pushes and the inbound queue -------------------------------------------
+
+    fn collect_pushes(&mut self) {
+        let new = self.sim.take_notifications();
+        self.pushes.extend(new);
+    }
+
+    async fn deliver_push(&mut self, all: bool) -> bool {
+        self.collect_pushes();
+        if self.pushes.is_empty() {
+            return false;
+        }
+        let batch: Vec<CapturedNotification> = if all {
+            self.pushes.drain(..).collect()
+        } else {
+            let i = self.rng.gen_range(0..self.pushes.len());
+            let p = self.pushes.remove(i);
+            match self.rng.gen_range(0..10) {
+                // Lost.
+                0 => {
+                    self.log("a Graph push is lost".into());
+                    return true;
+                }
+                // Delivered twice.
+                1 => {
+                    self.pushes.push(p.clone());
+                    vec![p]
+                }
+                _ => vec![p],
+            }
+        };
+        for p in batch {
+            let body = p.body.to_string();
+            if let Err(e) = notifications::accept(&self.deps, body.as_bytes()).await {
+                self.log(format!("push refused: {e}"));
+            }
+        }
+        true
+    }
+
+    async fn run_round(&mut self, index: Option<usize>) -> bool {
+        let n = self.queue.len();
+        if n == 0 {
+            return false;
+        }
+        let i = index.unwrap_or_else(|| self.rng.gen_range(0..n));
+        let Some(body) = self.queue.remove(i) else {
+            return false;
+        };
+        let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
+        let req: SyncRequest = serde_json::from_value(envelope.payload).expect("a sync request");
+        let result = inbound::handle(&self.deps, &req).await;
+        match &result {
+            Ok(r) => self.log(format!(
+                "round ({}): {} events, {} commands, {} confirmations, {} calendar writes{}",
+                req.reason,
+                r.events,
+                r.commands,
+                r.confirmations,
+                r.calendar_writes,
+                if r.resynced { ", full" } else { "" }
+            )),
+            Err(e) => {
+                self.log(format!("round ({}) failed: {e}", req.reason));
+                // Not acked: the queue offers it again.
+                self.queue.push(body);
+            }
+        }
+        true
+    }
+
+    /// Queues a round for the connection as a lost-notification backstop would.
+    async fn backstop_round(&mut self) {
+        let conns = self
+            .deps
+            .store
+            .all_connections(voyage_core::model::Provider::Exchange, None)
+            .await
+            .expect("connections");
+        for c in conns.items {
+            let req = SyncRequest {
+                company_id: c.company_id.clone(),
+                connection_id: c.id.clone(),
+                subscription_id: c
+                    .channel
+                    .as_ref()
+                    .map(|ch| ch.id.clone())
+                    .unwrap_or_default(),
+                reason: "missed".into(),
+            };
+            notifications::enqueue(&self.deps, &req)
+                .await
+                .expect("enqueue");
+        }
+    }
+
+    // --- jobs, faults, time, restarts ---------------------------------------------------
+
+    async fn run_job(&mut self, which: u32) {
+        let report = match which {
+            0 => inbound::commit_pending_cancellations(&self.deps).await,
+            1 => voyage_core::booking::relay_outboxes(&self.deps).await,
+            _ => inbound::rebase_sync_windows(&self.deps).await,
+        };
+        match report {
+            Ok(r) => self.log(format!(
+                "job {}: {} processed, {} failed",
+                r.job, r.processed, r.failed
+            )),
+            Err(e) => self.log(format!("job failed: {e}")),
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        match self.rng.gen_range(0..5) {
+            0 => {
+                let status = if self.rng.gen_bool(0.5) { 429 } else { 503 };
+                let count = self.rng.gen_range(1..3);
+                self.sim.add_fault(Fault {
+                    method: None,
+                    path_contains: Some("/v1.0/".into()),
+                    status: Some(status),
+                    retry_after: None,
+                    latency_ms: None,
+                    count,
+                    after: self.rng.gen_range(0..3),
+                });
+                self.log(format!("fault: Graph answers {status} x{count}"));
+            }
+            1 => {
+                self.graph.lose_next.store(1, Ordering::SeqCst);
+                self.log("fault: the next Graph write's answer is lost".into());
+            }
+            2 => {
+                self.table.fail_next_writes(1);
+                self.log("fault: the next store write fails".into());
+            }
+            3 => {
+                self.bus.refuse_next(self.rng.gen_range(1..4));
+                self.log("fault: the bus refuses publishes".into());
+            }
+            _ => {
+                self.sim.add_fault(Fault {
+                    method: Some("GET".into()),
+                    path_contains: Some("delta".into()),
+                    status: Some(503),
+                    retry_after: None,
+                    latency_ms: None,
+                    count: 1,
+                    after: 0,
+                });
+                self.log("fault: the next delta page answers 503".into());
+            }
+        }
+    }
+
+    fn clear_faults(&mut self) {
+        self.sim.clear_faults();
+        self.graph.lose_next.store(0, Ordering::SeqCst);
+        self.table.fail_next_writes(0);
+        self.bus.refuse_next(0);
+    }
+
+    fn restart(&mut self) {
+        let (deps, graph) = build(
+            &self.sim_url,
+            &self.clock,
+            &self.table,
+            &self.bus,
+            &self.queue,
+        );
+        self.deps = deps;
+        self.graph = graph;
+        self.log("restart".into());
+    }
+
+    /// The platform reads the webhooks: a booking cancelled or moved on the staff member's
+    /// side is cancelled or moved in the platform's model too.
+    fn platform_reads_webhooks(&mut self) {
+        let events = self.bus.events();
+        for e in &events[self.bus_seen..] {
+            let session = e.detail["payload"]["session_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if e.detail_type == "session.cancelled" {
+                if let Some(p) = self.platform.get_mut(&session) {
+                    p.closed = true;
+                }
+            }
+        }
+        self.bus_seen = events.len();
+    }
+
+    /// One random step.
+    async fn step(&mut self) {
+        self.platform_reads_webhooks();
+        match self.rng.gen_range(0..100) {
+            0..=17 => self.platform_acts(),
+            18..=29 => {
+                self.deliver_platform(None).await;
+            }
+            30..=44 => self.staff_acts(),
+            45..=59 => {
+                self.deliver_push(false).await;
+            }
+            60..=74 => {
+                self.run_round(None).await;
+            }
+            75..=79 => self.inject_fault(),
+            80..=84 => {
+                let which = self.rng.gen_range(0..3);
+                self.run_job(which).await;
+            }
+            85..=93 => {
+                let minutes = self.rng.gen_range(1..8);
+                self.clock.advance(Duration::minutes(minutes));
+                self.log(format!("clock +{minutes}m"));
+            }
+            94..=95 => {
+                self.clock.advance(Duration::hours(25));
+                self.log("clock +25h".into());
+            }
+            _ => self.restart(),
+        }
+    }
+
+    /// Faults cleared, everything delivered and handled until nothing moves, the grace
+    /// passed for every pending cancellation, a backstop round run.
+    async fn settle(&mut self) {
+        self.clear_faults();
+        let mut backstops = 0;
+        for _ in 0..40 {
+            self.platform_reads_webhooks();
+            let mut moved = false;
+            while !self.outbox.is_empty() {
+                moved |= self.deliver_platform(Some(0)).await;
+                if self.outbox.len() > 50 {
+                    break;
+                }
+            }
+            moved |= self.deliver_push(true).await;
+            while self.queue.len() > 0 {
+                moved |= self.run_round(Some(0)).await;
+            }
+            self.collect_pushes();
+            if moved || !self.pushes.is_empty() {
+                continue;
+            }
+            let pending = self.pending_sessions().await;
+            if pending > 0 {
+                self.clock.advance(Duration::minutes(GRACE_MINUTES + 1));
+                self.log("settle: clock past the grace".into());
+                self.run_job(0).await;
+                continue;
+            }
+            if backstops < 2 {
+                backstops += 1;
+                if backstops == 2 {
+                    self.clock.advance(Duration::hours(25));
+                    self.log("settle: clock +25h (the window re-bases)".into());
+                }
+                self.backstop_round().await;
+                continue;
+            }
+            self.run_job(1).await;
+            break;
+        }
+    }
+
+    async fn pending_sessions(&self) -> usize {
+        let ids: Vec<String> = self.platform.keys().cloned().collect();
+        self.deps
+            .store
+            .get_sessions(COMPANY, &ids)
+            .await
+            .expect("sessions")
+            .iter()
+            .filter(|s| s.status == SessionStatus::PendingCancellation)
+            .count()
+    }
+
+    /// The invariants over the settled state; each failure as a sentence.
+    async fn check(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        if std::env::var("VOYAGE_SIM_DEBUG").is_ok() {
+            for id in self.platform.keys() {
+                let m = self
+                    .deps
+                    .store
+                    .mapping_for_session(COMPANY, voyage_core::model::Provider::Exchange, id)
+                    .await;
+                let s = self.deps.store.find_session(COMPANY, id).await;
+                println!("DEBUG {id}: mapping {m:?}\n  session {s:?}");
+            }
+            for e in self.sim.events_of(EMAIL) {
+                println!("DEBUG event {e:?}");
+            }
+        }
+        let ids: Vec<String> = self.platform.keys().cloned().collect();
+        let sessions = self
+            .deps
+            .store
+            .get_sessions(COMPANY, &ids)
+            .await
+            .expect("sessions");
+        let events = self.tagged_events();
+        // Webhook events, once per idempotency key (the dispatcher delivers each key once).
+        let mut published: BTreeMap<String, BusEvent> = BTreeMap::new();
+        for e in self.bus.events() {
+            let key = e.detail["idempotency_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            published.entry(key).or_insert(e);
+        }
+        // Sessions that ended before the sync window are history: their events are no longer
+        // reconciled (a documented rule), so only their webhooks are checked.
+        let history_before = self.clock.now() - Duration::days(inbound::WINDOW_PAST_DAYS);
+        for s in &sessions {
+            let past = s.end <= history_before;
+            let live: Vec<_> = events
+                .iter()
+                .filter(|e| !e.deleted && Self::session_of(e) == s.id)
+                .collect();
+            let cancelled_hooks = published
+                .values()
+                .filter(|e| {
+                    e.detail_type == "session.cancelled"
+                        && e.detail["payload"]["session_id"] == json!(s.id)
+                })
+                .count();
+            match s.status {
+                SessionStatus::Cancelled => {
+                    if !live.is_empty() && !past {
+                        bad.push(format!(
+                            "{} is cancelled but has {} live event(s)",
+                            s.id,
+                            live.len()
+                        ));
+                    }
+                    let platform_cancelled = self
+                        .platform
+                        .get(&s.id)
+                        .is_some_and(|p| p.cancelled_by_platform);
+                    if !platform_cancelled && !self.really_deleted(&s.id) {
+                        bad.push(format!(
+                            "{} is cancelled, but the platform did not cancel it and every deletion of its event was undone within the grace",
+                            s.id
+                        ));
+                    }
+                }
+                SessionStatus::Confirmed if past => {}
+                SessionStatus::Confirmed => {
+                    if live.len() != 1 {
+                        bad.push(format!(
+                            "{} is confirmed with {} live events (want exactly one)",
+                            s.id,
+                            live.len()
+                        ));
+                    }
+                    for e in &live {
+                        if (e.start, e.end) != (s.start, s.end) {
+                            bad.push(format!(
+                                "{} is booked {}..{} but its event shows {}..{}",
+                                s.id, s.start, s.end, e.start, e.end
+                            ));
+                        }
+                    }
+                }
+                SessionStatus::PendingCancellation => {
+                    bad.push(format!("{} is still pending after settling", s.id));
+                }
+            }
+            if s.status == SessionStatus::Confirmed && cancelled_hooks > 0 {
+                bad.push(format!(
+                    "{} ends confirmed but session.cancelled was sent",
+                    s.id
+                ));
+            }
+            if cancelled_hooks > 1 {
+                bad.push(format!(
+                    "{} got session.cancelled {cancelled_hooks} times",
+                    s.id
+                ));
+            }
+            if !s.outbox.is_empty() {
+                bad.push(format!("{} still has unpublished events", s.id));
+            }
+        }
+        bad
+    }
+
+    /// Whether some deletion of the session's event was not undone within the grace.
+    fn really_deleted(&self, session: &str) -> bool {
+        let Some(log) = self.staff_log.get(session) else {
+            return false;
+        };
+        let grace = Duration::minutes(GRACE_MINUTES);
+        log.iter().enumerate().any(|(i, (at, act))| {
+            *act == StaffAct::Delete
+                && !log[i + 1..]
+                    .iter()
+                    .any(|(t, a)| *a == StaffAct::Restore && *t < *at + grace)
+        })
+    }
+}
+
+fn build(
+    sim_url: &str,
+    clock: &Arc<ManualClock>,
+    table: &Arc<FaultyTable>,
+    bus: &Arc<RecordingBus>,
+    queue: &Arc<ListQueue>,
+) -> (Arc<Deps>, Arc<LossyGraph>) {
+    let config = config(sim_url);
+    let store = Store::new(table.clone(), clock.clone());
+    let graph = Arc::new(LossyGraph {
+        inner: GraphHttp::with_budget(
+            sim_url,
+            sim_url,
+            RetryBudget {
+                attempts: 1,
+                max_wait: StdDuration::ZERO,
+                timeout: StdDuration::from_secs(10),
+            },
+        )
+        .expect("graph client"),
+        lose_next: AtomicU32::new(0),
+    });
+    let deps = Deps::new(store, config)
+        .with_graph(graph.clone())
+        .with_bus(bus.clone())
+        .with_queue(QueueName::ExchangeInbound, queue.clone());
+    (Arc::new(deps), graph)
+}
+
+/// Runs one history of `steps` steps on `seed` and checks the invariants.
+pub async fn run(seed: u64, steps: usize) -> Outcome {
+    let mut w = World::new(seed).await;
+    for _ in 0..steps {
+        w.step().await;
+    }
+    w.log("--- settle".into());
+    w.settle().await;
+    let violations = w.check().await;
+    Outcome {
+        seed: w.seed,
+        steps,
+        trace: w.trace,
+        violations,
+    }
+}

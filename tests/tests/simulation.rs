@@ -1,0 +1,59 @@
+//! The deterministic simulation of the two-way Exchange sync (see
+//! `voyage_tests::simulation`): seeded random histories of both actors, faults and restarts,
+//! with the invariants checked after each.
+//!
+//! `VOYAGE_SIM_SEEDS=N` runs N seeds (default [`CI_SEEDS`]) from `VOYAGE_SIM_FIRST` (default 1);
+//! `VOYAGE_SIM_SEED=S` replays one seed and prints its trace. `./scripts/simulate` wraps both.
+//! Seeds that once failed are kept in [`REGRESSIONS`] and run first, forever.
+
+use voyage_tests::simulation::{self, STEPS};
+
+/// Seeds CI runs on every build.
+const CI_SEEDS: u64 = 200;
+
+/// Seeds that once broke an invariant (each the first of its bug), run before the rest.
+const REGRESSIONS: &[u64] = &[];
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn random_histories_converge_with_no_booking_lost_and_no_orphan_event() {
+    if let Some(seed) = env_u64("VOYAGE_SIM_SEED") {
+        let outcome = simulation::run(seed, STEPS).await;
+        for line in &outcome.trace {
+            println!("{line}");
+        }
+        assert!(
+            outcome.violations.is_empty(),
+            "seed {seed}: {:#?}",
+            outcome.violations
+        );
+        return;
+    }
+    let count = env_u64("VOYAGE_SIM_SEEDS").unwrap_or(CI_SEEDS);
+    let first = env_u64("VOYAGE_SIM_FIRST").unwrap_or(1);
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let seeds = REGRESSIONS.iter().copied().chain(first..first + count);
+    let mut ran = 0u64;
+    for seed in seeds {
+        let outcome = simulation::run(seed, STEPS).await;
+        ran += 1;
+        if !outcome.violations.is_empty() {
+            eprintln!(
+                "seed {seed} broke an invariant: {:?}\n  replay: ./scripts/simulate --seed {seed}",
+                outcome.violations
+            );
+            failures.push(seed);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "simulation: {ran} seeds in {secs:.1}s ({:.1} seeds/s), {} failed",
+        ran as f64 / secs,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
