@@ -11,5 +11,6 @@ pub mod counting;
 pub mod fixtures;
 pub mod google;
 pub mod graph;
+pub mod lambda;
 pub mod receiver;
 pub mod simulation;

@@ -92,31 +92,68 @@ const SLOTS: u32 = 10;
 // ---------------------------------------------------------------------------------------
 // Fault-injecting adapters around the real ones.
 
-/// The memory table, refusing the next `n` writes when told to.
+/// Which write an injected store fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// Whatever write comes next.
+    Any,
+    /// The next transaction that writes a mapping (an outbound closing commit, a mapping save).
+    MappingWrite,
+    /// The next session record written on its own (a booking command, an outbox clear).
+    SessionPut,
+}
+
+/// The memory table, refusing the next write of a kind when told to.
 pub struct FaultyTable {
     inner: MemoryTable,
-    fail_writes: AtomicU32,
+    fail: Mutex<Option<WriteKind>>,
 }
 
 impl FaultyTable {
     fn new() -> Self {
         FaultyTable {
             inner: MemoryTable::new(),
-            fail_writes: AtomicU32::new(0),
+            fail: Mutex::new(None),
         }
     }
 
-    fn fail_next_writes(&self, n: u32) {
-        self.fail_writes.store(n, Ordering::SeqCst);
+    fn fail_next(&self, kind: Option<WriteKind>) {
+        if let Ok(mut f) = self.fail.lock() {
+            *f = kind;
+        }
     }
 
-    fn write(&self) -> Result<(), StoreError> {
-        let left = self.fail_writes.load(Ordering::SeqCst);
-        if left > 0 {
-            self.fail_writes.store(left - 1, Ordering::SeqCst);
+    fn write(&self, kind: WriteKind) -> Result<(), StoreError> {
+        let Ok(mut armed) = self.fail.lock() else {
+            return Ok(());
+        };
+        if armed.is_some_and(|k| k == WriteKind::Any || k == kind) {
+            *armed = None;
             return Err(StoreError::Unavailable("injected store fault".into()));
         }
         Ok(())
+    }
+
+    fn kind_of_put(item: &Item) -> WriteKind {
+        if item.key.sk.starts_with("SESS#") {
+            WriteKind::SessionPut
+        } else {
+            WriteKind::Any
+        }
+    }
+
+    fn kind_of_transaction(writes: &[TxWrite]) -> WriteKind {
+        let maps = writes.iter().any(|w| match w {
+            TxWrite::Put(item, _) => item.key.sk.starts_with("MAP"),
+            TxWrite::Delete(key, _) => key.sk.starts_with("MAP"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        });
+        if maps {
+            WriteKind::MappingWrite
+        } else {
+            WriteKind::Any
+        }
     }
 }
 
@@ -129,19 +166,19 @@ impl Table for FaultyTable {
         self.inner.batch_get(keys).await
     }
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
-        self.write()?;
+        self.write(Self::kind_of_put(&item))?;
         self.inner.put(item, condition).await
     }
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
-        self.write()?;
+        self.write(WriteKind::Any)?;
         self.inner.delete(key, condition).await
     }
     async fn batch_write(&self, puts: Vec<Item>, deletes: Vec<Key>) -> Result<(), StoreError> {
-        self.write()?;
+        self.write(WriteKind::Any)?;
         self.inner.batch_write(puts, deletes).await
     }
     async fn transact(&self, writes: Vec<TxWrite>) -> Result<(), StoreError> {
-        self.write()?;
+        self.write(Self::kind_of_transaction(&writes))?;
         self.inner.transact(writes).await
     }
     async fn query(&self, query: Query) -> Result<Page, StoreError> {
@@ -232,13 +269,36 @@ impl Queue for ListQueue {
 }
 
 /// The real Graph adapter, whose next answer can be lost after Graph acted on the request
-/// (a timeout after the write happened).
+/// (a timeout after the write happened), and whose next write can be held at a gate while
+/// another actor runs (a deterministic interleaving of two operations).
 pub struct LossyGraph {
     inner: GraphHttp,
     lose_next: AtomicU32,
+    gate: Mutex<Option<Gate>>,
+}
+
+/// A write held until released: `reached` tells the simulation the write is waiting.
+struct Gate {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl LossyGraph {
+    /// Waits at the gate if one is armed (the first write to arrive takes it).
+    async fn pass_gate(&self) {
+        let gate = self.gate.lock().ok().and_then(|mut g| g.take());
+        if let Some(g) = gate {
+            let _ = g.reached.send(());
+            let _ = g.release.await;
+        }
+    }
+
+    fn disarm(&self) {
+        if let Ok(mut g) = self.gate.lock() {
+            g.take();
+        }
+    }
+
     fn lose<T>(&self, result: Result<T, GraphError>) -> Result<T, GraphError> {
         let left = self.lose_next.load(Ordering::SeqCst);
         if left > 0 {
@@ -259,6 +319,7 @@ impl GraphApi for LossyGraph {
         calendar: &CalendarRef,
         event: &EventWrite,
     ) -> Result<GraphEvent, GraphError> {
+        self.pass_gate().await;
         self.lose(self.inner.create_event(creds, calendar, event).await)
     }
     async fn update_event(
@@ -289,6 +350,7 @@ impl GraphApi for LossyGraph {
         calendar: &CalendarRef,
         id: &str,
     ) -> Result<(), GraphError> {
+        self.pass_gate().await;
         self.lose(self.inner.delete_event(creds, calendar, id).await)
     }
     async fn create_subscription(
@@ -594,6 +656,67 @@ impl World {
         true
     }
 
+    /// Two operations at once, deterministically: a platform change is held at its Graph
+    /// write while another actor (another platform change, a delta round, the staff member)
+    /// runs to the end; then the held write goes on.
+    async fn interleave(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let i = self.rng.gen_range(0..self.outbox.len());
+        let change = self.outbox.remove(i);
+        let input: outbound::SessionChangeInput =
+            serde_json::from_value(change.clone()).expect("a valid change");
+        let valid = input.validate().expect("a valid change");
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut g) = self.graph.gate.lock() {
+            *g = Some(Gate {
+                reached: reached_tx,
+                release: release_rx,
+            });
+        }
+        self.log(format!(
+            "interleave: {} {} v{:?} held at its Graph write",
+            format!("{:?}", valid.action).to_lowercase(),
+            valid.id,
+            valid.version
+        ));
+        let deps = self.deps.clone();
+        let graph = self.graph.clone();
+        let held = async move {
+            let result = outbound::apply(&deps, &valid).await;
+            // Never reached the gate (stale, nothing to write): let the other side go.
+            graph.disarm();
+            result
+        };
+        let other = async {
+            let _ = reached_rx.await;
+            match self.rng.gen_range(0..3) {
+                0 => {
+                    self.deliver_platform(None).await;
+                }
+                1 => {
+                    self.run_round(None).await;
+                }
+                _ => self.staff_acts(),
+            }
+            let _ = release_tx.send(());
+        };
+        let (result, ()) = tokio::join!(held, other);
+        let line = match &result {
+            Ok(o) => format!(
+                "interleave: the held change ends {} ({:?})",
+                o.outcome, o.session_status
+            ),
+            Err(e) => format!("interleave: the held change ends in error {e}"),
+        };
+        self.log(line);
+        if result.is_err() {
+            self.outbox.push(change);
+        }
+    }
+
     // --- the staff member -----------------------------------------------------------------
 
     fn tagged_events(&self) -> Vec<voyage_simulators::SimEventView> {
@@ -778,7 +901,7 @@ impl World {
         }
     }
 
-    fn inject_fault(&mut self) {
+    async fn inject_fault(&mut self) {
         match self.rng.gen_range(0..5) {
             0 => {
                 let status = if self.rng.gen_bool(0.5) { 429 } else { 503 };
@@ -799,12 +922,29 @@ impl World {
                 self.log("fault: the next Graph write's answer is lost".into());
             }
             2 => {
-                self.table.fail_next_writes(1);
-                self.log("fault: the next store write fails".into());
+                let kind = match self.rng.gen_range(0..3) {
+                    0 => WriteKind::Any,
+                    1 => WriteKind::MappingWrite,
+                    _ => WriteKind::SessionPut,
+                };
+                self.table.fail_next(Some(kind));
+                self.log(format!("fault: the next store write ({kind:?}) fails"));
             }
             3 => {
-                self.bus.refuse_next(self.rng.gen_range(1..4));
-                self.log("fault: the bus refuses publishes".into());
+                // Up to five refusals: past the three immediate retries, the relay's turn.
+                let n = self.rng.gen_range(1..6);
+                self.bus.refuse_next(n);
+                self.log(format!("fault: the bus refuses {n} publishes"));
+            }
+            4 if self.rng.gen_bool(0.3) => {
+                // Graph forgets every delta token: the next round answers 410.
+                let url = format!("{}/_control/delta/expire", self.sim_url);
+                let ok = reqwest::Client::new()
+                    .post(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                self.log(format!("fault: delta tokens expire (410), done: {ok}"));
             }
             _ => {
                 self.sim.add_fault(Fault {
@@ -824,7 +964,7 @@ impl World {
     fn clear_faults(&mut self) {
         self.sim.clear_faults();
         self.graph.lose_next.store(0, Ordering::SeqCst);
-        self.table.fail_next_writes(0);
+        self.table.fail_next(None);
         self.bus.refuse_next(0);
     }
 
@@ -874,7 +1014,8 @@ impl World {
             60..=74 => {
                 self.run_round(None).await;
             }
-            75..=79 => self.inject_fault(),
+            75..=77 => self.inject_fault().await,
+            78..=79 => self.interleave().await,
             80..=84 => {
                 let which = self.rng.gen_range(0..3);
                 self.run_job(which).await;
@@ -1094,6 +1235,7 @@ fn build(
         )
         .expect("graph client"),
         lose_next: AtomicU32::new(0),
+        gate: Mutex::new(None),
     });
     let deps = Deps::new(store, config)
         .with_graph(graph.clone())

@@ -545,3 +545,581 @@ async fn a_poison_message_fails_alone() {
         .unwrap();
     assert!(c.last_sync_at.is_some(), "the good message ran its round");
 }
+
+// ---------------------------------------------------------------------------------------
+// Convergence under realistic orderings (issue #10): each scenario below once ended wrong.
+
+mod convergence {
+    use super::*;
+    use voyage_core::exchange::inbound;
+    use voyage_core::exchange::notifications::SyncRequest;
+    use voyage_core::model::Provider;
+
+    /// A change with the platform's `version`.
+    fn versioned(action: &str, session: &str, hour: u32, version: u64) -> Value {
+        let mut c = change(action, "acme", session, "ann", hour);
+        c["session"]["version"] = json!(version);
+        c
+    }
+
+    /// A change on another day (`date` like `2027-08-01`).
+    fn on_date(action: &str, session: &str, date: &str, version: u64) -> Value {
+        let mut c = versioned(action, session, 9, version);
+        c["session"]["start"] = json!(format!("{date}T09:00:00Z"));
+        c["session"]["end"] = json!(format!("{date}T10:00:00Z"));
+        c
+    }
+
+    async fn send(w: &GraphWorld, platform: &str, body: Value) -> Value {
+        let (status, out) = w
+            .app
+            .call("POST", "/v1/exchange/outbound", platform, Some(body))
+            .await;
+        assert_eq!(status, 200, "{out}");
+        out
+    }
+
+    /// The staff member creates a busy event and we wait for its override: proof that a
+    /// round ran after everything that happened before.
+    async fn round_ran(w: &GraphWorld, key: &str, hour: u32) {
+        let id = w
+            .staff_creates(
+                "ann",
+                "Proof",
+                &format!("2026-12-03T{hour:02}:00:00"),
+                &format!("2026-12-03T{:02}:00:00", hour + 1),
+                "busy",
+            )
+            .await;
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let (_, body) = w
+                .app
+                .call(
+                    "GET",
+                    "/v1/staff/ann/overrides?from=2026-12-03T00:00:00Z&to=2026-12-04T00:00:00Z",
+                    key,
+                    None,
+                )
+                .await;
+            let seen = body["data"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["external_event_id"] == id.as_str()));
+            if seen {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no round ran: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn live_of(events: &[Value], session: &str) -> Vec<Value> {
+        let tag = format!("acme/{session}");
+        events
+            .iter()
+            .filter(|e| {
+                e["singleValueExtendedProperties"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["value"] == tag.as_str()))
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_dragged_beyond_the_sync_window_reschedules_the_booking_instead_of_cancelling_it(
+    ) {
+        let (w, receiver, _key, platform) = world().await;
+        let event = book(&w, &platform, "s1", 9).await;
+        // Graph reports an event moved out of the window as removed (reason "deleted").
+        let far = json!({"dateTime": "2027-08-02T09:00:00.0000000", "timeZone": "UTC"});
+        let far_end = json!({"dateTime": "2027-08-02T10:00:00.0000000", "timeZone": "UTC"});
+        assert_eq!(
+            w.staff(
+                "PATCH",
+                "ann",
+                &event,
+                "",
+                Some(json!({"start": far, "end": far_end}))
+            )
+            .await,
+            200
+        );
+        let s = until(&w, "s1", "rescheduled beyond the window", |s| {
+            s.start.format("%Y-%m-%d").to_string() == "2027-08-02"
+        })
+        .await;
+        assert_eq!(s.status, SessionStatus::Confirmed);
+        wait_event(&receiver, "session.rescheduled").await;
+        assert!(!events(&receiver)
+            .iter()
+            .any(|e| e == "session.cancellation_pending"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_platform_move_beyond_the_sync_window_keeps_the_booking_and_its_event() {
+        let (w, _receiver, key, platform) = world().await;
+        book(&w, &platform, "s1", 9).await;
+        let out = send(&w, &platform, on_date("updated", "s1", "2027-08-02", 2)).await;
+        assert_eq!(out["outcome"], "updated", "{out}");
+        round_ran(&w, &key, 8).await;
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::Confirmed);
+        let live = live_of(&w.live_events("ann").await, "s1");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0]["start"]["dateTime"], "2027-08-02T09:00:00.0000000");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_platform_edit_during_a_pending_cancellation_makes_no_second_event_and_a_restore_takes_the_new_time(
+    ) {
+        let (w, receiver, _key, platform) = world().await;
+        let out = send(&w, &platform, versioned("created", "s1", 9, 1)).await;
+        let event = out["event_id"].as_str().unwrap().to_string();
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        until(&w, "s1", "pending", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+        // The platform moves the booking while its cancellation is pending.
+        let out = send(&w, &platform, versioned("updated", "s1", 11, 2)).await;
+        assert_eq!(out["outcome"], "skipped", "{out}");
+        assert_eq!(out["session_status"], "pending_cancellation");
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        // The staff member restores the event: the booking is back, at the platform's time.
+        assert_eq!(w.restore("ann", &event).await, 200);
+        until(&w, "s1", "restored", |s| {
+            s.status == SessionStatus::Confirmed
+        })
+        .await;
+        wait_event(&receiver, "session.restored").await;
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let live = live_of(&w.live_events("ann").await, "s1");
+            if live.len() == 1 && live[0]["start"]["dateTime"] == "2026-12-01T11:00:00.0000000" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "event not moved: {live:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = session(&w, "s1").await;
+        assert_eq!(s.start.format("%H").to_string(), "11");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_platform_edit_during_the_grace_leaves_no_event_once_the_cancellation_is_committed() {
+        let (w, receiver, _key, platform) = world().await;
+        let out = send(&w, &platform, versioned("created", "s1", 9, 1)).await;
+        let event = out["event_id"].as_str().unwrap().to_string();
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        until(&w, "s1", "pending", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+        send(&w, &platform, versioned("updated", "s1", 11, 2)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        voyage_fn_scheduled::run(
+            voyage_fn_scheduled::Job::CommitPendingCancellations,
+            &w.app.local.deps,
+        )
+        .await
+        .unwrap();
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::Cancelled);
+        wait_event(&receiver, "session.cancelled").await;
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_retried_after_its_cancellation_is_stale_and_writes_nothing() {
+        let (w, _receiver, _key, platform) = world().await;
+        send(&w, &platform, versioned("created", "s1", 9, 1)).await;
+        send(&w, &platform, versioned("cancelled", "s1", 9, 3)).await;
+        w.sim.clear_served();
+        // The platform's `updated` v2, throttled and retried, arrives after `cancelled` v3.
+        let out = send(&w, &platform, versioned("updated", "s1", 10, 2)).await;
+        assert_eq!(out["outcome"], "stale", "{out}");
+        assert_eq!(out["session_status"], "cancelled");
+        // (Delta rounds run by the consumers may read meanwhile; nothing is written.)
+        let writes: Vec<String> = w
+            .graph_calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("GET") && !c.contains("token"))
+            .collect();
+        assert!(writes.is_empty(), "{writes:?}");
+        let s = session(&w, "s1").await;
+        assert_eq!(
+            (s.status, s.start.format("%H").to_string()),
+            (SessionStatus::Cancelled, "09".into())
+        );
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        // The same version again once it was applied is stale too.
+        let again = send(&w, &platform, versioned("cancelled", "s1", 9, 3)).await;
+        assert_eq!(again["outcome"], "stale");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_versions_an_update_after_a_cancellation_does_not_book_it_again() {
+        let (w, _receiver, _key, platform) = world().await;
+        book(&w, &platform, "s1", 9).await;
+        send(&w, &platform, change("cancelled", "acme", "s1", "ann", 9)).await;
+        let out = send(&w, &platform, change("updated", "acme", "s1", "ann", 10)).await;
+        assert_eq!(out["session_status"], "cancelled", "{out}");
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        // `created` books it again (arrival order).
+        let out = send(&w, &platform, change("created", "acme", "s1", "ann", 10)).await;
+        assert_eq!(
+            (out["outcome"].as_str(), out["session_status"].as_str()),
+            (Some("created"), Some("confirmed")),
+            "{out}"
+        );
+        assert_eq!(live_of(&w.live_events("ann").await, "s1").len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_that_is_not_a_positive_integer_is_refused_naming_the_field() {
+        let (w, _receiver, _key, platform) = world().await;
+        for bad in [json!(0), json!(-1), json!("2"), json!(1.5)] {
+            let mut body = change("created", "acme", "s1", "ann", 9);
+            body["session"]["version"] = bad.clone();
+            let (status, out) = w
+                .app
+                .call("POST", "/v1/exchange/outbound", &platform, Some(body))
+                .await;
+            assert_eq!(status, 422, "{bad}: {out}");
+            assert_eq!(out["error"]["field"], "session.version", "{bad}: {out}");
+        }
+        assert!(w.live_events("ann").await.is_empty());
+    }
+
+    /// A world whose queue consumers are idle: rounds run only when the test says.
+    async fn idle_world() -> (GraphWorld, String, String, String) {
+        let w = GraphWorld::start(&[("VOYAGE_PENDING_CANCELLATION_GRACE", "1s")]).await;
+        let (key, conn) = w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;
+        let platform = w.app.key("platform", true).await;
+        let id = conn["id"].as_str().unwrap().to_string();
+        (w, key, platform, id)
+    }
+
+    async fn round(w: &GraphWorld, connection: &str) -> inbound::RoundReport {
+        let req = SyncRequest {
+            company_id: "acme".into(),
+            connection_id: connection.into(),
+            subscription_id: String::new(),
+            reason: "notification".into(),
+        };
+        inbound::handle(&w.app.local.deps, &req).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_commit_sweep_never_cancels_a_booking_whose_event_came_back() {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        let event = book(&w, &platform, "s1", 9).await;
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        round(&w, &conn).await;
+        assert_eq!(
+            session(&w, "s1").await.status,
+            SessionStatus::PendingCancellation
+        );
+        // Restored, but its notification has not been handled when the grace ends.
+        assert_eq!(w.restore("ann", &event).await, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        voyage_fn_scheduled::run(
+            voyage_fn_scheduled::Job::CommitPendingCancellations,
+            &w.app.local.deps,
+        )
+        .await
+        .unwrap();
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::Confirmed, "{:?}", s.history);
+        assert_eq!(s.history.last().unwrap().command, "restore");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_platform_edit_that_finds_the_event_deleted_starts_the_cancellation_instead_of_a_second_event(
+    ) {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        let event = book(&w, &platform, "s1", 9).await;
+        // Deleted in Outlook; no round has seen it yet when the platform moves the booking.
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        let out = send(&w, &platform, change("updated", "acme", "s1", "ann", 11)).await;
+        assert_eq!(
+            (out["outcome"].as_str(), out["session_status"].as_str()),
+            (Some("skipped"), Some("pending_cancellation")),
+            "{out}"
+        );
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        // The round that then sees the deletion changes nothing more.
+        round(&w, &conn).await;
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::PendingCancellation);
+        assert_eq!(
+            s.history
+                .iter()
+                .filter(|h| h.command == "pending_cancellation")
+                .count(),
+            1
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_event_of_a_cancelled_booking_is_deleted_again_with_a_history_entry() {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        let event = book(&w, &platform, "s1", 9).await;
+        send(&w, &platform, change("cancelled", "acme", "s1", "ann", 9)).await;
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        assert_eq!(w.restore("ann", &event).await, 200);
+        let report = round(&w, &conn).await;
+        assert_eq!(report.calendar_writes, 1, "{report:?}");
+        assert!(live_of(&w.live_events("ann").await, "s1").is_empty());
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::Cancelled);
+        assert_eq!(s.history.last().unwrap().command, "delete_restored_event");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_cursor_is_rebased_by_a_full_sync_that_replaces_it_at_the_end() {
+        let (w, _key, _platform, conn) = idle_world().await;
+        let first = round(&w, &conn).await;
+        assert!(first.resynced);
+        let store = &w.app.local.deps.store;
+        let mut cursor = store.get_cursor("acme", &conn).await.unwrap().unwrap();
+        // A cursor based two days ago, as if nothing had happened since.
+        cursor.based_at = Some(store.now() - chrono::Duration::days(2));
+        store.save_cursor(&mut cursor).await.unwrap();
+        let version = cursor.version;
+        let report = round(&w, &conn).await;
+        assert!(report.resynced, "{report:?}");
+        let rebased = store.get_cursor("acme", &conn).await.unwrap().unwrap();
+        assert_eq!(rebased.version, version + 1);
+        assert!(rebased.based_at.unwrap() > store.now() - chrono::Duration::minutes(1));
+        // And the next round is incremental again.
+        assert!(!round(&w, &conn).await.resynced);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_for_one_connection_run_one_round_at_a_time() {
+        let (w, _key, _platform, conn) = idle_world().await;
+        let store = &w.app.local.deps.store;
+        // A round holds the lease.
+        let held = match store.claim_lease("acme", &conn).await.unwrap() {
+            voyage_core::store::LeaseClaim::Acquired(l) => l,
+            other => panic!("{other:?}"),
+        };
+        // A notification meanwhile coalesces instead of running a second round.
+        let report = round(&w, &conn).await;
+        assert!(report.coalesced && report.pages == 0, "{report:?}");
+        // The holder is told to run once more, then the lease is free.
+        let again = store.release_lease(held).await.unwrap();
+        let voyage_core::store::Released::RunAgain(held) = again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(
+            store.release_lease(held).await.unwrap(),
+            voyage_core::store::Released::Done
+        );
+        assert!(!round(&w, &conn).await.coalesced);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_connection_deletes_its_overrides_mappings_and_cursor() {
+        let (w, key, platform, conn) = idle_world().await;
+        w.staff_creates(
+            "ann",
+            "Dentist",
+            "2026-12-02T09:00:00",
+            "2026-12-02T10:00:00",
+            "busy",
+        )
+        .await;
+        book(&w, &platform, "s1", 9).await;
+        round(&w, &conn).await;
+        let store = &w.app.local.deps.store;
+        let overrides = |store: &voyage_core::store::Store| {
+            let store = store.clone();
+            async move {
+                store
+                    .overrides_for_staff(
+                        "acme",
+                        "ann",
+                        chrono::Utc::now() - chrono::Duration::days(1),
+                        chrono::Utc::now() + chrono::Duration::days(30),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(overrides(store).await.len(), 1);
+        let (status, _) = w
+            .app
+            .call("DELETE", &format!("/v1/connections/{conn}"), &key, None)
+            .await;
+        assert_eq!(status, 204);
+        assert!(overrides(store).await.is_empty());
+        assert!(store
+            .mapping_for_session("acme", Provider::Exchange, "s1")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.get_cursor("acme", &conn).await.unwrap().is_none());
+        // A new connection for the same staff member starts clean: one override, not two.
+        let (status, created) = w
+            .app
+            .call(
+                "POST",
+                "/v1/connections",
+                &key,
+                Some(json!({"provider": "exchange", "staff_id": "ann", "staff_email": voyage_tests::graph::email("ann")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        round(&w, created["id"].as_str().unwrap()).await;
+        assert_eq!(overrides(store).await.len(), 1);
+    }
+
+    /// A bus that refuses publishes while `refuse` is above zero.
+    #[derive(Default)]
+    struct FlakyBus {
+        refuse: std::sync::atomic::AtomicU32,
+        published: std::sync::Mutex<Vec<voyage_core::ports::BusEvent>>,
+    }
+
+    #[async_trait::async_trait]
+    impl voyage_core::ports::EventBus for FlakyBus {
+        async fn publish(
+            &self,
+            events: &[voyage_core::ports::BusEvent],
+        ) -> Result<(), voyage_core::ports::BusError> {
+            use std::sync::atomic::Ordering;
+            if self.refuse.load(Ordering::SeqCst) > 0 {
+                self.refuse.fetch_sub(1, Ordering::SeqCst);
+                return Err(voyage_core::ports::BusError::Unavailable("refused".into()));
+            }
+            self.published.lock().unwrap().extend_from_slice(events);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_event_whose_publish_failed_reaches_the_bus_through_the_relay_once() {
+        use std::sync::Arc;
+        use voyage_core::booking::{self, Command};
+        // GIVEN a bus that refuses every publish for now
+        let store = voyage_core::store::Store::new(
+            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
+            Arc::new(voyage_core::ports::SystemClock),
+        );
+        let bus = Arc::new(FlakyBus::default());
+        bus.refuse.store(100, std::sync::atomic::Ordering::SeqCst);
+        let config = voyage_core::config::Config::from_lookup(|_| None).unwrap();
+        let deps = voyage_core::deps::Deps::new(store.clone(), config).with_bus(bus.clone());
+        let now = store.now();
+        let mut s = store
+            .create_session(&Session {
+                id: "s1".into(),
+                company_id: "acme".into(),
+                staff_id: "ann".into(),
+                start: now + chrono::Duration::days(1),
+                end: now + chrono::Duration::days(1) + chrono::Duration::hours(1),
+                time_zone: "UTC".into(),
+                title: "x".into(),
+                location: None,
+                client: None,
+                status: SessionStatus::Confirmed,
+                declined: false,
+                history: vec![],
+                pending: None,
+                outbox: vec![],
+                platform_version: None,
+                calendar_version: None,
+                event_txn: None,
+                updated_at: now,
+                version: 0,
+            })
+            .await
+            .unwrap();
+        // WHEN a booking command is written and its publish fails
+        let command = Command::PendingCancellation {
+            grace: chrono::Duration::minutes(10),
+        };
+        assert!(
+            booking::execute(&deps, &mut s, &command, "exchange-inbound")
+                .await
+                .unwrap()
+        );
+        // THEN the event waits in the stored outbox...
+        let stored = store.get_session("acme", "s1").await.unwrap();
+        assert_eq!(stored.outbox.len(), 1);
+        assert!(bus.published.lock().unwrap().is_empty());
+        // ...and the relay publishes it once the bus is back, once.
+        bus.refuse.store(0, std::sync::atomic::Ordering::SeqCst);
+        let report = booking::relay_outboxes(&deps).await.unwrap();
+        assert_eq!((report.processed, report.failed), (1, 0));
+        let again = booking::relay_outboxes(&deps).await.unwrap();
+        assert_eq!(again.processed, 0);
+        let published = bus.published.lock().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].detail_type, "session.cancellation_pending");
+        assert_eq!(
+            published[0].detail["idempotency_key"],
+            stored.outbox[0].idempotency_key.as_str()
+        );
+        assert!(store
+            .get_session("acme", "s1")
+            .await
+            .unwrap()
+            .outbox
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_round_owed_by_a_holder_that_died_is_found_once_its_lease_expires() {
+        use std::sync::Arc;
+        use voyage_core::store::{LeaseClaim, LEASE_TTL_SECONDS};
+        let clock = Arc::new(voyage_core::ports::ManualClock::new(chrono::Utc::now()));
+        let store = voyage_core::store::Store::new(
+            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
+            clock.clone(),
+        );
+        // GIVEN a round holds the lease and a request coalesces into it
+        assert!(matches!(
+            store.claim_lease("acme", "c1").await.unwrap(),
+            LeaseClaim::Acquired(_)
+        ));
+        assert_eq!(
+            store.claim_lease("acme", "c1").await.unwrap(),
+            LeaseClaim::Coalesced
+        );
+        assert!(store
+            .abandoned_leases(clock_now(&clock), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // WHEN the holder dies and its lease expires
+        clock.advance(chrono::Duration::seconds(LEASE_TTL_SECONDS + 1));
+        // THEN the sweep finds the round it owed...
+        assert_eq!(
+            store.abandoned_leases(clock_now(&clock), 10).await.unwrap(),
+            vec![("acme".to_string(), "c1".to_string())]
+        );
+        // ...and once a new round takes the lease, nothing is owed any more.
+        assert!(matches!(
+            store.claim_lease("acme", "c1").await.unwrap(),
+            LeaseClaim::Acquired(_)
+        ));
+        clock.advance(chrono::Duration::seconds(LEASE_TTL_SECONDS + 1));
+        assert!(store
+            .abandoned_leases(clock_now(&clock), 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    fn clock_now(clock: &voyage_core::ports::ManualClock) -> chrono::DateTime<chrono::Utc> {
+        use voyage_core::ports::Clock;
+        clock.now()
+    }
+}

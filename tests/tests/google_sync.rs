@@ -425,3 +425,29 @@ async fn rate_limits_are_backed_off_and_credentials_are_validated_and_never_show
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_requested_while_another_runs_joins_it_instead_of_running_twice() {
+    // GIVEN a connection whose sync is running (it holds the connection's lease)
+    let w = GoogleWorld::start(&[]).await;
+    let (_tenant, conn) = w
+        .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
+        .await;
+    let id = conn["id"].as_str().unwrap();
+    let store = &w.app.local.deps.store;
+    let held = match store.claim_lease("acme", id).await.unwrap() {
+        voyage_core::store::LeaseClaim::Acquired(l) => l,
+        other => panic!("{other:?}"),
+    };
+    // WHEN another sync of it is requested
+    let mut c = store.get_connection("acme", id).await.unwrap();
+    let report = voyage_core::google::sync::sync_connection(&w.app.local.deps, &mut c)
+        .await
+        .unwrap();
+    // THEN it reads nothing itself, and the running one is told to go once more
+    assert!(report.coalesced && report.pages == 0, "{report:?}");
+    assert!(matches!(
+        store.release_lease(held).await.unwrap(),
+        voyage_core::store::Released::RunAgain(_)
+    ));
+}

@@ -1,5 +1,7 @@
 //! The HTTP edge through the whole local router: authentication, the error contract, and a
-//! property test that no request makes any route answer 5xx.
+//! property test that no request makes any route answer 5xx. And the deployed shape without
+//! AWS (`deployed_shape`): every Lambda binary started as Lambda starts it, fed the events of
+//! `events/`, against moto.
 
 use std::sync::Arc;
 
@@ -526,4 +528,329 @@ async fn exchange_fixtures_run_through_their_handlers() {
     let failed = voyage_fn_exchange_inbound::worker::handle_batch(&app.local.deps, messages).await;
     // The sync request names a connection that does not exist here: done, nothing to do.
     assert_eq!(failed, ["2e1424d4-f796-459a-8184-9c92662be6da"]);
+}
+
+/// The deployed shape without AWS: each function binary started against a Lambda Runtime API
+/// stand-in (`voyage_tests::lambda`) with its template.yaml environment, moto behind it.
+mod deployed_shape {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use voyage_tests::lambda::{event, http_answer, http_event, sqs_event, Function, Stack};
+    use voyage_tests::receiver::Receiver;
+
+    /// The Lambda authorizer's context for `key`, through the `gateway` binary.
+    async fn authorize(gateway: &mut Function, key: &str) -> Value {
+        let mut request = event("authorizer-request.json");
+        request["headers"]["authorization"] = json!(format!("Bearer {key}"));
+        request["identitySource"] = json!([format!("Bearer {key}")]);
+        let answer = gateway.invoke(request).await.response();
+        assert_eq!(answer["isAuthorized"], true, "{answer}");
+        answer["context"].clone()
+    }
+
+    /// The EMF lines a function printed on stdout.
+    fn emf_lines(f: &Function) -> Vec<Value> {
+        f.stdout()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_walks_the_deployed_path_from_authorizer_to_a_receiver() {
+        let stack = Stack::create().await;
+        let receiver = Receiver::start().await;
+        let store = stack.store().await;
+        let tenant = voyage_core::auth::create_key(&store, "acme", false, None)
+            .await
+            .unwrap()
+            .plaintext;
+        let internal = voyage_core::auth::create_key(&store, "platform", true, None)
+            .await
+            .unwrap()
+            .plaintext;
+        // A loopback receiver needs what production refuses: private, plain-HTTP targets.
+        let loopback = [
+            ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true".to_string()),
+            ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true".to_string()),
+        ];
+        let with_loopback = |binary: &str| {
+            let mut env = stack.env(binary);
+            env.extend(loopback.iter().cloned());
+            env
+        };
+        let (gateway_env, webhooks_env, worker_env) = (
+            stack.env("gateway"),
+            with_loopback("webhooks"),
+            with_loopback("webhooks-worker"),
+        );
+        let (mut gateway, mut webhooks, mut worker) = tokio::join!(
+            Function::start("gateway", &gateway_env),
+            Function::start("webhooks", &webhooks_env),
+            Function::start("webhooks-worker", &worker_env),
+        );
+
+        // 1. The authorizer resolves the tenant's key; API Gateway passes its context on.
+        let context = authorize(&mut gateway, &tenant).await;
+        assert_eq!(context["company_id"], "acme");
+        // 2. The webhooks function registers the receiver for the tenant.
+        let create = http_event(
+            "POST",
+            "/v1/webhooks",
+            Some(context),
+            Some(json!({"url": receiver.url("/hook"), "events": ["session.*"]})),
+            &[],
+        );
+        let (status, endpoint) = http_answer(&webhooks.invoke(create).await.response());
+        assert_eq!(status, 201, "{endpoint}");
+        // 3. The platform's internal key dispatches an event: a delivery is stored and its
+        //    wake-up sent to the deliveries queue.
+        let context = authorize(&mut gateway, &internal).await;
+        assert_eq!(context["internal"], true);
+        let dispatch = http_event(
+            "POST",
+            "/v1/webhooks/dispatch",
+            Some(context),
+            Some(
+                json!({"company_id": "acme", "event": "session.created", "payload": {"session_id": "s1"}}),
+            ),
+            &[],
+        );
+        let (status, dispatched) = http_answer(&webhooks.invoke(dispatch).await.response());
+        assert_eq!(status, 202, "{dispatched}");
+        let delivery_id = dispatched["deliveries"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // 4. SQS hands the wake-up to the worker, as the event source mapping would.
+        let sqs = aws_sdk_sqs::Client::new(&voyage_tests::fixtures::aws().await);
+        let queue = voyage_aws::SqsQueue::new(sqs, stack.webhooks.url.clone());
+        use voyage_core::ports::Queue;
+        let messages = queue.receive(10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(messages.len(), 1);
+        let batch: Vec<(&str, &str)> = messages
+            .iter()
+            .map(|m| (m.id.as_str(), m.body.as_str()))
+            .collect();
+        let answer = worker
+            .invoke(sqs_event(&stack.webhooks.arn, &batch))
+            .await
+            .response();
+        assert_eq!(answer, json!({"batchItemFailures": []}));
+        // 5. The receiver got the signed event.
+        let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+        assert_eq!(got[0].path, "/hook");
+        assert_eq!(
+            got[0].header("x-webhook-delivery").as_deref(),
+            Some(delivery_id.as_str())
+        );
+        assert!(got[0].header("webhook-signature").is_some());
+        let body: Value = serde_json::from_str(&got[0].body).unwrap();
+        assert_eq!(body["type"], "session.created");
+        assert_eq!(body["data"], json!({"session_id": "s1"}));
+        // 6. The worker logged the invocation's metrics as EMF on stdout.
+        let emf = emf_lines(&worker);
+        assert!(
+            emf.iter()
+                .any(|l| l["webhook_attempts"] == json!(1.0) && l["outcome"] == "delivered"),
+            "no EMF line for the attempt in:\n{}",
+            worker.stdout()
+        );
+        assert!(emf
+            .iter()
+            .all(|l| l["function"] == "voyage-webhooks-worker"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_function_binary_answers_its_events_as_lambda_would() {
+        let stack = Stack::create().await;
+        let start = |binary: &'static str| {
+            let env = stack.env(binary);
+            async move { Function::start(binary, &env).await }
+        };
+        let (mut gateway, mut gateway_api, mut webhooks, mut webhooks_worker) = tokio::join!(
+            start("gateway"),
+            start("gateway-api"),
+            start("webhooks"),
+            start("webhooks-worker")
+        );
+        let (mut google_sync, mut google_sync_worker, mut inbound, mut inbound_worker) = tokio::join!(
+            start("google-sync"),
+            start("google-sync-worker"),
+            start("exchange-inbound"),
+            start("exchange-inbound-worker")
+        );
+        let (mut outbound, mut outbound_worker, mut scheduled) = tokio::join!(
+            start("exchange-outbound"),
+            start("exchange-outbound-worker"),
+            start("scheduled")
+        );
+        let acme = json!({"company_id": "acme", "key_id": "key_01example", "internal": false});
+        let platform =
+            json!({"company_id": "platform", "key_id": "key_02example", "internal": true});
+
+        // gateway: an unknown key is let through with the error in the context (the function
+        // answers the contract's JSON 401).
+        let answer = gateway
+            .invoke(event("authorizer-request.json"))
+            .await
+            .response();
+        assert_eq!(
+            answer,
+            json!({"isAuthorized": true, "context": {"error": "unauthorized"}})
+        );
+
+        // gateway-api: the authorizer's context is the caller; a bad key's context is a 401.
+        let (status, me) = http_answer(
+            &gateway_api
+                .invoke(event("apigw-v2-get-me.json"))
+                .await
+                .response(),
+        );
+        assert_eq!((status, &me["company_id"]), (200, &json!("acme")), "{me}");
+        let (status, err) = http_answer(
+            &gateway_api
+                .invoke(event("apigw-v2-get-me-bad-key.json"))
+                .await
+                .response(),
+        );
+        assert_eq!(status, 401, "{err}");
+        assert_eq!(err["error"]["code"], "unauthorized");
+
+        // webhooks: the tenant's endpoints (none yet).
+        let (status, list) = http_answer(
+            &webhooks
+                .invoke(http_event(
+                    "GET",
+                    "/v1/webhooks",
+                    Some(acme.clone()),
+                    None,
+                    &[],
+                ))
+                .await
+                .response(),
+        );
+        assert_eq!(status, 200, "{list}");
+
+        // webhooks-worker: a poison message fails alone.
+        let answer = webhooks_worker
+            .invoke(sqs_event(&stack.webhooks.arn, &[("poison-1", "{not json")]))
+            .await
+            .response();
+        assert_eq!(
+            answer,
+            json!({"batchItemFailures": [{"itemIdentifier": "poison-1"}]})
+        );
+
+        // google-sync: a push for a channel nobody opened.
+        let push = http_event(
+            "POST",
+            "/v1/google-sync/notifications",
+            None,
+            None,
+            &[
+                ("x-goog-channel-id", "no-such-channel"),
+                ("x-goog-channel-token", "t"),
+                ("x-goog-resource-state", "exists"),
+                ("x-goog-message-number", "2"),
+            ],
+        );
+        let (status, err) = http_answer(&google_sync.invoke(push).await.response());
+        assert_eq!(status, 404, "{err}");
+        assert_eq!(err["error"]["code"], "unknown_channel");
+
+        // google-sync-worker: a sync of a connection that is gone is done; poison fails alone.
+        let gone = json!({"kind": voyage_core::google::push::SYNC_KIND, "payload": {"company_id": "acme", "connection_id": "conn_gone"}}).to_string();
+        let answer = google_sync_worker
+            .invoke(sqs_event(
+                &stack.google.arn,
+                &[("m1", &gone), ("poison-2", "{not json")],
+            ))
+            .await
+            .response();
+        assert_eq!(
+            answer,
+            json!({"batchItemFailures": [{"itemIdentifier": "poison-2"}]})
+        );
+
+        // exchange-inbound: Graph's validation handshake is answered with the token, as text.
+        let answer = inbound
+            .invoke(event("apigw-v2-graph-validation.json"))
+            .await
+            .response();
+        let (status, token) = http_answer(&answer);
+        assert_eq!(status, 200);
+        assert_eq!(
+            token,
+            json!("Validation: Testing client application reachability for subscription Request-Id: 2e8f8a5c")
+        );
+        assert!(answer["headers"]["content-type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/plain"));
+
+        // exchange-inbound-worker: the example batch (a connection unknown here, then poison).
+        let answer = inbound_worker
+            .invoke(event("sqs-exchange-inbound.json"))
+            .await
+            .response();
+        assert_eq!(
+            answer,
+            json!({"batchItemFailures": [{"itemIdentifier": "2e1424d4-f796-459a-8184-9c92662be6da"}]})
+        );
+        assert!(
+            emf_lines(&inbound_worker)
+                .iter()
+                .any(|l| l["exchange_delta_rounds"] == json!(1.0) && l["outcome"] == "skipped"),
+            "{}",
+            inbound_worker.stdout()
+        );
+
+        // exchange-outbound: a valid session for a staff member without Exchange.
+        let session = json!({"action": "created", "session": {"id": "s1", "company_id": "acme", "staff_id": "ann", "start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z", "time_zone": "Europe/Berlin", "title": "Intro call"}});
+        let (status, err) = http_answer(
+            &outbound
+                .invoke(http_event(
+                    "POST",
+                    "/v1/exchange/outbound",
+                    Some(platform),
+                    Some(session.clone()),
+                    &[],
+                ))
+                .await
+                .response(),
+        );
+        assert_eq!(status, 404, "{err}");
+        assert_eq!(err["error"]["code"], "exchange_connection_not_found");
+
+        // exchange-outbound-worker: the same change from EventBridge is not a failure.
+        let change = json!({"version": "0", "id": "e1", "source": "voyage.platform", "detail-type": "session.changed", "account": "123456789012", "time": "2026-11-30T09:00:00Z", "region": "us-east-1", "resources": [], "detail": session}).to_string();
+        let answer = outbound_worker
+            .invoke(sqs_event(&stack.outbound.arn, &[("m2", &change)]))
+            .await
+            .response();
+        assert_eq!(answer, json!({"batchItemFailures": []}));
+
+        // scheduled: both EventBridge rule inputs run their jobs on an empty stack.
+        for input in [
+            "scheduled-five-minutes.json",
+            "scheduled-purge-expired.json",
+        ] {
+            let reports = scheduled.invoke(event(input)).await.response();
+            assert!(
+                reports.as_array().is_some_and(|r| !r.is_empty()),
+                "{input}: {reports}\n{}",
+                scheduled.stderr()
+            );
+        }
+        // An unknown schedule is the function's error, reported to the Runtime API.
+        match scheduled.invoke(json!({"schedule": "hourly"})).await {
+            voyage_tests::lambda::Outcome::Error(e) => {
+                assert!(e["errorMessage"].is_string(), "{e}")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
 }

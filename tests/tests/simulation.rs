@@ -9,10 +9,12 @@
 use voyage_tests::simulation::{self, STEPS};
 
 /// Seeds CI runs on every build.
-const CI_SEEDS: u64 = 200;
+const CI_SEEDS: u64 = 300;
 
 /// Seeds that once broke an invariant (each the first of its bug), run before the rest.
-const REGRESSIONS: &[u64] = &[];
+const REGRESSIONS: &[u64] = &[
+    22, 23, 39, 42, 52, 60, 61, 66, 72, 99, 106, 312, 994, 999, 1113, 1373, 1903, 2161,
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

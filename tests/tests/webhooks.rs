@@ -767,3 +767,69 @@ async fn a_platform_event_on_the_local_bus_is_dispatched() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.received().len(), 1);
 }
+
+/// `GET /metrics` on the local system: the Prometheus text shows the delivery that happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_delivered_webhook_in_prometheus_text() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    dispatch(&app, &internal, "session.created", json!({})).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    // The counter is recorded once the attempt is stored, just after the receiver answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // No key: /metrics is open (it shows counts only).
+        let resp = app
+            .router
+            .clone()
+            .oneshot(
+                http::Request::get("/metrics")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        let text = String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        let delivered = text.lines().find_map(|l| {
+            l.strip_prefix("voyage_webhook_deliveries_total{outcome=\"succeeded\"} ")
+                .and_then(|n| n.parse::<u64>().ok())
+        });
+        if delivered.is_some_and(|n| n >= 1) {
+            assert!(
+                text.contains("# TYPE voyage_webhook_attempts_total counter"),
+                "{text}"
+            );
+            assert!(
+                text.contains(
+                    "voyage_webhook_attempt_ms_bucket{outcome=\"delivered\",le=\"+Inf\"}"
+                ),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivery counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

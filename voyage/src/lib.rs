@@ -2,6 +2,8 @@
 //! in process, on a durable SQLite store in a data directory. The same handlers, auth and
 //! core code as on Lambda; only the adapters differ.
 
+pub mod dlq;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +73,7 @@ impl Local {
         let deps = &self.deps;
         let routes = Router::new()
             .merge(voyage_http::health_routes())
+            .route("/metrics", axum::routing::get(metrics))
             .merge(voyage_fn_gateway::api::router(deps.clone()))
             .merge(voyage_fn_webhooks::router(self.webhooks.clone()))
             .merge(voyage_fn_google_sync::router(deps.clone()))
@@ -144,6 +147,19 @@ impl Local {
         }));
         Ok(())
     }
+}
+
+/// `GET /metrics`: the process's counters and histograms in the Prometheus text format.
+/// No key: it shows counts by outcome, origin and provider, never a company, id or payload
+/// (README, "Metrics"); `voyage serve` listens on loopback unless told otherwise.
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        voyage_core::metrics::prometheus_text(),
+    )
 }
 
 /// The local stand-in for the `SessionChangesRule` event pattern.

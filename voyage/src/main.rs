@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use voyage::Local;
 use voyage_core::config::Config;
 use voyage_fn_scheduled::Job;
@@ -47,6 +47,102 @@ enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Dead letters: list them, move them back to their queue after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Move every dead letter of QUEUE back to it and print how many moved.
+    Redrive {
+        /// webhook-deliveries, exchange-inbound, exchange-outbound, google-sync or
+        /// platform-events.
+        queue: String,
+        #[command(flatten)]
+        place: DlqPlace,
+        /// On AWS, move at most this many.
+        #[arg(long, default_value_t = 100_000)]
+        max: u64,
+    },
+    /// Count QUEUE's dead letters and show the first ids.
+    List {
+        queue: String,
+        #[command(flatten)]
+        place: DlqPlace,
+    },
+}
+
+#[derive(Args)]
+struct DlqPlace {
+    /// The local store (default; ignored with --aws).
+    #[arg(long, env = "VOYAGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The deployed queue on SQS instead (the usual AWS credentials and region).
+    #[arg(long)]
+    aws: bool,
+    /// With --aws: the source queue's URL; default: the variable the functions read it from
+    /// (VOYAGE_WEBHOOK_QUEUE_URL, VOYAGE_INBOUND_QUEUE_URL, VOYAGE_OUTBOUND_QUEUE_URL,
+    /// VOYAGE_GOOGLE_SYNC_QUEUE_URL, VOYAGE_PLATFORM_EVENTS_QUEUE_URL).
+    #[arg(long, requires = "aws")]
+    queue_url: Option<String>,
+    /// With --aws: the dead-letter queue's URL; default: the one the source queue's
+    /// RedrivePolicy names.
+    #[arg(long, requires = "aws")]
+    dlq_url: Option<String>,
+}
+
+/// `voyage dlq ...`: prints a count (redrive) or a count and ids (list).
+async fn dlq(command: DlqCommand) -> Result<(), String> {
+    use voyage::dlq;
+    let (queue, place) = match &command {
+        DlqCommand::Redrive { queue, place, .. } | DlqCommand::List { queue, place } => {
+            (dlq::parse_queue(queue).map_err(|e| e.to_string())?, place)
+        }
+    };
+    let where_ = if place.aws {
+        let url = dlq::queue_url(queue, place.queue_url.clone()).map_err(|e| e.to_string())?;
+        let client = voyage_aws::sqs_client(&voyage_aws::sdk_config().await);
+        Some((client, url))
+    } else {
+        None
+    };
+    let dir = voyage::data_dir(place.data_dir.clone());
+    match command {
+        DlqCommand::Redrive { max, place, .. } => {
+            let moved = match where_ {
+                Some((client, url)) => dlq::redrive_aws(&client, &url, place.dlq_url, max).await,
+                None => dlq::redrive_local(&dir, queue).await,
+            }
+            .map_err(|e| e.to_string())?;
+            println!("{moved}");
+            eprintln!(
+                "voyage: moved {moved} dead letter{} back to {}",
+                if moved == 1 { "" } else { "s" },
+                queue.as_str()
+            );
+        }
+        DlqCommand::List { place, .. } => {
+            let listing = match where_ {
+                Some((client, url)) => dlq::list_aws(&client, &url, place.dlq_url).await,
+                None => dlq::list_local(&dir, queue).await,
+            }
+            .map_err(|e| e.to_string())?;
+            println!(
+                "{}{} dead letter{} in {}",
+                if listing.approximate { "~" } else { "" },
+                listing.count,
+                if listing.count == 1 { "" } else { "s" },
+                queue.as_str()
+            );
+            for id in listing.first_ids {
+                println!("{id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -173,6 +269,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Dlq { command } => dlq(command).await,
         Command::Jobs {
             command: JobsCommand::List,
         } => {

@@ -3,7 +3,8 @@
 
 use voyage_core::deps::Deps;
 use voyage_core::exchange::inbound;
-use voyage_core::exchange::notifications::{SyncRequest, SYNC_KIND};
+use voyage_core::exchange::notifications::{received_at, SyncRequest, SYNC_KIND};
+use voyage_core::metrics;
 use voyage_core::ports::queue::Envelope;
 use voyage_core::Error;
 
@@ -22,9 +23,23 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
             format!("`{}` is not {SYNC_KIND}", envelope.kind),
         ));
     }
+    let received_at = received_at(&envelope.payload);
     let request: SyncRequest = serde_json::from_value(envelope.payload)
         .map_err(|e| Error::validation("payload", format!("not a sync request: {e}")))?;
-    let report = inbound::handle(deps, &request).await?;
+    let round = inbound::handle(deps, &request);
+    let result = match received_at {
+        Some(at) => metrics::with_notification_time(at, round).await,
+        None => round.await,
+    };
+    let outcome = match &result {
+        Ok(r) if r.skipped.is_some() => "skipped",
+        Ok(r) if r.coalesced => "coalesced",
+        Ok(r) if r.resynced => "resynced",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    metrics::count("exchange_delta_rounds", &[("outcome", outcome)], 1);
+    let report = result?;
     tracing::info!(
         connection = %request.connection_id,
         reason = %request.reason,

@@ -22,10 +22,12 @@ pub enum Job {
     RelayOutboxes,
     /// Queue a re-basing round for every Exchange connection whose sync window is a day old.
     RebaseSyncWindows,
+    /// Queue the round a crashed round owed (its lease expired with a request coalesced).
+    ResumeCoalescedRounds,
 }
 
 impl Job {
-    pub const ALL: [Job; 7] = [
+    pub const ALL: [Job; 8] = [
         Job::PurgeExpired,
         Job::RedriveWebhooks,
         Job::RenewSubscriptions,
@@ -33,6 +35,7 @@ impl Job {
         Job::GoogleSync,
         Job::RelayOutboxes,
         Job::RebaseSyncWindows,
+        Job::ResumeCoalescedRounds,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Job {
             Job::GoogleSync => "google-sync",
             Job::RelayOutboxes => "relay-outboxes",
             Job::RebaseSyncWindows => "rebase-sync-windows",
+            Job::ResumeCoalescedRounds => "resume-coalesced-rounds",
         }
     }
 
@@ -61,6 +65,7 @@ impl Job {
             // Locally every 30 s: an event whose publish failed reaches webhooks soon.
             Job::RelayOutboxes => std::time::Duration::from_secs(30),
             Job::RebaseSyncWindows => std::time::Duration::from_secs(3600),
+            Job::ResumeCoalescedRounds => std::time::Duration::from_secs(300),
         }
     }
 
@@ -107,6 +112,9 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
         }
         Job::RelayOutboxes => voyage_core::booking::relay_outboxes(deps).await?,
         Job::RebaseSyncWindows => voyage_core::exchange::inbound::rebase_sync_windows(deps).await?,
+        Job::ResumeCoalescedRounds => {
+            voyage_core::exchange::inbound::resume_coalesced_rounds(deps).await?
+        }
     };
     tracing::info!(
         job = job.name(),
@@ -145,6 +153,7 @@ impl Schedule {
                 Job::RedriveWebhooks,
                 Job::RelayOutboxes,
                 Job::CommitPendingCancellations,
+                Job::ResumeCoalescedRounds,
                 Job::GoogleSync,
             ],
             Schedule::Renewal => &[Job::RenewSubscriptions, Job::RebaseSyncWindows],

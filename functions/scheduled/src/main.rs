@@ -12,8 +12,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ScheduledInput>| async move {
-            let reports = run_input(&event.payload, deps).await?;
-            Ok::<_, lambda_runtime::Error>(reports)
+            let reports = run_input(&event.payload, deps).await;
+            voyage_core::metrics::flush_emf();
+            Ok::<_, lambda_runtime::Error>(reports?)
         },
     ))
     .await

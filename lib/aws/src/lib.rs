@@ -9,6 +9,7 @@
 
 mod dynamodb;
 mod eventbridge;
+pub mod redrive;
 pub mod settings;
 mod sqs;
 
@@ -21,6 +22,11 @@ pub use aws_config::SdkConfig;
 /// A DynamoDB client on `sdk`, for callers that do not depend on the SDK crate themselves.
 pub fn dynamodb_client(sdk: &SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(sdk)
+}
+
+/// An SQS client on `sdk`, for callers that do not depend on the SDK crate themselves.
+pub fn sqs_client(sdk: &SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(sdk)
 }
 
 /// The shared SDK configuration of a process.

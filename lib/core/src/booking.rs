@@ -157,6 +157,9 @@ pub fn decide(
             }
             next.status = SessionStatus::Cancelled;
             next.pending = None;
+            // The platform's newest change is now answered by this cancellation: a retry of
+            // it (a `created` whose answer was lost, say) is stale, not a re-booking.
+            next.calendar_version = next.platform_version.max(next.calendar_version);
             None
         }
         Command::Reschedule { start, end } => {
@@ -261,6 +264,19 @@ pub async fn try_execute(
     deps.store.update_session(&mut next).await?;
     *session = next;
     tracing::info!(session = %session.id, command = command.name(), origin, "booking command applied");
+    crate::metrics::count(
+        "sessions_changed",
+        &[("origin", origin), ("command", command.name())],
+        1,
+    );
+    if let Some(received_at) = crate::metrics::notification_time() {
+        let waited = (deps.store.now() - received_at).num_milliseconds();
+        crate::metrics::observe_ms(
+            "notification_to_session_ms",
+            &[("origin", origin)],
+            waited as f64,
+        );
+    }
     publish_outbox(deps, session).await;
     Ok(true)
 }

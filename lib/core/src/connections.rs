@@ -7,12 +7,17 @@ use crate::google::channels;
 use crate::model::Provider;
 use crate::Result;
 
-/// Deletes a connection and its state: the record, then the provider's subscription or
-/// channel (best effort: a failure is logged and the provider lets it expire), then its
-/// availability overrides, event mappings, delta cursor and lease. A re-created connection
+/// Deletes a connection and its state: its availability overrides, event mappings, delta
+/// cursor and lease, then the record, then the provider's subscription or channel (best
+/// effort: a failure is logged and the provider lets it expire), then the state once more (a
+/// round that was running may have written some). Overrides of a connection that no longer
+/// exists are ignored when read, whatever is left. A re-created connection
 /// for the same staff member therefore starts clean, and no override of the old one keeps
 /// blocking moves. `NotFound` when there is no such connection.
 pub async fn delete(deps: &Deps, company: &str, id: &str) -> Result<()> {
+    // State first: if this fails part-way, the connection still exists and a retry finishes.
+    let existing = deps.store.get_connection(company, id).await?;
+    deps.store.purge_connection_state(&existing).await?;
     let removed = deps.store.delete_connection(company, id).await?;
     match (removed.provider, &removed.channel) {
         (Provider::Exchange, Some(channel)) => {
@@ -23,5 +28,6 @@ pub async fn delete(deps: &Deps, company: &str, id: &str) -> Result<()> {
         }
         _ => {}
     }
+    // A round that read the connection before it was deleted may have written since.
     deps.store.purge_connection_state(&removed).await
 }

@@ -22,6 +22,7 @@ pub mod exchange;
 pub mod google;
 pub mod ids;
 pub mod jobs;
+pub mod metrics;
 pub mod model;
 pub mod ports;
 pub mod reconcile;

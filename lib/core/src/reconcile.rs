@@ -110,8 +110,8 @@ impl PlanStep {
 ///
 /// - a cancelled session is final: a live event of it is deleted again, nothing else;
 /// - a live event ends a pending cancellation (restore), whatever its change key;
-/// - otherwise, the event carries the change key of our last write or read: nothing (an
-///   echo, or a duplicate notification);
+/// - otherwise, the event carries the change key of our last write or read and agrees with
+///   the session's times: nothing (an echo, or a duplicate notification);
 /// - deleted or cancelled in place: pending cancellation (unless already pending);
 /// - back while pending: restore, then what it also carries;
 /// - declined and not yet flagged: flag;
@@ -126,7 +126,15 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
             _ => Vec::new(),
         };
     }
-    let echo = snapshot.change_key.is_some() && snapshot.change_key == mapping.change_key;
+    // Our own write (or what we last read) - unless the event's times disagree with the
+    // session: then a write of ours was overtaken by a newer platform change (two changes of
+    // one session written at once), and the calendar must follow the session.
+    let agrees = snapshot
+        .times()
+        .is_some_and(|times| times == (session.start, session.end));
+    let echo = snapshot.change_key.is_some()
+        && snapshot.change_key == mapping.change_key
+        && (agrees || snapshot.state == SnapshotState::Removed);
     match &snapshot.state {
         SnapshotState::Removed
         | SnapshotState::Live {
@@ -253,7 +261,7 @@ mod tests {
         #[rustfmt::skip]
         let cases: Vec<(&str, EventSnapshot, Session, Vec<PlanStep>)> = vec![
             ("our own echo, even deleted", snap("ours", SnapshotState::Removed), session(Confirmed, false), vec![]),
-            ("our own echo of a move", snap("ours", live(11, 12, false, false)), session(Confirmed, false), vec![]),
+            ("our own write, agreeing with the session", snap("ours", live(9, 10, false, false)), session(Confirmed, false), vec![]),
             ("deleted", snap("k", SnapshotState::Removed), session(Confirmed, false), vec![MarkPendingCancellation]),
             ("cancelled in place", snap("k", live(9, 10, true, false)), session(Confirmed, false), vec![MarkPendingCancellation]),
             ("deleted again while pending", snap("k", SnapshotState::Removed), session(PendingCancellation, false), vec![]),
@@ -276,6 +284,18 @@ mod tests {
         for (name, snapshot, session, want) in cases {
             assert_eq!(plan(&snapshot, &mapping(), &session), want, "{name}");
         }
+    }
+
+    #[test]
+    fn our_own_write_overtaken_by_a_newer_platform_change_is_written_back() {
+        // We wrote 11:00 (an older platform change, finishing last); the session says 9:00.
+        let mut m = mapping();
+        (m.last_start, m.last_end) = (t(11), t(12));
+        let s = snap("ours", live(11, 12, false, false));
+        assert_eq!(
+            plan(&s, &m, &session(Confirmed, false)),
+            vec![PlanStep::WriteBack]
+        );
     }
 
     #[test]

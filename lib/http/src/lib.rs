@@ -80,7 +80,15 @@ pub fn finish(router: Router, auth: Auth) -> Router {
         )
 }
 
-/// Serves `router` as an API Gateway HTTP API Lambda, behind the gateway authorizer.
+/// Serves `router` as an API Gateway HTTP API Lambda, behind the gateway authorizer. The
+/// metrics each invocation recorded are printed as EMF log lines once its response is ready.
 pub async fn serve_lambda(router: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(finish(router, Auth::LambdaAuthorizer)).await
+    let service = tower::util::MapResponse::new(
+        finish(router, Auth::LambdaAuthorizer),
+        |response: axum::response::Response| {
+            voyage_core::metrics::flush_emf();
+            response
+        },
+    );
+    lambda_http::run(service).await
 }

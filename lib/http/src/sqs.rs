@@ -23,6 +23,8 @@ where
             .filter_map(|r| Some((r.message_id?, r.body.unwrap_or_default())))
             .collect();
         let failed = handle(messages).await;
+        // One invocation's metrics, as EMF log lines (voyage_core::metrics).
+        voyage_core::metrics::flush_emf();
         let mut response = SqsBatchResponse::default();
         response.batch_item_failures = failed
             .into_iter()

@@ -241,6 +241,13 @@ impl GoogleHttp {
                 return Ok(bytes);
             }
             let error = classify(status, &bytes);
+            if matches!(error, GoogleError::RateLimited { .. }) {
+                voyage_core::metrics::count(
+                    "provider_throttles",
+                    &[("provider", "google"), ("status", status.as_str())],
+                    1,
+                );
+            }
             let retryable = matches!(
                 error,
                 GoogleError::RateLimited { .. } | GoogleError::Unavailable(_)

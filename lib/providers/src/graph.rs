@@ -240,6 +240,11 @@ impl GraphHttp {
                     continue;
                 }
                 429 | 503 | 504 => {
+                    voyage_core::metrics::count(
+                        "provider_throttles",
+                        &[("provider", "graph"), ("status", status.as_str())],
+                        1,
+                    );
                     let hint = retry_after(&resp_headers);
                     let wait = hint.unwrap_or(Duration::from_secs(1 << attempt.min(4)));
                     if attempt >= self.budget.attempts || wait > self.budget.max_wait {

@@ -69,6 +69,64 @@ impl SqliteQueue {
             .map_err(unavailable)
     }
 
+    /// How many dead letters this queue has, and the ids of the oldest `first` of them.
+    pub async fn dead_letter_summary(
+        &self,
+        first: usize,
+    ) -> Result<(u64, Vec<String>), QueueError> {
+        let name = self.name.clone();
+        self.db
+            .read(move |c| {
+                let count = c
+                    .query_row(
+                        "SELECT COUNT(*) FROM dead_letters WHERE queue = ?1",
+                        params![name],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map_err(crate::db::unavailable)?;
+                let mut stmt = c
+                    .prepare(
+                        "SELECT id FROM dead_letters WHERE queue = ?1
+                         ORDER BY failed_at_ms, id LIMIT ?2",
+                    )
+                    .map_err(crate::db::unavailable)?;
+                let ids = stmt
+                    .query_map(params![name, first as i64], |r| r.get::<_, String>(0))
+                    .map_err(crate::db::unavailable)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(crate::db::unavailable)?;
+                Ok((count.max(0) as u64, ids))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Moves every dead letter of this queue back to it (visible at once, receive count
+    /// reset, the same id), in one transaction; returns how many moved. What SQS's
+    /// dead-letter redrive does, for `voyage dlq redrive`.
+    pub async fn redrive_dead_letters(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        let moved = self
+            .db
+            .call(move |c| {
+                let now = now_ms();
+                let moved = c
+                    .execute(
+                        "INSERT OR REPLACE INTO queue_messages (id, queue, body, visible_at_ms, receive_count, receipt, sent_at_ms)
+                         SELECT id, queue, body, ?2, 0, NULL, ?2 FROM dead_letters WHERE queue = ?1",
+                        params![name, now],
+                    )
+                    .map_err(crate::db::unavailable)?;
+                c.execute("DELETE FROM dead_letters WHERE queue = ?1", params![name])
+                    .map_err(crate::db::unavailable)?;
+                Ok(moved as u64)
+            })
+            .await
+            .map_err(unavailable)?;
+        self.db.sent.notify_waiters();
+        Ok(moved)
+    }
+
     /// Messages waiting (visible or not), for status output.
     pub async fn depth(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();

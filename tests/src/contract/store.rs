@@ -394,6 +394,10 @@ pub async fn mappings_are_read_by_event_in_batches(f: &Fixture<dyn Table>) {
 
 pub async fn overrides_are_written_in_batches_and_read_by_range(f: &Fixture<dyn Table>) {
     let (s, _) = store(f);
+    // Overrides count for the staff member's current connections only.
+    s.create_connection(&connection("acme", "c1", "s1", Provider::Google))
+        .await
+        .unwrap();
     let make = |i: i64| AvailabilityOverride {
         company_id: "acme".into(),
         staff_id: "s1".into(),
@@ -448,6 +452,24 @@ pub async fn overrides_are_written_in_batches_and_read_by_range(f: &Fixture<dyn 
         .await
         .unwrap()
         .is_empty());
+    // Left behind by a connection that no longer exists: ignored.
+    let orphan = AvailabilityOverride {
+        connection_id: "gone".into(),
+        external_event_id: "orphan".into(),
+        ..make(55)
+    };
+    s.apply_overrides(&[orphan], &[]).await.unwrap();
+    let after = s
+        .overrides_for_staff(
+            "acme",
+            "s1",
+            t0() + Duration::hours(55),
+            t0() + Duration::hours(56),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = after.iter().map(|o| o.external_event_id.as_str()).collect();
+    assert_eq!(ids, ["e055"]);
 }
 
 pub async fn sessions_are_conditional_and_found_by_staff_and_time(f: &Fixture<dyn Table>) {

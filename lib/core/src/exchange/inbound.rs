@@ -146,7 +146,16 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
     loop {
         let outcome = round_and_record(deps, &mut conn, &creds).await;
         let released = deps.store.release_lease(lease).await;
-        let report = outcome?;
+        let report = match outcome {
+            Ok(report) => report,
+            Err(e) => {
+                // The queue offers the message again; the lease must not make it coalesce.
+                if let Ok(Released::RunAgain(held)) = released {
+                    let _ = deps.store.release_lease(held).await;
+                }
+                return Err(e);
+            }
+        };
         match released {
             Ok(Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
             Ok(Released::RunAgain(held)) => {
@@ -438,10 +447,11 @@ async fn apply_page(
         let mapping = mappings.get(&listed.id);
         if let (Some(m), None) = (mapping, &listed.removed) {
             let echo = listed.change_key.is_some() && listed.change_key == m.change_key;
-            let confirmed = sessions
-                .get(&m.session_id)
-                .is_some_and(|s| s.status == SessionStatus::Confirmed);
-            if echo && confirmed {
+            let agrees = sessions.get(&m.session_id).is_some_and(|s| {
+                s.status == SessionStatus::Confirmed
+                    && snapshot(listed).and_then(|snap| snap.times()) == Some((s.start, s.end))
+            });
+            if echo && agrees {
                 report.echoes += 1;
                 continue;
             }
@@ -592,7 +602,8 @@ async fn adopt(
             .get_event(ctx.creds, &mapped_calendar, &m.external_event_id)
             .await
         {
-            Ok(_) => {
+            // (An item Graph still shows as cancelled is gone too.)
+            Ok(mapped) if !mapped.is_cancelled.unwrap_or(false) => {
                 match deps
                     .graph()?
                     .delete_event(ctx.creds, &ctx.calendar, &event.id)
@@ -605,7 +616,7 @@ async fn adopt(
                 report.calendar_writes += 1;
                 return Ok(());
             }
-            Err(GraphError::NotFound) => {}
+            Ok(_) | Err(GraphError::NotFound) => {}
             Err(e) => return Err(RoundError::Graph(e)),
         }
     }
@@ -1086,7 +1097,14 @@ async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
         Err(RoundError::Graph(e)) => return Err(super::provider_error(&e)),
         Err(RoundError::Store(e)) => return Err(e),
     };
-    if snap.state == SnapshotState::Removed {
+    // Gone: not found, or shown cancelled.
+    if !matches!(
+        snap.state,
+        SnapshotState::Live {
+            cancelled: false,
+            ..
+        }
+    ) {
         return Ok(false);
     }
     match reconcile_event(&ctx, &mapping, &snap, session, &mut report).await {
@@ -1146,6 +1164,45 @@ pub async fn rebase_sync_windows(deps: &Deps) -> Result<crate::jobs::JobReport> 
             None => return Ok(report),
         }
     }
+}
+
+/// The five-minute job that finishes what a dead round owed: a connection whose lease expired
+/// with a request coalesced into it (the holder crashed or timed out before running once
+/// more) gets a round queued (reason `resume`).
+pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobReport> {
+    let mut report = crate::jobs::JobReport {
+        job: "resume-coalesced-rounds".into(),
+        ..Default::default()
+    };
+    for (company, connection) in deps.store.abandoned_leases(deps.store.now(), 100).await? {
+        let conn = match deps.store.get_connection(&company, &connection).await {
+            Ok(c) => c,
+            Err(Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if conn.provider != Provider::Exchange {
+            // Google connections are synced by the five-minute google-sync job anyway.
+            continue;
+        }
+        let request = SyncRequest {
+            company_id: company,
+            connection_id: connection,
+            subscription_id: conn
+                .channel
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            reason: "resume".into(),
+        };
+        match super::notifications::enqueue(deps, &request).await {
+            Ok(()) => report.processed += 1,
+            Err(e) => {
+                tracing::warn!(connection = %conn.id, error = %e, "resumed round not queued");
+                report.failed += 1;
+            }
+        }
+    }
+    Ok(report)
 }
 
 /// Removes a cancelled session's event from Exchange (only for origins other than Exchange).

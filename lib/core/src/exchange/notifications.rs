@@ -17,6 +17,17 @@ use crate::{Error, Result};
 /// The queue message kind the inbound worker handles.
 pub const SYNC_KIND: &str = "exchange.sync";
 
+/// The payload key beside a [`SyncRequest`] saying when it was queued (RFC 3339).
+pub const RECEIVED_AT: &str = "received_at";
+
+/// When a queued sync request's notification arrived, from its envelope payload.
+pub fn received_at(payload: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = payload.get(RECEIVED_AT)?.as_str()?;
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
 /// Why a connection is to be synced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
@@ -106,9 +117,18 @@ pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
 
 /// Queues a delta round for one connection.
 pub async fn enqueue(deps: &Deps, request: &SyncRequest) -> Result<()> {
+    let mut payload = serde_json::to_value(request).map_err(|e| Error::Internal(e.to_string()))?;
+    // When the notification arrived, beside the request (older messages lack it; the worker
+    // reads it for the notification-to-session latency metric).
+    if let Value::Object(fields) = &mut payload {
+        fields.insert(
+            RECEIVED_AT.into(),
+            Value::String(deps.store.now().to_rfc3339()),
+        );
+    }
     let envelope = Envelope {
         kind: SYNC_KIND.into(),
-        payload: serde_json::to_value(request).map_err(|e| Error::Internal(e.to_string()))?,
+        payload,
         not_before: None,
     };
     let body = serde_json::to_string(&envelope).map_err(|e| Error::Internal(e.to_string()))?;

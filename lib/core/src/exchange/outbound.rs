@@ -127,6 +127,10 @@ pub struct SessionChange {
     pub version: Option<u64>,
 }
 
+/// The largest `version`: 2^53 - 1, the largest integer every JSON client keeps exact (a
+/// version beyond it would make every later change stale).
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
 /// The longest session we accept: longer is a data error on the platform's side.
 const MAX_SESSION_DAYS: i64 = 31;
 
@@ -196,11 +200,11 @@ impl SessionChangeInput {
         let version = match &s.version {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 => Some(n),
+                Some(n) if (1..=MAX_VERSION).contains(&n) => Some(n),
                 _ => {
                     return Err(Error::validation(
                         "session.version",
-                        "must be an integer of at least 1",
+                        format!("must be an integer from 1 to {MAX_VERSION}"),
                     ))
                 }
             },
@@ -412,7 +416,8 @@ enum Step {
 }
 
 impl Step {
-    /// Whether the calendar shows what the change asked for (or needs nothing more).
+    /// Whether the calendar shows what the change asked for (or needs nothing more). A change
+    /// skipped for a pending or disabled connection does not: its retry must still write.
     fn settles_calendar(&self) -> bool {
         matches!(
             self,
@@ -421,7 +426,6 @@ impl Step {
                 | Step::Wrote(..)
                 | Step::Deleted(_)
                 | Step::NothingToDelete
-                | Step::Skipped(_)
         )
     }
 }
@@ -818,6 +822,29 @@ fn closing_writes(
     (writes, outcome)
 }
 
+/// Deletes an event written for a session that was cancelled meanwhile (best effort: if
+/// Graph fails now, the event is mapped, and the next delta round deletes it again).
+async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, event: &GraphEvent) {
+    let (Some(conn), Some(record)) = (&ctx.connection, &ctx.credentials) else {
+        return;
+    };
+    let result = match (credentials::open(deps, record), deps.graph()) {
+        (Ok(creds), Ok(graph)) => graph
+            .delete_event(&creds, &calendar_of(conn), &event.id)
+            .await
+            .map_err(|e| e.to_string()),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(event = %event.id, "event of a session cancelled meanwhile deleted")
+        }
+        Err(e) => {
+            tracing::warn!(event = %event.id, error = %e, "event of a cancelled session not deleted yet")
+        }
+    }
+}
+
 /// The mapping of `event`, written for `change` through connection `c`.
 fn mapping_of(
     change: &SessionChange,
@@ -849,6 +876,14 @@ async fn finish_step(
     step: &Step,
     mut ctx: OutboundContext,
 ) -> Result<Outcome> {
+    // A cancellation that overtook this write (handled while the write was in flight): the
+    // event just written must not outlive it. The mapping keeps pointing at it, so a restore
+    // of it is deleted again too.
+    if let (Step::Wrote(event, _), Some(session)) = (step, ctx.session.as_ref()) {
+        if session.status == SessionStatus::Cancelled {
+            delete_overtaken(deps, &ctx, event).await;
+        }
+    }
     if let (Step::EventGone, Some(session)) = (step, ctx.session.as_mut()) {
         let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
             .unwrap_or_else(|_| chrono::Duration::minutes(10));

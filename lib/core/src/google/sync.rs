@@ -68,6 +68,19 @@ fn missing_field(c: &Connection) -> Option<&'static str> {
 /// Syncs one connection and records the outcome on it. Provider failures become the
 /// connection's `error` status (the next run tries again); store failures are returned.
 pub async fn sync_connection(deps: &Deps, conn: &mut Connection) -> Result<SyncReport> {
+    let result = sync_connection_once(deps, conn).await;
+    let outcome = match &result {
+        Ok(r) if r.skipped.is_some() => "skipped",
+        Ok(r) if r.coalesced => "coalesced",
+        Ok(r) if r.full || r.resynced => "full",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    crate::metrics::count("google_syncs", &[("outcome", outcome)], 1);
+    result
+}
+
+async fn sync_connection_once(deps: &Deps, conn: &mut Connection) -> Result<SyncReport> {
     if let Some(field) = missing_field(conn) {
         tracing::info!(connection = %conn.id, field, "google sync skipped: connection lacks a field");
         return Ok(SyncReport {
@@ -95,7 +108,15 @@ pub async fn sync_connection(deps: &Deps, conn: &mut Connection) -> Result<SyncR
     loop {
         let result = run_and_record(deps, conn, &account).await;
         let released = deps.store.release_lease(lease).await;
-        let report = result?;
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                if let Ok(crate::store::Released::RunAgain(held)) = released {
+                    let _ = deps.store.release_lease(held).await;
+                }
+                return Err(e);
+            }
+        };
         match released {
             Ok(crate::store::Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
             Ok(crate::store::Released::RunAgain(held)) => {

@@ -5,7 +5,9 @@
 //! `dirty` and returns; the holder, on releasing, finds the mark and runs one more round, so
 //! no change is missed and a burst of notifications costs at most two rounds. A lease
 //! expires after its TTL, so a holder that died (a Lambda timeout, a crash) blocks nobody for
-//! long.
+//! long; a lease that expired with a request coalesced into it is indexed (`LEASEDIRTY` on
+//! the second index, by expiry), and the five-minute `resume-coalesced-rounds` job queues the
+//! round its dead holder owed.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,9 +16,10 @@ use super::{company_pk, Store, Versioned};
 use crate::ports::{Condition, Item, Key, StoreError};
 use crate::Result;
 
-/// How long a lease holds without being released: above the longest round (the function
-/// timeout), below the five-minute backstop.
-pub const LEASE_TTL_SECONDS: i64 = 300;
+/// How long a lease holds without being released: above the longest round (a worker's
+/// function timeout is 30 s), below the queues' visibility timeout (180 s), so a message
+/// redelivered after its round died finds the lease expired and runs.
+pub const LEASE_TTL_SECONDS: i64 = 120;
 
 fn key_of(company: &str, connection: &str) -> Key {
     Key::new(company_pk(company), format!("LEASE#{connection}"))
@@ -24,6 +27,10 @@ fn key_of(company: &str, connection: &str) -> Key {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaseRecord {
+    #[serde(default)]
+    company_id: String,
+    #[serde(default)]
+    connection_id: String,
     expires_at: DateTime<Utc>,
     /// Someone asked for a round while this one ran.
     dirty: bool,
@@ -64,6 +71,7 @@ pub enum Released {
 }
 
 const ATTEMPTS: usize = 10;
+const DIRTY_PK: &str = "LEASEDIRTY";
 
 impl Store {
     /// Takes the connection's lease, or marks the holder's lease dirty.
@@ -93,8 +101,11 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Some(expired) => (fresh(now), Condition::Version(expired.version)),
-                None => (fresh(now), Condition::NotExists),
+                Some(expired) => (
+                    fresh(company, connection, now),
+                    Condition::Version(expired.version),
+                ),
+                None => (fresh(company, connection, now), Condition::NotExists),
             };
             match self.put_lease(&key, &record, condition).await {
                 Ok(version) => {
@@ -137,7 +148,7 @@ impl Store {
             match self
                 .put_lease(
                     &key,
-                    &fresh(self.now()),
+                    &fresh(&lease.company_id, &lease.connection_id, self.now()),
                     Condition::Version(current.version),
                 )
                 .await
@@ -150,6 +161,30 @@ impl Store {
             }
         }
         Ok(Released::Done)
+    }
+
+    /// Connections whose lease expired with a request coalesced into it: the holder died
+    /// before running the round it owed. `(company, connection)` pairs, oldest first.
+    pub async fn abandoned_leases(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>> {
+        let mut q = crate::ports::Query::prefix(DIRTY_PK, "", limit.max(1));
+        q.upper = Some(format!("{}~", now.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+        let page = self.table.query_index(crate::ports::Index::Gsi2, q).await?;
+        let mut out = Vec::new();
+        for item in page.items {
+            // Confirmed against the record (the index may lag).
+            let Some(fresh) = self.table.get(&item.key).await? else {
+                continue;
+            };
+            let lease: LeaseRecord = super::decode(&fresh)?;
+            if lease.dirty && lease.expires_at <= now && !lease.connection_id.is_empty() {
+                out.push((lease.company_id, lease.connection_id));
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets a connection's lease (the connection was deleted).
@@ -173,6 +208,17 @@ impl Store {
         let data = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut item = Item::new(key.clone(), data);
         item.version = version;
+        if record.dirty {
+            item.gsi2 = Some(Key::new(
+                DIRTY_PK,
+                format!(
+                    "{}#{}#{}",
+                    record.expires_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    record.company_id,
+                    record.connection_id
+                ),
+            ));
+        }
         // Stale leases are cleaned up by TTL as well as taken over on expiry.
         item.expires_at = Some((record.expires_at + Duration::days(1)).timestamp());
         self.table.put(item, condition).await?;
@@ -180,8 +226,10 @@ impl Store {
     }
 }
 
-fn fresh(now: DateTime<Utc>) -> LeaseRecord {
+fn fresh(company: &str, connection: &str, now: DateTime<Utc>) -> LeaseRecord {
     LeaseRecord {
+        company_id: company.to_string(),
+        connection_id: connection.to_string(),
         expires_at: now + Duration::seconds(LEASE_TTL_SECONDS),
         dirty: false,
         version: 0,

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 
 use super::{company_pk, encode, Store};
 use crate::model::availability::OverrideRef;
-use crate::model::AvailabilityOverride;
+use crate::model::{AvailabilityOverride, Provider};
 use crate::ports::table::BATCH_WRITE_LIMIT;
 use crate::ports::{Item, Key, Query};
 use crate::Result;
@@ -80,6 +80,20 @@ impl Store {
             .into_iter()
             .filter(|o| o.start < to && o.end > from)
             .collect();
+        if !out.is_empty() {
+            // Only the staff member's current connections count: an override a deleted
+            // connection's last round wrote after its state was purged blocks nothing.
+            let keys: Vec<Key> = [Provider::Exchange, Provider::Google]
+                .into_iter()
+                .map(|p| super::connections::staff_key(company, staff, p))
+                .collect();
+            let mut current = std::collections::HashSet::new();
+            for item in self.table.batch_get(&keys).await? {
+                let c: crate::model::Connection = super::decode(&item)?;
+                current.insert(c.id);
+            }
+            out.retain(|o| current.contains(&o.connection_id));
+        }
         out.sort_by(|a, b| (a.start, &a.external_event_id).cmp(&(b.start, &b.external_event_id)));
         Ok(out)
     }

@@ -260,6 +260,7 @@ impl WebhookEngine {
             d.next_attempt_at = None;
             d.last_error_class = Some("endpoint_disabled".into());
             store.update_delivery(&mut d, None).await?;
+            crate::metrics::count("webhook_deliveries", &[("outcome", "failed")], 1);
             return Ok(AttemptOutcome::Failed);
         };
 
@@ -317,6 +318,26 @@ impl WebhookEngine {
             _ => DeliveryStatus::Failed,
         };
         store.update_delivery(&mut d, Some(&attempt)).await?;
+        let label = match outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retrying(_) => "retrying",
+            _ => "failed",
+        };
+        crate::metrics::count("webhook_attempts", &[("outcome", label)], 1);
+        crate::metrics::observe_ms(
+            "webhook_attempt_ms",
+            &[("outcome", label)],
+            duration_ms as f64,
+        );
+        match outcome {
+            AttemptOutcome::Delivered => {
+                crate::metrics::count("webhook_deliveries", &[("outcome", "succeeded")], 1)
+            }
+            AttemptOutcome::Failed => {
+                crate::metrics::count("webhook_deliveries", &[("outcome", "failed")], 1)
+            }
+            _ => {}
+        }
         tracing::info!(
             delivery = %d.id,
             endpoint = %d.endpoint_id,
