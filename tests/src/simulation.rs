@@ -4,10 +4,13 @@
 //! platform (session changes with versions, delivered late, reordered and twice), the staff
 //! member in Outlook (delete, restore, move onto free time, onto another booking or beyond
 //! the sync window, decline, busy events of their own), Graph (pushes delivered, dropped or
-//! duplicated; 429 and 503 answers; answers lost after the write happened), the store (a
-//! write refused), the bus (a publish refused), the scheduled jobs, the clock (minutes, and
-//! now and then a day) and restarts (everything in memory rebuilt; the store, the queue and
-//! Graph's state survive). Graph is the stateful simulator over loopback HTTP, reached
+//! duplicated; 429 and 503 answers; answers lost after the write happened; delta tokens
+//! expiring; deletions it never reports), the store (the next write, the next mapping
+//! transaction or the next session write refused), the bus (publishes refused, past the
+//! immediate retries), the scheduled jobs, the clock (minutes, and now and then a day),
+//! restarts (everything in memory rebuilt; the store, the queue and Graph's state survive)
+//! and two operations at once (a platform change held at its Graph write while another
+//! platform change, a delta round or the staff member runs: a deterministic interleaving). Graph is the stateful simulator over loopback HTTP, reached
 //! through the real HTTP adapter; the store is the memory table; nothing sleeps. Same seed,
 //! same history.
 //!
@@ -743,7 +746,17 @@ impl World {
         match self.rng.gen_range(0..10) {
             0..=2 if !live.is_empty() => {
                 let e = &live[self.rng.gen_range(0..live.len())];
-                if self.sim.staff_delete(EMAIL, &e.id) {
+                // One deletion in ten is one Graph never reports.
+                let unreported = self.rng.gen_bool(0.1);
+                let done = if unreported {
+                    self.sim.staff_delete_unreported(EMAIL, &e.id)
+                } else {
+                    self.sim.staff_delete(EMAIL, &e.id)
+                };
+                if done && unreported {
+                    self.log("(Graph will not report the next deletion)".into());
+                }
+                if done {
                     let s = Self::session_of(e);
                     self.staff_log
                         .entry(s.clone())
@@ -1122,6 +1135,12 @@ impl World {
                 .to_string();
             published.entry(key).or_insert(e);
         }
+        // Every session the platform made reached the store (everything was delivered).
+        for id in self.platform.keys() {
+            if !sessions.iter().any(|s| &s.id == id) {
+                bad.push(format!("{id} was sent by the platform but is not stored"));
+            }
+        }
         // Sessions that ended before the sync window are history: their events are no longer
         // reconciled (a documented rule), so only their webhooks are checked.
         let history_before = self.clock.now() - Duration::days(inbound::WINDOW_PAST_DAYS);
@@ -1129,7 +1148,7 @@ impl World {
             let past = s.end <= history_before;
             let live: Vec<_> = events
                 .iter()
-                .filter(|e| !e.deleted && Self::session_of(e) == s.id)
+                .filter(|e| !e.deleted && !e.is_cancelled && Self::session_of(e) == s.id)
                 .collect();
             let cancelled_hooks = published
                 .values()

@@ -1122,4 +1122,67 @@ mod convergence {
         use voyage_core::ports::Clock;
         clock.now()
     }
+
+    #[tokio::test]
+    async fn a_bus_outage_does_not_hold_back_a_cancellation_that_is_due() {
+        use std::sync::Arc;
+        use voyage_core::booking::{self, Command};
+        // GIVEN a pending cancellation whose webhook the bus refused, and the bus still down
+        let clock = Arc::new(voyage_core::ports::ManualClock::new(chrono::Utc::now()));
+        let store = voyage_core::store::Store::new(
+            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
+            clock.clone(),
+        );
+        let bus = Arc::new(FlakyBus::default());
+        bus.refuse.store(1000, std::sync::atomic::Ordering::SeqCst);
+        let config = voyage_core::config::Config::from_lookup(|_| None).unwrap();
+        let deps = voyage_core::deps::Deps::new(store.clone(), config).with_bus(bus.clone());
+        let now = clock_now(&clock);
+        let mut s = store
+            .create_session(&Session {
+                id: "s1".into(),
+                company_id: "acme".into(),
+                staff_id: "ann".into(),
+                start: now + chrono::Duration::days(1),
+                end: now + chrono::Duration::days(1) + chrono::Duration::hours(1),
+                time_zone: "UTC".into(),
+                title: "x".into(),
+                location: None,
+                client: None,
+                status: SessionStatus::Confirmed,
+                declined: false,
+                history: vec![],
+                pending: None,
+                outbox: vec![],
+                platform_version: None,
+                calendar_version: None,
+                event_txn: None,
+                updated_at: now,
+                version: 0,
+            })
+            .await
+            .unwrap();
+        let grace = chrono::Duration::minutes(10);
+        booking::execute(
+            &deps,
+            &mut s,
+            &Command::PendingCancellation { grace },
+            "exchange-inbound",
+        )
+        .await
+        .unwrap();
+        // WHEN the grace passes and the sweep runs
+        clock.advance(grace + chrono::Duration::minutes(1));
+        voyage_core::exchange::inbound::commit_pending_cancellations(&deps)
+            .await
+            .unwrap();
+        // THEN the booking is cancelled, both events waiting for the bus
+        let after = store.get_session("acme", "s1").await.unwrap();
+        assert_eq!(after.status, SessionStatus::Cancelled);
+        let waiting: Vec<&str> = after.outbox.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(
+            waiting,
+            ["session.cancellation_pending", "session.cancelled"]
+        );
+    }
 }

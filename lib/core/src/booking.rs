@@ -408,6 +408,46 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_applied_command_counts_its_origin_and_the_latency_from_its_notification() {
+        use std::sync::Arc;
+        let clock = Arc::new(crate::ports::clock::ManualClock::new(t(1)));
+        let store = crate::store::Store::new(
+            Arc::new(crate::ports::memory::MemoryTable::new()),
+            clock.clone(),
+        );
+        let config = crate::config::Config::from_lookup(|_| None).unwrap();
+        let deps = Deps::new(store, config);
+        let mut s = deps
+            .store
+            .create_session(&session(SessionStatus::Confirmed))
+            .await
+            .unwrap();
+        let before = crate::metrics::recorded("sessions_changed");
+        // GIVEN a notification that arrived 1.5 s before its round applies the command
+        let received = t(1);
+        clock.advance(Duration::milliseconds(1_500));
+        let command = Command::PendingCancellation {
+            grace: Duration::minutes(10),
+        };
+        let applied = crate::metrics::with_notification_time(
+            received,
+            try_execute(&deps, &mut s, &command, ORIGIN_EXCHANGE_INBOUND),
+        )
+        .await
+        .unwrap();
+        // THEN the change is counted with its origin, and the wait lands in the 2.5 s bucket
+        assert!(applied);
+        assert!(crate::metrics::recorded("sessions_changed") > before);
+        let text = crate::metrics::prometheus_text();
+        let line = |bound: &str| {
+            format!("voyage_notification_to_session_ms_bucket{{origin=\"{ORIGIN_EXCHANGE_INBOUND}\",le=\"{bound}\"}} ")
+        };
+        assert!(text.contains(&format!("{}0", line("1000"))), "{text}");
+        assert!(text.contains(&format!("{}1", line("2500"))), "{text}");
+        assert!(text.contains("voyage_sessions_changed_total{command=\"pending_cancellation\",origin=\"exchange-inbound\"}"), "{text}");
+    }
+
     #[test]
     fn commands_apply_once_and_say_where_they_came_from() {
         let grace = Duration::minutes(10);

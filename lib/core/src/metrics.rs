@@ -127,8 +127,9 @@ pub fn observe_ms(name: &str, dimensions: &[(&str, &str)], ms: f64) {
     }
 }
 
-/// The running total of the counter `name` over every dimension set (for tests and status).
-pub fn counter_total(name: &str) -> u64 {
+/// How often `name` was recorded, over every dimension set: a counter's running total, a
+/// histogram's number of samples (for tests and status).
+pub fn recorded(name: &str) -> u64 {
     registry()
         .totals
         .iter()
@@ -387,7 +388,7 @@ mod tests {
         assert!(take_emf(now, &[])
             .iter()
             .all(|l| l.get("test_emf_attempts").is_none()));
-        assert_eq!(counter_total("test_emf_attempts"), 4);
+        assert_eq!(recorded("test_emf_attempts"), 4);
     }
 
     #[test]

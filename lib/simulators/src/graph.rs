@@ -509,6 +509,22 @@ impl GraphSimulator {
         self.trash(user, None, id, None).is_ok()
     }
 
+    /// A deletion Graph never reports (microsoftgraph docs issue #11728): the event goes to
+    /// Deleted Items, but no delta round lists it and no notification is sent. Only a read
+    /// of the event (404) or a full listing (it is missing) shows it. `false` when there is
+    /// no such live event.
+    pub fn staff_delete_unreported(&self, user: &str, id: &str) -> bool {
+        let mut state = self.state();
+        let SimState { users, .. } = &mut *state;
+        match live_event_mut(users, user, None, id) {
+            Some(event) => {
+                event.deleted = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A staff member restores an event from Deleted Items, like `POST
     /// /_control/users/{user}/events/{id}/restore`. `false` when no such event is deleted.
     pub fn staff_restore(&self, user: &str, id: &str) -> bool {

@@ -1016,6 +1016,26 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
     // index until they are.
     let relayed = booking::relay_outboxes(deps).await?;
     report.failed += relayed.failed;
+    if relayed.failed > 0 {
+        // The bus is down: sessions still holding events are not in the pending index, but
+        // their cancellations are due all the same (their events wait in the outbox).
+        let now = deps.store.now();
+        for mut session in deps.store.sessions_with_outbox(100).await? {
+            let due = session.status == SessionStatus::PendingCancellation
+                && session.pending.as_ref().is_some_and(|p| p.due_at <= now);
+            if !due {
+                continue;
+            }
+            match commit_one(deps, &mut session, now).await {
+                Ok(()) => report.processed += 1,
+                Err(e) => {
+                    tracing::warn!(session = %session.id, error = %e, "pending cancellation not committed");
+                    report.failed += 1;
+                }
+            }
+        }
+    }
+    let failed_before = report.failed;
     loop {
         let now = deps.store.now();
         let due = deps.store.due_pending_cancellations(now, 100).await?;
@@ -1032,7 +1052,7 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
                 }
             }
         }
-        if batch < 100 || report.failed > 0 {
+        if batch < 100 || report.failed > failed_before {
             break;
         }
     }
