@@ -7,7 +7,7 @@ server, and measure the time from exec to its first `GET /2018-06-01/runtime/inv
 The same run measures a baseline: exec-to-exit of /bin/true, so figures from this noisy machine
 can be read as ratios. Usage:
 
-    scripts/bench-coldstart.py [--runs 15] BOOTSTRAP...
+    scripts/bench-coldstart.py [--runs 15] [--env NAME=VALUE]... BOOTSTRAP...
 
 Prints a Markdown table. Binary sizes are printed too.
 """
@@ -57,7 +57,7 @@ def peak_rss_kib(pid):
     return None
 
 
-def one_start(binary, port):
+def one_start(binary, port, extra_env=()):
     Recorder.polled.clear()
     Recorder.release.clear()
     env = {
@@ -74,6 +74,7 @@ def one_start(binary, port):
         "VOYAGE_TABLE_NAME": "bench",
         "RUST_LOG": "warn",
     }
+    env.update(extra_env)
     start = time.perf_counter()
     proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if not Recorder.polled.wait(timeout=10):
@@ -100,8 +101,17 @@ def baseline(runs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra variable for every binary (e.g. AWS_ENDPOINT_URL and the settings "
+        "variables, to include the SSM and Secrets Manager reads at start)",
+    )
     parser.add_argument("binaries", nargs="+")
     args = parser.parse_args()
+    extra_env = dict(kv.split("=", 1) for kv in args.env)
     server = serve()
     port = server.server_address[1]
     base = baseline(args.runs)
@@ -110,7 +120,7 @@ def main():
     print("|---|---|---|---|---|")
     for binary in args.binaries:
         name = os.path.basename(os.path.dirname(binary)) or binary
-        samples = [one_start(binary, port) for _ in range(args.runs)]
+        samples = [one_start(binary, port, extra_env) for _ in range(args.runs)]
         times = sorted(s[0] for s in samples)
         p90 = times[min(len(times) - 1, int(len(times) * 0.9))]
         med = statistics.median(times)

@@ -5,7 +5,8 @@
 //! (`GET /2018-06-01/runtime/invocation/next` with the `Lambda-Runtime-*` headers, `POST
 //! .../invocation/{id}/response` and `.../error`, `POST .../init/error`) on a loopback port.
 //! [`Function::start`] runs a binary of this workspace (from the `target/<profile>/` directory
-//! the test itself runs from: `cargo test --workspace --all-targets` builds every bin) with
+//! the test itself runs from; `scripts/test` builds them first with `cargo build --workspace
+//! --bins`, since `cargo test` builds only other packages' unit-test harnesses) with
 //! `AWS_LAMBDA_RUNTIME_API` pointing at it, Lambda's own variables, and the function's
 //! variables from template.yaml (given by the caller), and nothing else of the test's
 //! environment. [`Function::invoke`] hands it one event and returns its answer.
@@ -225,8 +226,8 @@ impl Function {
         let path = binaries_dir().join(binary);
         assert!(
             path.exists(),
-            "{} is missing: build every bin first (`cargo test --workspace --all-targets`, as \
-             scripts/test does, or `cargo build -p voyage-fn-...`)",
+            "{} is missing: build the function binaries first (`cargo build --workspace --bins`, \
+             as scripts/test does)",
             path.display()
         );
         let api = RuntimeApi::start().await;

@@ -7,7 +7,9 @@
 //!   [`ports::EventBus`] and a [`ports::Clock`];
 //! - [`store`]: typed stores built once over any `Table`, so every adapter shows the same
 //!   behaviour and the same errors by construction;
-//! - [`auth`], [`signing`], [`retry`], [`config`], [`jobs`]: pure logic the functions share.
+//! - [`auth`], [`signing`], [`retry`], [`config`], [`jobs`]: pure logic the functions share;
+//! - [`metrics`]: in-process counters and histograms, written as CloudWatch EMF log lines on
+//!   Lambda and as Prometheus text locally.
 //!
 //! Adapters live in other crates (`voyage-store-sqlite`, `voyage-aws`) and depend on this
 //! one, never the other way round.
