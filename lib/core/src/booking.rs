@@ -186,6 +186,10 @@ pub fn decide(
             None
         }
         Command::RejectReschedule { start, end, reason } => {
+            // Re-decided after a lost race: a booking cancelled meanwhile has no move to refuse.
+            if session.status == SessionStatus::Cancelled {
+                return None;
+            }
             extra.insert("attempted_start".into(), json!(instant(*start)));
             extra.insert("attempted_end".into(), json!(instant(*end)));
             extra.insert("reason".into(), json!(reason));

@@ -64,6 +64,8 @@ pub const WINDOW_FUTURE_DAYS: i64 = 180;
 pub const REBASE_AFTER_HOURS: i64 = 24;
 /// Pages per round at most: a bound on one message's work (Graph pages hold up to 100).
 pub const MAX_PAGES: usize = 500;
+/// Rounds one message runs at most (the first, and the ones requests coalesced into).
+const MAX_ROUNDS: usize = 3;
 /// Plans per event at most in one round (each step re-plans; a plan has at most three).
 const MAX_REPLANS: usize = 8;
 
@@ -143,7 +145,9 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
             })
         }
     };
+    let mut rounds = 0;
     loop {
+        rounds += 1;
         let outcome = round_and_record(deps, &mut conn, &creds).await;
         let released = deps.store.release_lease(lease).await;
         let report = match outcome {
@@ -157,7 +161,20 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
             }
         };
         match released {
-            Ok(Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
+            Ok(Released::RunAgain(held)) if report.skipped.is_none() && rounds < MAX_ROUNDS => {
+                lease = held
+            }
+            Ok(Released::RunAgain(held)) if report.skipped.is_none() => {
+                // Requests keep coming: hand the next round to the queue rather than run
+                // until the function's timeout.
+                let _ = deps.store.release_lease(held).await;
+                let follow_up = SyncRequest {
+                    reason: "coalesced".into(),
+                    ..req.clone()
+                };
+                super::notifications::enqueue(deps, &follow_up).await?;
+                return Ok(report);
+            }
             Ok(Released::RunAgain(held)) => {
                 // Nothing more can be done now; free the lease for the next request.
                 let _ = deps.store.release_lease(held).await;
@@ -971,18 +988,21 @@ async fn reconcile_vanished(
     report: &mut RoundReport,
 ) -> RoundResult<()> {
     let (deps, conn) = (ctx.deps, ctx.conn);
+    let window_start = started - Duration::days(WINDOW_PAST_DAYS);
     let vanished: Vec<EventMapping> = deps
         .store
         .mappings_for_connection(&conn.company_id, &conn.id)
         .await?
         .into_iter()
-        .filter(|m| !seen.contains(&m.external_event_id))
+        // History is not read: a mapping whose event last ended before the window belongs to
+        // a session that is over (this keeps the work a round does independent of how many
+        // sessions the staff member ever had).
+        .filter(|m| m.last_end > window_start && !seen.contains(&m.external_event_id))
         .collect();
     if vanished.is_empty() {
         return Ok(());
     }
     let ids: Vec<String> = vanished.iter().map(|m| m.session_id.clone()).collect();
-    let window_start = started - Duration::days(WINDOW_PAST_DAYS);
     let mut sessions: HashMap<String, Session> = deps
         .store
         .get_sessions(&conn.company_id, &ids)
@@ -1020,7 +1040,7 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
         // The bus is down: sessions still holding events are not in the pending index, but
         // their cancellations are due all the same (their events wait in the outbox).
         let now = deps.store.now();
-        for mut session in deps.store.sessions_with_outbox(100).await? {
+        for mut session in deps.store.sessions_with_outbox(10_000).await? {
             let due = session.status == SessionStatus::PendingCancellation
                 && session.pending.as_ref().is_some_and(|p| p.due_at <= now);
             if !due {
@@ -1196,14 +1216,18 @@ pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobRepo
     };
     for (company, connection) in deps.store.abandoned_leases(deps.store.now(), 100).await? {
         let conn = match deps.store.get_connection(&company, &connection).await {
-            Ok(c) => c,
-            Err(Error::NotFound { .. }) => continue,
+            Ok(c) => Some(c),
+            Err(Error::NotFound { .. }) => None,
             Err(e) => return Err(e),
         };
-        if conn.provider != Provider::Exchange {
-            // Google connections are synced by the five-minute google-sync job anyway.
+        // Google connections are synced by the five-minute google-sync job anyway; deleted or
+        // disabled ones owe nothing. Their markers go, so they never crowd out real ones.
+        let Some(conn) = conn
+            .filter(|c| c.provider == Provider::Exchange && c.status != ConnectionStatus::Disabled)
+        else {
+            deps.store.drop_lease(&company, &connection).await?;
             continue;
-        }
+        };
         let request = SyncRequest {
             company_id: company,
             connection_id: connection,

@@ -109,18 +109,23 @@ pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
         }
     }
     for request in wanted.into_values() {
-        enqueue(deps, &request).await?;
+        send(deps, &request, true).await?;
         accepted.queued += 1;
     }
     Ok(accepted)
 }
 
-/// Queues a delta round for one connection.
+/// Queues a delta round for one connection (a job's or a follow-up's, not a notification's:
+/// it carries no arrival time for the notification-to-session latency).
 pub async fn enqueue(deps: &Deps, request: &SyncRequest) -> Result<()> {
+    send(deps, request, false).await
+}
+
+async fn send(deps: &Deps, request: &SyncRequest, notified: bool) -> Result<()> {
     let mut payload = serde_json::to_value(request).map_err(|e| Error::Internal(e.to_string()))?;
     // When the notification arrived, beside the request (older messages lack it; the worker
     // reads it for the notification-to-session latency metric).
-    if let Value::Object(fields) = &mut payload {
+    if let (true, Value::Object(fields)) = (notified, &mut payload) {
         fields.insert(
             RECEIVED_AT.into(),
             Value::String(deps.store.now().to_rfc3339()),

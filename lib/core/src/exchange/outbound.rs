@@ -231,7 +231,8 @@ pub struct Outcome {
     pub session_id: String,
     pub action: Action,
     /// `created`, `updated`, `deleted`, `skipped`, `no_event` (a cancel with nothing to
-    /// remove) or `stale` (an older platform version than one already applied: nothing done).
+    /// remove), `stale` (an older platform version than one already applied: nothing done) or
+    /// `superseded` (a newer change was written while this one was: it stands).
     pub outcome: &'static str,
     pub session_status: SessionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -408,6 +409,10 @@ enum Step {
     /// deleted it, and the deletion is reconciled here.
     EventGone,
     Wrote(Box<GraphEvent>, &'static str),
+    /// Another platform change of the session overtook this one while it was being written
+    /// (the event changed under it): nothing is overwritten or recorded; the newer change's
+    /// write stands.
+    Superseded,
     /// The event was deleted; when it was found through its `transactionId` (no mapping),
     /// the event, so the mapping records it (a restore of it is then known).
     Deleted(Option<Box<GraphEvent>>),
@@ -492,7 +497,12 @@ where
                 .as_ref()
                 .is_some_and(|c| c.id == m.connection_id)
         });
-        let may_create = next.status == SessionStatus::Confirmed
+        let writable = ctx.credentials.is_some()
+            && ctx.connection.as_ref().is_some_and(|c| {
+                matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Error)
+            });
+        let may_create = writable
+            && next.status == SessionStatus::Confirmed
             && (!mapped
                 || previous
                     .as_ref()
@@ -605,16 +615,27 @@ async fn graph_step(
             },
         },
         _ => match mapping {
-            None => create(graph, &creds, &calendar, change, &txn).await,
+            None => create(deps, graph, &creds, &calendar, change, &txn).await,
             Some(m) => {
                 let was_cancelled = previous.is_some_and(|p| p.status == SessionStatus::Cancelled);
-                update(graph, &creds, &calendar, m, change, &txn, was_cancelled).await
+                update(
+                    deps,
+                    graph,
+                    &creds,
+                    &calendar,
+                    m,
+                    change,
+                    &txn,
+                    was_cancelled,
+                )
+                .await
             }
         },
     })
 }
 
 async fn create(
+    deps: &Deps,
     graph: &dyn GraphApi,
     creds: &GraphCredentials,
     calendar: &CalendarRef,
@@ -634,6 +655,9 @@ async fn create(
     );
     if times == (Some(change.start), Some(change.end)) {
         return Step::Wrote(Box::new(created), "created");
+    }
+    if superseded(deps, change).await {
+        return Step::Superseded;
     }
     match graph
         .update_event(
@@ -674,12 +698,32 @@ async fn find_and_delete(
     }
 }
 
+/// Whether the stored session has moved past `change` since its intent was recorded: a newer
+/// `version`, or (without versions) other times or another status. Read only on the rare
+/// paths that would overwrite what the calendar shows now.
+async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
+    let Ok(Some(now)) = deps
+        .store
+        .find_session(&change.company_id, &change.id)
+        .await
+    else {
+        return false;
+    };
+    let newer = match (now.platform_version, change.version) {
+        (Some(stored), Some(mine)) => stored > mine,
+        _ => false,
+    };
+    let cancelled = now.status == SessionStatus::Cancelled && change.action != Action::Cancelled;
+    newer || cancelled || (now.start, now.end) != (change.start, change.end)
+}
+
 /// Moves the mapped event to the session's state. The platform's booking is the truth for
 /// an outbound change: an event edited in Outlook since our last write (412) is re-read and
 /// overwritten. An event that is gone was deleted by the staff member (the cancellation
 /// starts pending), unless the session was cancelled: then it was ours, and the confirmed
 /// session gets a new one.
 async fn update(
+    deps: &Deps,
     graph: &dyn GraphApi,
     creds: &GraphCredentials,
     calendar: &CalendarRef,
@@ -700,6 +744,9 @@ async fn update(
         )
         .await;
     let result = match first {
+        Err(GraphError::PreconditionFailed) if superseded(deps, change).await => {
+            return Step::Superseded;
+        }
         Err(GraphError::PreconditionFailed) => {
             match graph.get_event(creds, calendar, &m.external_event_id).await {
                 Ok(current) => {
@@ -721,7 +768,7 @@ async fn update(
     match result {
         Ok(e) => Step::Wrote(Box::new(e), "updated"),
         Err(GraphError::NotFound) if was_cancelled => {
-            create(graph, creds, calendar, change, txn).await
+            create(deps, graph, creds, calendar, change, txn).await
         }
         Err(GraphError::NotFound) => Step::EventGone,
         Err(e) => Step::Failed(e),
@@ -766,6 +813,7 @@ fn closing_writes(
             "skipped"
         }
         Step::Pending | Step::EventGone => "skipped",
+        Step::Superseded => "superseded",
         Step::NoCredentials => {
             writes.extend(
                 mark(conn, Some(credentials::MISSING.into())).map(OutboundWrite::Connection),
@@ -943,6 +991,9 @@ fn finish(
                 Step::EventGone => Some(
                     "the event was deleted in Outlook; the booking's cancellation is pending"
                         .into(),
+                ),
+                Step::Superseded => Some(
+                    "a newer change of the session was written to the calendar meanwhile".into(),
                 ),
                 _ => None,
             },

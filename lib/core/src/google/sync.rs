@@ -105,7 +105,9 @@ async fn sync_connection_once(deps: &Deps, conn: &mut Connection) -> Result<Sync
             })
         }
     };
+    let mut runs = 0;
     loop {
+        runs += 1;
         let result = run_and_record(deps, conn, &account).await;
         let released = deps.store.release_lease(lease).await;
         let report = match result {
@@ -118,7 +120,10 @@ async fn sync_connection_once(deps: &Deps, conn: &mut Connection) -> Result<Sync
             }
         };
         match released {
-            Ok(crate::store::Released::RunAgain(held)) if report.skipped.is_none() => lease = held,
+            // At most three runs for one request; the five-minute job syncs what came after.
+            Ok(crate::store::Released::RunAgain(held)) if report.skipped.is_none() && runs < 3 => {
+                lease = held
+            }
             Ok(crate::store::Released::RunAgain(held)) => {
                 let _ = deps.store.release_lease(held).await;
                 return Ok(report);
