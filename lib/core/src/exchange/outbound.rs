@@ -722,6 +722,7 @@ async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
 /// overwritten. An event that is gone was deleted by the staff member (the cancellation
 /// starts pending), unless the session was cancelled: then it was ours, and the confirmed
 /// session gets a new one.
+#[allow(clippy::too_many_arguments)]
 async fn update(
     deps: &Deps,
     graph: &dyn GraphApi,
