@@ -1003,44 +1003,43 @@ mod convergence {
         }
     }
 
+    /// The core on the memory store and `clock`, with a bus refusing its next `refusals`
+    /// publishes.
+    fn memory_deps(
+        clock: &std::sync::Arc<voyage_core::ports::ManualClock>,
+        refusals: u32,
+    ) -> (
+        voyage_core::store::Store,
+        std::sync::Arc<FlakyBus>,
+        voyage_core::deps::Deps,
+    ) {
+        use std::sync::Arc;
+        let store = voyage_core::store::Store::new(
+            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
+            clock.clone(),
+        );
+        let bus = Arc::new(FlakyBus::default());
+        bus.refuse
+            .store(refusals, std::sync::atomic::Ordering::SeqCst);
+        let config = voyage_core::config::Config::from_lookup(|_| None).unwrap();
+        let deps = voyage_core::deps::Deps::new(store.clone(), config).with_bus(bus.clone());
+        (store, bus, deps)
+    }
+
+    /// A confirmed session `s1` of ann's, tomorrow.
+    fn session_tomorrow(now: chrono::DateTime<chrono::Utc>) -> Session {
+        voyage_tests::contract::store::session("acme", "s1", "ann", now + chrono::Duration::days(1))
+    }
+
     #[tokio::test]
     async fn a_webhook_event_whose_publish_failed_reaches_the_bus_through_the_relay_once() {
         use std::sync::Arc;
         use voyage_core::booking::{self, Command};
         // GIVEN a bus that refuses every publish for now
-        let store = voyage_core::store::Store::new(
-            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
-            Arc::new(voyage_core::ports::SystemClock),
-        );
-        let bus = Arc::new(FlakyBus::default());
-        bus.refuse.store(100, std::sync::atomic::Ordering::SeqCst);
-        let config = voyage_core::config::Config::from_lookup(|_| None).unwrap();
-        let deps = voyage_core::deps::Deps::new(store.clone(), config).with_bus(bus.clone());
-        let now = store.now();
-        let mut s = store
-            .create_session(&Session {
-                id: "s1".into(),
-                company_id: "acme".into(),
-                staff_id: "ann".into(),
-                start: now + chrono::Duration::days(1),
-                end: now + chrono::Duration::days(1) + chrono::Duration::hours(1),
-                time_zone: "UTC".into(),
-                title: "x".into(),
-                location: None,
-                client: None,
-                status: SessionStatus::Confirmed,
-                declined: false,
-                history: vec![],
-                pending: None,
-                outbox: vec![],
-                platform_version: None,
-                calendar_version: None,
-                event_txn: None,
-                updated_at: now,
-                version: 0,
-            })
-            .await
-            .unwrap();
+        let clock = Arc::new(voyage_core::ports::ManualClock::new(chrono::Utc::now()));
+        let (store, bus, deps) = memory_deps(&clock, 100);
+        let now = clock_now(&clock);
+        let mut s = store.create_session(&session_tomorrow(now)).await.unwrap();
         // WHEN a booking command is written and its publish fails
         let command = Command::PendingCancellation {
             grace: chrono::Duration::minutes(10),
@@ -1129,39 +1128,9 @@ mod convergence {
         use voyage_core::booking::{self, Command};
         // GIVEN a pending cancellation whose webhook the bus refused, and the bus still down
         let clock = Arc::new(voyage_core::ports::ManualClock::new(chrono::Utc::now()));
-        let store = voyage_core::store::Store::new(
-            Arc::new(voyage_core::ports::memory::MemoryTable::new()),
-            clock.clone(),
-        );
-        let bus = Arc::new(FlakyBus::default());
-        bus.refuse.store(1000, std::sync::atomic::Ordering::SeqCst);
-        let config = voyage_core::config::Config::from_lookup(|_| None).unwrap();
-        let deps = voyage_core::deps::Deps::new(store.clone(), config).with_bus(bus.clone());
+        let (store, _bus, deps) = memory_deps(&clock, 1000);
         let now = clock_now(&clock);
-        let mut s = store
-            .create_session(&Session {
-                id: "s1".into(),
-                company_id: "acme".into(),
-                staff_id: "ann".into(),
-                start: now + chrono::Duration::days(1),
-                end: now + chrono::Duration::days(1) + chrono::Duration::hours(1),
-                time_zone: "UTC".into(),
-                title: "x".into(),
-                location: None,
-                client: None,
-                status: SessionStatus::Confirmed,
-                declined: false,
-                history: vec![],
-                pending: None,
-                outbox: vec![],
-                platform_version: None,
-                calendar_version: None,
-                event_txn: None,
-                updated_at: now,
-                version: 0,
-            })
-            .await
-            .unwrap();
+        let mut s = store.create_session(&session_tomorrow(now)).await.unwrap();
         let grace = chrono::Duration::minutes(10);
         booking::execute(
             &deps,

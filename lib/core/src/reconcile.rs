@@ -79,15 +79,6 @@ pub enum PlanStep {
 }
 
 impl PlanStep {
-    /// Whether carrying the step out writes to the calendar (after which the snapshot it
-    /// was planned from is stale).
-    pub fn writes_calendar(&self) -> bool {
-        matches!(
-            self,
-            PlanStep::Reschedule { .. } | PlanStep::WriteBack | PlanStep::DeleteEvent
-        )
-    }
-
     /// The booking command that carries the step out (a move before any conflict check);
     /// `None` for steps that only write to the calendar.
     pub fn command(&self, grace: chrono::Duration) -> Option<crate::booking::Command> {

@@ -446,8 +446,9 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
         )
     };
     let mut ctx = read().await?;
-    let Some(previous) = record_intent(deps, &mut ctx, change, &read).await? else {
-        return Ok(stale(change, &ctx));
+    let previous = match record_intent(deps, &mut ctx, change, &read).await? {
+        Intent::Stale => return Ok(stale(change, &ctx)),
+        Intent::Recorded { previous } => previous.map(|p| *p),
     };
     let step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
     let mut attempt = 0;
@@ -473,22 +474,30 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
     }
 }
 
+/// What recording a change's intent found.
+enum Intent {
+    /// The change is older than what the session reflects: nothing was stored.
+    Stale,
+    /// The session as the change makes it is stored (`ctx.session`); `previous` is the
+    /// session as it was before (`None`: there was none).
+    Recorded { previous: Option<Box<Session>> },
+}
+
 /// Stores the session as the change makes it, before any Graph call (re-reading after a lost
-/// race). Returns the session as it was before (`Some(None)`: there was none), or `None`
-/// when the change is stale.
+/// race).
 async fn record_intent<F, Fut>(
     deps: &Deps,
     ctx: &mut OutboundContext,
     change: &SessionChange,
     read: &F,
-) -> Result<Option<Option<Session>>>
+) -> Result<Intent>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<OutboundContext>>,
 {
     for attempt in 1..=COMMIT_ATTEMPTS {
         if is_stale(ctx.session.as_ref(), change) {
-            return Ok(None);
+            return Ok(Intent::Stale);
         }
         let previous = ctx.session.clone();
         let mut next = merged_session(previous.as_ref(), change, deps.store.now());
@@ -516,7 +525,9 @@ where
             ));
         }
         if previous.as_ref() == Some(&next) {
-            return Ok(Some(previous));
+            return Ok(Intent::Recorded {
+                previous: previous.map(Box::new),
+            });
         }
         let mut writes = [OutboundWrite::Session(next)];
         match deps.store.commit_outbound(&mut writes).await {
@@ -525,7 +536,9 @@ where
                     return Err(Error::Internal("intent write lost its session".into()));
                 };
                 ctx.session = Some(written);
-                return Ok(Some(previous));
+                return Ok(Intent::Recorded {
+                    previous: previous.map(Box::new),
+                });
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
                 *ctx = read().await?;
