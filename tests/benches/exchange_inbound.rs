@@ -8,6 +8,11 @@
 //!    in the simulated Outlook; from the simulator's DELETE answering (its notification goes
 //!    out at once) to the session being `pending_cancellation` in the store: p50/p99.
 //!
+//! 4. A first sync of BENCH_FIRST_SYNC (default 50,000) staff events: wall time, invocations
+//!    (each inside the default 20 s budget), store round trips per page, peak memory.
+//! 5. The conflict check's reads (a staff member's sessions and busy time around a move)
+//!    with 10,000 past sessions and overrides, against 10 in the same run.
+//!
 //! Run: `cargo bench -p voyage-tests --bench exchange_inbound` (BENCH_ROUNDS, default 200).
 //! Under `cargo test` (a debug build) a smoke version runs and still asserts the per-page
 //! round trips are constant.
@@ -246,6 +251,174 @@ async fn latency(rounds: usize) -> Vec<Duration> {
     samples
 }
 
+/// The process's peak resident set so far (`VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A first sync of `n` staff events (busy, 10 minutes each, spread over the window) on the
+/// SQLite store: (wall time, invocations, pages, round trips, peak RSS growth in MiB).
+async fn first_sync(n: usize) -> (Duration, usize, usize, u64, f64) {
+    let sim = voyage_simulators::GraphSimulator::new();
+    sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
+    let sim_url = serve(sim.router()).await;
+    let (db, _dir) = voyage_tests::fixtures::sqlite_db();
+    let counting = Arc::new(CountingTable::new(Arc::new(SqliteTable::new(db.clone()))));
+    let key = voyage_core::sealing::generate_key().unwrap();
+    // BENCH_SYNC_BUDGET (e.g. `2s`) sets the invocation budget; the default is the system's.
+    let budget = std::env::var("BENCH_SYNC_BUDGET").ok();
+    let config = Config::from_lookup(|k| match k {
+        "VOYAGE_GRAPH_BASE_URL" | "VOYAGE_MS_LOGIN_BASE_URL" => Some(sim_url.clone()),
+        "VOYAGE_CREDENTIALS_KEY" => Some(key.clone()),
+        "VOYAGE_SYNC_BUDGET" => budget.clone(),
+        _ => None,
+    })
+    .unwrap();
+    let store = Store::new(counting.clone(), Arc::new(SystemClock));
+    let deps = voyage_providers::attach(Deps::new(store.clone(), config))
+        .unwrap()
+        .with_queue(
+            voyage_core::deps::QueueName::ExchangeInbound,
+            Arc::new(voyage_store_sqlite::SqliteQueue::new(
+                db,
+                "exchange-inbound",
+                Duration::from_secs(180),
+                5,
+            )),
+        );
+    let creds = ExchangeCredentialsInput {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+    };
+    credentials::store(&deps, "acme", creds).await.unwrap();
+    let now = store.now();
+    store
+        .create_connection(&Connection {
+            id: "conn1".into(),
+            company_id: "acme".into(),
+            provider: Provider::Exchange,
+            staff_id: "ann".into(),
+            staff_email: "ann@contoso.example".into(),
+            calendar_id: None,
+            status: ConnectionStatus::Active,
+            last_sync_at: None,
+            last_error: None,
+            channel: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let first = now + chrono::Duration::hours(1);
+    for i in 0..n as i64 {
+        let start = first
+            + chrono::Duration::minutes(15 * (i % 16_000))
+            + chrono::Duration::seconds(i / 16_000);
+        sim.staff_create(
+            "ann@contoso.example",
+            "busy",
+            start,
+            start + chrono::Duration::minutes(10),
+            "busy",
+        );
+    }
+    let request = SyncRequest {
+        company_id: "acme".into(),
+        connection_id: "conn1".into(),
+        subscription_id: "none".into(),
+        reason: "notification".into(),
+    };
+    let rss_before = peak_rss_mib();
+    let trips_before = counting.round_trips();
+    let started = Instant::now();
+    let (mut invocations, mut pages) = (0, 0);
+    loop {
+        invocations += 1;
+        let report = inbound::handle(&deps, &request).await.unwrap();
+        pages += report.pages;
+        if report.checkpoints == 0 {
+            break;
+        }
+    }
+    let elapsed = started.elapsed();
+    let got = store
+        .overrides_for_connection("acme", "ann", "conn1")
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(got, n, "every event became one override");
+    (
+        elapsed,
+        invocations,
+        pages,
+        counting.round_trips() - trips_before,
+        peak_rss_mib() - rss_before,
+    )
+}
+
+/// The conflict check's reads for a move tomorrow, with `past` sessions and overrides in the
+/// past: (store items read per check, mean time per check).
+async fn conflict_check(past: usize) -> (u64, Duration) {
+    let (db, _dir) = voyage_tests::fixtures::sqlite_db();
+    let counting = Arc::new(CountingTable::new(Arc::new(SqliteTable::new(db))));
+    let store = Store::new(counting.clone(), Arc::new(SystemClock));
+    let now = store.now();
+    let mut busy = Vec::new();
+    for i in 0..past as i64 {
+        let start = now - chrono::Duration::days(40) - chrono::Duration::hours(i);
+        let s = voyage_tests::contract::store::session("acme", &format!("p{i}"), "ann", start);
+        store.create_session(&s).await.unwrap();
+        busy.push(voyage_core::model::AvailabilityOverride {
+            company_id: "acme".into(),
+            staff_id: "ann".into(),
+            connection_id: "conn1".into(),
+            source: Provider::Exchange,
+            external_event_id: format!("o{i}"),
+            start,
+            end: start + chrono::Duration::minutes(30),
+            all_day: false,
+            updated_at: now,
+            listing: None,
+        });
+    }
+    store.apply_overrides(&busy, &[]).await.unwrap();
+    let tomorrow = now + chrono::Duration::days(1);
+    let s = voyage_tests::contract::store::session("acme", "next", "ann", tomorrow);
+    store.create_session(&s).await.unwrap();
+    let checks = 200;
+    let items_before = counting.items_read();
+    let started = Instant::now();
+    for _ in 0..checks {
+        let (from, to) = (
+            tomorrow + chrono::Duration::hours(2),
+            tomorrow + chrono::Duration::hours(3),
+        );
+        let sessions = store
+            .sessions_for_staff("acme", "ann", from - chrono::Duration::days(31), to)
+            .await
+            .unwrap();
+        let busy = store
+            .overrides_for_staff("acme", "ann", from, to)
+            .await
+            .unwrap();
+        std::hint::black_box((sessions, busy));
+    }
+    (
+        (counting.items_read() - items_before) / checks,
+        started.elapsed() / checks as u32,
+    )
+}
+
 #[tokio::main]
 async fn main() {
     let smoke = cfg!(debug_assertions);
@@ -280,4 +453,28 @@ async fn main() {
         percentile(&samples, 0.99).as_secs_f64() * 1e3,
         samples[samples.len() - 1].as_secs_f64() * 1e3
     );
+    let n = if smoke {
+        500
+    } else {
+        std::env::var("BENCH_FIRST_SYNC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000)
+    };
+    let (elapsed, invocations, pages, trips, rss) = first_sync(n).await;
+    println!(
+        "  first sync of {n} events: {:.1} s, {invocations} invocation(s), {pages} pages, {:.1} store round trips per page, peak RSS +{rss:.0} MiB (simulator included)",
+        elapsed.as_secs_f64(),
+        trips as f64 / pages as f64
+    );
+    let (few_items, few_time) = conflict_check(10).await;
+    let (many_items, many_time) = conflict_check(if smoke { 500 } else { 10_000 }).await;
+    println!(
+        "  conflict check reads: 10 past sessions {few_items} items, {:.0} us; {} past: {many_items} items, {:.0} us; time ratio {:.2}",
+        few_time.as_secs_f64() * 1e6,
+        if smoke { 500 } else { 10_000 },
+        many_time.as_secs_f64() * 1e6,
+        many_time.as_secs_f64() / few_time.as_secs_f64()
+    );
+    assert_eq!(few_items, many_items, "the reads do not grow with history");
 }

@@ -10,6 +10,7 @@ use voyage_core::ports::{Condition, Index, Item, Key, Page, Query, StoreError, T
 pub struct CountingTable {
     inner: Arc<dyn Table>,
     calls: AtomicU64,
+    items: AtomicU64,
 }
 
 impl CountingTable {
@@ -17,12 +18,22 @@ impl CountingTable {
         CountingTable {
             inner,
             calls: AtomicU64::new(0),
+            items: AtomicU64::new(0),
         }
     }
 
     /// Round trips so far (every call is one request to DynamoDB).
     pub fn round_trips(&self) -> u64 {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Items read so far (what a read costs beyond its round trip).
+    pub fn items_read(&self) -> u64 {
+        self.items.load(Ordering::SeqCst)
+    }
+
+    fn read(&self, n: usize) {
+        self.items.fetch_add(n as u64, Ordering::SeqCst);
     }
 
     fn tick(&self) {
@@ -34,11 +45,15 @@ impl CountingTable {
 impl Table for CountingTable {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         self.tick();
-        self.inner.get(key).await
+        let got = self.inner.get(key).await?;
+        self.read(got.iter().count());
+        Ok(got)
     }
     async fn batch_get(&self, keys: &[Key]) -> Result<Vec<Item>, StoreError> {
         self.tick();
-        self.inner.batch_get(keys).await
+        let got = self.inner.batch_get(keys).await?;
+        self.read(got.len());
+        Ok(got)
     }
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
         self.tick();
@@ -58,11 +73,15 @@ impl Table for CountingTable {
     }
     async fn query(&self, query: Query) -> Result<Page, StoreError> {
         self.tick();
-        self.inner.query(query).await
+        let page = self.inner.query(query).await?;
+        self.read(page.items.len());
+        Ok(page)
     }
     async fn query_index(&self, index: Index, query: Query) -> Result<Page, StoreError> {
         self.tick();
-        self.inner.query_index(index, query).await
+        let page = self.inner.query_index(index, query).await?;
+        self.read(page.items.len());
+        Ok(page)
     }
     async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
         self.tick();

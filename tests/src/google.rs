@@ -159,6 +159,59 @@ impl GoogleWorld {
         req.send().await.unwrap().status().as_u16()
     }
 
+    /// The staff member answers an invitation on their calendar (`accepted`, `tentative`,
+    /// `declined`): their attendee entry changes, as a PATCH of `attendees` does in Google.
+    pub async fn respond(&self, token: &str, staff: &str, event: &str, response: &str) {
+        let url = format!(
+            "{}/calendar/v3/calendars/{}/events/{event}",
+            self.sim_url,
+            email(staff)
+        );
+        let current: Value = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut attendees = current["attendees"].as_array().cloned().unwrap_or_default();
+        for a in attendees.iter_mut() {
+            if a["self"] == true {
+                a["responseStatus"] = json!(response);
+            }
+        }
+        let status = self
+            .edit(
+                token,
+                staff,
+                "PATCH",
+                event,
+                Some(json!({ "attendees": attendees })),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    /// Stops every push channel (through Google's `channels.stop`), so the staff member's
+    /// edits queue no syncs of their own.
+    pub async fn stop_channels(&self, token: &str) {
+        let channels = self.control("GET", "channels", json!({})).await;
+        for c in channels["value"].as_array().cloned().unwrap_or_default() {
+            let resp = self
+                .http
+                .post(format!("{}/calendar/v3/channels/stop", self.sim_url))
+                .bearer_auth(token)
+                .json(&json!({"id": c["id"], "resourceId": c["resourceId"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 204);
+        }
+    }
+
     pub async fn control(&self, method: &str, path: &str, body: Value) -> Value {
         self.http
             .request(
@@ -197,6 +250,23 @@ impl GoogleWorld {
 /// A timed event body.
 pub fn timed(summary: &str, start: &str, end: &str) -> Value {
     json!({"summary": summary, "start": {"dateTime": start}, "end": {"dateTime": end}})
+}
+
+/// `event` with Google's `eventType` (`outOfOffice`, `workingLocation`, `birthday`, ...).
+pub fn of_type(event_type: &str, mut event: Value) -> Value {
+    event["eventType"] = json!(event_type);
+    event
+}
+
+/// `event` as an invitation from someone else to `staff`, whose answer is `response`
+/// (`needsAction`, `accepted`, `tentative`, `declined`); the simulator marks `staff`'s entry
+/// `self`, as Google does on the staff member's calendar.
+pub fn invitation(staff: &str, response: &str, mut event: Value) -> Value {
+    event["attendees"] = json!([
+        {"email": "organiser@fabrikam.example", "organizer": true, "responseStatus": "accepted"},
+        {"email": email(staff), "responseStatus": response},
+    ]);
+    event
 }
 
 /// `YYYY-MM-DD` of the day `n` days from today (tests stay inside the sync window whenever

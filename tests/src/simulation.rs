@@ -275,7 +275,10 @@ impl Queue for ListQueue {
 /// (a timeout after the write happened), and whose next write can be held at a gate while
 /// another actor runs (a deterministic interleaving of two operations).
 pub struct LossyGraph {
-    inner: GraphHttp,
+    /// The Graph client behind the mailbox limits ([`voyage_core::throttle`]): the gate is
+    /// outside them, so a write held at its gate does not hold a mailbox slot the other
+    /// actor's round waits for (a harness artefact: a real request in flight ends).
+    inner: Arc<dyn GraphApi>,
     lose_next: AtomicU32,
     gate: Mutex<Option<Gate>>,
 }
@@ -346,6 +349,21 @@ impl GraphApi for LossyGraph {
         id: &str,
     ) -> Result<GraphEvent, GraphError> {
         self.inner.get_event(creds, calendar, id).await
+    }
+    async fn get_events(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        ids: &[String],
+    ) -> Result<Vec<Result<GraphEvent, GraphError>>, GraphError> {
+        self.inner.get_events(creds, calendar, ids).await
+    }
+    async fn mailbox_time_zone(
+        &self,
+        creds: &GraphCredentials,
+        user: &str,
+    ) -> Result<String, GraphError> {
+        self.inner.mailbox_time_zone(creds, user).await
     }
     async fn delete_event(
         &self,
@@ -422,6 +440,7 @@ pub struct World {
     seed: u64,
     epoch: DateTime<Utc>,
     rng: StdRng,
+    variant: Variant,
     clock: Arc<ManualClock>,
     table: Arc<FaultyTable>,
     bus: Arc<RecordingBus>,
@@ -439,8 +458,33 @@ pub struct World {
     trace: Vec<String>,
 }
 
-fn config(sim_url: &str) -> Config {
+/// How a history's world is set up beyond its steps, drawn from a stream of its own (so the
+/// steps' stream, and with it every regression seed's history, stays as it was).
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    /// Every invocation applies one delta page, then checkpoints and queues the rest.
+    zero_budget: bool,
+    /// Delta pages of at most this many events.
+    page_size: Option<usize>,
+    /// Delta entries leave out `showAs`, `isCancelled`, `isAllDay`, `responseStatus`.
+    partial: bool,
+}
+
+impl Variant {
+    fn of(seed: u64) -> Variant {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x7661_7269_616e_7431);
+        Variant {
+            zero_budget: rng.gen_bool(0.3),
+            page_size: rng.gen_bool(0.5).then(|| rng.gen_range(1..4)),
+            partial: rng.gen_bool(0.3),
+        }
+    }
+}
+
+fn config(sim_url: &str, variant: Variant) -> Config {
+    let budget = if variant.zero_budget { "0ms" } else { "60s" };
     let env: BTreeMap<&str, String> = [
+        ("VOYAGE_SYNC_BUDGET", budget.to_string()),
         ("VOYAGE_GRAPH_BASE_URL", sim_url.to_string()),
         ("VOYAGE_MS_LOGIN_BASE_URL", sim_url.to_string()),
         (
@@ -474,11 +518,19 @@ impl World {
         let table = Arc::new(FaultyTable::new());
         let bus = Arc::new(RecordingBus::default());
         let queue = Arc::new(ListQueue::default());
-        let (deps, graph) = build(&sim_url, &clock, &table, &bus, &queue);
+        let variant = Variant::of(seed);
+        if let Some(max) = variant.page_size {
+            sim.max_page_size(max);
+        }
+        if variant.partial {
+            sim.partial_delta(&["showAs", "isCancelled", "isAllDay", "responseStatus"]);
+        }
+        let (deps, graph) = build(&sim_url, variant, &clock, &table, &bus, &queue);
         let mut w = World {
             seed,
             epoch,
             rng: StdRng::seed_from_u64(seed),
+            variant,
             clock,
             table,
             bus,
@@ -494,6 +546,7 @@ impl World {
             bus_seen: 0,
             trace: Vec::new(),
         };
+        w.log(format!("variant: {variant:?}"));
         w.connect().await;
         w
     }
@@ -557,6 +610,9 @@ impl World {
 
     fn log(&mut self, line: String) {
         let at = (self.clock.now() - self.epoch).num_minutes();
+        if std::env::var("VOYAGE_SIM_LIVE").is_ok() {
+            eprintln!("t+{at}m {line}");
+        }
         self.trace.push(format!("t+{at}m {line}"));
     }
 
@@ -852,17 +908,28 @@ impl World {
         };
         let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
         let req: SyncRequest = serde_json::from_value(envelope.payload).expect("a sync request");
+        self.sim.clear_served();
         let result = inbound::handle(&self.deps, &req).await;
+        if std::env::var("VOYAGE_SIM_TRACE_GRAPH").is_ok() {
+            for s in self.sim.served() {
+                self.trace
+                    .push(format!("      graph: {} {} {}", s.method, s.path, s.status));
+            }
+        }
         match &result {
-            Ok(r) => self.log(format!(
-                "round ({}): {} events, {} commands, {} confirmations, {} calendar writes{}",
+            Ok(r) => {
+                self.log(format!(
+                "round ({}): {} events, {} commands, {} confirmations, {} calendar writes{}{}{}",
                 req.reason,
                 r.events,
                 r.commands,
                 r.confirmations,
                 r.calendar_writes,
-                if r.resynced { ", full" } else { "" }
-            )),
+                if r.resynced { ", full" } else { "" },
+                if r.resumed { ", resumed" } else { "" },
+                if r.checkpoints > 0 { ", checkpointed" } else { "" }
+            ))
+            }
             Err(e) => {
                 self.log(format!("round ({}) failed: {e}", req.reason));
                 // Not acked: the queue offers it again.
@@ -984,6 +1051,7 @@ impl World {
     fn restart(&mut self) {
         let (deps, graph) = build(
             &self.sim_url,
+            self.variant,
             &self.clock,
             &self.table,
             &self.bus,
@@ -1235,31 +1303,41 @@ impl World {
 
 fn build(
     sim_url: &str,
+    variant: Variant,
     clock: &Arc<ManualClock>,
     table: &Arc<FaultyTable>,
     bus: &Arc<RecordingBus>,
     queue: &Arc<ListQueue>,
 ) -> (Arc<Deps>, Arc<LossyGraph>) {
-    let config = config(sim_url);
+    let config = config(sim_url, variant);
     let store = Store::new(table.clone(), clock.clone());
+    let http = GraphHttp::with_budget(
+        sim_url,
+        sim_url,
+        RetryBudget {
+            attempts: 1,
+            max_wait: StdDuration::ZERO,
+            timeout: StdDuration::from_secs(10),
+        },
+    )
+    .expect("graph client");
+    let limited = voyage_core::throttle::BudgetedGraph::new(
+        Arc::new(http),
+        Arc::new(voyage_core::throttle::Budget::new(
+            store.clone(),
+            config.limits.chunk,
+        )),
+        config.limits.graph,
+    );
     let graph = Arc::new(LossyGraph {
-        inner: GraphHttp::with_budget(
-            sim_url,
-            sim_url,
-            RetryBudget {
-                attempts: 1,
-                max_wait: StdDuration::ZERO,
-                timeout: StdDuration::from_secs(10),
-            },
-        )
-        .expect("graph client"),
+        inner: Arc::new(limited),
         lose_next: AtomicU32::new(0),
         gate: Mutex::new(None),
     });
-    let deps = Deps::new(store, config)
-        .with_graph(graph.clone())
+    let mut deps = Deps::new(store, config)
         .with_bus(bus.clone())
         .with_queue(QueueName::ExchangeInbound, queue.clone());
+    deps.graph = Some(graph.clone());
     (Arc::new(deps), graph)
 }
 

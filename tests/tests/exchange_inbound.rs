@@ -9,6 +9,11 @@ use voyage_core::model::{Provider, Session, SessionStatus};
 use voyage_tests::graph::{change, GraphWorld, CLIENT_SECRET};
 use voyage_tests::receiver::Receiver;
 
+#[path = "exchange_inbound/availability.rs"]
+mod availability;
+#[path = "exchange_inbound/review.rs"]
+mod review;
+
 const WITHIN: Duration = Duration::from_secs(5);
 
 async fn world() -> (GraphWorld, Receiver, String, String) {
@@ -1153,5 +1158,148 @@ mod convergence {
             waiting,
             ["session.cancellation_pending", "session.cancelled"]
         );
+    }
+}
+
+/// `sequence` on `session.*` webhooks: increasing per session across the booking engine's
+/// events and the platform's own dispatches, so a receiver can drop a stale one.
+mod sequence {
+    use super::*;
+
+    /// `(type, sequence)` of every received event of session `id`, in arrival order.
+    fn sequences(r: &Receiver, id: &str) -> Vec<(String, u64)> {
+        r.received()
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+            .filter(|b| b["data"]["session_id"] == id)
+            .map(|b| {
+                let seq = b["data"]["sequence"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no sequence in {b}"));
+                (b["type"].as_str().unwrap().to_string(), seq)
+            })
+            .collect()
+    }
+
+    fn of(got: &[(String, u64)], event: &str) -> u64 {
+        got.iter()
+            .find(|(t, _)| t == event)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("no {event} in {got:?}"))
+    }
+
+    async fn platform_dispatch(w: &GraphWorld, platform: &str, event: &str) -> u16 {
+        let (status, out) = w
+            .app
+            .call(
+                "POST",
+                "/v1/webhooks/dispatch",
+                platform,
+                Some(
+                    json!({"company_id": "acme", "event": event, "payload": {"session_id": "s1"}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 202, "{out}");
+        status.as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequence_increases_across_a_reschedule_and_a_cancellation() {
+        let (w, receiver, _key, platform) = world().await;
+        let event = book(&w, &platform, "s1", 9).await;
+        // The platform announces the booking itself.
+        platform_dispatch(&w, &platform, "session.created").await;
+        wait_event(&receiver, "session.created").await;
+
+        // Moved in Outlook -> rescheduled.
+        assert_eq!(
+            w.staff(
+                "PATCH",
+                "ann",
+                &event,
+                "",
+                Some(json!({"start": at(14), "end": at(15)}))
+            )
+            .await,
+            200
+        );
+        wait_event(&receiver, "session.rescheduled").await;
+        // The platform sends an update of its own after it.
+        platform_dispatch(&w, &platform, "session.updated").await;
+        wait_event(&receiver, "session.updated").await;
+
+        // Deleted in Outlook -> pending, then committed -> cancelled.
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        until(&w, "s1", "pending", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+        wait_event(&receiver, "session.cancellation_pending").await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        voyage_fn_scheduled::run(
+            voyage_fn_scheduled::Job::CommitPendingCancellations,
+            &w.app.local.deps,
+        )
+        .await
+        .unwrap();
+        wait_event(&receiver, "session.cancelled").await;
+
+        let got = sequences(&receiver, "s1");
+        let order = [
+            "session.created",
+            "session.rescheduled",
+            "session.updated",
+            "session.cancellation_pending",
+            "session.cancelled",
+        ];
+        let seqs: Vec<u64> = order.iter().map(|e| of(&got, e)).collect();
+        assert!(
+            seqs.windows(2).all(|p| p[0] < p[1]),
+            "not increasing in the order of the changes: {:?}",
+            order.iter().zip(&seqs).collect::<Vec<_>>()
+        );
+        // Each event once, each with its own value.
+        let mut all: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), got.len(), "{got:?}");
+
+        // A receiver following docs/WEBHOOKS.md keeps the highest sequence per session and
+        // drops anything not above it: replaying the log in reverse applies only the newest.
+        let mut highest: std::collections::HashMap<String, u64> = Default::default();
+        let mut applied = Vec::new();
+        for (event, seq) in got.iter().rev() {
+            let last = highest.entry("s1".into()).or_insert(0);
+            if *seq > *last {
+                *last = *seq;
+                applied.push(event.clone());
+            }
+        }
+        assert_eq!(applied, ["session.cancelled"]);
+
+        // A sequence the platform sends is kept; a bad one is refused naming the field.
+        let (status, out) = w
+            .app
+            .call(
+                "POST",
+                "/v1/webhooks/dispatch",
+                &platform,
+                Some(json!({"company_id": "acme", "event": "session.updated", "payload": {"session_id": "s1", "sequence": "x"}})),
+            )
+            .await;
+        assert_eq!(status, 422, "{out}");
+        assert_eq!(out["error"]["field"], "payload.sequence");
+        let (status, out) = w
+            .app
+            .call(
+                "POST",
+                "/v1/webhooks/dispatch",
+                &platform,
+                Some(json!({"company_id": "acme", "event": "session.updated", "payload": {"staff_id": "ann"}})),
+            )
+            .await;
+        assert_eq!(status, 422, "{out}");
+        assert_eq!(out["error"]["field"], "payload.session_id");
     }
 }

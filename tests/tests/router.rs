@@ -649,7 +649,7 @@ mod deployed_shape {
         assert!(got[0].header("webhook-signature").is_some());
         let body: Value = serde_json::from_str(&got[0].body).unwrap();
         assert_eq!(body["type"], "session.created");
-        assert_eq!(body["data"], json!({"session_id": "s1"}));
+        assert_eq!(body["data"], json!({"session_id": "s1", "sequence": 1}));
         // 6. The worker logged the invocation's metrics as EMF on stdout.
         let emf = emf_lines(&worker);
         assert!(

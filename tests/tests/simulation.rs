@@ -13,7 +13,8 @@ const CI_SEEDS: u64 = 300;
 
 /// Seeds that once broke an invariant (each the first of its bug), run before the rest.
 const REGRESSIONS: &[u64] = &[
-    22, 23, 39, 42, 52, 60, 61, 66, 72, 99, 106, 312, 994, 999, 1113, 1373, 1903, 2161,
+    22, 23, 39, 42, 52, 60, 61, 66, 72, 82, 99, 106, 118, 158, 286, 312, 994, 999, 1113, 1373,
+    1903, 2161,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -52,6 +52,10 @@ fn endpoint(id: &str, url: &str, events: &[&str], clock: &ManualClock) -> Webhoo
         disabled_reason: None,
         failing_since: None,
         failed_deliveries: 0,
+        headers: Default::default(),
+        rate_limit: None,
+        failing_event_at: None,
+        announced_failing_since: None,
         created_at: clock.now(),
         updated_at: clock.now(),
         version: 0,
@@ -126,13 +130,17 @@ async fn an_endpoint_failing_every_delivery_for_five_days_is_disabled() {
     assert_eq!(disabled_after, Some(11));
     let e = store.get_endpoint("acme", "whk_bad").await.unwrap();
     assert!(e.disabled_reason.unwrap().contains("5 days"));
-    // AND the company's other endpoint was told.
+    // AND the company's other endpoint was told: failing at the first failure (once: the run
+    // never recovered), disabled at the end.
     let told = store
         .list_deliveries("acme", "whk_ops", None, None, None)
         .await
         .unwrap();
-    assert_eq!(told.items.len(), 1);
-    assert_eq!(told.items[0].event_type, "webhook.endpoint.disabled");
+    let types: Vec<&str> = told.items.iter().map(|d| d.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        ["webhook.endpoint.disabled", "webhook.endpoint.failing"]
+    );
     // AND the disabled endpoint got nothing after it was disabled.
     let calls = transport
         .calls
@@ -186,5 +194,144 @@ async fn a_success_ends_a_run_of_failures() {
     assert_eq!(
         engine.attempt("acme", &d.items[0].id).await.unwrap(),
         AttemptOutcome::Skipped("finished")
+    );
+}
+
+/// Answers every request with the status currently set.
+struct Switchable(std::sync::atomic::AtomicU16);
+
+#[async_trait]
+impl Transport for Switchable {
+    async fn send(&self, _r: OutgoingRequest) -> Result<TransportResponse, TransportError> {
+        Ok(TransportResponse {
+            status: self.0.load(std::sync::atomic::Ordering::SeqCst),
+            body: String::new(),
+            retry_after: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn failing_is_told_once_a_day_and_recovered_once_after_it() {
+    use std::sync::atomic::Ordering;
+    use voyage_core::ports::Clock;
+    let clock = Arc::new(ManualClock::new(voyage_tests::contract::store::t0()));
+    let store = Store::new(Arc::new(MemoryTable::new()), clock.clone());
+    let config = Config::from_lookup(|_| None).unwrap();
+    let deps = Arc::new(Deps::new(store.clone(), config));
+    let transport = Arc::new(Switchable(std::sync::atomic::AtomicU16::new(500)));
+    let engine = WebhookEngine::new(deps, transport.clone());
+    // The failing endpoint subscribes to everything: its own health events must not reach it.
+    store
+        .create_endpoint(&endpoint(
+            "whk_bad",
+            "https://bad.example/h",
+            &["*"],
+            &clock,
+        ))
+        .await
+        .unwrap();
+    store
+        .create_endpoint(&endpoint(
+            "whk_ops",
+            "https://ops.example/h",
+            &["webhook.*"],
+            &clock,
+        ))
+        .await
+        .unwrap();
+    let told = || async {
+        let mut items = store
+            .list_deliveries("acme", "whk_ops", None, None, None)
+            .await
+            .unwrap()
+            .items;
+        // Ids order by wall time only to the millisecond: order by the manual clock.
+        items.sort_by_key(|d| d.created_at);
+        items
+            .into_iter()
+            .map(|d| {
+                let body: serde_json::Value = serde_json::from_str(d.body.get()).unwrap();
+                (d.event_type, body["data"].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let attempt = |status: u16| {
+        transport.0.store(status, Ordering::SeqCst);
+        let engine = engine.clone();
+        async move {
+            let out = created(&engine).await;
+            let id = out
+                .deliveries
+                .iter()
+                .find(|d| d.endpoint_id == "whk_bad")
+                .unwrap()
+                .id
+                .clone();
+            engine.attempt("acme", &id).await.unwrap();
+            id
+        }
+    };
+
+    // GIVEN a delivery that runs out of retries
+    let first_failure = attempt(500).await;
+    let failed_at = clock.now();
+    // THEN the other endpoint is told, with the delivery and its last error
+    let events = told().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "webhook.endpoint.failing");
+    let data = &events[0].1;
+    assert_eq!(data["endpoint_id"], "whk_bad");
+    assert_eq!(data["url"], "https://bad.example/h");
+    assert_eq!(data["delivery_id"], first_failure.as_str());
+    assert_eq!(data["event_type"], "session.created");
+    assert_eq!(data["last_error"], "HTTP 500");
+    let at: chrono::DateTime<chrono::Utc> = data["failed_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(at, failed_at);
+    // AND the failing endpoint itself got none of its own health events
+    let own = store
+        .list_deliveries("acme", "whk_bad", None, None, None)
+        .await
+        .unwrap();
+    assert!(own.items.iter().all(|d| d.event_type == "session.created"));
+
+    // WHEN more deliveries fail within the day: nothing new
+    clock.advance(Duration::hours(1));
+    attempt(500).await;
+    assert_eq!(told().await.len(), 1);
+    // WHEN one succeeds: recovered, once, naming when the failing run began
+    clock.advance(Duration::hours(1));
+    let success = attempt(200).await;
+    let events = told().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "webhook.endpoint.recovered");
+    let data = &events[1].1;
+    assert_eq!(data["endpoint_id"], "whk_bad");
+    assert_eq!(data["delivery_id"], success.as_str());
+    let since: chrono::DateTime<chrono::Utc> =
+        data["failing_since"].as_str().unwrap().parse().unwrap();
+    assert_eq!(since, failed_at);
+    let recovered_at: chrono::DateTime<chrono::Utc> =
+        data["recovered_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(recovered_at, clock.now());
+    attempt(200).await;
+    assert_eq!(told().await.len(), 2);
+
+    // WHEN it fails again within a day of the failing event: not told twice that day
+    clock.advance(Duration::hours(2));
+    attempt(500).await;
+    attempt(200).await;
+    assert_eq!(told().await.len(), 2);
+    // AND a day after the first failing event, a new failing run is told again
+    clock.advance(Duration::hours(21));
+    attempt(500).await;
+    let events = told().await;
+    assert_eq!(
+        events.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        [
+            "webhook.endpoint.failing",
+            "webhook.endpoint.recovered",
+            "webhook.endpoint.failing"
+        ]
     );
 }

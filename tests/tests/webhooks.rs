@@ -105,7 +105,8 @@ async fn a_dispatched_event_arrives_signed_both_ways() {
     assert_eq!(body["id"], answer["event_id"]);
     assert_eq!(body["type"], "session.cancelled");
     assert_eq!(body["company_id"], "acme");
-    assert_eq!(body["data"], json!({"session_id": "s1"}));
+    // The platform sent no `sequence`: the session's first gets 1 (webhooks::sequence).
+    assert_eq!(body["data"], json!({"session_id": "s1", "sequence": 1}));
     assert!(body["created_at"].is_string());
     // Headers.
     assert_eq!(
@@ -596,23 +597,100 @@ async fn a_delivery_whose_wake_up_was_lost_is_redriven_by_the_sweep() {
     let lost = queue.receive(10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(lost.len(), 1);
     queue.ack(&lost[0].receipt).await.unwrap();
-    app.local.spawn_consumers().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(receiver.received().is_empty());
     // The sweep finds the record and wakes it again.
     let redriven = voyage_core::webhooks::redrive_due(&app.local.deps, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(redriven, 1);
+    app.local.spawn_consumers().unwrap();
     receiver.wait_for(1, Duration::from_secs(10)).await;
+    // Exactly once, although the start-up sweep of the consumers looked too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 1);
     // Nothing is due any more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         voyage_core::webhooks::redrive_due(&app.local.deps, Duration::ZERO)
             .await
             .unwrap(),
         0
     );
+}
+
+/// The local system hands due deliveries to its worker in process; the records are the
+/// durable copy: a delivery left due when the process stopped (no worker ever saw it) is
+/// found by the start-up sweep of the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_left_due_by_a_stopped_process_is_sent_by_the_next_one() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        voyage_core::config::Config::from_lookup(|k| match k {
+            "VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS" | "VOYAGE_ALLOW_HTTP_WEBHOOKS" => {
+                Some("true".into())
+            }
+            _ => None,
+        })
+        .unwrap()
+    };
+    let event_id;
+    {
+        // A process whose worker never runs: the answer is given, nothing is sent.
+        let first = voyage::Local::open(dir.path(), config()).unwrap();
+        let (sender, _never_read) = tokio::sync::mpsc::channel(16);
+        assert!(first.webhooks.attach_local_worker(sender));
+        let key = voyage_core::auth::create_key(&first.deps.store, "acme", false, None)
+            .await
+            .unwrap()
+            .plaintext;
+        let router = first.router();
+        let app = |method: &str, path: &str, body: Value| {
+            use tower::ServiceExt;
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap();
+            router.clone().oneshot(req)
+        };
+        let created = app(
+            "POST",
+            "/v1/webhooks",
+            json!({"url": receiver.url("/hook"), "events": ["*"]}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(created.status(), 201);
+        let mut payload = serde_json::Map::new();
+        payload.insert("n".into(), json!(1));
+        let out = first
+            .webhooks
+            .dispatch(voyage_core::webhooks::Dispatch {
+                company_id: "acme".into(),
+                event_type: "connection.active".into(),
+                payload,
+                idempotency_key: None,
+                only_endpoint: None,
+            })
+            .await
+            .unwrap();
+        event_id = out.event_id;
+        // No queue message was written for it: the record is the only copy.
+        let queue = first
+            .deps
+            .queue(voyage_core::deps::QueueName::WebhookDeliveries)
+            .unwrap();
+        assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(receiver.received().is_empty());
+    }
+    // The next process on the same data sends it.
+    let second = voyage::Local::open(dir.path(), config()).unwrap();
+    second.spawn_consumers().unwrap();
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["id"], event_id.as_str());
 }
 
 /// The Lambda path: DynamoDB and SQS on moto, the worker's batch handler as the
@@ -831,5 +909,545 @@ async fn metrics_show_a_delivered_webhook_in_prometheus_text() {
             "no delivery counted:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls a delivery until it is no longer pending; answers its log.
+async fn settled(app: &TestApp, key: &str, delivery_id: &str) -> Value {
+    let mut log = Value::Null;
+    for _ in 0..200 {
+        log = app
+            .call(
+                "GET",
+                &format!("/v1/webhooks/deliveries/{delivery_id}"),
+                key,
+                None,
+            )
+            .await
+            .1;
+        if log["status"] != "pending" {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("delivery {delivery_id} still pending: {log}");
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Bulk recovery, end to end: failures before, inside and after a window, one success
+/// inside it; only the failures inside are sent again, as new deliveries of the same events.
+mod recovery {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recover_resends_only_the_deliveries_that_failed_in_the_window() {
+        let receiver = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        let (status, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"], "retry_schedule": ""})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        let id = ep["id"].as_str().unwrap().to_string();
+        // One delivery per answer, each settled before the next.
+        let one = |status: u16| {
+            receiver.script([Answer::status(status)]);
+            let (app, tenant, internal) = (&app, &tenant, &internal);
+            async move {
+                let out = dispatch(app, internal, "session.created", json!({})).await;
+                let d = out["deliveries"][0]["id"].as_str().unwrap().to_string();
+                let log = settled(app, tenant, &d).await;
+                (
+                    d,
+                    log["status"].as_str().unwrap().to_string(),
+                    out["event_id"].clone(),
+                )
+            }
+        };
+        let (before, s, _) = one(500).await;
+        assert_eq!(s, "failed");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let since = rfc3339_now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (inside_a, s, event_a) = one(500).await;
+        assert_eq!(s, "failed");
+        let (_ok, s, _) = one(200).await;
+        assert_eq!(s, "succeeded");
+        let (inside_b, s, event_b) = one(503).await;
+        assert_eq!(s, "failed");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let until = rfc3339_now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (after, s, _) = one(500).await;
+        assert_eq!(s, "failed");
+        let sent_so_far = receiver.received().len();
+        assert_eq!(sent_so_far, 5);
+
+        // A disabled endpoint refuses, naming why.
+        let (status, _) = app
+            .call(
+                "PATCH",
+                &format!("/v1/webhooks/{id}"),
+                &tenant,
+                Some(json!({"status": "disabled"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let window = json!({"since": since, "until": until});
+        let (status, refused) = app
+            .call(
+                "POST",
+                &format!("/v1/webhooks/{id}/recover"),
+                &tenant,
+                Some(window.clone()),
+            )
+            .await;
+        assert_eq!(status, 422, "{refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("disabled"),
+            "{refused}"
+        );
+        // Re-enabled: what failed before is recoverable.
+        let (status, _) = app
+            .call(
+                "PATCH",
+                &format!("/v1/webhooks/{id}"),
+                &tenant,
+                Some(json!({"status": "active"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        receiver.answer_always(Answer::status(200));
+        let (status, answer) = app
+            .call(
+                "POST",
+                &format!("/v1/webhooks/{id}/recover"),
+                &tenant,
+                Some(window),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["count"], 2, "{answer}");
+        assert_eq!(answer["truncated"], false);
+        let got = receiver
+            .wait_for(sent_so_far + 2, Duration::from_secs(10))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            receiver.received().len(),
+            sent_so_far + 2,
+            "only two re-sent"
+        );
+        // The same events, as new deliveries of the failed ones.
+        let mut events: Vec<String> = got[sent_so_far..]
+            .iter()
+            .map(|r| {
+                let body: Value = serde_json::from_str(&r.body).unwrap();
+                body["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        events.sort();
+        let mut expected = vec![
+            event_a.as_str().unwrap().to_string(),
+            event_b.as_str().unwrap().to_string(),
+        ];
+        expected.sort();
+        assert_eq!(events, expected);
+        let (_, log) = app
+            .call(
+                "GET",
+                &format!("/v1/webhooks/{id}/deliveries?limit=2"),
+                &tenant,
+                None,
+            )
+            .await;
+        let mut of: Vec<&str> = log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["redelivery_of"].as_str().unwrap())
+            .collect();
+        of.sort();
+        let mut originals = vec![inside_a.as_str(), inside_b.as_str()];
+        originals.sort();
+        assert_eq!(of, originals);
+        for r in &got[sent_so_far..] {
+            let delivery = r.header("x-webhook-delivery").unwrap();
+            assert!(![
+                before.as_str(),
+                after.as_str(),
+                inside_a.as_str(),
+                inside_b.as_str()
+            ]
+            .contains(&delivery.as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn recover_refuses_bad_windows_naming_the_field() {
+        let app = TestApp::start(&[]);
+        let tenant = app.key("acme", false).await;
+        let ep = endpoint(&app, &tenant, "https://example.com/h", json!(["*"])).await;
+        let path = format!("/v1/webhooks/{}/recover", ep["id"].as_str().unwrap());
+        let now = chrono::Utc::now();
+        let at = |d: chrono::Duration| (now + d).to_rfc3339();
+        for (body, field) in [
+            (json!({}), "since"),
+            (json!({"until": at(chrono::Duration::zero())}), "since"),
+            (json!({"since": "yesterday"}), "since"),
+            (json!({"since": "2026-11-29T18:00:00"}), "since"),
+            (json!({"since": 1_700_000_000}), "since"),
+            (
+                json!({"since": at(chrono::Duration::hours(-1)), "until": "soon"}),
+                "until",
+            ),
+            // since after until
+            (
+                json!({"since": at(chrono::Duration::hours(-1)), "until": at(chrono::Duration::hours(-2))}),
+                "since",
+            ),
+            // since in the future (until is now)
+            (json!({"since": at(chrono::Duration::hours(1))}), "since"),
+            // wider than 30 days
+            (json!({"since": at(chrono::Duration::days(-31))}), "since"),
+            (
+                json!({"since": at(chrono::Duration::hours(-1)), "status": "failed"}),
+                "status",
+            ),
+        ] {
+            let (status, answer) = app.call("POST", &path, &tenant, Some(body.clone())).await;
+            assert_eq!(status, 422, "{body}: {answer}");
+            assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+        }
+        // An empty window of a healthy endpoint recovers nothing.
+        let (status, answer) = app
+            .call(
+                "POST",
+                &path,
+                &tenant,
+                Some(json!({"since": at(chrono::Duration::days(-30) + chrono::Duration::minutes(1))})),
+            )
+            .await;
+        assert_eq!((status.as_u16(), answer["count"].clone()), (202, json!(0)));
+        // Another company's endpoint is not found.
+        let other = app.key("zeta", false).await;
+        let (status, _) = app
+            .call(
+                "POST",
+                &path,
+                &other,
+                Some(json!({"since": at(chrono::Duration::hours(-1))})),
+            )
+            .await;
+        assert_eq!(status, 404);
+    }
+}
+
+/// `webhook.endpoint.failing` and `webhook.endpoint.recovered` through real receivers.
+mod health_events {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_other_endpoints_hear_failing_once_and_recovered_once() {
+        let bad = Receiver::start().await;
+        bad.script([Answer::status(500), Answer::status(500)]);
+        let ops = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        let (_, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": bad.url("/bad"), "events": ["*"], "retry_schedule": ""})),
+            )
+            .await;
+        endpoint(
+            &app,
+            &tenant,
+            &ops.url("/ops"),
+            json!(["webhook.endpoint.*"]),
+        )
+        .await;
+        for expected in ["failed", "failed", "succeeded", "succeeded"] {
+            let out = dispatch(&app, &internal, "session.created", json!({})).await;
+            let d = out["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["endpoint_id"] == ep["id"])
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(settled(&app, &tenant, &d).await["status"], expected);
+        }
+        let got = ops.wait_for(2, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ops.received().len(), 2, "one of each");
+        let bodies: Vec<Value> = got
+            .iter()
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect();
+        let types: Vec<&str> = bodies.iter().map(|b| b["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            ["webhook.endpoint.failing", "webhook.endpoint.recovered"]
+        );
+        let failing = &bodies[0]["data"];
+        assert_eq!(failing["endpoint_id"], ep["id"]);
+        assert_eq!(failing["url"], bad.url("/bad"));
+        assert_eq!(failing["event_type"], "session.created");
+        assert_eq!(failing["last_error"], "HTTP 500");
+        let keys: Vec<&String> = failing.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "delivery_id",
+                "endpoint_id",
+                "event_type",
+                "failed_at",
+                "last_error",
+                "url"
+            ]
+        );
+        let recovered = &bodies[1]["data"];
+        let keys: Vec<&String> = recovered.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "delivery_id",
+                "endpoint_id",
+                "failing_since",
+                "recovered_at",
+                "url"
+            ]
+        );
+        assert_eq!(recovered["failing_since"], failing["failed_at"]);
+        // The failing endpoint never heard about itself.
+        assert!(bad
+            .received()
+            .iter()
+            .all(|r| r.header("x-webhook-event").as_deref() == Some("session.created")));
+    }
+}
+
+/// Endpoint options: static headers and a rate limit.
+mod endpoint_options {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn static_headers_are_sent_and_never_replace_the_signatures() {
+        let receiver = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        // Reserved names are refused, each named.
+        for name in [
+            "webhook-signature",
+            "Webhook-Id",
+            "webhook-timestamp",
+            "X-Webhook-Signature-256",
+            "X-Webhook-Delivery",
+            "Content-Type",
+            "User-Agent",
+            "Host",
+            "Content-Length",
+        ] {
+            let (status, answer) = app
+                .call(
+                    "POST",
+                    "/v1/webhooks",
+                    &tenant,
+                    Some(json!({"url": receiver.url("/hook"), "events": ["*"], "headers": {name: "forged"}})),
+                )
+                .await;
+            assert_eq!(status, 422, "{name}: {answer}");
+            assert_eq!(answer["error"]["field"], format!("headers.{name}"));
+        }
+        let (status, answer) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"], "headers": {"X-Bad": "a\nb"}})),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), answer["error"]["field"].as_str()),
+            (422, Some("headers.X-Bad"))
+        );
+        let (_, listed) = app.call("GET", "/v1/webhooks", &tenant, None).await;
+        assert_eq!(listed["data"], json!([]), "nothing stored");
+
+        let (status, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"],
+                    "headers": {"X-Tenant-Token": "t-123", "Authorization": "Bearer abc"}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        let secret = ep["secret"].as_str().unwrap().to_string();
+        let id = ep["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            ep["headers"],
+            json!({"authorization": "Bearer abc", "x-tenant-token": "t-123"})
+        );
+        let (_, read) = app
+            .call("GET", &format!("/v1/webhooks/{id}"), &tenant, None)
+            .await;
+        assert_eq!(read["headers"], ep["headers"]);
+        // A reserved name through PATCH is refused too, and changes nothing.
+        let (status, answer) = app
+            .call(
+                "PATCH",
+                &format!("/v1/webhooks/{id}"),
+                &tenant,
+                Some(json!({"headers": {"webhook-id": "forged"}})),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), answer["error"]["field"].as_str()),
+            (422, Some("headers.webhook-id"))
+        );
+
+        let answer = dispatch(&app, &internal, "session.created", json!({})).await;
+        let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+        let r = &got[0];
+        assert_eq!(r.header("x-tenant-token").as_deref(), Some("t-123"));
+        assert_eq!(r.header("authorization").as_deref(), Some("Bearer abc"));
+        // Each platform header is there once, and the signatures verify.
+        for name in [
+            "webhook-id",
+            "webhook-signature",
+            "x-webhook-signature-256",
+            "content-type",
+        ] {
+            assert_eq!(r.headers.get_all(name).iter().count(), 1, "{name}");
+        }
+        let delivery_id = answer["deliveries"][0]["id"].as_str().unwrap();
+        assert_eq!(r.header("webhook-id").as_deref(), Some(delivery_id));
+        assert_eq!(
+            r.header("x-webhook-signature-256").unwrap(),
+            signing::github_signature(&secret, r.body.as_bytes())
+        );
+        assert!(standard_verify(&secret, &std_headers(r), &r.body));
+
+        // `{}` removes them.
+        let (status, patched) = app
+            .call(
+                "PATCH",
+                &format!("/v1/webhooks/{id}"),
+                &tenant,
+                Some(json!({"headers": {}})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(patched["headers"], json!({}));
+        dispatch(&app, &internal, "session.created", json!({})).await;
+        let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+        assert!(got[1].header("x-tenant-token").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_is_held_within_ten_percent_and_nothing_is_dropped() {
+        const RATE: f64 = 10.0;
+        const EVENTS: usize = 30;
+        let receiver = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        for bad in [json!(0), json!(-3), json!(2.5), json!("10"), json!(100_000)] {
+            let (status, answer) = app
+                .call(
+                    "POST",
+                    "/v1/webhooks",
+                    &tenant,
+                    Some(json!({"url": receiver.url("/hook"), "events": ["*"], "rate_limit": bad})),
+                )
+                .await;
+            assert_eq!(
+                (status.as_u16(), answer["error"]["field"].as_str()),
+                (422, Some("rate_limit")),
+                "{bad}: {answer}"
+            );
+        }
+        let (status, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"], "rate_limit": RATE as u32})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        assert_eq!(ep["rate_limit"], 10);
+        // A burst far above the limit.
+        futures_util::future::join_all(
+            (0..EVENTS).map(|_| dispatch(&app, &internal, "connection.active", json!({}))),
+        )
+        .await;
+        let got = receiver.wait_for(EVENTS, Duration::from_secs(30)).await;
+        let span = (got[EVENTS - 1].at - got[0].at).as_secs_f64();
+        let rate = (EVENTS - 1) as f64 / span;
+        assert!(
+            (rate - RATE).abs() <= RATE * 0.1,
+            "{rate:.2}/s over {span:.2} s, limit {RATE}/s"
+        );
+        // Never faster than the limit over any second.
+        for (i, r) in got.iter().enumerate() {
+            let in_a_second = got[i..]
+                .iter()
+                .take_while(|x| x.at - r.at < Duration::from_millis(1000))
+                .count();
+            assert!(
+                in_a_second <= RATE as usize + 1,
+                "{in_a_second} within a second"
+            );
+        }
+        // Every event arrived exactly once.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut ids: Vec<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), EVENTS);
+        // `null` lifts the limit; GET shows it.
+        let id = ep["id"].as_str().unwrap();
+        let (status, patched) = app
+            .call(
+                "PATCH",
+                &format!("/v1/webhooks/{id}"),
+                &tenant,
+                Some(json!({"rate_limit": null})),
+            )
+            .await;
+        assert_eq!(
+            (status.as_u16(), patched["rate_limit"].clone()),
+            (200, Value::Null)
+        );
+        let (_, read) = app
+            .call("GET", &format!("/v1/webhooks/{id}"), &tenant, None)
+            .await;
+        assert_eq!(read["rate_limit"], Value::Null);
     }
 }

@@ -74,6 +74,7 @@ impl Local {
         let routes = Router::new()
             .merge(voyage_http::health_routes())
             .route("/metrics", axum::routing::get(metrics))
+            .route("/openapi.json", axum::routing::get(openapi_document))
             .merge(voyage_fn_gateway::api::router(deps.clone()))
             .merge(voyage_fn_webhooks::router(self.webhooks.clone()))
             .merge(voyage_fn_google_sync::router(deps.clone()))
@@ -112,6 +113,24 @@ impl Local {
                 .cloned()
                 .ok_or_else(|| format!("queue {} missing", name.as_str()))
         };
+        // Deliveries due now reach this process's worker through a channel; their records
+        // (written in the same commit as the rest of the dispatch) are the durable copy, which
+        // the sweep below and the `redrive-webhooks` timer find after a crash.
+        let (tx, rx) = tokio::sync::mpsc::channel(LOCAL_WAKE_CAPACITY);
+        if self.webhooks.attach_local_worker(tx) {
+            tokio::spawn(attempt_local(self.webhooks.clone(), rx));
+            let deps = self.deps.clone();
+            tokio::spawn(async move {
+                // What a previous run left due (a crash between 202 and the attempt).
+                match voyage_core::webhooks::redrive_due(&deps, Duration::ZERO).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deliveries = n, "due webhook deliveries re-driven at start")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "start-up webhook sweep failed"),
+                }
+            });
+        }
         let engine = self.webhooks.clone();
         tokio::spawn(consume(queue(QueueName::WebhookDeliveries)?, move |body| {
             let engine = engine.clone();
@@ -146,6 +165,74 @@ impl Local {
             async move { voyage_fn_exchange_outbound::worker::handle(&deps, &body).await }
         }));
         Ok(())
+    }
+}
+
+/// Every operation the local system serves (the routes of [`Local::router`]): each
+/// function's registry, declared next to its router, and the system's own routes.
+pub fn operations() -> Vec<voyage_http::openapi::Operation> {
+    use voyage_http::openapi::{schema, Operation};
+    let mut ops = voyage_http::health_operations();
+    ops.push(
+        Operation::get("/metrics", "system")
+            .public()
+            .summary(
+                "Counters and histograms in the Prometheus text format (no company, id or payload)",
+            )
+            .answers_as(200, "The metrics", "text/plain", schema::string()),
+    );
+    ops.push(
+        Operation::get("/openapi.json", "system")
+            .public()
+            .summary("This document")
+            .answers(200, "The OpenAPI 3.1 document", schema::any_object()),
+    );
+    ops.extend(voyage_fn_gateway::openapi::operations());
+    ops.extend(voyage_fn_webhooks::openapi::operations());
+    ops.extend(voyage_fn_google_sync::openapi::operations());
+    ops.extend(voyage_fn_exchange_inbound::openapi::operations());
+    ops.extend(voyage_fn_exchange_outbound::openapi::operations());
+    ops
+}
+
+/// The OpenAPI 3.1 document of [`operations`].
+pub fn openapi() -> serde_json::Value {
+    voyage_http::openapi::document(
+        "Voyage Integrations",
+        env!("CARGO_PKG_VERSION"),
+        &operations(),
+    )
+}
+
+/// `GET /openapi.json`: the document, built once.
+async fn openapi_document() -> axum::Json<serde_json::Value> {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOCUMENT.get_or_init(openapi).clone())
+}
+
+/// Most immediate wake-ups waiting for the in-process worker; beyond it they go through the
+/// durable queue.
+pub const LOCAL_WAKE_CAPACITY: usize = 4096;
+
+/// The in-process webhook worker: one attempt per wake-up, up to [`CONSUMER_CONCURRENCY`] at
+/// once. A failed attempt leaves its record pending, for the sweep.
+async fn attempt_local(
+    engine: WebhookEngine,
+    mut rx: tokio::sync::mpsc::Receiver<voyage_core::webhooks::engine::LocalWake>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONSUMER_CONCURRENCY));
+    while let Some(wake) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let delivery = wake.delivery_id.clone();
+            if let Err(e) = engine.attempt_local(wake).await {
+                tracing::warn!(delivery = %delivery, error = %e, "webhook attempt failed; the sweep will retry it");
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -275,7 +275,7 @@ async fn a_restart_in_the_middle_of_a_retry_schedule_loses_no_delivery() {
     let dispatched = client
         .post(format!("{}/v1/webhooks/dispatch", server.base))
         .bearer_auth(&internal)
-        .json(&serde_json::json!({"company_id": "acme", "event": "session.created", "payload": {}}))
+        .json(&serde_json::json!({"company_id": "acme", "event": "session.created", "payload": {"session_id": "s1"}}))
         .send()
         .await
         .unwrap();
@@ -435,4 +435,104 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
         (report["processed"].as_u64(), report["failed"].as_u64()),
         (Some(0), Some(0))
     );
+}
+
+/// Every event answered 202 reaches its receiver although `serve` is killed (SIGKILL) right
+/// after the last answer, with attempts in flight and deliveries not yet attempted: the
+/// delivery records are the durable wake-ups, found by the next start's sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_is_delivered_across_a_kill_9() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    const EVENTS: usize = 200;
+    // A receiver that notes each event id and answers after a while, so attempts are in
+    // flight when the process dies.
+    let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/{*path}",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let s = s.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    if let Some(id) = v["id"].as_str() {
+                        s.lock().unwrap().insert(id.to_string());
+                    }
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true")];
+    let mut server = serve_with(dir.path(), &env);
+    let tenant = create_key(dir.path(), "acme");
+    let data_dir = dir.path().display().to_string();
+    let internal = keys_create(&[
+        "--company",
+        "platform",
+        "--internal",
+        "--data-dir",
+        &data_dir,
+    ]);
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/v1/webhooks", server.base))
+        .bearer_auth(&tenant)
+        .json(&serde_json::json!({"url": url, "events": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let base = server.base.clone();
+    // 16 requests at a time.
+    let gate = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..EVENTS {
+        let (client, base, internal) = (client.clone(), base.clone(), internal.clone());
+        let permit = gate.clone().acquire_owned().await.unwrap();
+        calls.spawn(async move {
+            let answer = client
+                .post(format!("{base}/v1/webhooks/dispatch"))
+                .bearer_auth(&internal)
+                .json(&serde_json::json!({"company_id": "acme", "event": "connection.active", "payload": {"n": i}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 202);
+            let body: serde_json::Value = answer.json().await.unwrap();
+            drop(permit);
+            body["event_id"].as_str().unwrap().to_string()
+        });
+    }
+    let accepted: Vec<String> = calls.join_all().await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let before = seen.lock().unwrap().len();
+    assert!(
+        before < EVENTS,
+        "all arrived before the kill: nothing was tested"
+    );
+    let _server = serve_with(dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing = accepted
+            .iter()
+            .filter(|id| !seen.lock().unwrap().contains(*id))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {EVENTS} accepted events never arrived ({before} before the kill)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

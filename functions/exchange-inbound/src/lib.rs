@@ -7,6 +7,7 @@
 //!   `clientState` is checked against its subscription in constant time, genuine ones are
 //!   queued (one message per subscription) and the answer is 202 at once.
 
+pub mod openapi;
 pub mod worker;
 
 use std::collections::HashMap;

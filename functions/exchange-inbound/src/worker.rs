@@ -1,6 +1,8 @@
 //! Inbound queue messages: "sync this connection now" (from a Graph notification or
 //! lifecycle event), each handled by one delta round.
 
+use std::time::Instant;
+
 use voyage_core::deps::Deps;
 use voyage_core::exchange::inbound;
 use voyage_core::exchange::notifications::{received_at, SyncRequest, SYNC_KIND};
@@ -15,6 +17,12 @@ pub const CONCURRENCY: usize = 8;
 /// Handles one message. An error means "not done": the queue offers it again, and after its
 /// maximum receives it goes to the dead-letter queue.
 pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
+    handle_until(deps, body, Instant::now() + deps.config.sync_budget).await
+}
+
+/// [`handle`], paging until `deadline` (the batch's: rounds of one invocation share it, so
+/// the invocation ends inside the function's timeout however many messages it carries).
+async fn handle_until(deps: &Deps, body: &str, deadline: Instant) -> Result<(), Error> {
     let envelope: Envelope = serde_json::from_str(body)
         .map_err(|e| Error::validation("message", format!("not an envelope: {e}")))?;
     if envelope.kind != SYNC_KIND {
@@ -26,7 +34,7 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
     let received_at = received_at(&envelope.payload);
     let request: SyncRequest = serde_json::from_value(envelope.payload)
         .map_err(|e| Error::validation("payload", format!("not a sync request: {e}")))?;
-    let round = inbound::handle(deps, &request);
+    let round = inbound::handle_until(deps, &request, deadline);
     let result = match received_at {
         Some(at) => metrics::with_notification_time(at, round).await,
         None => round.await,
@@ -56,8 +64,9 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
+    let deadline = Instant::now() + deps.config.sync_budget;
     voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
-        handle(deps, &body).await
+        handle_until(deps, &body, deadline).await
     })
     .await
 }

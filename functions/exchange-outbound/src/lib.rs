@@ -3,6 +3,7 @@
 //! `POST /v1/exchange/outbound` (internal key) and the outbound queue, which the platform
 //! fills through EventBridge (`detail` = the route's body) or directly (the body itself).
 
+pub mod openapi;
 pub mod worker;
 
 use std::sync::Arc;

@@ -44,6 +44,10 @@ pub fn router(deps: Arc<Deps>) -> Router {
         )
         .route("/v1/sessions/{id}", get(get_session))
         .route("/v1/staff/{staff_id}/overrides", get(staff_overrides))
+        .route(
+            "/v1/settings/availability",
+            put(crate::settings::put_availability).get(crate::settings::get_availability),
+        )
         .with_state(deps)
 }
 

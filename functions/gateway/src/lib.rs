@@ -4,6 +4,10 @@
 //!   responses) that resolves `Authorization: Bearer <key>` to its company for every other
 //!   function.
 //! - [`api`]: the tenant admin routes: `/v1/me`, `/v1/keys`, `/v1/connections`.
+//! - [`openapi`]: the operations of these routes, for `GET /openapi.json`.
+//! - [`settings`]: the company's settings (`/v1/settings/availability`).
 
 pub mod api;
 pub mod authorizer;
+pub mod openapi;
+pub mod settings;

@@ -2,10 +2,12 @@
 //!
 //! - `POST /v1/google-sync/notifications` (public; authenticated by the channel token):
 //!   Google's pushes, answered at once; `exists`/`not_exists` queue a coalesced sync.
-//! - `POST /v1/google-sync` (internal key) `{"company_id"?, "connection_id"?}`: a sync now,
-//!   of one connection or of all.
+//! - `POST /v1/google-sync` (internal key) `{"company_id", "connection_id"}`: a sync of one
+//!   connection now (inline, inside its time budget: a large calendar's rest is queued);
+//!   `{}`: 202 at once, one sync per connection queued.
 //! - [`worker`]: queued syncs (the google-sync SQS queue; locally an in-process consumer).
 
+pub mod openapi;
 pub mod worker;
 
 use std::sync::Arc;
@@ -66,7 +68,7 @@ async fn sync_now(
     State(deps): State<Arc<Deps>>,
     Authenticated(p): Authenticated,
     ApiJson(body): ApiJson<SyncNow>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     p.require_internal()?;
     match (body.company_id, body.connection_id) {
         (Some(company), Some(id)) => {
@@ -79,13 +81,20 @@ async fn sync_now(
                 );
             }
             let report = sync::sync_connection(&deps, &mut conn).await?;
-            Ok(Json(
-                json!({"connection_id": conn.id, "status": conn.status, "last_error": conn.last_error, "report": report}),
+            Ok((
+                StatusCode::OK,
+                Json(
+                    json!({"connection_id": conn.id, "status": conn.status, "last_error": conn.last_error, "report": report}),
+                ),
             ))
         }
         (None, None) => {
-            let report = sync::sync_all(&deps).await?;
-            Ok(Json(json!({"report": report})))
+            // Off the request path: every sync is queued, the workers run them.
+            let queued = sync::queue_all(&deps).await?;
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"queued": queued.queued, "failed": queued.failed})),
+            ))
         }
         (None, Some(_)) => {
             Err(Error::validation("company_id", "is required with connection_id").into())

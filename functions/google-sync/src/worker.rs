@@ -1,4 +1,6 @@
-//! Queued Google syncs (from pushes): one sync of the named connection per message.
+//! Queued Google syncs (from pushes, the five-minute job's fan-out, `POST /v1/google-sync`
+//! `{}`, and the follow-ups of syncs that ran out of their time budget): one sync of the
+//! named connection per message, each inside `VOYAGE_SYNC_BUDGET`.
 
 use voyage_core::deps::Deps;
 use voyage_core::google::push::{SyncRequest, SYNC_KIND};
@@ -30,7 +32,7 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
         Err(e) => return Err(e),
     };
     let report = sync::sync_connection(deps, &mut conn).await?;
-    tracing::info!(connection = %conn.id, pages = report.pages, events = report.events, full = report.full, "google sync done");
+    tracing::info!(connection = %conn.id, pages = report.pages, events = report.events, full = report.full, continues = report.continues, "google sync done");
     Ok(())
 }
 

@@ -16,7 +16,8 @@ pub enum Job {
     RenewSubscriptions,
     /// Cancel sessions whose pending cancellation's grace period has passed.
     CommitPendingCancellations,
-    /// Sync every active or failed Google connection (the backstop for lost pushes).
+    /// Queue a sync of every active or failed Google connection on the google-sync queue
+    /// (the backstop for lost pushes; the google-sync workers run them).
     GoogleSync,
     /// Publish session events a failed publish or a crash left in their outboxes.
     RelayOutboxes,

@@ -1,4 +1,7 @@
-//! `/v1/webhooks`: endpoints, delivery logs, redelivery, test events, internal dispatch.
+//! `/v1/webhooks`: endpoints, delivery logs, redelivery, bulk recovery, test events, internal
+//! dispatch.
+
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,6 +16,7 @@ use voyage_core::model::{
 };
 use voyage_core::retry::RetryPolicy;
 use voyage_core::webhooks::address::validate_url;
+use voyage_core::webhooks::options::{validate_headers, MAX_RATE_LIMIT};
 use voyage_core::webhooks::{validate_event_type, validate_pattern, Dispatch, WebhookEngine};
 use voyage_core::{ids, signing, validate, Error};
 use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
@@ -26,6 +30,7 @@ pub fn router(engine: WebhookEngine) -> Router {
     Router::new()
         .route("/v1/webhooks", post(create).get(list))
         .route("/v1/webhooks/dispatch", post(dispatch))
+        .route("/v1/webhooks/event-types", get(event_types))
         .route("/v1/webhooks/deliveries/{delivery_id}", get(get_delivery))
         .route(
             "/v1/webhooks/deliveries/{delivery_id}/redeliver",
@@ -35,6 +40,7 @@ pub fn router(engine: WebhookEngine) -> Router {
         .route("/v1/webhooks/{id}/rotate-secret", post(rotate))
         .route("/v1/webhooks/{id}/test", post(test))
         .route("/v1/webhooks/{id}/deliveries", get(deliveries))
+        .route("/v1/webhooks/{id}/recover", post(recover))
         .with_state(engine)
 }
 
@@ -47,6 +53,10 @@ struct EndpointView {
     status: EndpointStatus,
     disabled_reason: Option<String>,
     retry_schedule: Option<String>,
+    /// Static headers sent with every delivery.
+    headers: BTreeMap<String, String>,
+    /// Deliveries per second to this endpoint at most; none when unlimited.
+    rate_limit: Option<u32>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     /// Only when just created or rotated.
@@ -70,6 +80,8 @@ fn view(e: WebhookEndpoint, secret: Option<String>) -> EndpointView {
         description: e.description,
         status: e.status,
         disabled_reason: e.disabled_reason,
+        headers: e.headers,
+        rate_limit: e.rate_limit,
         created_at: e.created_at,
         updated_at: e.updated_at,
         secret,
@@ -95,6 +107,27 @@ fn check_events(events: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A rate limit as sent: 1 to [`MAX_RATE_LIMIT`] deliveries per second.
+fn check_rate_limit(n: u32) -> Result<u32, Error> {
+    if (1..=MAX_RATE_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::validation(
+            "rate_limit",
+            format!("must be a whole number of deliveries per second, 1 to {MAX_RATE_LIMIT}"),
+        ))
+    }
+}
+
+/// `null` as `Some(None)` (clear the option), absent as `None` (leave it).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
 fn check_schedule(text: &str) -> Result<Vec<u64>, Error> {
     let p = RetryPolicy::parse(text).map_err(|m| Error::validation("retry_schedule", m))?;
     Ok(p.delays.iter().map(|d| d.as_secs()).collect())
@@ -112,6 +145,12 @@ struct CreateBody {
     /// e.g. `"30s,5m,30m"`; the deployment's schedule when absent.
     #[serde(default)]
     retry_schedule: Option<String>,
+    /// Static headers sent with every delivery (never a reserved one).
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    /// Deliveries per second at most.
+    #[serde(default)]
+    rate_limit: Option<u32>,
 }
 
 async fn create(
@@ -137,6 +176,13 @@ async fn create(
         .as_deref()
         .map(check_schedule)
         .transpose()?;
+    let headers = body
+        .headers
+        .as_ref()
+        .map(validate_headers)
+        .transpose()?
+        .unwrap_or_default();
+    let rate_limit = body.rate_limit.map(check_rate_limit).transpose()?;
     let now = engine.deps.store.now();
     let endpoint = WebhookEndpoint {
         id: ids::new_id("whk"),
@@ -153,6 +199,10 @@ async fn create(
         disabled_reason: None,
         failing_since: None,
         failed_deliveries: 0,
+        headers,
+        rate_limit,
+        failing_event_at: None,
+        announced_failing_since: None,
         created_at: now,
         updated_at: now,
         version: 0,
@@ -206,6 +256,12 @@ struct UpdateBody {
     status: Option<EndpointStatus>,
     #[serde(default)]
     retry_schedule: Option<String>,
+    /// Replaces the static headers (`{}` removes them all).
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<u32>>,
 }
 
 async fn update(
@@ -229,8 +285,19 @@ async fn update(
         .as_deref()
         .map(check_schedule)
         .transpose()?;
+    let headers = body.headers.as_ref().map(validate_headers).transpose()?;
+    let rate_limit = match body.rate_limit {
+        Some(Some(n)) => Some(Some(check_rate_limit(n)?)),
+        other => other,
+    };
     let store = &engine.deps.store;
     let mut e = store.get_endpoint(&p.company_id, &id).await?;
+    if let Some(h) = headers {
+        e.headers = h;
+    }
+    if let Some(r) = rate_limit {
+        e.rate_limit = r;
+    }
     if let Some(u) = body.url {
         e.url = u;
     }
@@ -436,6 +503,46 @@ async fn redeliver(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RecoverBody {
+    /// RFC 3339; deliveries that failed at or after this time.
+    since: String,
+    /// RFC 3339; deliveries that failed before this time (now when absent).
+    #[serde(default)]
+    until: Option<String>,
+}
+
+fn timestamp(field: &str, text: &str) -> Result<DateTime<Utc>, Error> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            Error::validation(
+                field,
+                "must be an RFC 3339 time with an offset, e.g. 2026-11-29T18:00:00Z",
+            )
+        })
+}
+
+/// Re-sends every delivery of the endpoint that failed in `[since, until)` as new
+/// deliveries: 202 with how many.
+async fn recover(
+    State(engine): State<WebhookEngine>,
+    Authenticated(p): Authenticated,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<RecoverBody>,
+) -> ApiResult<impl IntoResponse> {
+    validate::identifier("id", &id)?;
+    let since = timestamp("since", &body.since)?;
+    let until = body
+        .until
+        .as_deref()
+        .map(|u| timestamp("until", u))
+        .transpose()?;
+    let out = engine.recover(&p.company_id, &id, since, until).await?;
+    Ok((StatusCode::ACCEPTED, Json(out)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DispatchBody {
     pub company_id: String,
     pub event: String,
@@ -467,6 +574,12 @@ impl DispatchBody {
     }
 }
 
+/// Every event type with its description and the JSON Schema of its payload (the files
+/// under `schemas/events/`, compiled in).
+async fn event_types(Authenticated(_): Authenticated) -> Json<serde_json::Value> {
+    Json(json!({"data": voyage_core::webhooks::schemas::catalogue()}))
+}
+
 /// Internal: the platform dispatches an event for a company.
 async fn dispatch(
     State(engine): State<WebhookEngine>,
@@ -474,6 +587,8 @@ async fn dispatch(
     ApiJson(body): ApiJson<DispatchBody>,
 ) -> ApiResult<impl IntoResponse> {
     p.require_internal()?;
-    let out = engine.dispatch(body.into_dispatch()?).await?;
+    let mut dispatch = body.into_dispatch()?;
+    voyage_core::webhooks::sequence::stamp(&engine.deps.store, &mut dispatch).await?;
+    let out = engine.dispatch(dispatch).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))
 }

@@ -3,6 +3,7 @@
 //! the Lambdas (`webhooks`, `webhooks-worker`) and the local system.
 
 pub mod api;
+pub mod openapi;
 pub mod transport;
 pub mod worker;
 

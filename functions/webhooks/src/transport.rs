@@ -82,7 +82,9 @@ impl HttpTransport {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(32)
+            // As many as attempts run at once (the worker's concurrency): a smaller pool
+            // closes and reopens connections to a busy receiver on every wave of attempts.
+            .pool_max_idle_per_host(crate::worker::CONCURRENCY)
             .dns_resolver(Arc::new(GuardedResolver {
                 lookup,
                 allow_private,

@@ -8,7 +8,9 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification, TransactWriteItem, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
-use voyage_core::ports::table::{check_batch, check_transaction, page_of, Resume, BATCH_GET_LIMIT};
+use voyage_core::ports::table::{
+    check_batch, check_transaction, page_of, prefix_end, Resume, BATCH_GET_LIMIT,
+};
 use voyage_core::ports::{Condition, Index, Item, Key, Page, Query, StoreError, Table, TxWrite};
 
 use crate::describe;
@@ -224,23 +226,39 @@ impl DynamoTable {
         let mut values = HashMap::from([(":p".to_string(), s(&q.pk))]);
         let mut expression = "#p = :p".to_string();
         // DynamoDB takes one condition on the sort key, and no empty string in it: the
-        // prefix alone, or BETWEEN prefix AND upper (callers keep `upper` within the prefix).
-        match (&q.upper, q.prefix.is_empty()) {
+        // prefix alone, or BETWEEN the lower end (the prefix, or `lower` when later) AND the
+        // upper end (`upper`, or the end of the prefix; callers keep bounds within the
+        // prefix). A key equal to the prefix's end (never one of ours) is dropped below.
+        let lo = match &q.lower {
+            Some(l) if l.as_str() > q.prefix.as_str() => l.clone(),
+            _ => q.prefix.clone(),
+        };
+        let hi = match (&q.upper, &q.lower) {
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(_)) if !q.prefix.is_empty() => Some(prefix_end(&q.prefix)),
+            (None, _) => None,
+        };
+        match (hi, lo.is_empty()) {
             (None, true) => {}
+            (None, false) if q.lower.is_some() => {
+                names.insert("#s".into(), sk_attr.into());
+                values.insert(":lo".into(), s(&lo));
+                expression.push_str(" AND #s >= :lo");
+            }
             (None, false) => {
                 names.insert("#s".into(), sk_attr.into());
-                values.insert(":lo".into(), s(&q.prefix));
+                values.insert(":lo".into(), s(&lo));
                 expression.push_str(" AND begins_with(#s, :lo)");
             }
             (Some(upper), true) => {
                 names.insert("#s".into(), sk_attr.into());
-                values.insert(":hi".into(), s(upper));
+                values.insert(":hi".into(), s(&upper));
                 expression.push_str(" AND #s <= :hi");
             }
             (Some(upper), false) => {
                 names.insert("#s".into(), sk_attr.into());
-                values.insert(":lo".into(), s(&q.prefix));
-                values.insert(":hi".into(), s(upper));
+                values.insert(":lo".into(), s(&lo));
+                values.insert(":hi".into(), s(&upper));
                 expression.push_str(" AND #s BETWEEN :lo AND :hi");
             }
         }
@@ -279,7 +297,17 @@ impl DynamoTable {
         // LastEvaluatedKey is also set when exactly limit+1 items were read; only a short
         // read with a key means "cut by the 1 MB page limit".
         let cut = truncated && raw.len() <= limit;
-        let items = raw.iter().map(from_attrs).collect::<Result<Vec<_>, _>>()?;
+        let mut items = raw.iter().map(from_attrs).collect::<Result<Vec<_>, _>>()?;
+        if q.lower.is_some() && q.upper.is_none() && !q.prefix.is_empty() {
+            items.retain(|i| {
+                let sk = match index {
+                    Some(Index::Gsi1) => i.gsi1.as_ref().map(|k| k.sk.as_str()),
+                    Some(Index::Gsi2) => i.gsi2.as_ref().map(|k| k.sk.as_str()),
+                    None => Some(i.key.sk.as_str()),
+                };
+                sk.is_some_and(|sk| sk.starts_with(q.prefix.as_str()))
+            });
+        }
         Ok(page_of(items, limit, index, cut))
     }
 }

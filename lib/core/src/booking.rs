@@ -215,6 +215,13 @@ pub fn decide(
     payload.insert("end".into(), json!(instant(next.end)));
     payload.insert("declined".into(), json!(next.declined));
     payload.insert("origin".into(), json!(origin));
+    // The version this write creates orders the session's events (webhooks::sequence).
+    payload.insert(
+        "sequence".into(),
+        json!(crate::webhooks::sequence::of_session_version(
+            session.version + 1
+        )),
+    );
     payload.extend(extra);
     next.outbox.push(OutboxEvent {
         event_type: event_type.into(),

@@ -67,6 +67,16 @@ pub struct Config {
     pub credentials_key_secret_arn: Option<String>,
     /// `VOYAGE_GRAPH_TIMEOUT`: per-request timeout of Graph calls, default `10s`.
     pub graph_timeout: Duration,
+    /// `VOYAGE_SYNC_BUDGET`: how long one invocation may spend paging one connection's sync
+    /// (a Graph delta round or a Google sync) before it checkpoints its paging progress and
+    /// queues the rest; default `20s`, well inside the functions' 30 s timeout (the rest of
+    /// the time covers the last page and the checkpoint).
+    pub sync_budget: Duration,
+    /// `VOYAGE_GRAPH_MAILBOX_BUDGET` (Graph requests per app and mailbox per 10 minutes,
+    /// default 9000, under Outlook's 10,000; counted per minute, a tenth each) and
+    /// `VOYAGE_GOOGLE_USER_BUDGET` (Google requests
+    /// per service account and user per minute, default 500): see [`crate::throttle`].
+    pub limits: crate::throttle::Limits,
 }
 
 impl Config {
@@ -167,6 +177,46 @@ impl Config {
                 })?
                 .unwrap_or_default(),
             credentials_key_secret_arn: get("VOYAGE_CREDENTIALS_KEY_SECRET_ARN"),
+            limits: {
+                let mut limits = crate::throttle::Limits::default();
+                for (var, limit) in [
+                    ("VOYAGE_GRAPH_MAILBOX_BUDGET", &mut limits.graph),
+                    ("VOYAGE_GOOGLE_USER_BUDGET", &mut limits.google),
+                ] {
+                    if let Some(v) = get(var) {
+                        // Graph's is given per 10 minutes and counted per minute, a tenth
+                        // each (at least one).
+                        let per_window = |n: u64| {
+                            if var.starts_with("VOYAGE_GRAPH") {
+                                (n / 10).max(1)
+                            } else {
+                                n
+                            }
+                        };
+                        limit.requests = v
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| *n >= 1)
+                            .map(per_window)
+                            .ok_or_else(|| ConfigError {
+                                var: if var.starts_with("VOYAGE_GRAPH") {
+                                    "VOYAGE_GRAPH_MAILBOX_BUDGET"
+                                } else {
+                                    "VOYAGE_GOOGLE_USER_BUDGET"
+                                },
+                                message: format!("`{v}` is not a whole number of requests >= 1"),
+                            })?;
+                    }
+                }
+                limits
+            },
+            sync_budget: match get("VOYAGE_SYNC_BUDGET") {
+                None => Duration::from_secs(20),
+                Some(v) => parse_duration(&v).map_err(|message| ConfigError {
+                    var: "VOYAGE_SYNC_BUDGET",
+                    message,
+                })?,
+            },
         })
     }
 

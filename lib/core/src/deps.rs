@@ -60,6 +60,8 @@ pub struct Deps {
     pub google: Option<Arc<dyn GoogleApi>>,
     /// Seals and opens tenants' provider secrets.
     pub sealer: Option<Arc<Sealer>>,
+    /// The provider request budgets this process holds (shared by both clients).
+    budget: Option<Arc<crate::throttle::Budget>>,
 }
 
 impl Deps {
@@ -70,6 +72,7 @@ impl Deps {
             bus: None,
             graph: None,
             google: None,
+            budget: None,
             sealer: config
                 .credentials_key
                 .and_then(|k| Sealer::with_previous(&k, &config.previous_credentials_keys).ok())
@@ -78,14 +81,38 @@ impl Deps {
         }
     }
 
+    /// The Graph client, behind the mailbox concurrency limit and the request budget
+    /// ([`crate::throttle`]).
     pub fn with_graph(mut self, graph: Arc<dyn GraphApi>) -> Self {
-        self.graph = Some(graph);
+        let budget = self.budget();
+        self.graph = Some(Arc::new(crate::throttle::BudgetedGraph::new(
+            graph,
+            budget,
+            self.config.limits.graph,
+        )));
         self
     }
 
+    /// The Google client, behind the per-user request budget ([`crate::throttle`]).
     pub fn with_google(mut self, google: Arc<dyn GoogleApi>) -> Self {
-        self.google = Some(google);
+        let budget = self.budget();
+        self.google = Some(Arc::new(crate::throttle::BudgetedGoogle::new(
+            google,
+            budget,
+            self.config.limits.google,
+        )));
         self
+    }
+
+    fn budget(&mut self) -> Arc<crate::throttle::Budget> {
+        self.budget
+            .get_or_insert_with(|| {
+                Arc::new(crate::throttle::Budget::new(
+                    self.store.clone(),
+                    self.config.limits.chunk,
+                ))
+            })
+            .clone()
     }
 
     pub fn google(&self) -> Result<&dyn GoogleApi> {

@@ -15,6 +15,7 @@
 //! one, never the other way round.
 
 pub mod auth;
+pub mod availability;
 pub mod booking;
 pub mod config;
 pub mod connections;
@@ -32,6 +33,7 @@ pub mod retry;
 pub mod sealing;
 pub mod signing;
 pub mod store;
+pub mod throttle;
 pub mod validate;
 pub mod webhooks;
 

@@ -53,6 +53,19 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "the body is empty; a JSON object is expected",
         ));
     }
+    // Every route's body is an object: serde would also read a struct from an array of its
+    // fields in order (`[null, null]`), which no client means.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(_) => ApiError(Error::validation("body", "must be a JSON object")),
+            Err(e) => bad(
+                400,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => v,
@@ -225,6 +238,16 @@ mod tests {
             ("validation_failed", Some("tags[1]".into()))
         );
         assert_eq!(code(decode_json(b"[1]")).0, "validation_failed");
+        // A struct is never read from an array of its fields, nor from a bare value.
+        assert_eq!(
+            code(decode_json(br#"["a", []]"#)),
+            ("validation_failed", Some("body".into()))
+        );
+        assert_eq!(
+            code(decode_json(b" null")),
+            ("validation_failed", Some("body".into()))
+        );
+        assert_eq!(code(decode_json(b"[1")).0, "malformed_json");
         #[derive(Debug, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         #[allow(dead_code)]

@@ -4,12 +4,14 @@
 //! - [`ApiJson`] / [`ApiQuery`]: strict request decoding that names the offending field;
 //! - [`Principal`](voyage_core::model::Principal) extraction through [`Auth`];
 //! - [`finish`]: fallbacks, body limit and panic catching applied to a router;
-//! - [`logging`]: structured `tracing`, JSON on Lambda.
+//! - [`logging`]: structured `tracing`, JSON on Lambda;
+//! - [`openapi`]: the operation registry the OpenAPI document is built from.
 
 mod auth;
 mod error;
 mod json;
 pub mod logging;
+pub mod openapi;
 mod sqs;
 
 pub use auth::{auth_context, Auth, Authenticated};
@@ -28,6 +30,19 @@ pub fn health_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         "/health",
         get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
     )
+}
+
+/// The operations of [`health_routes`].
+pub fn health_operations() -> Vec<openapi::Operation> {
+    use openapi::{schema, Operation};
+    vec![Operation::get("/health", "system")
+        .public()
+        .summary("The process is up and serving")
+        .answers(
+            200,
+            "Serving",
+            schema::object(&[("status", schema::one_of_strings(&["ok"]))], &["status"]),
+        )]
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -7,6 +7,11 @@
 //!   `Retry-After`, within a bounded budget; then `RateLimited`/`Unavailable`.
 //! - Header names are case-insensitive (HTTP); a channel's `expiration` is read as a number
 //!   or a string.
+//! - Event writes: `sendUpdates=none` on every insert, update and delete; `If-Match` with the
+//!   etag when the caller gives one; 409 is `Duplicate`, 412 `PreconditionFailed`, and on an
+//!   event's own URL 410 (deleted for good) is `NotFound` rather than `FullSyncRequired`.
+//!   A retried write whose first answer was lost shows as `Duplicate` or
+//!   `PreconditionFailed`: the caller re-reads the event.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,8 +26,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use voyage_core::config::Config;
 use voyage_core::google::api::{
-    deserialize_millis, Channel, EventsPage, GoogleApi, GoogleError, GoogleEvent, ListRequest,
-    ServiceAccount, WatchRequest,
+    deserialize_millis, Channel, EventsPage, GoogleApi, GoogleError, GoogleEvent, GoogleEventWrite,
+    ListRequest, ServiceAccount, WatchRequest,
 };
 use voyage_core::google::jwt;
 
@@ -208,6 +213,20 @@ impl GoogleHttp {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Vec<u8>, GoogleError> {
+        self.call_if_match(account, subject, method, url, body, None)
+            .await
+    }
+
+    /// [`Self::call`] with `If-Match: <etag>` when `if_match` is given.
+    async fn call_if_match(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        method: Method,
+        url: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Vec<u8>, GoogleError> {
         let mut refreshed = false;
         let mut attempt: u32 = 0;
         loop {
@@ -220,6 +239,9 @@ impl GoogleHttp {
                 .timeout(self.backoff.timeout);
             if let Some(b) = body {
                 req = req.json(b);
+            }
+            if let Some(etag) = if_match {
+                req = req.header("if-match", etag);
             }
             let resp = req
                 .send()
@@ -289,7 +311,39 @@ impl GoogleHttp {
             enc(calendar)
         )
     }
+
+    /// One event's URL, with `query` (starting with `?`, or empty).
+    fn event_url(&self, calendar: &str, event_id: &str, query: &str) -> String {
+        self.calendar_url(calendar, &format!("/{}{query}", enc(event_id)))
+    }
 }
+
+/// On an event's own URL, 410 means the event is gone for good, not an expired sync token.
+fn gone_is_not_found(e: GoogleError) -> GoogleError {
+    match e {
+        GoogleError::FullSyncRequired => GoogleError::NotFound,
+        other => other,
+    }
+}
+
+/// An event write's body: no `attendees` (the type has none), and no `id` on updates (the
+/// path names the event).
+fn write_body(event: &GoogleEventWrite, with_id: bool) -> Result<Value, GoogleError> {
+    let mut body = serde_json::to_value(event).map_err(|e| GoogleError::Rejected {
+        status: 0,
+        reason: "unwritable_event".into(),
+        message: e.to_string(),
+    })?;
+    if !with_id {
+        if let Some(map) = body.as_object_mut() {
+            map.remove("id");
+        }
+    }
+    Ok(body)
+}
+
+/// Every write goes without notifications: no mail leaves on the platform's behalf.
+const NO_UPDATES: &str = "?sendUpdates=none";
 
 fn classify(status: StatusCode, bytes: &[u8]) -> GoogleError {
     let body: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
@@ -314,6 +368,8 @@ fn classify(status: StatusCode, bytes: &[u8]) -> GoogleError {
         403 if rate => GoogleError::RateLimited { retry_after: None },
         410 => GoogleError::FullSyncRequired,
         404 => GoogleError::NotFound,
+        409 => GoogleError::Duplicate,
+        412 => GoogleError::PreconditionFailed,
         401 => GoogleError::Auth(format!("{reason}: {message}")),
         s if s >= 500 => GoogleError::Unavailable(format!("Google answered {status}")),
         s => GoogleError::Rejected {
@@ -419,5 +475,138 @@ impl GoogleApi for GoogleHttp {
         self.call(account, subject, Method::POST, &url, Some(&body))
             .await
             .map(|_| ())
+    }
+
+    async fn insert_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError> {
+        let body = write_body(event, true)?;
+        let url = self.calendar_url(calendar_id, NO_UPDATES);
+        let bytes = self
+            .call(account, subject, Method::POST, &url, Some(&body))
+            .await?;
+        tracing::debug!(event_id = %event.id, "google event inserted");
+        serde_json::from_slice(&bytes).map_err(unreadable)
+    }
+
+    async fn update_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError> {
+        let body = write_body(event, false)?;
+        let url = self.event_url(calendar_id, event_id, NO_UPDATES);
+        let bytes = self
+            .call_if_match(account, subject, Method::PUT, &url, Some(&body), etag)
+            .await
+            .map_err(gone_is_not_found)?;
+        tracing::debug!(
+            event_id,
+            conditional = etag.is_some(),
+            "google event updated"
+        );
+        serde_json::from_slice(&bytes).map_err(unreadable)
+    }
+
+    async fn get_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<GoogleEvent, GoogleError> {
+        let url = self.event_url(calendar_id, event_id, "");
+        let bytes = self
+            .call(account, subject, Method::GET, &url, None)
+            .await
+            .map_err(gone_is_not_found)?;
+        serde_json::from_slice(&bytes).map_err(unreadable)
+    }
+
+    async fn delete_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
+    ) -> Result<(), GoogleError> {
+        let url = self.event_url(calendar_id, event_id, NO_UPDATES);
+        self.call_if_match(account, subject, Method::DELETE, &url, None, etag)
+            .await
+            .map_err(gone_is_not_found)?;
+        tracing::debug!(
+            event_id,
+            conditional = etag.is_some(),
+            "google event deleted"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn google(status: u16, reason: &str) -> GoogleError {
+        let body = json!({"error": {"errors": [{"reason": reason}], "message": "m"}});
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+    }
+
+    #[test]
+    fn an_updates_body_leaves_the_id_to_the_path_and_no_body_has_attendees() {
+        use voyage_core::google::api::{ExtendedProperties, GoogleDateTime};
+        let t = Utc::now();
+        let event = GoogleEventWrite {
+            id: "abcdef0123".into(),
+            summary: "s".into(),
+            description: "d".into(),
+            location: None,
+            start: GoogleDateTime::utc(t),
+            end: GoogleDateTime::utc(t),
+            transparency: "opaque".into(),
+            status: Some("confirmed".into()),
+            extended_properties: ExtendedProperties::session("acme", "s1"),
+        };
+        let insert = write_body(&event, true).unwrap();
+        let update = write_body(&event, false).unwrap();
+        assert_eq!(insert["id"], "abcdef0123");
+        assert!(update.get("id").is_none());
+        assert_eq!(update["status"], "confirmed");
+        assert!(insert.get("attendees").is_none() && update.get("attendees").is_none());
+    }
+
+    #[test]
+    fn write_refusals_map_onto_the_ports_errors() {
+        assert_eq!(google(409, "duplicate"), GoogleError::Duplicate);
+        assert_eq!(
+            google(412, "conditionNotMet"),
+            GoogleError::PreconditionFailed
+        );
+        assert_eq!(google(404, "notFound"), GoogleError::NotFound);
+        assert_eq!(
+            gone_is_not_found(google(410, "deleted")),
+            GoogleError::NotFound,
+            "410 on an event is a deleted event"
+        );
+        assert_eq!(
+            google(410, "fullSyncRequired"),
+            GoogleError::FullSyncRequired
+        );
+        assert!(matches!(
+            google(403, "rateLimitExceeded"),
+            GoogleError::RateLimited { .. }
+        ));
     }
 }

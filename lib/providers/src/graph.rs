@@ -23,8 +23,25 @@ use sha2::{Digest, Sha256};
 use voyage_core::config::Config;
 use voyage_core::exchange::graph::{
     CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphApi, GraphCredentials, GraphError,
-    GraphEvent, GraphSubscription, NewSubscription, SESSION_TAG_ID,
+    GraphEvent, GraphSubscription, NewSubscription, MAILBOX_CONCURRENCY, SESSION_TAG_ID,
 };
+
+/// A `$batch` answer: one response per request, in any order.
+#[derive(serde::Deserialize)]
+struct BatchAnswer {
+    #[serde(default)]
+    responses: Vec<BatchResponse>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchResponse {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: serde_json::Map<String, Value>,
+    #[serde(default)]
+    body: Value,
+}
 
 const PREFER: &str = "IdType=\"ImmutableId\", outlook.timezone=\"UTC\"";
 const TOKEN_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -453,6 +470,120 @@ impl GraphApi for GraphHttp {
         );
         let bytes = self.call(creds, Method::GET, &url, None, &[]).await?;
         parse(&bytes)
+    }
+
+    async fn get_events(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        ids: &[String],
+    ) -> Result<Vec<Result<GraphEvent, GraphError>>, GraphError> {
+        let mut out: Vec<Option<Result<GraphEvent, GraphError>>> = vec![None; ids.len()];
+        let expand = format!("singleValueExtendedProperties($filter=id eq '{SESSION_TAG_ID}')");
+        for (chunk_no, chunk) in ids.chunks(MAILBOX_CONCURRENCY).enumerate() {
+            // Items throttled inside a batch are sent again (within the retry budget).
+            let mut pending: Vec<usize> = (0..chunk.len()).collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                attempt += 1;
+                let requests: Vec<Value> = pending
+                    .iter()
+                    .map(|&i| {
+                        json!({
+                            "id": i.to_string(),
+                            "method": "GET",
+                            "url": format!("/{}?$expand={}", event_url_path(calendar, &chunk[i]), encode_segment(&expand)),
+                            "headers": {"Prefer": PREFER},
+                        })
+                    })
+                    .collect();
+                let bytes = self
+                    .call(
+                        creds,
+                        Method::POST,
+                        &self.url("$batch"),
+                        Some(&json!({ "requests": requests })),
+                        &[],
+                    )
+                    .await?;
+                let answer: BatchAnswer = parse(&bytes)?;
+                let mut retry = Vec::new();
+                let mut longest_wait = None;
+                for r in answer.responses {
+                    let Some(i) = r.id.parse::<usize>().ok().filter(|i| pending.contains(i)) else {
+                        continue;
+                    };
+                    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    if matches!(r.status, 429 | 503 | 504) {
+                        let hint = r
+                            .headers
+                            .get("Retry-After")
+                            .or_else(|| r.headers.get("retry-after"))
+                            .and_then(|v| {
+                                v.as_str()
+                                    .and_then(|s| s.parse::<u64>().ok())
+                                    .or_else(|| v.as_u64())
+                            })
+                            .map(Duration::from_secs);
+                        longest_wait = longest_wait.max(hint.or(Some(Duration::from_secs(1))));
+                        retry.push((i, status, hint));
+                        continue;
+                    }
+                    let body = serde_json::to_vec(&r.body).unwrap_or_default();
+                    out[chunk_no * MAILBOX_CONCURRENCY + i] =
+                        Some(check(status, &body).and_then(|()| parse::<GraphEvent>(&body)));
+                }
+                let wait = longest_wait.unwrap_or(Duration::ZERO);
+                if retry.is_empty()
+                    || attempt >= self.budget.attempts
+                    || wait > self.budget.max_wait
+                {
+                    for (i, status, hint) in retry {
+                        out[chunk_no * MAILBOX_CONCURRENCY + i] =
+                            Some(Err(if status.as_u16() == 429 {
+                                GraphError::Throttled { retry_after: hint }
+                            } else {
+                                GraphError::Unavailable(format!(
+                                    "Graph answered {status} in a batch"
+                                ))
+                            }));
+                    }
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                pending = retry.into_iter().map(|(i, _, _)| i).collect();
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(GraphError::Rejected {
+                        status: 200,
+                        code: "unreadable_response".into(),
+                        message: "a batch answer without this request".into(),
+                    })
+                })
+            })
+            .collect())
+    }
+
+    async fn mailbox_time_zone(
+        &self,
+        creds: &GraphCredentials,
+        user: &str,
+    ) -> Result<String, GraphError> {
+        let url = self.url(&format!("users/{}/mailboxSettings", encode_segment(user)));
+        let bytes = self.call(creds, Method::GET, &url, None, &[]).await?;
+        let v: Value = parse(&bytes)?;
+        v.get("timeZone")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| GraphError::Rejected {
+                status: 200,
+                code: "unreadable_response".into(),
+                message: "mailboxSettings without timeZone".into(),
+            })
     }
 
     async fn delete_event(

@@ -7,7 +7,11 @@
 //!   `POST /v1.0/users/{user}/events/{id}/decline`, and the same under
 //!   `/v1.0/users/{user}/calendars/{calendar}/events`;
 //! - `GET /v1.0/users/{user}/calendarView/delta` (and `/calendars/{calendar}/calendarView/delta`);
-//! - `POST /v1.0/subscriptions`, `GET|PATCH|DELETE /v1.0/subscriptions/{id}`.
+//! - `POST /v1.0/subscriptions`, `GET|PATCH|DELETE /v1.0/subscriptions/{id}`;
+//! - `GET|PATCH /v1.0/users/{user}/mailboxSettings` (`timeZone`: a Windows or IANA name,
+//!   `UTC` until set);
+//! - `POST /v1.0/$batch` (JSON batching: at most 20 requests, each served by the routes above
+//!   with the batch's token, faults and request log included, answered in one body).
 //!
 //! Control routes (what Graph has no route for; no token needed):
 //! - `POST /_control/apps` `{"tenant_id", "client_id", "client_secret"}`: register an app;
@@ -20,6 +24,9 @@
 //!   Deleted Items (Graph has no such route; Outlook does it);
 //! - `POST /_control/delta/expire`: every delta token now answers 410 `syncStateNotFound`;
 //!   `POST /_control/delta/page-size` `{"max": n}`: serve delta pages of at most `n` events;
+//!   `POST /_control/delta/partial` `{"omit": ["showAs", ...]}`: delta entries of live events
+//!   leave out these properties (as Microsoft's published delta examples do); `[]` restores
+//!   whole entries;
 //! - `GET /_control/subscriptions`; `POST /_control/subscriptions/{id}/lifecycle`
 //!   `{"lifecycleEvent": "reauthorizationRequired"|"subscriptionRemoved"|"missed"}`: POSTs
 //!   the lifecycle notification and answers `{"delivered_status"}`, or in capture mode keeps
@@ -29,6 +36,9 @@
 //! stored and returned in UTC (`dateTime` with seven fractional digits, `timeZone: "UTC"`)
 //! with the caller's zone kept in `originalStartTimeZone`; any registered app may act on any
 //! mailbox (application permissions).
+//!
+//! All-day events ([`GraphSimulator::staff_create_all_day`]) come back as Graph serves them
+//! with times asked in UTC: local midnight of the mailbox's days, labelled UTC.
 //!
 //! Graph quirks simulated on purpose: in an incremental `calendarView/delta` round, an event
 //! changed (moved, created, edited) outside the round's window is reported as
@@ -201,6 +211,8 @@ struct SimState {
     /// The largest delta page served, whatever the client prefers (Graph may choose smaller
     /// pages than asked).
     max_page_size: Option<usize>,
+    /// Properties left out of delta entries of live events.
+    partial_omit: Vec<String>,
     /// Keep notifications in `captured` instead of POSTing them.
     capture: bool,
     captured: Vec<CapturedNotification>,
@@ -209,6 +221,8 @@ struct SimState {
 #[derive(Default)]
 struct Mailbox {
     events: BTreeMap<String, SimEvent>,
+    /// `mailboxSettings.timeZone`, `None` until set (served as `UTC`).
+    time_zone: Option<String>,
 }
 
 #[derive(Clone)]
@@ -574,6 +588,61 @@ impl GraphSimulator {
         }
     }
 
+    /// Serves delta pages of at most `max` events, like `POST /_control/delta/page-size`.
+    pub fn max_page_size(&self, max: usize) {
+        self.state().max_page_size = Some(max.max(1));
+    }
+
+    /// Delta entries of live events leave out `properties` from now on (`&[]`: whole
+    /// entries again), like `POST /_control/delta/partial`.
+    pub fn partial_delta(&self, properties: &[&str]) {
+        self.state().partial_omit = properties.iter().map(|p| p.to_string()).collect();
+    }
+
+    /// Sets `user`'s `mailboxSettings.timeZone`, like `PATCH .../mailboxSettings`.
+    pub fn set_mailbox_time_zone(&self, user: &str, zone: &str) {
+        self.state()
+            .users
+            .entry(user_key(user))
+            .or_default()
+            .time_zone = Some(zone.to_string());
+    }
+
+    /// A staff member creates an all-day event over `days` days from `first`, in the zone
+    /// `zone` (the mailbox's, as the test set it); returns its id. Served like Graph serves
+    /// all-day events with times asked in UTC: local midnight labelled UTC.
+    pub fn staff_create_all_day(
+        &self,
+        user: &str,
+        subject: &str,
+        first: chrono::NaiveDate,
+        days: u32,
+        zone: chrono_tz::Tz,
+        show_as: &str,
+    ) -> String {
+        let midnight = |d: chrono::NaiveDate| {
+            let local = d.and_hms_opt(0, 0, 0).unwrap_or_default();
+            zone.from_local_datetime(&local)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|| Utc.from_utc_datetime(&local))
+        };
+        let last = first + chrono::Duration::days(i64::from(days.max(1)));
+        let id = self.staff_create(user, subject, midnight(first), midnight(last), show_as);
+        let mut state = self.state();
+        if let Some(e) = state
+            .users
+            .get_mut(&user_key(user))
+            .and_then(|m| m.events.get_mut(&id))
+        {
+            let label = |d: chrono::NaiveDate| json!({"dateTime": format!("{}T00:00:00.0000000", d.format("%Y-%m-%d")), "timeZone": "UTC"});
+            e.json.insert("isAllDay".into(), json!(true));
+            e.json.insert("start".into(), label(first));
+            e.json.insert("end".into(), label(last));
+        }
+        id
+    }
+
     /// Every event of `user`'s mailbox, deleted ones included, in every calendar, in id
     /// order (deterministic in seeded mode).
     pub fn events_of(&self, user: &str) -> Vec<SimEventView> {
@@ -618,6 +687,11 @@ impl GraphSimulator {
                 "/v1.0/users/{user}/calendars/{calendar}/calendarView/delta",
                 get(delta_in_calendar),
             )
+            .route(
+                "/v1.0/users/{user}/mailboxSettings",
+                get(get_mailbox_settings).patch(patch_mailbox_settings),
+            )
+            .route("/v1.0/$batch", post(batch))
             .route("/v1.0/subscriptions", post(create_subscription))
             .route(
                 "/v1.0/subscriptions/{id}",
@@ -646,6 +720,7 @@ impl GraphSimulator {
             )
             .route("/_control/delta/expire", post(control_expire_delta))
             .route("/_control/delta/page-size", post(control_page_size))
+            .route("/_control/delta/partial", post(control_partial))
             .route("/_control/subscriptions", get(control_subscriptions))
             .route(
                 "/_control/subscriptions/{id}/lifecycle",
@@ -685,6 +760,7 @@ impl GraphSimulator {
             json.insert("createdDateTime".into(), json!(graph_instant(now)));
             json.insert("isCancelled".into(), json!(false));
             json.insert("showAs".into(), json!("busy"));
+            json.insert("isAllDay".into(), json!(false));
             json.insert("type".into(), json!("singleInstance"));
             json.insert(
                 "responseStatus".into(),
@@ -1488,6 +1564,18 @@ fn delta(
         .skip(round.offset)
         .take(size)
         .filter_map(|e| delta_entry(e, round.start, round.end, initial))
+        .map(|mut entry| {
+            if entry.get("@removed").is_none() {
+                if let Some(fields) = entry.as_object_mut() {
+                    for k in &state.partial_omit {
+                        if k != "id" {
+                            fields.remove(k);
+                        }
+                    }
+                }
+            }
+            entry
+        })
         .collect();
     let root = external_root(headers, original.path(), inner);
     let base = format!("{root}{inner}");
@@ -1782,6 +1870,132 @@ async fn control_restore(
 
 async fn control_expire_delta(State(sim): State<GraphSimulator>) -> StatusCode {
     sim.state().delta_epoch += 1;
+    StatusCode::NO_CONTENT
+}
+
+async fn get_mailbox_settings(
+    State(sim): State<GraphSimulator>,
+    Path(user): Path<String>,
+) -> Response {
+    let zone = sim
+        .state()
+        .users
+        .get(&user_key(&user))
+        .and_then(|m| m.time_zone.clone())
+        .unwrap_or_else(|| "UTC".into());
+    Json(json!({
+        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#users('{user}')/mailboxSettings"),
+        "timeZone": zone,
+        "language": {"locale": "en-US", "displayName": "English (United States)"},
+        "workingHours": {"timeZone": {"name": zone}},
+    }))
+    .into_response()
+}
+
+async fn patch_mailbox_settings(
+    State(sim): State<GraphSimulator>,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(body) = serde_json::from_slice::<Map<String, Value>>(&body) else {
+        return bad_request("The body is not a JSON object.");
+    };
+    if let Some(zone) = body.get("timeZone") {
+        let Some(zone) = zone.as_str().filter(|z| !z.trim().is_empty()) else {
+            return bad_request("timeZone must be a time zone name.");
+        };
+        sim.state()
+            .users
+            .entry(user_key(&user))
+            .or_default()
+            .time_zone = Some(zone.to_string());
+    }
+    get_mailbox_settings(State(sim), Path(user)).await
+}
+
+/// Most requests one `$batch` may carry (Graph's limit).
+const MAX_BATCH: usize = 20;
+
+/// `POST /v1.0/$batch`: each request is served by the simulator's own routes with the
+/// batch's token, so faults, the request log and every rule apply to it as to a direct call.
+async fn batch(State(sim): State<GraphSimulator>, headers: HeaderMap, body: Bytes) -> Response {
+    use tower::ServiceExt;
+    let Some(requests) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("requests").and_then(Value::as_array).cloned())
+    else {
+        return bad_request("A batch body is {\"requests\": [...]}.");
+    };
+    if requests.is_empty() || requests.len() > MAX_BATCH {
+        return bad_request("A batch carries between 1 and 20 requests.");
+    }
+    let auth = headers.get("authorization").cloned();
+    let mut responses = Vec::with_capacity(requests.len());
+    for r in requests {
+        let id = r
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let method = r.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let url = r.get("url").and_then(Value::as_str).unwrap_or_default();
+        let Ok(method) = axum::http::Method::from_bytes(method.as_bytes()) else {
+            return bad_request("A batch request has an unknown method.");
+        };
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(format!("/v1.0/{}", url.trim_start_matches('/')));
+        if let Some(a) = &auth {
+            req = req.header("authorization", a.clone());
+        }
+        if let Some(h) = r.get("headers").and_then(Value::as_object) {
+            for (k, v) in h {
+                if let Some(v) = v.as_str() {
+                    req = req.header(k.as_str(), v);
+                }
+            }
+        }
+        let body = match r.get("body") {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                axum::body::Body::from(b.to_string())
+            }
+            None => axum::body::Body::empty(),
+        };
+        let Ok(req) = req.body(body) else {
+            return bad_request("A batch request could not be read.");
+        };
+        let Ok(resp) = sim.router().oneshot(req).await;
+        let status = resp.status().as_u16();
+        let mut out_headers = Map::new();
+        if let Some(v) = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+        {
+            out_headers.insert("Retry-After".into(), json!(v));
+        }
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        responses.push(json!({"id": id, "status": status, "headers": out_headers, "body": body}));
+    }
+    Json(json!({ "responses": responses })).into_response()
+}
+
+async fn control_partial(State(sim): State<GraphSimulator>, Json(body): Json<Value>) -> StatusCode {
+    let omit: Vec<String> = body
+        .get("omit")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    sim.state().partial_omit = omit;
     StatusCode::NO_CONTENT
 }
 

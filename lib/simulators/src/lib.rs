@@ -10,6 +10,6 @@ pub mod google;
 pub mod graph;
 mod util;
 
-pub use google::GoogleSimulator;
+pub use google::{GoogleEventView, GoogleRequest, GoogleSimulator};
 pub use graph::{CapturedNotification, GraphSimulator, SimEventView};
 pub use util::Fault;

@@ -1,3 +1,6 @@
+//! The SQLite database shared by the local adapters: one writer thread that group-commits,
+//! a few read-only connections, and a background checkpointer.
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -152,10 +155,16 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(self);
         let start = self
             .next_reader
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A free reader answers here and now: reads are point lookups and bounded pages
+        // served from the page cache, shorter than a hop to the blocking pool.
+        let n = self.readers.len();
+        if let Some(guard) = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok()) {
+            return f(&guard);
+        }
+        let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             // Take a free reader if there is one, else wait for the next in turn.
             let n = db.readers.len();
@@ -192,6 +201,11 @@ impl Db {
     }
 }
 
+/// Runs one statement that takes no parameters, prepared once per connection.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// The writer thread: one transaction per group of waiting calls.
 fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
     while let Ok(first) = jobs.recv() {
@@ -202,7 +216,7 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
             for job in group {
                 let _ = job.done.send(Err(unavailable(&e)));
             }
@@ -210,18 +224,20 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
         }
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
-            let result = match conn.execute_batch("SAVEPOINT call") {
+            // Cached statements: no SQL is parsed per call.
+            let result = match run_cached(&conn, "SAVEPOINT call") {
                 Err(e) => Err(unavailable(e)),
                 Ok(()) => {
                     let work = job.work;
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn)))
                         .unwrap_or_else(|_| Err(unavailable("a store call panicked")));
-                    let end = if r.is_err() {
-                        "ROLLBACK TO call; RELEASE call"
+                    let ended = if r.is_err() {
+                        run_cached(&conn, "ROLLBACK TO call")
+                            .and_then(|()| run_cached(&conn, "RELEASE call"))
                     } else {
-                        "RELEASE call"
+                        run_cached(&conn, "RELEASE call")
                     };
-                    match conn.execute_batch(end) {
+                    match ended {
                         Ok(()) => r,
                         Err(e) => Err(unavailable(e)),
                     }
@@ -229,7 +245,7 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
             };
             answers.push((job.done, result));
         }
-        match conn.execute_batch("COMMIT") {
+        match run_cached(&conn, "COMMIT") {
             Ok(()) => {
                 for (done, result) in answers {
                     let _ = done.send(result);

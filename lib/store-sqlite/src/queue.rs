@@ -1,3 +1,5 @@
+//! The durable local queue on SQLite, with SQS's semantics.
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -144,7 +146,12 @@ impl SqliteQueue {
             .map_err(unavailable)
     }
 
-    async fn receive_now(&self, max: usize) -> Result<Vec<ReceivedMessage>, QueueError> {
+    /// Receives what is visible now; when nothing is, also answers when the next message of
+    /// this queue becomes visible (Unix ms), so a waiting consumer wakes for it on time.
+    async fn receive_now(
+        &self,
+        max: usize,
+    ) -> Result<(Vec<ReceivedMessage>, Option<i64>), QueueError> {
         let name = self.name.clone();
         let hide_ms = self.visibility_timeout.as_millis() as i64;
         let max_receives = self.max_receives as i64;
@@ -202,7 +209,17 @@ impl SqliteQueue {
                         });
                     }
                 }
-                Ok(out)
+                let next_visible = if out.is_empty() {
+                    tx.prepare_cached(
+                        "SELECT MIN(visible_at_ms) FROM queue_messages WHERE queue = ?1",
+                    )
+                    .map_err(crate::db::unavailable)?
+                    .query_row(params![name], |r| r.get::<_, Option<i64>>(0))
+                    .map_err(crate::db::unavailable)?
+                } else {
+                    None
+                };
+                Ok((out, next_visible))
             })
             .await
             .map_err(unavailable)
@@ -251,12 +268,16 @@ impl Queue for SqliteQueue {
             let notified = self.db.sent.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let got = self.receive_now(max).await?;
+            let (got, next_visible) = self.receive_now(max).await?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
             }
-            let nap = POLL.min(deadline - now);
+            // A delayed message of this process's queue wakes us when it becomes visible.
+            let until_visible = next_visible
+                .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64))
+                .unwrap_or(POLL);
+            let nap = POLL.min(until_visible).min(deadline - now);
             // A send in this process wakes us at once; one from another process within POLL.
             let _ = tokio::time::timeout(nap, notified).await;
         }

@@ -91,11 +91,11 @@ impl Table for SqliteTable {
         let key = key.clone();
         self.db
             .read(move |c| {
-                c.query_row(
-                    &format!("SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"),
-                    params![key.pk, key.sk],
-                    item_of,
-                )
+                c.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM items WHERE pk = ?1 AND sk = ?2"
+                ))
+                .map_err(unavailable)?
+                .query_row(params![key.pk, key.sk], item_of)
                 .optional()
                 .map_err(unavailable)
             })
@@ -201,7 +201,7 @@ impl Table for SqliteTable {
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM items
                          WHERE pk = ?1 AND sk >= ?2 AND sk < ?3
-                           AND (?4 IS NULL OR sk <= ?4) AND (?5 IS NULL OR sk {after_op} ?5)
+                           AND sk <= ?4 AND (?5 IS NULL OR sk {after_op} ?5)
                          ORDER BY sk {order} LIMIT ?6"
                     ))
                     .map_err(unavailable)?;
@@ -209,9 +209,9 @@ impl Table for SqliteTable {
                     .query_map(
                         params![
                             q.pk,
-                            q.prefix,
+                            lower_of(&q),
                             prefix_end(&q.prefix),
-                            q.upper,
+                            upper_of(&q),
                             after,
                             (limit + 1) as i64
                         ],
@@ -246,7 +246,7 @@ impl Table for SqliteTable {
                     .prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM items
                          WHERE {ipk} = ?1 AND {isk} >= ?2 AND {isk} < ?3
-                           AND (?4 IS NULL OR {isk} <= ?4)
+                           AND {isk} <= ?4
                            AND (?5 IS NULL OR ({isk}, pk, sk) {after_op} (?5, ?6, ?7))
                          ORDER BY {isk} {order}, pk {order}, sk {order} LIMIT ?8"
                     ))
@@ -259,9 +259,9 @@ impl Table for SqliteTable {
                     .query_map(
                         params![
                             q.pk,
-                            q.prefix,
+                            lower_of(&q),
                             prefix_end(&q.prefix),
-                            q.upper,
+                            upper_of(&q),
                             a_isk,
                             a_pk,
                             a_sk,
@@ -289,4 +289,19 @@ impl Table for SqliteTable {
             })
             .await
     }
+}
+
+/// A query's range start as one bound the index can seek to: the prefix, or `lower` when
+/// later (an `?x IS NULL OR` condition would make SQLite scan from the prefix instead).
+fn lower_of(q: &Query) -> String {
+    match &q.lower {
+        Some(l) if l.as_str() > q.prefix.as_str() => l.clone(),
+        _ => q.prefix.clone(),
+    }
+}
+
+/// A query's inclusive range end: `upper`, or the end of the prefix (excluded by the
+/// `< prefix_end` condition beside it).
+fn upper_of(q: &Query) -> String {
+    q.upper.clone().unwrap_or_else(|| prefix_end(&q.prefix))
 }

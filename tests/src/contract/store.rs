@@ -212,6 +212,7 @@ pub async fn a_conflicting_cursor_update_is_refused(f: &Fixture<dyn Table>) {
         token: CursorToken::GoogleSyncToken("t1".into()),
         updated_at: t0(),
         based_at: None,
+        mailbox_time_zone: None,
         version: 0,
     };
     // GIVEN two workers that both read "no cursor yet"
@@ -408,6 +409,7 @@ pub async fn overrides_are_written_in_batches_and_read_by_range(f: &Fixture<dyn 
         end: t0() + Duration::hours(i) + Duration::minutes(30),
         all_day: false,
         updated_at: t0(),
+        listing: None,
     };
     let all: Vec<AvailabilityOverride> = (0..60).map(make).collect();
     s.apply_overrides(&all, &[]).await.unwrap();

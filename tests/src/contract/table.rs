@@ -190,6 +190,12 @@ pub async fn queries_are_ordered_paged_and_bounded(f: &Fixture<dyn Table>) {
     let mut bounded = Query::prefix("Q", "A#", 10);
     bounded.upper = Some("A#3".into());
     assert_eq!(sks(&all(t, None, bounded).await), ["A#1", "A#2", "A#3"]);
+    // A lower bound starts it; with both, only the range between is read.
+    let mut from = Query::prefix("Q", "A#", 10);
+    from.lower = Some("A#4".into());
+    assert_eq!(sks(&all(t, None, from).await), ["A#4", "A#5"]);
+    let between = Query::between("Q", "A#", "A#2", "A#4", 1);
+    assert_eq!(sks(&all(t, None, between).await), ["A#2", "A#3", "A#4"]);
     // An empty prefix covers the partition.
     assert_eq!(
         all(t, None, Query::prefix("Q", "", 3)).await.len(),
@@ -227,6 +233,13 @@ pub async fn index_queries_are_ordered_and_paged(f: &Fixture<dyn Table>) {
     let mut due = Query::prefix("IDX", "DUE#", 10);
     due.upper = Some("DUE#2026-01-02".into());
     assert_eq!(all(t, Some(Index::Gsi1), due).await.len(), 2);
+    let window = Query::between("IDX", "DUE#", "DUE#2026-01-02", "DUE#2026-01-04", 1);
+    let got = all(t, Some(Index::Gsi1), window).await;
+    let data: Vec<&str> = got.iter().map(|i| i.data.as_str()).collect();
+    assert_eq!(data, ["2026-01-02", "2026-01-03"]);
+    let mut later = Query::prefix("IDX", "DUE#", 10);
+    later.lower = Some("DUE#2026-01-03".into());
+    assert_eq!(all(t, Some(Index::Gsi1), later).await.len(), 2);
     assert_eq!(
         all(t, Some(Index::Gsi2), Query::prefix("OTHER", "", 2))
             .await

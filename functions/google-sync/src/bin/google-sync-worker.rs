@@ -1,5 +1,5 @@
-//! The google-sync worker Lambda: queued syncs from Google pushes, with partial batch
-//! failures.
+//! The google-sync worker Lambda: queued syncs (pushes, the five-minute job's fan-out,
+//! follow-ups), with partial batch failures.
 
 use voyage_core::config::Config;
 use voyage_fn_google_sync::worker;

@@ -278,6 +278,9 @@ pub struct DeltaPage {
     pub delta_link: Option<String>,
 }
 
+/// Most requests Graph runs at once for one mailbox (Outlook's limit; more answer 429).
+pub const MAILBOX_CONCURRENCY: usize = 4;
+
 /// The Graph calls the integration makes. Implementations get and cache the app-only token
 /// themselves, retry 429/503 within a bounded budget, and map Graph's errors onto
 /// [`GraphError`] (codes compared case-insensitively).
@@ -306,6 +309,25 @@ pub trait GraphApi: Send + Sync {
         calendar: &CalendarRef,
         id: &str,
     ) -> Result<GraphEvent, GraphError>;
+
+    /// Reads several events of one mailbox at once (JSON batching: at most
+    /// [`MAILBOX_CONCURRENCY`] requests per batch, so a batch never runs more requests at
+    /// once than a mailbox allows). One result per id, in order; a request-level failure
+    /// (the batch itself refused, throttled past the budget) is the outer error.
+    async fn get_events(
+        &self,
+        creds: &GraphCredentials,
+        calendar: &CalendarRef,
+        ids: &[String],
+    ) -> Result<Vec<Result<GraphEvent, GraphError>>, GraphError>;
+
+    /// The mailbox's time zone (`GET /users/{user}/mailboxSettings`, `timeZone`): usually a
+    /// Windows name such as `Pacific Standard Time`, sometimes an IANA one.
+    async fn mailbox_time_zone(
+        &self,
+        creds: &GraphCredentials,
+        user: &str,
+    ) -> Result<String, GraphError>;
 
     async fn delete_event(
         &self,

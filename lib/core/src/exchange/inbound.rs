@@ -11,8 +11,17 @@
 //! lost, outside the window included), then runs a fresh full sync over the window around
 //! now, and replaces the old cursor only when that completes (compare-and-set on the old
 //! cursor's version), so inbound sync never goes blind as time passes. A 410 (`syncStateNotFound`)
-//! does the same at once. After a full sync, overrides whose events were not listed are
-//! removed, and mapped events that were not listed are read one by one.
+//! does the same at once. After a full sync, overrides not written since it began are removed
+//! (their events were not listed), and mapped events that were not listed are read, in
+//! batches.
+//!
+//! **Resumable.** A round pages until its invocation's time budget is spent
+//! ([`crate::config::Config::sync_budget`], at least one page per invocation), then stores its
+//! progress ([`RoundProgress`]) and queues its continuation: a first sync of any size
+//! completes across invocations, each inside the function's timeout.
+//!
+//! **Busy time** follows [`crate::availability`]: a delta entry lacking what the round needs
+//! is read in full (batched), never guessed; all-day events are read in the mailbox's zone.
 //!
 //! **Removal is confirmed, never assumed** (DESIGN-NOTES 1.8). Graph reports an event moved
 //! out of the window (or created outside it) as `@removed` with reason `deleted`, exactly like
@@ -34,8 +43,9 @@
 //! event back to the booked time (our write, recorded in the mapping, so it does not echo).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
 use serde::Serialize;
 
 use super::graph::{
@@ -45,12 +55,13 @@ use super::notifications::SyncRequest;
 use super::outbound::TRANSACTION_PREFIX;
 use super::subscriptions::{self, calendar_of};
 use super::{credentials, GraphCredentials};
+use crate::availability::AvailabilitySettings;
 use crate::booking::{self, Command, ORIGIN_EXCHANGE_INBOUND};
 use crate::deps::Deps;
 use crate::model::availability::OverrideRef;
 use crate::model::{
     AvailabilityOverride, Connection, ConnectionStatus, CursorToken, DeltaCursor, EventMapping,
-    Provider, Session, SessionStatus,
+    Provider, RoundProgress, Session, SessionStatus,
 };
 use crate::reconcile::{self, EventSnapshot, PlanStep, SnapshotState};
 use crate::store::{LeaseClaim, Released};
@@ -62,8 +73,21 @@ pub const WINDOW_FUTURE_DAYS: i64 = 180;
 /// A cursor whose full sync began this long ago is replaced by a fresh full sync, so the
 /// window follows the clock.
 pub const REBASE_AFTER_HOURS: i64 = 24;
-/// Pages per round at most: a bound on one message's work (Graph pages hold up to 100).
+/// Pages per invocation at most, whatever the time budget: a bound on one message's work
+/// (Graph pages hold up to 100); the round checkpoints and continues from a queued message.
 pub const MAX_PAGES: usize = 500;
+/// Mapped events a full listing remembers having listed, at most (a checkpoint is one store
+/// item: DynamoDB's 400 KB hold this many of Graph's ~150-character ids with room to spare).
+const MAX_SEEN_MAPPED: usize = 1_500;
+
+/// The label of a full listing's overrides: its start, which its checkpoint keeps (a label
+/// compared for equality, never a clock compared across processes).
+fn listing_of(started: DateTime<Utc>) -> String {
+    started.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The `reason` of the queued message that continues a checkpointed round.
+pub const CONTINUE_REASON: &str = "continue";
 /// Rounds one message runs at most (the first, and the ones requests coalesced into).
 const MAX_ROUNDS: usize = 3;
 /// Plans per event at most in one round (each step re-plans; a plan has at most three).
@@ -86,12 +110,22 @@ pub struct RoundReport {
     pub calendar_writes: usize,
     /// The round read the whole window (first sync, 410, or the daily re-base).
     pub resynced: bool,
+    /// The round continued from a checkpoint of an earlier invocation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// Times the round ran out of its budget, stored its progress and queued the rest.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub checkpoints: usize,
     /// Another round of this connection was running: this request joined it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
     /// Why nothing was done, when nothing was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn skipped(reason: impl Into<String>) -> RoundReport {
@@ -102,8 +136,20 @@ fn skipped(reason: impl Into<String>) -> RoundReport {
 }
 
 /// Handles one queued sync request: lifecycle work first, then delta rounds under the
-/// connection's lease.
+/// connection's lease, paging for at most the configured budget
+/// ([`crate::config::Config::sync_budget`]).
 pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
+    handle_until(deps, req, Instant::now() + deps.config.sync_budget).await
+}
+
+/// [`handle`], paging until `deadline` (a batch of messages shares one: the invocation's),
+/// then checkpointing and queueing the rest. At least one page is applied whatever the
+/// deadline, so every invocation makes progress.
+pub async fn handle_until(
+    deps: &Deps,
+    req: &SyncRequest,
+    deadline: Instant,
+) -> Result<RoundReport> {
     let mut conn = match deps
         .store
         .get_connection(&req.company_id, &req.connection_id)
@@ -148,7 +194,7 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let outcome = round_and_record(deps, &mut conn, &creds).await;
+        let outcome = round_and_record(deps, &mut conn, &creds, deadline).await;
         let released = deps.store.release_lease(lease).await;
         let report = match outcome {
             Ok(report) => report,
@@ -161,6 +207,12 @@ pub async fn handle(deps: &Deps, req: &SyncRequest) -> Result<RoundReport> {
             }
         };
         match released {
+            Ok(Released::RunAgain(held)) if report.checkpoints > 0 => {
+                // The round's continuation is queued and reads fresh state: it serves the
+                // requests that arrived meanwhile too.
+                let _ = deps.store.release_lease(held).await;
+                return Ok(report);
+            }
             Ok(Released::RunAgain(held)) if report.skipped.is_none() && rounds < MAX_ROUNDS => {
                 lease = held
             }
@@ -195,8 +247,9 @@ async fn round_and_record(
     deps: &Deps,
     conn: &mut Connection,
     creds: &GraphCredentials,
+    deadline: Instant,
 ) -> Result<RoundReport> {
-    match round(deps, conn, creds).await {
+    match round(deps, conn, creds, deadline).await {
         Ok(report) => {
             deps.store.record_sync(conn, None).await?;
             Ok(report)
@@ -243,6 +296,10 @@ struct RoundCtx<'a> {
     conn: &'a Connection,
     creds: &'a GraphCredentials,
     calendar: CalendarRef,
+    /// The company's availability settings, read once per round.
+    settings: AvailabilitySettings,
+    /// The mailbox's time zone name (for all-day events), when known.
+    zone: Option<String>,
 }
 
 /// Whether a cursor must be replaced by a fresh full sync: it predates window re-basing, or
@@ -253,98 +310,146 @@ pub fn needs_rebase(cursor: &DeltaCursor, now: DateTime<Utc>) -> bool {
         .is_none_or(|b| now - b >= Duration::hours(REBASE_AFTER_HOURS))
 }
 
+/// Where a round stands while it pages: what a checkpoint stores and a resume restores.
+struct Paging {
+    request: DeltaRequest,
+    full: bool,
+    rebase: bool,
+    started: DateTime<Utc>,
+    based_at: Option<DateTime<Utc>>,
+    seen_mapped: HashSet<String>,
+    /// More mapped events were listed than a checkpoint holds: all are read at the end.
+    seen_overflow: bool,
+}
+
+impl Paging {
+    /// A full listing of the window around `now`.
+    fn full_sync(ctx: &RoundCtx<'_>, now: DateTime<Utc>) -> Paging {
+        Paging {
+            request: window_request(ctx, now),
+            full: true,
+            rebase: false,
+            started: now,
+            based_at: Some(now),
+            seen_mapped: HashSet::new(),
+            seen_overflow: false,
+        }
+    }
+}
+
 async fn round(
     deps: &Deps,
     conn: &Connection,
     creds: &GraphCredentials,
+    deadline: Instant,
 ) -> RoundResult<RoundReport> {
-    let ctx = RoundCtx {
+    let cursor = deps.store.get_cursor(&conn.company_id, &conn.id).await?;
+    let settings = crate::availability::settings(&deps.store, &conn.company_id).await?;
+    let mut ctx = RoundCtx {
         deps,
         conn,
         creds,
         calendar: calendar_of(conn),
+        settings,
+        zone: cursor.as_ref().and_then(|c| c.mailbox_time_zone.clone()),
     };
     let graph = deps.graph()?;
     let mut report = RoundReport::default();
-    let cursor = deps.store.get_cursor(&conn.company_id, &conn.id).await?;
-    let mut started = deps.store.now();
-    // A cursor due for re-basing is first followed to its end (changes since it, events
-    // outside the window included, are not lost), then the full sync over the new window
-    // runs and replaces it.
-    let mut rebase = cursor.as_ref().is_some_and(|c| needs_rebase(c, started));
-    let (mut request, mut based_at) = match cursor.as_ref().map(|c| (&c.token, c.based_at)) {
-        Some((CursorToken::GraphDeltaLink(link), based)) => {
-            (DeltaRequest::Link(link.clone()), based)
+    let cursor_version = cursor.as_ref().map_or(0, |c| c.version);
+    let mut paging = match resume(&ctx, cursor_version).await? {
+        Some((resumed, zone)) => {
+            report.resumed = true;
+            // The zone the listing began with (a changed zone is read by the next one).
+            if zone.is_some() {
+                ctx.zone = zone;
+            }
+            resumed
         }
-        _ => {
-            rebase = false;
-            (window_request(&ctx, started), Some(started))
+        None => {
+            let now = deps.store.now();
+            match cursor.as_ref().map(|c| (&c.token, c.based_at)) {
+                Some((CursorToken::GraphDeltaLink(link), based_at)) => Paging {
+                    request: DeltaRequest::Link(link.clone()),
+                    full: false,
+                    // A cursor due for re-basing is first followed to its end (changes since
+                    // it, events outside the window included, are not lost), then the full
+                    // sync over the new window runs and replaces it.
+                    rebase: cursor.as_ref().is_some_and(|c| needs_rebase(c, now)),
+                    started: now,
+                    based_at,
+                    seen_mapped: HashSet::new(),
+                    seen_overflow: false,
+                },
+                // A full sync that no incremental catch-up preceded (the first one, or after
+                // a 410) cannot know what happened outside the window since: it reads every
+                // mapped event not listed, cancelled sessions' included.
+                _ => Paging::full_sync(&ctx, now),
+            }
         }
     };
-    let mut full = !matches!(request, DeltaRequest::Link(_));
-    // A full sync that no incremental catch-up preceded (the first one, or after a 410)
-    // cannot know what happened outside the window since: it reads every mapped event not
-    // listed, cancelled sessions' included (a restored event of one is deleted again).
-    let mut thorough = full;
-    report.resynced = full;
-    let mut seen: HashSet<String> = HashSet::new();
+    if paging.full && (ctx.zone.is_none() || !report.resumed) {
+        // Every full listing reads the mailbox's zone afresh.
+        ctx.zone = Some(mailbox_zone(&ctx).await?);
+    }
+    report.resynced = paging.full;
+    let mut pages_this_call = 0;
     loop {
-        if report.pages >= MAX_PAGES {
-            // Resume from the last stored cursor next time; nothing is skipped.
-            tracing::warn!(connection = %conn.id, "delta round stopped at the page limit");
+        if pages_this_call > 0 && (Instant::now() >= deadline || pages_this_call >= MAX_PAGES) {
+            // Out of time: the pages so far are applied; the rest waits for the next
+            // invocation, which continues from here.
+            checkpoint(&ctx, &paging, cursor_version, &mut report).await?;
             return Ok(report);
         }
-        let page = match graph.delta_page(creds, &request).await {
+        let page = match graph.delta_page(creds, &paging.request).await {
             Ok(p) => p,
-            Err(GraphError::SyncStateNotFound) if !full => {
-                // The old cursor stays until the full sync completes and replaces it.
+            Err(GraphError::SyncStateNotFound) if !paging.full || report.resumed => {
+                // An expired cursor (or the checkpointed link of an unfinished listing):
+                // the old cursor stays until the full sync completes and replaces it.
                 tracing::info!(connection = %conn.id, "delta token expired; full resync");
-                rebase = false;
-                thorough = true;
-                started = deps.store.now();
-                full = true;
+                report.resumed = false;
+                paging = Paging::full_sync(&ctx, deps.store.now());
                 report.resynced = true;
-                seen.clear();
-                based_at = Some(started);
-                request = window_request(&ctx, started);
+                ctx.zone = Some(mailbox_zone(&ctx).await?);
                 continue;
             }
             Err(e) => return Err(RoundError::Graph(e)),
         };
         report.pages += 1;
+        pages_this_call += 1;
         report.events += page.events.len();
-        if full {
-            seen.extend(
-                page.events
-                    .iter()
-                    .filter(|e| e.removed.is_none())
-                    .map(|e| e.id.clone()),
-            );
+        let listing = paging.full.then(|| listing_of(paging.started));
+        let listed_mapped = apply_page(&ctx, &page.events, listing.as_deref(), &mut report).await?;
+        if paging.full && !paging.seen_overflow {
+            paging.seen_mapped.extend(listed_mapped);
+            if paging.seen_mapped.len() > MAX_SEEN_MAPPED {
+                // Too many to checkpoint in one record: forget them, and read every mapped
+                // event of a session not over at the end instead (correct, only dearer).
+                paging.seen_mapped.clear();
+                paging.seen_overflow = true;
+            }
         }
-        apply_page(&ctx, &page.events, &mut report).await?;
         match (page.next_link, page.delta_link) {
-            (Some(next), _) => request = DeltaRequest::Link(next),
-            (None, Some(_)) if rebase => {
+            (Some(next), _) => paging.request = DeltaRequest::Link(next),
+            (None, Some(_)) if paging.rebase => {
                 // Caught up; now the full sync over the window around now.
-                rebase = false;
-                started = deps.store.now();
-                full = true;
+                paging = Paging::full_sync(&ctx, deps.store.now());
                 report.resynced = true;
-                based_at = Some(started);
-                request = window_request(&ctx, started);
+                ctx.zone = Some(mailbox_zone(&ctx).await?);
             }
             (None, Some(delta)) => {
-                if full {
-                    remove_vanished(&ctx, &seen, &mut report).await?;
-                    reconcile_vanished(&ctx, &seen, started, thorough, &mut report).await?;
+                if paging.full {
+                    remove_vanished(&ctx, &listing_of(paging.started), &mut report).await?;
+                    reconcile_vanished(&ctx, &paging.seen_mapped, paging.started, &mut report)
+                        .await?;
                 }
                 let mut next = DeltaCursor {
                     company_id: conn.company_id.clone(),
                     connection_id: conn.id.clone(),
                     token: CursorToken::GraphDeltaLink(delta),
                     updated_at: deps.store.now(),
-                    based_at,
-                    version: cursor.as_ref().map_or(0, |c| c.version),
+                    based_at: paging.based_at,
+                    mailbox_time_zone: ctx.zone.clone(),
+                    version: cursor_version,
                 };
                 match deps.store.save_cursor(&mut next).await {
                     Ok(()) => {}
@@ -353,6 +458,11 @@ async fn round(
                     // durable and idempotent.
                     Err(Error::Conflict { .. }) => {}
                     Err(e) => return Err(e.into()),
+                }
+                if report.resumed || report.checkpoints > 0 {
+                    deps.store
+                        .clear_round_progress(&conn.company_id, &conn.id)
+                        .await?;
                 }
                 return Ok(report);
             }
@@ -363,6 +473,118 @@ async fn round(
                     message: "a delta page with neither nextLink nor deltaLink".into(),
                 }))
             }
+        }
+    }
+}
+
+/// The checkpoint of an unfinished round, when there is one for the current cursor, with the
+/// mailbox zone its listing read.
+async fn resume(
+    ctx: &RoundCtx<'_>,
+    cursor_version: u64,
+) -> Result<Option<(Paging, Option<String>)>> {
+    let (deps, conn) = (ctx.deps, ctx.conn);
+    let Some(p) = deps
+        .store
+        .get_round_progress(&conn.company_id, &conn.id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if p.cursor_version != cursor_version {
+        // The cursor was replaced since (a round whose lease expired under it finished):
+        // continue from the newer cursor instead.
+        deps.store
+            .clear_round_progress(&conn.company_id, &conn.id)
+            .await?;
+        return Ok(None);
+    }
+    Ok(Some((
+        Paging {
+            request: match p.link {
+                Some(link) => DeltaRequest::Link(link),
+                None => window_request(ctx, p.started),
+            },
+            full: p.full,
+            rebase: p.rebase,
+            started: p.started,
+            based_at: p.based_at,
+            seen_mapped: p.seen_mapped.into_iter().collect(),
+            seen_overflow: p.seen_overflow,
+        },
+        p.mailbox_time_zone,
+    )))
+}
+
+/// Stores where the round stands and queues its continuation.
+async fn checkpoint(
+    ctx: &RoundCtx<'_>,
+    paging: &Paging,
+    cursor_version: u64,
+    report: &mut RoundReport,
+) -> Result<()> {
+    let (deps, conn) = (ctx.deps, ctx.conn);
+    let link = match &paging.request {
+        DeltaRequest::Link(link) => Some(link.clone()),
+        // About to start the full listing (after a catch-up or a 410): it starts over the
+        // window based at `started`.
+        DeltaRequest::Start { .. } => None,
+    };
+    let mut seen_mapped: Vec<String> = paging.seen_mapped.iter().cloned().collect();
+    seen_mapped.sort();
+    deps.store
+        .save_round_progress(&RoundProgress {
+            company_id: conn.company_id.clone(),
+            connection_id: conn.id.clone(),
+            link,
+            cursor_version,
+            full: paging.full,
+            rebase: paging.rebase,
+            started: paging.started,
+            based_at: paging.based_at,
+            seen_mapped,
+            seen_overflow: paging.seen_overflow,
+            mailbox_time_zone: ctx.zone.clone(),
+            pages: report.pages,
+            updated_at: deps.store.now(),
+        })
+        .await?;
+    report.checkpoints += 1;
+    super::notifications::enqueue(
+        deps,
+        &SyncRequest {
+            company_id: conn.company_id.clone(),
+            connection_id: conn.id.clone(),
+            subscription_id: conn
+                .channel
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            reason: CONTINUE_REASON.into(),
+        },
+    )
+    .await?;
+    tracing::info!(connection = %conn.id, pages = report.pages, "delta round checkpointed; continued by a queued message");
+    Ok(())
+}
+
+/// The mailbox's time zone for all-day events, read at the start of every full listing
+/// (kept with the cursor between them). A mailbox whose settings cannot be read (the app
+/// lacks `MailboxSettings.Read`) or name an unknown zone is read as UTC, with a warning.
+async fn mailbox_zone(ctx: &RoundCtx<'_>) -> RoundResult<String> {
+    match ctx
+        .deps
+        .graph()?
+        .mailbox_time_zone(ctx.creds, &ctx.calendar.user)
+        .await
+    {
+        Ok(zone) => Ok(zone),
+        Err(e @ (GraphError::Throttled { .. } | GraphError::Unavailable(_))) => {
+            Err(RoundError::Graph(e))
+        }
+        Err(e) => {
+            tracing::warn!(connection = %ctx.conn.id, error = %e, "mailbox time zone not readable; all-day events read as UTC");
+            Ok("UTC".into())
         }
     }
 }
@@ -423,20 +645,112 @@ async fn read_snapshot(
     }
 }
 
-/// Busy for availability: `busy`, `oof`, `tentative`, `workingElsewhere` (any case), and
-/// not cancelled. `free` and `unknown` are not.
-pub fn blocks_time(e: &GraphEvent) -> bool {
-    let busy = e.show_as.as_deref().is_some_and(|s| {
-        ["busy", "oof", "tentative", "workingelsewhere"].contains(&s.to_ascii_lowercase().as_str())
-    });
-    busy && e.removed.is_none() && !e.is_cancelled.unwrap_or(false)
+/// Busy for availability (the README's table, [`crate::availability`]): no `showAs` (Graph's
+/// default) or `busy` or `workingElsewhere`; `tentative` and `oof` as the company's settings
+/// say; never `free` or `unknown`, a cancelled event, or one the staff member declined.
+pub fn blocks_time(e: &GraphEvent, settings: &AvailabilitySettings) -> bool {
+    if e.removed.is_some() || e.is_cancelled.unwrap_or(false) || is_declined(e) {
+        return false;
+    }
+    match e.show_as.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("busy") | Some("workingelsewhere") => true,
+        Some("tentative") => settings.tentative.is_busy(),
+        Some("oof") => settings.out_of_office.is_busy(),
+        Some(_) => false,
+    }
 }
 
+fn is_declined(e: &GraphEvent) -> bool {
+    e.response_status
+        .as_ref()
+        .and_then(|r| r.response.as_deref())
+        .is_some_and(|r| r.eq_ignore_ascii_case("declined"))
+}
+
+/// Whether a delta entry lacks something the round needs (delta pages may carry only some
+/// of an event's properties): a removal report; no readable times; no `isCancelled`; for the
+/// platform's events no `responseStatus`; for others no `showAs` or `isAllDay`. Such an entry
+/// is read in full, never guessed.
+fn lacks_what_the_round_needs(e: &GraphEvent, mapped: bool) -> bool {
+    e.removed.is_some()
+        || snapshot(e).is_none()
+        || e.is_cancelled.is_none()
+        || if mapped {
+            e.response_status.is_none()
+        } else {
+            e.show_as.is_none() || e.is_all_day.is_none()
+        }
+}
+
+/// An event's busy time. An all-day event comes back (with times asked in UTC) as local
+/// midnight labelled UTC: its days are read in the mailbox's zone.
+fn busy_times(e: &GraphEvent, zone: Option<&str>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let (start, end) = (e.start.as_ref()?, e.end.as_ref()?);
+    let labelled_utc = |t: &GraphDateTime| {
+        t.time_zone
+            .as_deref()
+            .is_none_or(|z| z.eq_ignore_ascii_case("UTC"))
+    };
+    if e.is_all_day == Some(true) && labelled_utc(start) && labelled_utc(end) {
+        let tz = zone
+            .and_then(super::zones::to_iana)
+            .unwrap_or(chrono_tz::UTC);
+        let local = |t: &GraphDateTime| {
+            let naive = NaiveDateTime::parse_from_str(&t.date_time, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+            // A midnight a DST change skips (Havana, Beirut, Cairo, Santiago) begins the day
+            // at the first instant that exists.
+            tz.from_local_datetime(&naive)
+                .earliest()
+                .or_else(|| {
+                    tz.from_local_datetime(&(naive + Duration::hours(1)))
+                        .earliest()
+                })
+                .map(|t| t.with_timezone(&Utc))
+        };
+        return Some((local(start)?, local(end)?));
+    }
+    Some((start.to_utc()?, end.to_utc()?))
+}
+
+/// Reads every listed entry that needs reading, in batches: `None` for an event that is gone
+/// (404), the event otherwise.
+async fn read_listed(
+    ctx: &RoundCtx<'_>,
+    ids: Vec<String>,
+    report: &mut RoundReport,
+) -> RoundResult<HashMap<String, Option<GraphEvent>>> {
+    let mut read = HashMap::new();
+    if ids.is_empty() {
+        return Ok(read);
+    }
+    report.confirmations += ids.len();
+    let answers = ctx
+        .deps
+        .graph()?
+        .get_events(ctx.creds, &ctx.calendar, &ids)
+        .await?;
+    for (id, answer) in ids.into_iter().zip(answers) {
+        match answer {
+            Ok(event) => {
+                read.insert(id, Some(event));
+            }
+            Err(GraphError::NotFound) => {
+                read.insert(id, None);
+            }
+            Err(e) => return Err(RoundError::Graph(e)),
+        }
+    }
+    Ok(read)
+}
+
+/// Applies one delta page. Returns the listed (not removed) events that are the platform's
+/// (mapped, or carrying its transaction id), which a full listing keeps track of.
 async fn apply_page(
     ctx: &RoundCtx<'_>,
     events: &[GraphEvent],
+    listing: Option<&str>,
     report: &mut RoundReport,
-) -> RoundResult<()> {
+) -> RoundResult<Vec<String>> {
     let (deps, conn) = (ctx.deps, ctx.conn);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
     let mappings: HashMap<String, EventMapping> = deps
@@ -457,9 +771,10 @@ async fn apply_page(
             .map(|s| (s.id.clone(), s))
             .collect()
     };
-    let mut upserts = Vec::new();
-    let mut removals = Vec::new();
-    let now = deps.store.now();
+    // Echoes of our own writes need nothing more; entries lacking what the round needs are
+    // read, all of the page's at once.
+    let mut echoes = HashSet::new();
+    let mut to_read = Vec::new();
     for listed in events {
         let mapping = mappings.get(&listed.id);
         if let (Some(m), None) = (mapping, &listed.removed) {
@@ -469,32 +784,37 @@ async fn apply_page(
                     && snapshot(listed).and_then(|snap| snap.times()) == Some((s.start, s.end))
             });
             if echo && agrees {
-                report.echoes += 1;
+                echoes.insert(listed.id.clone());
                 continue;
             }
         }
-        // A removal report (or an entry without readable times) is a hint: the event is
-        // read, and only a 404 makes it gone. Graph reports events moved out of the window,
-        // ours and the staff member's alike, as removed.
-        let read;
-        let event = if listed.removed.is_some() || snapshot(listed).is_none() {
-            report.confirmations += 1;
-            match deps
-                .graph()?
-                .get_event(ctx.creds, &ctx.calendar, &listed.id)
-                .await
-            {
-                Ok(current) => {
-                    read = current;
-                    Some(&read)
-                }
-                Err(GraphError::NotFound) => None,
-                Err(e) => return Err(RoundError::Graph(e)),
-            }
-        } else {
-            Some(listed)
+        if lacks_what_the_round_needs(listed, mapping.is_some()) && !to_read.contains(&listed.id) {
+            to_read.push(listed.id.clone());
+        }
+    }
+    let read = read_listed(ctx, to_read, report).await?;
+    let mut platform_listed = Vec::new();
+    let mut upserts = Vec::new();
+    let mut removals = Vec::new();
+    let now = deps.store.now();
+    for listed in events {
+        let mapping = mappings.get(&listed.id);
+        if echoes.contains(&listed.id) {
+            report.echoes += 1;
+            platform_listed.push(listed.id.clone());
+            continue;
+        }
+        // A removal report is a hint: the event was read, and only a 404 makes it gone.
+        // Graph reports events moved out of the window, ours and the staff member's alike,
+        // as removed.
+        let event = match read.get(&listed.id) {
+            Some(read) => read.as_ref(),
+            None => Some(listed),
         };
         if let Some(mapping) = mapping {
+            if listed.removed.is_none() {
+                platform_listed.push(listed.id.clone());
+            }
             // The platform's own event: reconciled against its session, never an override.
             let Some(session) = sessions.get_mut(&mapping.session_id) else {
                 continue;
@@ -520,6 +840,9 @@ async fn apply_page(
             .and_then(|e| e.transaction_id.as_deref())
             .is_some_and(|t| t.starts_with(TRANSACTION_PREFIX));
         if let (true, Some(e)) = (ours, event) {
+            if listed.removed.is_none() {
+                platform_listed.push(listed.id.clone());
+            }
             adopt(ctx, e, report).await?;
             continue;
         }
@@ -530,22 +853,21 @@ async fn apply_page(
             external_event_id: listed.id.clone(),
         };
         match event
-            .filter(|e| blocks_time(e))
-            .and_then(|e| snapshot(e).map(|s| (s.state, e.is_all_day.unwrap_or(false))))
+            .filter(|e| blocks_time(e, &ctx.settings))
+            .and_then(|e| busy_times(e, ctx.zone.as_deref()).map(|t| (t, e.is_all_day)))
         {
-            Some((SnapshotState::Live { start, end, .. }, all_day)) => {
-                upserts.push(AvailabilityOverride {
-                    company_id: conn.company_id.clone(),
-                    staff_id: conn.staff_id.clone(),
-                    connection_id: conn.id.clone(),
-                    source: Provider::Exchange,
-                    external_event_id: listed.id.clone(),
-                    start,
-                    end,
-                    all_day,
-                    updated_at: now,
-                })
-            }
+            Some(((start, end), all_day)) if start < end => upserts.push(AvailabilityOverride {
+                company_id: conn.company_id.clone(),
+                staff_id: conn.staff_id.clone(),
+                connection_id: conn.id.clone(),
+                source: Provider::Exchange,
+                external_event_id: listed.id.clone(),
+                start,
+                end,
+                all_day: all_day.unwrap_or(false),
+                updated_at: now,
+                listing: listing.map(str::to_string),
+            }),
             _ => removals.push(reference),
         }
     }
@@ -554,7 +876,7 @@ async fn apply_page(
         report.overrides_upserted += upserts.len();
         report.overrides_removed += removals.len();
     }
-    Ok(())
+    Ok(platform_listed)
 }
 
 /// One of our events without a mapping: a create whose answer or closing commit was lost
@@ -791,15 +1113,18 @@ async fn conflict(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    // Sessions last at most 31 days, so one starting earlier cannot overlap.
+    // Sessions last at most 31 days (the platform's limit, held for moves too), so one
+    // starting earlier cannot overlap: the read covers only that range.
+    let longest = Duration::days(super::outbound::MAX_SESSION_DAYS);
+    if end - start > longest {
+        return Ok(Some(format!(
+            "a session lasts at most {} days",
+            super::outbound::MAX_SESSION_DAYS
+        )));
+    }
     let sessions = deps
         .store
-        .sessions_for_staff(
-            &session.company_id,
-            &session.staff_id,
-            start - Duration::days(31),
-            end,
-        )
+        .sessions_for_staff(&session.company_id, &session.staff_id, start - longest, end)
         .await?;
     if let Some(other) = sessions.iter().find(|s| {
         s.id != session.id && s.status != SessionStatus::Cancelled && s.start < end && s.end > start
@@ -954,22 +1279,16 @@ async fn save_mapping_quietly(deps: &Deps, m: &mut EventMapping) {
 /// After a full sync: overrides of this connection whose events were not listed are gone.
 async fn remove_vanished(
     ctx: &RoundCtx<'_>,
-    seen: &HashSet<String>,
+    listing: &str,
     report: &mut RoundReport,
 ) -> Result<()> {
     let (deps, conn) = (ctx.deps, ctx.conn);
-    let gone: Vec<OverrideRef> = deps
+    // Every busy event the listing showed was written by it; what was not is of an event it
+    // did not show.
+    report.overrides_removed += deps
         .store
-        .overrides_for_connection(&conn.company_id, &conn.staff_id, &conn.id)
-        .await?
-        .into_iter()
-        .filter(|o| !seen.contains(&o.external_event_id))
-        .map(|o| o.reference())
-        .collect();
-    if !gone.is_empty() {
-        deps.store.apply_overrides(&[], &gone).await?;
-        report.overrides_removed += gone.len();
-    }
+        .remove_overrides_not_of_listing(&conn.company_id, &conn.staff_id, &conn.id, listing)
+        .await?;
     Ok(())
 }
 
@@ -977,14 +1296,13 @@ async fn remove_vanished(
 /// cursor, or lies outside the window (a full listing reports neither). Each is read
 /// directly and reconciled as it really is (an event mapped during the round and so not
 /// listed is read too: it is live, and agrees with its session). Only sessions that are not
-/// over (a session that ended over a day ago is history). Cancelled sessions
-/// are read only when `thorough` (no catch-up preceded the listing): otherwise every change
-/// to their events since the last round was already reported.
+/// over (a session that ended over a day ago is history), cancelled ones included: a change
+/// to one of their events outside the window between the catch-up and the listing (which a
+/// checkpoint can make hours) is reported by neither (simulation seed 118).
 async fn reconcile_vanished(
     ctx: &RoundCtx<'_>,
     seen: &HashSet<String>,
     started: DateTime<Utc>,
-    thorough: bool,
     report: &mut RoundReport,
 ) -> RoundResult<()> {
     let (deps, conn) = (ctx.deps, ctx.conn);
@@ -1008,15 +1326,32 @@ async fn reconcile_vanished(
         .get_sessions(&conn.company_id, &ids)
         .await?
         .into_iter()
-        .filter(|s| s.end > window_start && (thorough || s.status != SessionStatus::Cancelled))
+        .filter(|s| s.end > window_start)
         .map(|s| (s.id.clone(), s))
         .collect();
+    let wanted: Vec<String> = vanished
+        .iter()
+        .filter(|m| sessions.contains_key(&m.session_id))
+        .map(|m| m.external_event_id.clone())
+        .collect();
+    let read = read_listed(ctx, wanted, report).await?;
     for m in &vanished {
-        let Some(session) = sessions.get_mut(&m.session_id) else {
+        let (Some(session), Some(event)) = (
+            sessions.get_mut(&m.session_id),
+            read.get(&m.external_event_id),
+        ) else {
             continue;
         };
-        let Some(snap) = read_snapshot(ctx, &m.external_event_id, report).await? else {
-            continue;
+        let snap = match event {
+            None => EventSnapshot {
+                event_id: m.external_event_id.clone(),
+                change_key: None,
+                state: SnapshotState::Removed,
+            },
+            Some(e) => match snapshot(e) {
+                Some(snap) => snap,
+                None => continue,
+            },
         };
         reconcile_event(ctx, m, &snap, session, report).await?;
     }
@@ -1129,6 +1464,8 @@ async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
         conn: &conn,
         creds: &creds,
         calendar: calendar_of(&conn),
+        settings: AvailabilitySettings::default(),
+        zone: None,
     };
     let mut report = RoundReport::default();
     let snap = match read_snapshot(&ctx, &mapping.external_event_id, &mut report).await {
@@ -1291,21 +1628,84 @@ mod tests {
     }
 
     #[test]
-    fn busy_means_busy_oof_tentative_or_working_elsewhere_and_not_cancelled() {
+    fn busy_means_no_show_as_busy_or_working_elsewhere_and_not_cancelled_or_declined() {
+        let defaults = AvailabilitySettings::default();
         for s in ["busy", "OOF", "tentative", "workingElsewhere"] {
-            assert!(blocks_time(&event(s)), "{s}");
+            assert!(blocks_time(&event(s), &defaults), "{s}");
         }
         for s in ["free", "unknown"] {
-            assert!(!blocks_time(&event(s)), "{s}");
+            assert!(!blocks_time(&event(s), &defaults), "{s}");
         }
+        let mut without = event("busy");
+        without.show_as = None;
+        assert!(blocks_time(&without, &defaults), "Graph's default is busy");
         let mut cancelled = event("busy");
         cancelled.is_cancelled = Some(true);
-        assert!(!blocks_time(&cancelled));
+        assert!(!blocks_time(&cancelled, &defaults));
         let mut removed = event("busy");
         removed.removed = Some(Removed {
             reason: Some("deleted".into()),
         });
-        assert!(!blocks_time(&removed));
+        assert!(!blocks_time(&removed, &defaults));
+        let mut declined = event("busy");
+        declined.response_status = Some(ResponseStatus {
+            response: Some("declined".into()),
+        });
+        assert!(!blocks_time(&declined, &defaults));
+    }
+
+    #[test]
+    fn tentative_and_out_of_office_follow_the_company_settings() {
+        let free = AvailabilitySettings {
+            tentative: crate::availability::Busyness::Free,
+            out_of_office: crate::availability::Busyness::Free,
+        };
+        assert!(!blocks_time(&event("tentative"), &free));
+        assert!(!blocks_time(&event("oof"), &free));
+        assert!(blocks_time(&event("busy"), &free));
+    }
+
+    #[test]
+    fn all_day_events_are_read_in_the_mailbox_zone() {
+        let mut e = event("busy");
+        e.is_all_day = Some(true);
+        e.start = Some(GraphDateTime {
+            date_time: "2026-12-01T00:00:00.0000000".into(),
+            time_zone: Some("UTC".into()),
+        });
+        e.end = Some(GraphDateTime {
+            date_time: "2026-12-02T00:00:00.0000000".into(),
+            time_zone: Some("UTC".into()),
+        });
+        let (start, end) = busy_times(&e, Some("Pacific Standard Time")).unwrap();
+        assert_eq!(start.to_rfc3339(), "2026-12-01T08:00:00+00:00");
+        assert_eq!(end.to_rfc3339(), "2026-12-02T08:00:00+00:00");
+        let (start, _) = busy_times(&e, Some("Asia/Tokyo")).unwrap();
+        assert_eq!(start.to_rfc3339(), "2026-11-30T15:00:00+00:00");
+        let (start, _) = busy_times(&e, None).unwrap();
+        assert_eq!(start.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+    }
+
+    #[test]
+    fn entries_missing_what_the_round_needs_are_read() {
+        let mut full = event("busy");
+        full.is_cancelled = Some(false);
+        full.is_all_day = Some(false);
+        full.response_status = Some(ResponseStatus {
+            response: Some("organizer".into()),
+        });
+        assert!(!lacks_what_the_round_needs(&full, false));
+        assert!(!lacks_what_the_round_needs(&full, true));
+        let mut no_show_as = full.clone();
+        no_show_as.show_as = None;
+        assert!(lacks_what_the_round_needs(&no_show_as, false));
+        assert!(!lacks_what_the_round_needs(&no_show_as, true));
+        let mut no_cancel_flag = full.clone();
+        no_cancel_flag.is_cancelled = None;
+        assert!(lacks_what_the_round_needs(&no_cancel_flag, true));
+        let mut no_times = full;
+        no_times.end = None;
+        assert!(lacks_what_the_round_needs(&no_times, false));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod notifications;
 pub mod outbound;
 pub mod resource;
 pub mod subscriptions;
+pub mod zones;
 
 pub use graph::{GraphApi, GraphCredentials, GraphError};
 

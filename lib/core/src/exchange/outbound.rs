@@ -132,7 +132,7 @@ pub struct SessionChange {
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// The longest session we accept: longer is a data error on the platform's side.
-const MAX_SESSION_DAYS: i64 = 31;
+pub const MAX_SESSION_DAYS: i64 = 31;
 
 fn instant(field: &str, value: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value)

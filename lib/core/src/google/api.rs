@@ -1,15 +1,48 @@
-//! The Google Calendar port: the calls the sync makes, in Google's terms, and the shapes it
-//! reads back (tolerant: every field but `id` may be missing). The HTTP adapter lives in
-//! `voyage-providers`; tests and the sandbox point it at the Google simulator.
+//! The Google Calendar port: the calls the sync and the outbound writer make, in Google's
+//! terms, and the shapes it reads back (tolerant: every field but `id` may be missing). The
+//! HTTP adapter lives in `voyage-providers`; tests and the sandbox point it at the Google
+//! simulator.
+//!
+//! Writes mirror the Graph port's (`create`/`update`/`get`/`delete`): the platform chooses
+//! each event's id ([`event_id_for`], so a retried insert answers [`GoogleError::Duplicate`]
+//! instead of making a second event), tags it in `extendedProperties.private`
+//! ([`SESSION_PROPERTY`] = `<company>/<session>`), never invites anyone (no `attendees`) and
+//! sends every write with `sendUpdates=none`, so no mail leaves on the platform's behalf.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
 
-/// The private extended property that tags the platform's own events.
+/// The private extended property that tags the platform's own events; its value is
+/// `<company>/<session>`.
 pub const SESSION_PROPERTY: &str = "voyageSessionId";
+
+/// The id of the Google event written for a session: the lowercase hex SHA-256 of
+/// `<company>/<session>` (64 characters, all within Google's base32hex alphabet `a-v0-9`,
+/// inside its 5..=1024 length). The same session always gets the same id, so a retried
+/// insert is refused as [`GoogleError::Duplicate`] instead of making a second event.
+pub fn event_id_for(company: &str, session: &str) -> String {
+    hex::encode(Sha256::digest(
+        session_tag_value(company, session).as_bytes(),
+    ))
+}
+
+/// The value of the platform's tag ([`SESSION_PROPERTY`]) for a session: `<company>/<session>`.
+pub fn session_tag_value(company: &str, session: &str) -> String {
+    format!("{company}/{session}")
+}
+
+/// Whether Google accepts `id` as a client-chosen event id: 5 to 1024 characters of
+/// base32hex (`a-v`, `0-9`).
+pub fn is_valid_event_id(id: &str) -> bool {
+    (5..=1024).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b))
+}
 
 /// A tenant's service account: who signs, with what, and where tokens come from.
 #[derive(Clone, PartialEq, Eq)]
@@ -38,8 +71,18 @@ pub enum GoogleError {
     /// 410: the sync token is no longer valid; sync from scratch.
     #[error("the sync token expired (fullSyncRequired)")]
     FullSyncRequired,
-    #[error("the calendar or channel was not found")]
+    /// 404; for an event also 410 (deleted for good). Whether a missing event is a success
+    /// (a delete that finds nothing to delete) is the caller's decision.
+    #[error("the calendar, event or channel was not found")]
     NotFound,
+    /// 409 `duplicate`: the calendar already has an event with this id (a deleted one
+    /// included): the insert happened before, e.g. a retried create.
+    #[error("an event with this id already exists (duplicate)")]
+    Duplicate,
+    /// 412 `conditionNotMet`: `If-Match` named an older etag; the event changed since it was
+    /// read.
+    #[error("the event changed since it was read (etag mismatch)")]
+    PreconditionFailed,
     #[error("Google is unavailable: {0}")]
     Unavailable(String),
     #[error("Google refused the request: {status} {reason}: {message}")]
@@ -82,8 +125,14 @@ fn local(naive: NaiveDateTime, zone: Option<&str>) -> Option<DateTime<Utc>> {
         None | Some("UTC") | Some("Etc/UTC") => Some(Utc.from_utc_datetime(&naive)),
         Some(z) => {
             let tz: chrono_tz::Tz = z.parse().ok()?;
+            // A local time a DST change skips (a midnight in Havana, say) is read as the
+            // first instant after it that exists.
             tz.from_local_datetime(&naive)
                 .earliest()
+                .or_else(|| {
+                    tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                        .earliest()
+                })
                 .map(|t| t.with_timezone(&Utc))
         }
     }
@@ -91,16 +140,37 @@ fn local(naive: NaiveDateTime, zone: Option<&str>) -> Option<DateTime<Utc>> {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ExtendedProperties {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl ExtendedProperties {
+    /// The private properties of the platform's event for a session: its tag only.
+    pub fn session(company: &str, session: &str) -> ExtendedProperties {
+        ExtendedProperties {
+            private: Some(std::collections::BTreeMap::from([(
+                SESSION_PROPERTY.to_string(),
+                session_tag_value(company, session),
+            )])),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GoogleEvent {
     pub id: String,
-    /// `confirmed`, `tentative` or `cancelled` (deleted).
+    /// The version of the event, for `If-Match` (a new one on every change).
+    #[serde(default)]
+    pub etag: Option<String>,
+    /// `confirmed`, `tentative` or `cancelled` (deleted; on the organizer's calendar the
+    /// details stay, and setting `confirmed` back restores it).
     #[serde(default)]
     pub status: Option<String>,
+    /// When the event last changed (RFC 3339).
+    #[serde(default)]
+    pub updated: Option<String>,
+    #[serde(default)]
+    pub summary: Option<String>,
     /// `opaque` (busy, the default) or `transparent` (free).
     #[serde(default)]
     pub transparency: Option<String>,
@@ -110,6 +180,26 @@ pub struct GoogleEvent {
     pub end: Option<EventTime>,
     #[serde(rename = "extendedProperties", default)]
     pub extended_properties: Option<ExtendedProperties>,
+    /// `default`, `outOfOffice`, `focusTime`, `workingLocation`, `birthday`, `fromGmail`
+    /// (missing: `default`).
+    #[serde(rename = "eventType", default)]
+    pub event_type: Option<String>,
+    /// The guests, the calendar's owner among them (`self: true`) when it is an invitation.
+    #[serde(default)]
+    pub attendees: Option<Vec<Attendee>>,
+}
+
+/// One guest of an event: only what decides whether the calendar's owner is busy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Attendee {
+    #[serde(default)]
+    pub email: Option<String>,
+    /// This entry is the calendar the event was read from (its owner).
+    #[serde(rename = "self", default)]
+    pub is_self: bool,
+    /// `needsAction`, `declined`, `tentative` or `accepted`.
+    #[serde(rename = "responseStatus", default)]
+    pub response_status: Option<String>,
 }
 
 impl GoogleEvent {
@@ -129,9 +219,95 @@ impl GoogleEvent {
             .is_some_and(|p| p.contains_key(SESSION_PROPERTY))
     }
 
+    /// The session this event was written for, from its tag (`<company>/<session>`).
+    pub fn session_tag(&self) -> Option<&str> {
+        self.extended_properties
+            .as_ref()?
+            .private
+            .as_ref()?
+            .get(SESSION_PROPERTY)
+            .map(String::as_str)
+    }
+
+    /// When the event last changed, when Google said and it reads as RFC 3339.
+    pub fn updated_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(self.updated.as_deref()?)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The calendar owner's answer to the invitation (`None` when the event has no attendee
+    /// marked `self`: the owner's own event).
+    pub fn self_response(&self) -> Option<&str> {
+        self.attendees
+            .as_deref()?
+            .iter()
+            .find(|a| a.is_self)?
+            .response_status
+            .as_deref()
+    }
+
+    pub fn event_type(&self) -> &str {
+        self.event_type.as_deref().unwrap_or("default")
+    }
+
     pub fn is_all_day(&self) -> bool {
         self.start.as_ref().is_some_and(|s| s.date.is_some())
     }
+}
+
+/// A timed `start`/`end` as the platform writes it: `dateTime` with its `timeZone`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoogleDateTime {
+    #[serde(rename = "dateTime")]
+    pub date_time: String,
+    #[serde(rename = "timeZone")]
+    pub time_zone: String,
+}
+
+impl GoogleDateTime {
+    /// `t` in UTC (RFC 3339, whole seconds), zone `UTC`: Google shows it in the calendar's
+    /// own zone.
+    pub fn utc(t: DateTime<Utc>) -> GoogleDateTime {
+        GoogleDateTime {
+            date_time: t.to_rfc3339_opts(SecondsFormat::Secs, true),
+            time_zone: "UTC".into(),
+        }
+    }
+
+    /// The instant, read like an [`EventTime`]'s.
+    pub fn to_utc(&self) -> Option<DateTime<Utc>> {
+        EventTime {
+            date: None,
+            date_time: Some(self.date_time.clone()),
+            time_zone: Some(self.time_zone.clone()),
+        }
+        .to_utc(None)
+    }
+}
+
+/// The body of an event insert or (full) update: only what the platform writes. There is no
+/// `attendees` field on purpose: the platform never invites anyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoogleEventWrite {
+    /// The client-chosen id ([`event_id_for`]); sent on insert only (an update's path names
+    /// the event).
+    pub id: String,
+    pub summary: String,
+    pub description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub start: GoogleDateTime,
+    pub end: GoogleDateTime,
+    /// `opaque` (busy) for sessions.
+    pub transparency: String,
+    /// `Some("confirmed")` restores a cancelled (deleted) event on update; `None` leaves the
+    /// status as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `private`: the platform's tag ([`ExtendedProperties::session`]).
+    #[serde(rename = "extendedProperties")]
+    pub extended_properties: ExtendedProperties,
 }
 
 /// One `events.list` request: a page of a full sync over a window, or of an incremental one.
@@ -186,9 +362,13 @@ pub struct Channel {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The Google Calendar calls the sync makes, each acting as `subject` (the staff member)
-/// through the tenant's service account. Implementations get and cache tokens themselves
-/// and back off on rate limits within a bounded budget.
+/// The Google Calendar calls the sync and the outbound writer make, each acting as `subject`
+/// (the staff member) through the tenant's service account. Implementations get and cache
+/// tokens themselves and back off on rate limits within a bounded budget.
+///
+/// Writes (`insert_event`, `update_event`, `delete_event`) go with `sendUpdates=none`. A
+/// write retried after an answer was lost shows as `Duplicate` (insert) or
+/// `PreconditionFailed` (update with an etag): the caller re-reads the event.
 #[async_trait]
 pub trait GoogleApi: Send + Sync {
     async fn list_events(
@@ -211,6 +391,51 @@ pub trait GoogleApi: Send + Sync {
         subject: &str,
         channel_id: &str,
         resource_id: &str,
+    ) -> Result<(), GoogleError>;
+
+    /// `events.insert` with the event's own `id`: 409 (the id is taken, a deleted event's
+    /// included) is [`GoogleError::Duplicate`].
+    async fn insert_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError>;
+
+    /// `events.update` (PUT: a full update) with `If-Match: etag` when given: 412 is
+    /// [`GoogleError::PreconditionFailed`]; 404/410 [`GoogleError::NotFound`]. Writing
+    /// `status: confirmed` restores a cancelled event.
+    async fn update_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError>;
+
+    /// `events.get`: a deleted event of the organizer's calendar comes back with `status:
+    /// cancelled` (200); 404/410 is [`GoogleError::NotFound`].
+    async fn get_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<GoogleEvent, GoogleError>;
+
+    /// `events.delete` (a soft delete: the event turns `cancelled`) with `If-Match: etag`
+    /// when given. 404 and 410 (already deleted) are [`GoogleError::NotFound`]: whether
+    /// that counts as done is the caller's decision.
+    async fn delete_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
     ) -> Result<(), GoogleError>;
 }
 
@@ -240,6 +465,75 @@ mod tests {
             timed.to_utc(None).unwrap().to_rfc3339(),
             "2026-12-01T09:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn a_sessions_event_id_is_deterministic_valid_base32hex_and_unique_per_session() {
+        let id = event_id_for("acme", "s1");
+        assert_eq!(
+            id,
+            event_id_for("acme", "s1"),
+            "a retried create gets the same id"
+        );
+        assert_eq!(id.len(), 64);
+        assert!(is_valid_event_id(&id), "{id}");
+        assert!(id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b)));
+        assert_ne!(id, event_id_for("acme", "s2"));
+        assert_ne!(id, event_id_for("globex", "s1"));
+    }
+
+    #[test]
+    fn event_id_validity_follows_googles_rules() {
+        assert!(is_valid_event_id("abcde"));
+        assert!(is_valid_event_id(&"v".repeat(1024)));
+        assert!(!is_valid_event_id("abcd"), "too short");
+        assert!(!is_valid_event_id(&"a".repeat(1025)), "too long");
+        assert!(!is_valid_event_id("abcdw"), "w is not base32hex");
+        assert!(!is_valid_event_id("ABCDE"), "upper case is not base32hex");
+        assert!(!is_valid_event_id("abc-de"));
+    }
+
+    #[test]
+    fn a_write_carries_the_tag_and_no_attendees_and_reads_back_as_tagged() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 1, 9, 30, 0).unwrap();
+        let write = GoogleEventWrite {
+            id: event_id_for("acme", "s1"),
+            summary: "Session".into(),
+            description: "With Bea".into(),
+            location: None,
+            start: GoogleDateTime::utc(t),
+            end: GoogleDateTime::utc(t + chrono::Duration::hours(1)),
+            transparency: "opaque".into(),
+            status: None,
+            extended_properties: ExtendedProperties::session("acme", "s1"),
+        };
+        let json = serde_json::to_value(&write).unwrap();
+        assert_eq!(
+            json["start"],
+            serde_json::json!({"dateTime": "2026-12-01T09:30:00Z", "timeZone": "UTC"})
+        );
+        assert_eq!(
+            json["extendedProperties"]["private"][SESSION_PROPERTY],
+            "acme/s1"
+        );
+        assert!(json.get("attendees").is_none());
+        assert!(json.get("location").is_none() && json.get("status").is_none());
+        assert_eq!(write.start.to_utc(), Some(t));
+        let read: GoogleEvent = serde_json::from_value(serde_json::json!({
+            "id": write.id, "etag": "\"1\"", "status": "confirmed",
+            "updated": "2026-12-01T08:00:00.000Z",
+            "extendedProperties": json["extendedProperties"],
+        }))
+        .unwrap();
+        assert_eq!(read.session_tag(), Some("acme/s1"));
+        assert_eq!(read.etag.as_deref(), Some("\"1\""));
+        assert_eq!(
+            read.updated_at(),
+            Some(Utc.with_ymd_and_hms(2026, 12, 1, 8, 0, 0).unwrap())
+        );
+        assert_eq!(GoogleEvent::default().session_tag(), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The Google Calendar integration: the port, service-account credentials and JWTs, delta
-//! sync into availability overrides, push channels and push notifications.
+//! The Google Calendar integration: the port (reads, push channels and event writes),
+//! service-account credentials and JWTs, delta sync into availability overrides, push
+//! channels and push notifications.
 
 pub mod api;
 pub mod channels;
@@ -8,7 +9,7 @@ pub mod jwt;
 pub mod push;
 pub mod sync;
 
-pub use api::{GoogleApi, GoogleError, ServiceAccount};
+pub use api::{event_id_for, GoogleApi, GoogleError, GoogleEventWrite, ServiceAccount};
 
 /// The origin recorded for changes caused by Google.
 pub const ORIGIN_GOOGLE_SYNC: &str = "google-sync";

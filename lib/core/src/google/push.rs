@@ -120,11 +120,30 @@ pub async fn accept(deps: &Deps, push: &Push) -> Result<PushOutcome> {
         Ok(_) | Err(Error::Conflict { .. }) => return Ok(PushOutcome::Coalesced),
         Err(e) => return Err(e),
     }
+    queue_sync(
+        deps,
+        &conn.company_id,
+        &conn.id,
+        std::time::Duration::from_secs(COALESCE_SECONDS as u64),
+    )
+    .await?;
+    Ok(PushOutcome::Queued)
+}
+
+/// Queues a sync of one connection on the google-sync queue, handled no earlier than
+/// `delay` from now: a push's coalesced sync, a sync's follow-up after its time budget, the
+/// five-minute job's and `POST /v1/google-sync`'s fan-out.
+pub async fn queue_sync(
+    deps: &Deps,
+    company_id: &str,
+    connection_id: &str,
+    delay: std::time::Duration,
+) -> Result<()> {
     let envelope = Envelope {
         kind: SYNC_KIND.into(),
         payload: serde_json::to_value(SyncRequest {
-            company_id: conn.company_id.clone(),
-            connection_id: conn.id.clone(),
+            company_id: company_id.to_string(),
+            connection_id: connection_id.to_string(),
         })
         .map_err(|e| Error::Internal(e.to_string()))?,
         not_before: None,
@@ -133,9 +152,8 @@ pub async fn accept(deps: &Deps, push: &Push) -> Result<PushOutcome> {
         deps.queue(QueueName::GoogleSync)?,
         deps.store.clock(),
         envelope,
-        std::time::Duration::from_secs(COALESCE_SECONDS as u64),
+        delay,
     )
     .await
-    .map_err(|e| Error::Unavailable(e.to_string()))?;
-    Ok(PushOutcome::Queued)
+    .map_err(|e| Error::Unavailable(e.to_string()))
 }

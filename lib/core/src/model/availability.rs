@@ -17,6 +17,10 @@ pub struct AvailabilityOverride {
     #[serde(default)]
     pub all_day: bool,
     pub updated_at: DateTime<Utc>,
+    /// The full listing that last wrote it (none: an incremental round did). After a full
+    /// listing, a connection's overrides of any other listing are of events it did not show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<String>,
 }
 
 /// Names one override without its times: what a removal needs.

@@ -26,7 +26,47 @@ pub struct DeltaCursor {
     /// windows were re-based: they are re-based at the next round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub based_at: Option<DateTime<Utc>>,
+    /// Graph: the mailbox's time zone (`mailboxSettings.timeZone`) as read at the start of
+    /// the full sync this cursor continues, for all-day events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_time_zone: Option<String>,
     /// 0 for a cursor not stored yet.
     #[serde(default)]
     pub version: u64,
+}
+
+/// How far an unfinished Graph delta round got: stored after each applied page when the
+/// round runs out of its time budget, so the next invocation continues where it stopped
+/// (a first sync of any size completes across invocations). The stored `deltaLink`
+/// ([`DeltaCursor`]) is only replaced when a round completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundProgress {
+    pub company_id: String,
+    pub connection_id: String,
+    /// The `nextLink` to follow next (its pages are not applied yet); `None` when the round
+    /// stopped just before starting the full listing over the window based at `started`.
+    #[serde(default)]
+    pub link: Option<String>,
+    /// The version of the cursor the round continues from; progress of a round whose cursor
+    /// was replaced since is stale and dropped.
+    pub cursor_version: u64,
+    /// The round is a full listing of the window (first sync, 410, re-base).
+    pub full: bool,
+    /// The round is following an old cursor to its end before a re-base.
+    pub rebase: bool,
+    /// When the full listing began: overrides not written since are of events not listed.
+    pub started: DateTime<Utc>,
+    pub based_at: Option<DateTime<Utc>>,
+    /// Mapped (or platform-tagged) events the full listing has shown so far.
+    #[serde(default)]
+    pub seen_mapped: Vec<String>,
+    /// More were shown than a checkpoint keeps: every mapped event is read at the end.
+    #[serde(default)]
+    pub seen_overflow: bool,
+    /// The mailbox's time zone the listing read when it began.
+    #[serde(default)]
+    pub mailbox_time_zone: Option<String>,
+    /// Pages applied so far by the round.
+    pub pages: usize,
+    pub updated_at: DateTime<Utc>,
 }

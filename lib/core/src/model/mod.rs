@@ -14,7 +14,7 @@ pub mod webhook;
 pub use availability::AvailabilityOverride;
 pub use connection::{Connection, ConnectionStatus, Provider, PushChannel};
 pub use credentials::CredentialRecord;
-pub use cursor::{CursorToken, DeltaCursor};
+pub use cursor::{CursorToken, DeltaCursor, RoundProgress};
 pub use mapping::EventMapping;
 pub use pending::{PendingChange, PendingKind};
 pub use session::{HistoryEntry, OutboxEvent, Session, SessionClient, SessionStatus};

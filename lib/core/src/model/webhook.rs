@@ -1,5 +1,7 @@
 //! Tenant webhook endpoints and the deliveries made to them.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -42,6 +44,20 @@ pub struct WebhookEndpoint {
     /// Deliveries that failed for good since the last success.
     #[serde(default)]
     pub failed_deliveries: u32,
+    /// Static headers sent with every delivery (lower-case names; never a reserved one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// At most this many delivery attempts per second to this endpoint; excess waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// When the last `webhook.endpoint.failing` event about this endpoint was sent (at most
+    /// one a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_event_at: Option<DateTime<Utc>>,
+    /// Set while a `webhook.endpoint.failing` event awaits its `webhook.endpoint.recovered`:
+    /// the start of the failing run it announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_failing_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
@@ -122,6 +138,10 @@ pub struct Delivery {
     /// The delivery this one re-sends, for a redelivery.
     #[serde(default)]
     pub redelivery_of: Option<String>,
+    /// A send time already reserved under the endpoint's rate limit: the attempt made at
+    /// this time uses it instead of reserving another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_slot: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]

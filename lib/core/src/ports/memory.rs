@@ -27,10 +27,11 @@ impl MemoryTable {
     }
 }
 
-/// The sort key range a query covers: `[prefix, min(upper, prefix_end))`.
+/// The sort key range a query covers: `[max(prefix, lower), min(upper, prefix_end))`.
 fn in_range(sk: &str, q: &Query) -> bool {
     sk.starts_with(q.prefix.as_str())
         && sk < prefix_end(&q.prefix).as_str()
+        && q.lower.as_deref().is_none_or(|l| sk >= l)
         && q.upper.as_deref().is_none_or(|u| sk <= u)
 }
 

@@ -98,11 +98,15 @@ pub enum Index {
 }
 
 /// An ordered range read within one partition: items whose sort key starts with `prefix`
-/// (and, when set, is at most `upper`), ascending, resuming after `cursor`.
+/// (and, when set, is at least `lower` and at most `upper`), ascending, resuming after
+/// `cursor`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     pub pk: String,
     pub prefix: String,
+    /// Inclusive lower bound on the sort key, for time-ranged reads (`start >= from`), so a
+    /// read covers the range it needs rather than everything before it.
+    pub lower: Option<String>,
     /// Inclusive upper bound on the sort key, for time-ordered sweeps (`due <= now`).
     pub upper: Option<String>,
     pub limit: usize,
@@ -117,11 +121,26 @@ impl Query {
         Query {
             pk: pk.into(),
             prefix: prefix.into(),
+            lower: None,
             upper: None,
             limit,
             cursor: None,
             descending: false,
         }
+    }
+
+    /// Sort keys in `[lower, upper]` within `prefix` (both bounds inclusive).
+    pub fn between(
+        pk: impl Into<String>,
+        prefix: impl Into<String>,
+        lower: impl Into<String>,
+        upper: impl Into<String>,
+        limit: usize,
+    ) -> Self {
+        let mut q = Query::prefix(pk, prefix, limit);
+        q.lower = Some(lower.into());
+        q.upper = Some(upper.into());
+        q
     }
 }
 

@@ -204,9 +204,10 @@ impl Store {
     }
 
     /// Removes everything a connection's syncs produced: its availability overrides, its
-    /// event mappings, its delta cursor and its lease. Called after the connection itself is
-    /// deleted, so a re-created connection starts clean and no override of the old one keeps
-    /// blocking moves. Idempotent: a failure part-way is finished by calling it again.
+    /// event mappings, its delta cursor, its Google sync checkpoint and its lease. Called
+    /// after the connection itself is deleted, so a re-created connection starts clean and no
+    /// override of the old one keeps blocking moves. Idempotent: a failure part-way is
+    /// finished by calling it again.
     pub async fn purge_connection_state(&self, conn: &Connection) -> Result<()> {
         let overrides: Vec<crate::model::availability::OverrideRef> = self
             .overrides_for_connection(&conn.company_id, &conn.staff_id, &conn.id)
@@ -224,6 +225,10 @@ impl Store {
             self.forget_mapping(&m).await?;
         }
         self.clear_cursor(&conn.company_id, &conn.id).await?;
+        self.clear_round_progress(&conn.company_id, &conn.id)
+            .await?;
+        self.clear_google_sync_progress(&conn.company_id, &conn.id)
+            .await?;
         self.drop_lease(&conn.company_id, &conn.id).await
     }
 }

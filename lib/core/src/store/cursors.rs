@@ -53,3 +53,38 @@ impl Store {
         Ok(())
     }
 }
+
+fn progress_key(company: &str, connection: &str) -> Key {
+    Key::new(company_pk(company), format!("PROGRESS#{connection}"))
+}
+
+impl Store {
+    /// The unfinished round of a connection, if one checkpointed.
+    pub async fn get_round_progress(
+        &self,
+        company: &str,
+        connection: &str,
+    ) -> Result<Option<crate::model::RoundProgress>> {
+        match self.table.get(&progress_key(company, connection)).await? {
+            Some(item) => Ok(Some(decode(&item)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Checkpoints an unfinished round (one writer: the connection's lease holder). Kept a
+    /// week at most: a link that old has expired anyway.
+    pub async fn save_round_progress(&self, p: &crate::model::RoundProgress) -> Result<()> {
+        let mut item = Item::new(progress_key(&p.company_id, &p.connection_id), encode(p)?);
+        item.expires_at = Some((p.updated_at + chrono::Duration::days(7)).timestamp());
+        self.table.put(item, Condition::None).await?;
+        Ok(())
+    }
+
+    /// Forgets a round's checkpoint (it completed, or its link is no longer valid).
+    pub async fn clear_round_progress(&self, company: &str, connection: &str) -> Result<()> {
+        self.table
+            .delete(&progress_key(company, connection), Condition::None)
+            .await?;
+        Ok(())
+    }
+}

@@ -10,30 +10,40 @@
 //! | connection | `CO#<c>` | `CONN#<id>` | `CHAN#<channel id>` / `CONN` | `CONNS#<provider>` / `<c>#<id>` |
 //! | staff's connection (copy) | `CO#<c>` | `STAFFCONN#<staff>#<provider>` | | |
 //! | delta cursor | `CO#<c>` | `CURSOR#<connection>` | | |
+//! | round progress | `CO#<c>` | `PROGRESS#<connection>` (ttl 7 d) | | |
 //! | sync lease | `CO#<c>` | `LEASE#<connection>` (ttl) | | |
+//! | Google sync checkpoint | `CO#<c>` | `GSYNCPROG#<connection>` (ttl 48 h) | | |
 //! | mapping | `CO#<c>` | `MAP#<provider>#<session>` | | |
 //! | credentials | `CO#<c>` | `CRED#<provider>` (secret sealed) | | |
 //! | mapping by event (copy) | `CO#<c>` | `MAPX#<connection>#<event>` | | |
-//! | override | `CO#<c>` | `OVR#<staff>#<connection>#<event>` | | |
-//! | session | `CO#<c>` | `SESS#<id>` | `CO#<c>#STAFF#<staff>` / `SESS#<start>#<id>` | |
+//! | override | `CO#<c>` | `OVR#<staff>#<connection>#<event>` (ttl: end + 1 d) | `CO#<c>#STAFFOVR#<staff>` / `S#<start>#<connection>#<event>` (`L#` when longer than 31 d) | |
+//! | session | `CO#<c>` | `SESS#<id>` (ttl: end + 30 d) | `CO#<c>#STAFF#<staff>` / `SESS#<start>#<id>` | |
+//! | session event sequence | `CO#<c>` | `SEQ#<session>` | | |
+//! | availability settings | `CO#<c>` | `SETTINGS#availability` | | |
+//! | request budget | `BUDGET#<scope>` | `W#<window start>` (ttl) | | |
 //! | idempotency | `CO#<c>` | `IDEM#<scope>#<key>` (ttl) | | |
 //! | webhook endpoint | `CO#<c>` | `WH#<id>` | | |
-//! | delivery | `CO#<c>` | `DLV#<id>` (ttl 30 d) | `CO#<c>#WH#<endpoint>` / `DLV#<id>` | `DLVDUE` / `<due>#<c>#<id>` while pending |
+//! | delivery | `CO#<c>` | `DLV#<id>` (ttl 30 d) | `CO#<c>#WH#<endpoint>` / `DLV#<id>` | `DLVDUE` / `<due>#<c>#<id>` while pending; `CO#<c>#WH#<endpoint>#FAILED` / `<failed at>#<id>` once failed |
+//! | endpoint rate slot | `CO#<c>` | `WHRATE#<endpoint>` (ttl 1 d) | | |
 //! | delivery attempt | `CO#<c>` | `DLV#<id>#A#<n>` (ttl 30 d) | | |
 //!
 //! Copies are written in the same transaction as their primary, so the lookups they serve
 //! (a staff member's connection, mappings by provider event id) are one consistent read.
 
+mod budgets;
 mod connections;
 mod credentials;
 mod cursors;
+mod google_progress;
 mod idempotency;
 mod keys;
 mod leases;
 mod mappings;
 mod outbound;
 mod overrides;
+mod sequences;
 mod sessions;
+mod settings;
 mod webhooks;
 
 pub use webhooks::DELIVERY_RETENTION_DAYS;
@@ -43,6 +53,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use google_progress::{GoogleSyncProgress, PROGRESS_TTL_HOURS};
 pub use idempotency::Claim;
 pub use leases::{Lease, LeaseClaim, Released, LEASE_TTL_SECONDS};
 pub use outbound::{OutboundContext, OutboundWrite};
@@ -151,7 +162,8 @@ versioned!(
     crate::model::DeltaCursor,
     crate::model::EventMapping,
     crate::model::Session,
-    crate::model::CredentialRecord
+    crate::model::CredentialRecord,
+    budgets::BudgetWindow
 );
 
 macro_rules! unversioned {
@@ -165,6 +177,8 @@ unversioned!(
     crate::model::ApiKey,
     crate::model::Attempt,
     crate::model::AvailabilityOverride,
+    crate::model::RoundProgress,
+    crate::availability::AvailabilitySettings,
     idempotency::IdempotencyRecord
 );
 

@@ -1,11 +1,60 @@
-use chrono::{DateTime, Utc};
+//! Availability overrides: busy time from connected calendars.
+//!
+//! Keyed by event (a moved or deleted event is found from its id alone) and indexed by start
+//! per staff member (gsi1), so a time-range read covers only its range: overrides last at
+//! most [`MAX_INDEXED_SPAN_DAYS`] under `S#<start>`, longer ones (rare: holidays, leave)
+//! under `L#<start>`, read apart. Each expires [`RETENTION_AFTER_END_DAYS`] after it ends.
+
+use chrono::{DateTime, Duration, Utc};
 
 use super::{company_pk, encode, Store};
 use crate::model::availability::OverrideRef;
 use crate::model::{AvailabilityOverride, Provider};
 use crate::ports::table::BATCH_WRITE_LIMIT;
-use crate::ports::{Item, Key, Query};
+use crate::ports::{Index, Item, Key, Query};
 use crate::Result;
+
+/// Overrides longer than this are indexed apart (`L#`), so a range read of ordinary ones
+/// starts at most this long before the range.
+pub const MAX_INDEXED_SPAN_DAYS: i64 = 31;
+/// An override is kept this long after it ends, then expires (TTL).
+pub const RETENTION_AFTER_END_DAYS: i64 = 1;
+
+fn staff_index(company: &str, staff: &str) -> String {
+    format!("CO#{company}#STAFFOVR#{staff}")
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn item_of(o: &AvailabilityOverride) -> Result<Item> {
+    let mut item = Item::new(
+        key_of(
+            &o.company_id,
+            &o.staff_id,
+            &o.connection_id,
+            &o.external_event_id,
+        ),
+        encode(o)?,
+    );
+    let class = if o.end - o.start > Duration::days(MAX_INDEXED_SPAN_DAYS) {
+        "L"
+    } else {
+        "S"
+    };
+    item.gsi1 = Some(Key::new(
+        staff_index(&o.company_id, &o.staff_id),
+        format!(
+            "{class}#{}#{}#{}",
+            stamp(o.start),
+            o.connection_id,
+            o.external_event_id
+        ),
+    ));
+    item.expires_at = Some((o.end + Duration::days(RETENTION_AFTER_END_DAYS)).timestamp());
+    Ok(item)
+}
 
 /// Keyed by event rather than start time so a moved or deleted event is found from its id
 /// alone, without reading the old override first.
@@ -26,15 +75,7 @@ impl Store {
     ) -> Result<()> {
         let mut puts = Vec::with_capacity(upserts.len());
         for o in upserts {
-            puts.push(Item::new(
-                key_of(
-                    &o.company_id,
-                    &o.staff_id,
-                    &o.connection_id,
-                    &o.external_event_id,
-                ),
-                encode(o)?,
-            ));
+            puts.push(item_of(o)?);
         }
         let mut deletes: Vec<Key> = removals
             .iter()
@@ -66,7 +107,9 @@ impl Store {
         Ok(())
     }
 
-    /// Overrides of a staff member that overlap `[from, to)`, ordered by start.
+    /// Overrides of a staff member that overlap `[from, to)`, ordered by start. Reads only
+    /// the index range that can overlap: ordinary overrides starting in
+    /// `[from - MAX_INDEXED_SPAN_DAYS, to)`, and long ones starting before `to`.
     pub async fn overrides_for_staff(
         &self,
         company: &str,
@@ -74,12 +117,23 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<AvailabilityOverride>> {
-        let mut out: Vec<AvailabilityOverride> = self
-            .overrides_with_prefix(company, &format!("OVR#{staff}#"))
-            .await?
-            .into_iter()
-            .filter(|o| o.start < to && o.end > from)
-            .collect();
+        let pk = staff_index(company, staff);
+        let ordinary = Query::between(
+            pk.clone(),
+            "S#",
+            format!("S#{}", stamp(from - Duration::days(MAX_INDEXED_SPAN_DAYS))),
+            format!("S#{}", stamp(to)),
+            1000,
+        );
+        let mut long = Query::prefix(pk, "L#", 1000);
+        long.upper = Some(format!("L#{}", stamp(to)));
+        let mut out: Vec<AvailabilityOverride> =
+            self.query_all(Some(Index::Gsi1), ordinary).await?;
+        out.extend(
+            self.query_all::<AvailabilityOverride>(Some(Index::Gsi1), long)
+                .await?,
+        );
+        out.retain(|o| o.start < to && o.end > from);
         if !out.is_empty() {
             // Only the staff member's current connections count: an override a deleted
             // connection's last round wrote after its state was purged blocks nothing.
@@ -107,6 +161,44 @@ impl Store {
     ) -> Result<Vec<AvailabilityOverride>> {
         self.overrides_with_prefix(company, &format!("OVR#{staff}#{connection}#"))
             .await
+    }
+
+    /// Removes a connection's overrides not written by the full listing `listing` (after it
+    /// completes: every busy event it showed was written by it), reading and removing a page
+    /// of them at a time, so memory stays bounded whatever the calendar's size. A label, not
+    /// a time: clocks of different processes never decide what is removed. Answers how many
+    /// were removed.
+    pub async fn remove_overrides_not_of_listing(
+        &self,
+        company: &str,
+        staff: &str,
+        connection: &str,
+        listing: &str,
+    ) -> Result<usize> {
+        let mut query = Query::prefix(
+            company_pk(company),
+            format!("OVR#{staff}#{connection}#"),
+            1000,
+        );
+        let mut removed = 0;
+        loop {
+            let page = self.table.query(query.clone()).await?;
+            let mut stale = Vec::new();
+            for item in &page.items {
+                let o: AvailabilityOverride = super::decode(item)?;
+                if o.listing.as_deref() != Some(listing) {
+                    stale.push(o.reference());
+                }
+            }
+            if !stale.is_empty() {
+                self.apply_overrides(&[], &stale).await?;
+                removed += stale.len();
+            }
+            match page.next {
+                Some(n) => query.cursor = Some(n),
+                None => return Ok(removed),
+            }
+        }
     }
 
     async fn overrides_with_prefix(

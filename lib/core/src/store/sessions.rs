@@ -16,9 +16,15 @@ fn staff_index(company: &str, staff: &str) -> String {
     format!("CO#{company}#STAFF#{staff}")
 }
 
+/// A session is kept this long after it ends, then expires (TTL): history for support, and
+/// late platform retries still ordered by version, without every past session staying
+/// forever.
+pub const RETENTION_AFTER_END_DAYS: i64 = 30;
+
 pub(crate) fn item_of(s: &Session, version: u64) -> Result<Item> {
     let mut item = Item::new(key_of(&s.company_id, &s.id), encode(s)?);
     item.version = version;
+    item.expires_at = Some((s.end + chrono::Duration::days(RETENTION_AFTER_END_DAYS)).timestamp());
     item.gsi1 = Some(Key::new(
         staff_index(&s.company_id, &s.staff_id),
         format!("SESS#{}#{}", s.start.format("%Y-%m-%dT%H:%M:%SZ"), s.id),
@@ -162,7 +168,8 @@ impl Store {
         Ok(out)
     }
 
-    /// A staff member's sessions starting in `[from, to)`, ordered by start.
+    /// A staff member's sessions starting in `[from, to)`, ordered by start: an index range
+    /// read of exactly that range (the sessions before it are not read).
     pub async fn sessions_for_staff(
         &self,
         company: &str,
@@ -170,8 +177,13 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Session>> {
-        let mut q = Query::prefix(staff_index(company, staff), "SESS#", 100);
-        q.upper = Some(format!("SESS#{}", to.format("%Y-%m-%dT%H:%M:%SZ")));
+        let q = Query::between(
+            staff_index(company, staff),
+            "SESS#",
+            format!("SESS#{}", from.format("%Y-%m-%dT%H:%M:%SZ")),
+            format!("SESS#{}", to.format("%Y-%m-%dT%H:%M:%SZ")),
+            100,
+        );
         let sessions: Vec<Session> = self.query_all(Some(Index::Gsi1), q).await?;
         Ok(sessions
             .into_iter()

@@ -1,3 +1,6 @@
+//! Webhook endpoints, deliveries and their attempts, the sweep's due index, the failed-delivery
+//! index that bulk recovery reads, and rate-limit slots.
+
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -31,6 +34,27 @@ fn due_sk(at: DateTime<Utc>, company: &str, id: &str) -> String {
     format!("{}#{company}#{id}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
 }
 
+/// The failed-delivery index of one endpoint (gsi2 of a failed delivery, which is no longer
+/// in the due index): ordered by when the delivery failed, so recovery reads a time window.
+fn failed_pk(company: &str, endpoint: &str) -> String {
+    format!("CO#{company}#WH#{endpoint}#FAILED")
+}
+
+fn failed_sk(at: DateTime<Utc>, id: &str) -> String {
+    format!("{}#{id}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+}
+
+fn rate_key(company: &str, endpoint: &str) -> Key {
+    Key::new(company_pk(company), format!("WHRATE#{endpoint}"))
+}
+
+/// An endpoint's rate-limit state: the earliest time the next attempt may be sent.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RateSlot {
+    /// Microseconds since the Unix epoch.
+    next_free_us: i64,
+}
+
 fn delivery_item(d: &Delivery, version: u64) -> Result<Item> {
     let mut item = Item::new(delivery_key(&d.company_id, &d.id), encode(d)?);
     item.version = version;
@@ -38,10 +62,20 @@ fn delivery_item(d: &Delivery, version: u64) -> Result<Item> {
         format!("CO#{}#WH#{}", d.company_id, d.endpoint_id),
         format!("DLV#{}", d.id),
     ));
-    if d.status == DeliveryStatus::Pending {
-        if let Some(at) = d.next_attempt_at {
-            item.gsi2 = Some(Key::new(DUE_PK, due_sk(at, &d.company_id, &d.id)));
+    match d.status {
+        DeliveryStatus::Pending => {
+            if let Some(at) = d.next_attempt_at {
+                item.gsi2 = Some(Key::new(DUE_PK, due_sk(at, &d.company_id, &d.id)));
+            }
         }
+        // A finished delivery's last change is when it failed.
+        DeliveryStatus::Failed => {
+            item.gsi2 = Some(Key::new(
+                failed_pk(&d.company_id, &d.endpoint_id),
+                failed_sk(d.updated_at, &d.id),
+            ));
+        }
+        DeliveryStatus::Succeeded => {}
     }
     item.expires_at =
         Some((d.created_at + chrono::Duration::days(DELIVERY_RETENTION_DAYS)).timestamp());
@@ -247,5 +281,101 @@ impl Store {
         }
         out.sort_by_key(|d| d.next_attempt_at);
         Ok(out)
+    }
+
+    /// One page of an endpoint's deliveries that failed in `[since, until)`, newest failure
+    /// first, read from the failed-delivery index (bounded: `limit` index entries per call,
+    /// then a batch read of their records). Answers the deliveries (confirmed failed against
+    /// their records) and the cursor of the next page.
+    pub async fn failed_deliveries(
+        &self,
+        company: &str,
+        endpoint: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+        cursor: Option<String>,
+    ) -> Result<(Vec<Delivery>, Option<String>)> {
+        // `upper` is inclusive: one millisecond before `until` keeps the window half-open.
+        let last = until - chrono::Duration::milliseconds(1);
+        let mut q = Query::prefix(failed_pk(company, endpoint), "", limit.max(1));
+        q.upper = Some(format!("{}~", last.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+        q.descending = true;
+        q.cursor = cursor;
+        let page = self.table.query_index(Index::Gsi2, q).await?;
+        let floor = failed_sk(since, "");
+        let mut keys = Vec::with_capacity(page.items.len());
+        let mut past_window = false;
+        for item in &page.items {
+            match &item.gsi2 {
+                Some(k) if k.sk >= floor => keys.push(item.key.clone()),
+                _ => past_window = true,
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for fresh in self.table.batch_get(chunk).await? {
+                if !self.live(&fresh) {
+                    continue;
+                }
+                let d: Delivery = decode(&fresh)?;
+                if d.status == DeliveryStatus::Failed
+                    && d.endpoint_id == endpoint
+                    && d.updated_at >= since
+                    && d.updated_at < until
+                {
+                    out.push(d);
+                }
+            }
+        }
+        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        let next = if past_window { None } else { page.next };
+        Ok((out, next))
+    }
+
+    /// Reserves the next send time under an endpoint's rate limit of `per_second`: the later
+    /// of `now` and the endpoint's next free slot, which moves on by `1 / per_second`.
+    /// A compare-and-set on the slot record, retried on a lost race.
+    pub async fn reserve_rate_slot(
+        &self,
+        company: &str,
+        endpoint: &str,
+        per_second: u32,
+    ) -> Result<DateTime<Utc>> {
+        let key = rate_key(company, endpoint);
+        let spacing_us = 1_000_000 / i64::from(per_second.max(1));
+        for _ in 0..50 {
+            let now_us = self.now().timestamp_micros();
+            let current = self.table.get(&key).await?;
+            let (free_us, condition) = match &current {
+                Some(item) => {
+                    let slot: RateSlot = serde_json::from_str(&item.data)
+                        .map_err(|e| Error::Internal(format!("rate slot: {e}")))?;
+                    (slot.next_free_us, Condition::Version(item.version))
+                }
+                None => (0, Condition::NotExists),
+            };
+            let at_us = free_us.max(now_us);
+            let next = RateSlot {
+                next_free_us: at_us + spacing_us,
+            };
+            let data = serde_json::to_string(&next)
+                .map_err(|e| Error::Internal(format!("rate slot: {e}")))?;
+            let mut item = Item::new(key.clone(), data);
+            item.version = current.as_ref().map_or(1, |i| i.version + 1);
+            // Forgotten a day after its last use.
+            item.expires_at = Some(self.now().timestamp() + 86_400);
+            match self.table.put(item, condition).await {
+                Ok(()) => {
+                    return DateTime::from_timestamp_micros(at_us)
+                        .ok_or_else(|| Error::Internal("rate slot out of range".into()))
+                }
+                Err(StoreError::ConditionFailed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "rate slot of endpoint {endpoint} kept changing"
+        )))
     }
 }

@@ -16,6 +16,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "connection.active",
     "webhook.test",
     "webhook.endpoint.disabled",
+    "webhook.endpoint.failing",
+    "webhook.endpoint.recovered",
 ];
 
 /// Whether `pattern` (`*`, `prefix.*` or an exact type) matches `event`.

@@ -2,13 +2,13 @@
 //! about it is sent, and every message handler re-reads the record, so a lost message only
 //! delays an attempt (the sweep finds it) and a duplicated one finds the work claimed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::catalogue::matches_any;
 use super::outcome::{judge, Verdict};
@@ -36,6 +36,15 @@ pub const IDEMPOTENCY_TTL: chrono::Duration = chrono::Duration::hours(24);
 /// How long a dispatch holds its idempotency key before answering; a retry after a crash
 /// within the dispatch may redo it once this has passed.
 pub const IDEMPOTENCY_LEASE: chrono::Duration = chrono::Duration::minutes(2);
+/// At most one `webhook.endpoint.failing` event per endpoint in this long.
+pub const FAILING_EVENT_INTERVAL: chrono::Duration = chrono::Duration::days(1);
+/// The widest window bulk recovery accepts (deliveries are kept 30 days).
+pub const RECOVER_WINDOW: chrono::Duration = chrono::Duration::days(30);
+/// Most deliveries one recovery call re-sends; a larger window answers where to resume.
+pub const RECOVER_LIMIT: usize = 1000;
+/// The longest a worker waits in place for a rate-limit slot; a later slot is waited for
+/// through the queue (a delayed wake-up), so no worker sleeps long.
+pub const MAX_INLINE_RATE_WAIT: Duration = Duration::from_secs(1);
 
 /// A platform event to deliver.
 #[derive(Debug, Clone)]
@@ -68,6 +77,28 @@ pub enum AttemptOutcome {
     Delivered,
     Retrying(DateTime<Utc>),
     Failed,
+    /// Not sent yet: the endpoint's rate limit reserved it this later slot.
+    Deferred(DateTime<Utc>),
+}
+
+/// What a bulk recovery did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovered {
+    /// New deliveries made (one per failed delivery found in the window).
+    pub count: usize,
+    /// The window, as applied (millisecond precision; `until` excluded).
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// More failed deliveries than [`RECOVER_LIMIT`] lie in the window: the oldest ones
+    /// were not re-sent; call again with `until` = `next_until` to go on.
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_until: Option<DateTime<Utc>>,
+}
+
+/// A time cut to whole milliseconds (the precision of the store's time indexes).
+fn to_ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,15 +107,103 @@ struct AttemptMessage {
     delivery_id: String,
 }
 
+/// Per-endpoint locks that serialise this process's rate-slot reservations, so workers of
+/// one process do not race each other's compare-and-set (other processes still may; the
+/// store decides).
+type RateLocks = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A due delivery handed straight to an in-process worker.
+#[derive(Debug)]
+pub struct LocalWake {
+    pub company_id: String,
+    pub delivery_id: String,
+    /// The delivery and its endpoint as the dispatch that made it had them.
+    pub hint: Option<Box<WakeHint>>,
+}
+
+#[derive(Debug)]
+pub struct WakeHint {
+    pub delivery: Delivery,
+    pub endpoint: WebhookEndpoint,
+    pub at: Instant,
+}
+
+/// How long a wake-up's copy of its delivery and endpoint is used instead of reading them.
+pub const HINT_FRESH: Duration = Duration::from_millis(500);
+
+/// A delivery this process is attempting; leaves the set when dropped.
+struct InFlight {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    id: String,
+}
+
+impl InFlight {
+    fn take(
+        set: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+        id: &str,
+    ) -> Option<InFlight> {
+        let mut held = set.lock().ok()?;
+        held.insert(id.to_string()).then(|| InFlight {
+            set: set.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.set.lock() {
+            held.remove(&self.id);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct WebhookEngine {
     pub deps: Arc<Deps>,
     pub transport: Arc<dyn Transport>,
+    rate_locks: Arc<RateLocks>,
+    /// Set once an in-process worker consumes due deliveries (the local system): an immediate
+    /// wake-up is then a channel send instead of a queue message. The delivery's record, with
+    /// its entry in the due index, is written in the same commit as everything else about it,
+    /// so it is itself the durable wake-up (a transactional outbox): after a crash the
+    /// start-up sweep finds it.
+    local: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<LocalWake>>>,
+    /// Deliveries this process is attempting (the local system's claims).
+    inflight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl WebhookEngine {
     pub fn new(deps: Arc<Deps>, transport: Arc<dyn Transport>) -> Self {
-        WebhookEngine { deps, transport }
+        WebhookEngine {
+            deps,
+            transport,
+            rate_locks: Arc::default(),
+            local: Arc::default(),
+            inflight: Arc::default(),
+        }
+    }
+
+    /// Hands immediate wake-ups to an in-process worker from now on (see the `local` field);
+    /// answers false if one was attached already.
+    pub fn attach_local_worker(&self, tx: tokio::sync::mpsc::Sender<LocalWake>) -> bool {
+        self.local.set(tx).is_ok()
+    }
+
+    /// Wakes a worker for a delivery due now: through the in-process channel when there is
+    /// room, else through the queue.
+    async fn wake_now(&self, company: &str, delivery: &str, hint: Option<WakeHint>) {
+        if let Some(tx) = self.local.get() {
+            let wake = LocalWake {
+                company_id: company.to_string(),
+                delivery_id: delivery.to_string(),
+                hint: hint.map(Box::new),
+            };
+            if tx.try_send(wake).is_ok() {
+                return;
+            }
+        }
+        wake(&self.deps, company, delivery, Duration::ZERO).await;
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -114,7 +233,7 @@ impl WebhookEngine {
                 }
             }
         }
-        let result = self.fan_out(&d).await;
+        let result = self.fan_out(&d, None).await;
         if let Some(key) = &d.idempotency_key {
             match &result {
                 Ok(answer) => {
@@ -135,23 +254,36 @@ impl WebhookEngine {
         result
     }
 
-    async fn fan_out(&self, d: &Dispatch) -> Result<Dispatched> {
+    /// Stores and wakes one delivery per target; `except` is never a target (an endpoint's
+    /// own health events go to the company's other endpoints).
+    async fn fan_out(&self, d: &Dispatch, except: Option<&str>) -> Result<Dispatched> {
         let store = &self.deps.store;
         let now = self.now();
         let event_id = ids::new_id("evt");
-        let body = json!({
-            "id": event_id,
-            "type": d.event_type,
-            "created_at": now,
-            "company_id": d.company_id,
-            "data": d.payload,
-        });
-        let body = RawValue::from_string(body.to_string())
-            .map_err(|e| Error::Internal(format!("event body: {e}")))?;
+        // Serialised once, straight from borrowed parts (no copy of the payload, no
+        // re-parse); keys in the order `json!` gave them (sorted).
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            company_id: &'a str,
+            created_at: DateTime<Utc>,
+            data: &'a serde_json::Map<String, serde_json::Value>,
+            id: &'a str,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+        }
+        let body = serde_json::value::to_raw_value(&Envelope {
+            company_id: &d.company_id,
+            created_at: now,
+            data: &d.payload,
+            id: &event_id,
+            event_type: &d.event_type,
+        })
+        .map_err(|e| Error::Internal(format!("event body: {e}")))?;
         let endpoints = store.all_endpoints(&d.company_id).await?;
         let targets: Vec<&WebhookEndpoint> = endpoints
             .iter()
             .filter(|e| e.status == EndpointStatus::Active)
+            .filter(|e| except != Some(e.id.as_str()))
             .filter(|e| match &d.only_endpoint {
                 Some(only) => &e.id == only,
                 None => matches_any(&e.events, &d.event_type),
@@ -172,20 +304,26 @@ impl WebhookEngine {
                 last_error_class: None,
                 next_attempt_at: Some(now),
                 redelivery_of: None,
+                rate_slot: None,
                 created_at: now,
                 updated_at: now,
                 version: 0,
             })
             .collect();
         store.create_deliveries(&deliveries).await?;
-        for delivery in &deliveries {
-            wake(
-                &self.deps,
-                &delivery.company_id,
-                &delivery.id,
-                Duration::ZERO,
-            )
-            .await;
+        let local = self.local.get().is_some();
+        for (delivery, endpoint) in deliveries.iter().zip(&targets) {
+            let hint = local.then(|| WakeHint {
+                // As stored: `create_deliveries` writes version 1.
+                delivery: Delivery {
+                    version: 1,
+                    ..delivery.clone()
+                },
+                endpoint: (*endpoint).clone(),
+                at: Instant::now(),
+            });
+            self.wake_now(&delivery.company_id, &delivery.id, hint)
+                .await;
         }
         tracing::info!(
             company = %d.company_id,
@@ -229,32 +367,97 @@ impl WebhookEngine {
 
     /// Makes one delivery attempt, if the delivery is due and no one else is making it.
     pub async fn attempt(&self, company: &str, delivery_id: &str) -> Result<AttemptOutcome> {
+        if self.local.get().is_some() {
+            // This process is the local system's worker: its claims are held in memory.
+            return self
+                .attempt_local(LocalWake {
+                    company_id: company.to_string(),
+                    delivery_id: delivery_id.to_string(),
+                    hint: None,
+                })
+                .await;
+        }
         let store = &self.deps.store;
         let mut d = match store.get_delivery(company, delivery_id).await {
             Ok(d) => d,
             Err(Error::NotFound { .. }) => return Ok(AttemptOutcome::Skipped("no such delivery")),
             Err(e) => return Err(e),
         };
-        if d.status != DeliveryStatus::Pending {
-            return Ok(AttemptOutcome::Skipped("finished"));
-        }
-        let now = self.now();
-        if d.next_attempt_at
-            .is_some_and(|t| t > now + chrono::Duration::seconds(1))
-        {
-            return Ok(AttemptOutcome::Skipped("not due"));
+        if let Some(skip) = self.not_ready(&d) {
+            return Ok(skip);
         }
         // Claim: a compare-and-set that moves the due time past the lease.
+        let now = self.now();
         d.next_attempt_at = Some(now + chrono::Duration::from_std(LEASE).unwrap_or_default());
         match store.update_delivery(&mut d, None).await {
             Ok(()) => {}
             Err(Error::Conflict { .. }) => return Ok(AttemptOutcome::Skipped("claimed elsewhere")),
             Err(e) => return Err(e),
         }
-        let endpoint = store
-            .find_endpoint(company, &d.endpoint_id)
-            .await?
-            .filter(|e| e.status == EndpointStatus::Active);
+        self.deliver(d, None, true).await
+    }
+
+    /// The local system's attempt: the claim is this process's in-flight set (the local
+    /// system's deliveries are attempted by its one `serve` process only), so the attempt
+    /// costs one store write, the record. A wake-up straight from a dispatch carries the
+    /// delivery and endpoint it was made from; used while fresh, they save two reads.
+    pub async fn attempt_local(&self, wake: LocalWake) -> Result<AttemptOutcome> {
+        let Some(_claim) = InFlight::take(&self.inflight, &wake.delivery_id) else {
+            return Ok(AttemptOutcome::Skipped("claimed elsewhere"));
+        };
+        let (d, endpoint) = match wake.hint {
+            Some(hint) if hint.at.elapsed() < HINT_FRESH => (hint.delivery, Some(hint.endpoint)),
+            _ => {
+                match self
+                    .deps
+                    .store
+                    .get_delivery(&wake.company_id, &wake.delivery_id)
+                    .await
+                {
+                    Ok(d) => (d, None),
+                    Err(Error::NotFound { .. }) => {
+                        return Ok(AttemptOutcome::Skipped("no such delivery"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if let Some(skip) = self.not_ready(&d) {
+            return Ok(skip);
+        }
+        self.deliver(d, endpoint, false).await
+    }
+
+    /// Why a delivery is not to be attempted now, if it is not.
+    fn not_ready(&self, d: &Delivery) -> Option<AttemptOutcome> {
+        if d.status != DeliveryStatus::Pending {
+            return Some(AttemptOutcome::Skipped("finished"));
+        }
+        let now = self.now();
+        if d.next_attempt_at
+            .is_some_and(|t| t > now + chrono::Duration::seconds(1))
+        {
+            return Some(AttemptOutcome::Skipped("not due"));
+        }
+        None
+    }
+
+    /// Sends a claimed delivery and records the attempt. `durable_claim`: the claim is a
+    /// lease in the store (else this process's in-flight set).
+    async fn deliver(
+        &self,
+        mut d: Delivery,
+        endpoint: Option<WebhookEndpoint>,
+        durable_claim: bool,
+    ) -> Result<AttemptOutcome> {
+        let store = &self.deps.store;
+        let company = d.company_id.clone();
+        let company = company.as_str();
+        let endpoint = match endpoint {
+            Some(e) => Some(e),
+            None => store.find_endpoint(company, &d.endpoint_id).await?,
+        }
+        .filter(|e| e.status == EndpointStatus::Active);
         let Some(endpoint) = endpoint else {
             d.status = DeliveryStatus::Failed;
             d.next_attempt_at = None;
@@ -263,6 +466,12 @@ impl WebhookEngine {
             crate::metrics::count("webhook_deliveries", &[("outcome", "failed")], 1);
             return Ok(AttemptOutcome::Failed);
         };
+        if let Some(per_second) = endpoint.rate_limit {
+            if let Some(later) = self.take_rate_slot(&mut d, per_second).await? {
+                return Ok(AttemptOutcome::Deferred(later));
+            }
+        }
+        let now = self.now();
 
         let request = build(&endpoint, &d, now);
         let started = Instant::now();
@@ -317,7 +526,21 @@ impl WebhookEngine {
             AttemptOutcome::Retrying(_) => DeliveryStatus::Pending,
             _ => DeliveryStatus::Failed,
         };
-        store.update_delivery(&mut d, Some(&attempt)).await?;
+        match store.update_delivery(&mut d, Some(&attempt)).await {
+            Ok(()) => {}
+            Err(Error::Conflict { .. }) if !durable_claim => {
+                // Changed meanwhile without a lease to stop it (the sweep re-driving a
+                // delivery that waited): this attempt happened, so record it on the fresh
+                // record unless that one moved on already.
+                let fresh = store.get_delivery(company, &d.id).await?;
+                if fresh.status != DeliveryStatus::Pending || fresh.attempt_count + 1 != number {
+                    return Ok(AttemptOutcome::Skipped("recorded elsewhere"));
+                }
+                d.version = fresh.version;
+                store.update_delivery(&mut d, Some(&attempt)).await?;
+            }
+            Err(e) => return Err(e),
+        }
         let label = match outcome {
             AttemptOutcome::Delivered => "delivered",
             AttemptOutcome::Retrying(_) => "retrying",
@@ -356,49 +579,186 @@ impl WebhookEngine {
                     .await?
             }
             (AttemptOutcome::Delivered, _) => {
-                self.record_health(company, &d.endpoint_id, true).await?
+                // The endpoint as read for this attempt had nothing to reset: skip the read.
+                let clean = endpoint.failed_deliveries == 0
+                    && endpoint.failing_since.is_none()
+                    && endpoint.announced_failing_since.is_none();
+                if !clean {
+                    self.record_health(company, &d, None).await?
+                }
             }
             (AttemptOutcome::Failed, _) => {
-                self.record_health(company, &d.endpoint_id, false).await?
+                let error = last_error(&result);
+                self.record_health(company, &d, Some(error)).await?
             }
             _ => {}
         }
         Ok(outcome)
     }
 
-    /// Tracks an endpoint's run of failed deliveries; disables it when every delivery for
-    /// [`DISABLE_AFTER`] failed and at least [`DISABLE_MIN_FAILURES`] did.
-    async fn record_health(&self, company: &str, endpoint_id: &str, delivered: bool) -> Result<()> {
+    /// Holds `d` to its endpoint's rate limit. Answers `None` when it may be sent now (after
+    /// waiting in place, at most [`MAX_INLINE_RATE_WAIT`]), or the later slot it was given:
+    /// then the delivery is stored due at that slot (which it keeps: the attempt made then
+    /// reserves no other) and a delayed wake-up is sent.
+    async fn take_rate_slot(
+        &self,
+        d: &mut Delivery,
+        per_second: u32,
+    ) -> Result<Option<DateTime<Utc>>> {
         let store = &self.deps.store;
+        let slot = match d.rate_slot {
+            Some(slot) => slot,
+            None => {
+                let lock = {
+                    let mut locks = self
+                        .rate_locks
+                        .lock()
+                        .map_err(|_| Error::Internal("rate lock poisoned".into()))?;
+                    locks.entry(d.endpoint_id.clone()).or_default().clone()
+                };
+                let _held = lock.lock().await;
+                store
+                    .reserve_rate_slot(&d.company_id, &d.endpoint_id, per_second)
+                    .await?
+            }
+        };
+        let wait = (slot - self.now()).to_std().unwrap_or(Duration::ZERO);
+        if wait <= MAX_INLINE_RATE_WAIT {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if d.rate_slot.is_some() {
+                // The slot is used now; a retry of this delivery reserves a new one. Kept
+                // in memory only: the attempt's record write stores it.
+                d.rate_slot = None;
+            }
+            return Ok(None);
+        }
+        d.rate_slot = Some(slot);
+        d.next_attempt_at = Some(slot);
+        store.update_delivery(d, None).await?;
+        wake(&self.deps, &d.company_id, &d.id, wait).await;
+        Ok(Some(slot))
+    }
+
+    /// Tracks an endpoint's run of failed deliveries (`failure` is the last error of a
+    /// delivery that failed for good; `None` for a success). Disables the endpoint when every
+    /// delivery for [`DISABLE_AFTER`] failed and at least [`DISABLE_MIN_FAILURES`] did; tells
+    /// the company's other endpoints `webhook.endpoint.failing` at the first failure of a
+    /// run (at most once per [`FAILING_EVENT_INTERVAL`]), and `webhook.endpoint.recovered` at
+    /// the first success after that.
+    async fn record_health(
+        &self,
+        company: &str,
+        d: &Delivery,
+        failure: Option<Option<String>>,
+    ) -> Result<()> {
+        let store = &self.deps.store;
+        let endpoint_id = &d.endpoint_id;
         for _ in 0..5 {
             let Some(mut e) = store.find_endpoint(company, endpoint_id).await? else {
                 return Ok(());
             };
             let now = self.now();
-            if delivered {
-                if e.failed_deliveries == 0 && e.failing_since.is_none() {
-                    return Ok(());
+            let mut event = None;
+            match &failure {
+                None => {
+                    if e.failed_deliveries == 0
+                        && e.failing_since.is_none()
+                        && e.announced_failing_since.is_none()
+                    {
+                        return Ok(());
+                    }
+                    e.failed_deliveries = 0;
+                    e.failing_since = None;
+                    if let Some(since) = e.announced_failing_since.take() {
+                        event = Some((
+                            "webhook.endpoint.recovered",
+                            json!({
+                                "endpoint_id": e.id,
+                                "url": e.url,
+                                "delivery_id": d.id,
+                                "recovered_at": d.updated_at,
+                                "failing_since": since,
+                            }),
+                        ));
+                    }
                 }
-                e.failed_deliveries = 0;
-                e.failing_since = None;
-            } else {
-                e.failed_deliveries += 1;
-                let since = *e.failing_since.get_or_insert(now);
-                if e.status == EndpointStatus::Active
-                    && e.failed_deliveries >= DISABLE_MIN_FAILURES
-                    && now - since >= DISABLE_AFTER
-                {
-                    return self
-                        .disable_endpoint(company, endpoint_id, "every delivery failed for 5 days")
-                        .await;
+                Some(last_error) => {
+                    e.failed_deliveries += 1;
+                    // A run begins when its first delivery failed.
+                    let since = *e.failing_since.get_or_insert(d.updated_at);
+                    if e.status == EndpointStatus::Active
+                        && e.failed_deliveries >= DISABLE_MIN_FAILURES
+                        && now - since >= DISABLE_AFTER
+                    {
+                        return self
+                            .disable_endpoint(
+                                company,
+                                endpoint_id,
+                                "every delivery failed for 5 days",
+                            )
+                            .await;
+                    }
+                    let announce = e.announced_failing_since.is_none()
+                        && e.failing_event_at
+                            .is_none_or(|t| now - t >= FAILING_EVENT_INTERVAL);
+                    if announce {
+                        e.failing_event_at = Some(now);
+                        e.announced_failing_since = Some(since);
+                        event = Some((
+                            "webhook.endpoint.failing",
+                            json!({
+                                "endpoint_id": e.id,
+                                "url": e.url,
+                                "delivery_id": d.id,
+                                "event_type": d.event_type,
+                                "failed_at": d.updated_at,
+                                "last_error": last_error,
+                            }),
+                        ));
+                    }
                 }
             }
             match store.update_endpoint(&mut e).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Some((event_type, payload)) = event {
+                        tracing::info!(endpoint = %endpoint_id, event = event_type, "endpoint health event");
+                        self.tell_others(company, &e.id, event_type, payload)
+                            .await?;
+                    }
+                    return Ok(());
+                }
                 Err(Error::Conflict { .. }) => continue,
                 Err(err) => return Err(err),
             }
         }
+        Ok(())
+    }
+
+    /// Dispatches an event about `endpoint_id` to the company's other endpoints.
+    async fn tell_others(
+        &self,
+        company: &str,
+        endpoint_id: &str,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<()> {
+        let payload = match payload {
+            serde_json::Value::Object(map) => map,
+            _ => return Err(Error::Internal("event payload is not an object".into())),
+        };
+        self.fan_out(
+            &Dispatch {
+                company_id: company.to_string(),
+                event_type: event_type.to_string(),
+                payload,
+                idempotency_key: None,
+                only_endpoint: None,
+            },
+            Some(endpoint_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -422,17 +782,12 @@ impl WebhookEngine {
             match store.update_endpoint(&mut e).await {
                 Ok(()) => {
                     tracing::warn!(endpoint = %endpoint_id, reason, "webhook endpoint disabled");
-                    let mut payload = serde_json::Map::new();
-                    payload.insert("endpoint_id".into(), json!(e.id));
-                    payload.insert("url".into(), json!(e.url));
-                    payload.insert("reason".into(), json!(reason));
-                    self.dispatch(Dispatch {
-                        company_id: company.to_string(),
-                        event_type: "webhook.endpoint.disabled".into(),
-                        payload,
-                        idempotency_key: None,
-                        only_endpoint: None,
-                    })
+                    self.tell_others(
+                        company,
+                        &e.id,
+                        "webhook.endpoint.disabled",
+                        json!({"endpoint_id": e.id, "url": e.url, "reason": reason}),
+                    )
                     .await?;
                     return Ok(());
                 }
@@ -443,6 +798,110 @@ impl WebhookEngine {
         Err(Error::Unavailable(format!(
             "endpoint {endpoint_id} kept changing"
         )))
+    }
+
+    /// Re-sends, as new deliveries, every delivery to `endpoint_id` that ended `failed` in
+    /// `[since, until)` (newest failure first, at most [`RECOVER_LIMIT`] per call). The
+    /// endpoint must be active. Reads the endpoint's failed-delivery index a page at a time.
+    pub async fn recover(
+        &self,
+        company: &str,
+        endpoint_id: &str,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Recovered> {
+        let store = &self.deps.store;
+        let since = to_ms(since);
+        let until = to_ms(until.unwrap_or_else(|| self.now() + chrono::Duration::milliseconds(1)));
+        if since >= until {
+            return Err(Error::validation("since", "must be before `until`"));
+        }
+        if until - since > RECOVER_WINDOW {
+            return Err(Error::validation(
+                "since",
+                format!(
+                    "the window is at most {} days (deliveries are kept that long)",
+                    RECOVER_WINDOW.num_days()
+                ),
+            ));
+        }
+        let endpoint = store.get_endpoint(company, endpoint_id).await?;
+        if endpoint.status != EndpointStatus::Active {
+            return Err(Error::validation(
+                "endpoint",
+                "the endpoint is disabled; enable it before recovering",
+            ));
+        }
+        let mut out = Recovered {
+            count: 0,
+            since,
+            until,
+            truncated: false,
+            next_until: None,
+        };
+        let mut cursor = None;
+        let mut last_ms: Option<DateTime<Utc>> = None;
+        'pages: loop {
+            let (failed, next) = store
+                .failed_deliveries(company, endpoint_id, since, until, 100, cursor)
+                .await?;
+            let now = self.now();
+            let mut copies = Vec::with_capacity(failed.len());
+            for original in failed {
+                let ms = to_ms(original.updated_at);
+                // Past the limit, finish the millisecond in hand, so resuming with
+                // `until` = that millisecond neither skips nor repeats a delivery.
+                if out.count + copies.len() >= RECOVER_LIMIT && last_ms != Some(ms) {
+                    out.truncated = true;
+                    out.next_until = last_ms;
+                    self.send_copies(company, &copies).await?;
+                    out.count += copies.len();
+                    break 'pages;
+                }
+                last_ms = Some(ms);
+                copies.push(Delivery {
+                    id: ids::new_id("dlv"),
+                    status: DeliveryStatus::Pending,
+                    attempt_count: 0,
+                    last_status_code: None,
+                    last_error_class: None,
+                    next_attempt_at: Some(now),
+                    redelivery_of: Some(original.id.clone()),
+                    rate_slot: None,
+                    created_at: now,
+                    updated_at: now,
+                    version: 0,
+                    ..original
+                });
+            }
+            self.send_copies(company, &copies).await?;
+            out.count += copies.len();
+            match next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        tracing::info!(
+            company = %company,
+            endpoint = %endpoint_id,
+            count = out.count,
+            truncated = out.truncated,
+            "failed deliveries recovered"
+        );
+        Ok(out)
+    }
+
+    /// Stores new deliveries and wakes a worker for each (16 wake-ups at a time).
+    async fn send_copies(&self, company: &str, copies: &[Delivery]) -> Result<()> {
+        use futures::stream::{self, StreamExt};
+        if copies.is_empty() {
+            return Ok(());
+        }
+        self.deps.store.create_deliveries(copies).await?;
+        stream::iter(copies)
+            .for_each_concurrent(16, |c| self.wake_now(company, &c.id, None))
+            .await;
+        Ok(())
     }
 
     /// Sends a delivery's event again, as a new delivery to the same endpoint.
@@ -465,15 +924,29 @@ impl WebhookEngine {
             last_error_class: None,
             next_attempt_at: Some(now),
             redelivery_of: Some(original.id.clone()),
+            rate_slot: None,
             created_at: now,
             updated_at: now,
             version: 0,
             ..original
         };
         store.create_deliveries(std::slice::from_ref(&copy)).await?;
-        wake(&self.deps, company, &copy.id, Duration::ZERO).await;
+        self.wake_now(company, &copy.id, None).await;
         Ok(copy)
     }
+}
+
+/// What a delivery's failure is told as: the HTTP status, or the error class and message.
+fn last_error(result: &super::outcome::AttemptResult) -> Option<String> {
+    let text = match (result.status_code, result.error_class) {
+        (Some(code), _) => format!("HTTP {code}"),
+        (None, Some(class)) => match &result.response_body {
+            Some(message) if !message.is_empty() => format!("{class}: {message}"),
+            _ => class.to_string(),
+        },
+        (None, None) => return None,
+    };
+    Some(text.chars().take(500).collect())
 }
 
 /// Sends the wake-up for an attempt. A failure is logged, not raised: the record is stored,

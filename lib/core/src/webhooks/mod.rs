@@ -5,10 +5,16 @@
 pub mod address;
 pub mod catalogue;
 pub mod engine;
+pub mod options;
 pub mod outcome;
 pub mod request;
+pub mod schemas;
+pub mod sequence;
 
 pub use catalogue::{matches_any, validate_event_type, validate_pattern, EVENT_TYPES};
-pub use engine::{redrive_due, AttemptOutcome, Dispatch, Dispatched, WebhookEngine};
+pub use engine::{
+    redrive_due, AttemptOutcome, Dispatch, Dispatched, Recovered, WebhookEngine, RECOVER_LIMIT,
+    RECOVER_WINDOW,
+};
 pub use outcome::{AttemptResult, Verdict};
 pub use request::{OutgoingRequest, Transport, TransportError, TransportResponse};

@@ -97,6 +97,13 @@ pub fn build(
         headers.push(("x-webhook-signature-256".to_string(), github.join(", ")));
         headers.push(("webhook-signature".to_string(), standard.join(" ")));
     }
+    // The tenant's static headers; reserved names were refused when they were set, and are
+    // skipped here too, so a record written otherwise can never replace a signature.
+    for (name, value) in &endpoint.headers {
+        if !super::options::is_reserved(name) {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
     OutgoingRequest {
         url: endpoint.url.clone(),
         headers,

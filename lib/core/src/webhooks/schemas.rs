@@ -1,0 +1,140 @@
+//! The JSON Schema (draft 2020-12) of every event type's payload (the envelope's `data`),
+//! with its description. The schemas are the files under `schemas/events/` in the repository,
+//! compiled in, so `GET /v1/webhooks/event-types` and the repository never differ.
+
+use serde_json::Value;
+
+use super::catalogue::EVENT_TYPES;
+
+/// `(event type, its schema file)`, in [`EVENT_TYPES`] order.
+const SCHEMAS: &[(&str, &str)] = &[
+    (
+        "session.created",
+        include_str!("../../../../schemas/events/session.created.json"),
+    ),
+    (
+        "session.updated",
+        include_str!("../../../../schemas/events/session.updated.json"),
+    ),
+    (
+        "session.cancelled",
+        include_str!("../../../../schemas/events/session.cancelled.json"),
+    ),
+    (
+        "session.cancellation_pending",
+        include_str!("../../../../schemas/events/session.cancellation_pending.json"),
+    ),
+    (
+        "session.restored",
+        include_str!("../../../../schemas/events/session.restored.json"),
+    ),
+    (
+        "session.rescheduled",
+        include_str!("../../../../schemas/events/session.rescheduled.json"),
+    ),
+    (
+        "session.reschedule_rejected",
+        include_str!("../../../../schemas/events/session.reschedule_rejected.json"),
+    ),
+    (
+        "session.declined",
+        include_str!("../../../../schemas/events/session.declined.json"),
+    ),
+    (
+        "connection.error",
+        include_str!("../../../../schemas/events/connection.error.json"),
+    ),
+    (
+        "connection.active",
+        include_str!("../../../../schemas/events/connection.active.json"),
+    ),
+    (
+        "webhook.test",
+        include_str!("../../../../schemas/events/webhook.test.json"),
+    ),
+    (
+        "webhook.endpoint.disabled",
+        include_str!("../../../../schemas/events/webhook.endpoint.disabled.json"),
+    ),
+    (
+        "webhook.endpoint.failing",
+        include_str!("../../../../schemas/events/webhook.endpoint.failing.json"),
+    ),
+    (
+        "webhook.endpoint.recovered",
+        include_str!("../../../../schemas/events/webhook.endpoint.recovered.json"),
+    ),
+];
+
+/// One event type as `GET /v1/webhooks/event-types` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventTypeDoc {
+    #[serde(rename = "type")]
+    pub name: &'static str,
+    pub description: String,
+    pub schema: Value,
+}
+
+/// The schema of `event_type`'s payload, if it is a known type.
+pub fn schema(event_type: &str) -> Option<Value> {
+    SCHEMAS
+        .iter()
+        .find(|(name, _)| *name == event_type)
+        .and_then(|(_, text)| serde_json::from_str(text).ok())
+}
+
+/// Every event type of [`EVENT_TYPES`] with its description and schema. A type without a
+/// schema file (a new one whose file was forgotten) is listed with an empty description and
+/// schema, and a unit test fails on it.
+pub fn catalogue() -> Vec<EventTypeDoc> {
+    EVENT_TYPES
+        .iter()
+        .map(|name| {
+            let schema = schema(name).unwrap_or(Value::Null);
+            EventTypeDoc {
+                name,
+                description: schema["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                schema,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_type_has_a_schema_file_and_every_file_a_type() {
+        let files: Vec<&str> = SCHEMAS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(files, EVENT_TYPES, "schemas/events/ and EVENT_TYPES differ");
+        for doc in catalogue() {
+            assert_eq!(doc.schema["title"], doc.name, "{}", doc.name);
+            assert_eq!(
+                doc.schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
+                "{}",
+                doc.name
+            );
+            assert!(!doc.description.is_empty(), "{}", doc.name);
+            assert_eq!(doc.schema["type"], "object", "{}", doc.name);
+        }
+    }
+
+    #[test]
+    fn session_events_require_their_session_and_sequence() {
+        for name in EVENT_TYPES.iter().filter(|t| t.starts_with("session.")) {
+            let required = schema(name).unwrap()["required"].clone();
+            assert!(
+                required.as_array().unwrap().contains(&"sequence".into()),
+                "{name}"
+            );
+            assert!(
+                required.as_array().unwrap().contains(&"session_id".into()),
+                "{name}"
+            );
+        }
+    }
+}
