@@ -9,6 +9,9 @@ use voyage_core::signing;
 use voyage_tests::app::TestApp;
 use voyage_tests::receiver::{Answer, Receiver};
 
+#[path = "webhooks/review.rs"]
+mod review;
+
 const PRIVATE_OK: (&str, &str) = ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true");
 const HTTP_OK: (&str, &str) = ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true");
 const FAST_RETRIES: (&str, &str) = ("VOYAGE_WEBHOOK_RETRY_DELAYS", "1s,2s");
@@ -27,7 +30,13 @@ async fn endpoint(app: &TestApp, key: &str, url: &str, events: Value) -> Value {
 }
 
 async fn dispatch(app: &TestApp, internal: &str, event: &str, extra: Value) -> Value {
-    let mut body = json!({"company_id": "acme", "event": event, "payload": {"session_id": "s1"}});
+    // The least each type's schema requires (dispatches are checked against it).
+    let payload = if event.starts_with("connection.") {
+        json!({"connection_id": "c1"})
+    } else {
+        json!({"session_id": "s1"})
+    };
+    let mut body = json!({"company_id": "acme", "event": event, "payload": payload});
     if let Value::Object(m) = extra {
         for (k, v) in m {
             body[k] = v;

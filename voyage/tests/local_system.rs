@@ -501,7 +501,7 @@ async fn every_accepted_event_is_delivered_across_a_kill_9() {
             let answer = client
                 .post(format!("{base}/v1/webhooks/dispatch"))
                 .bearer_auth(&internal)
-                .json(&serde_json::json!({"company_id": "acme", "event": "connection.active", "payload": {"n": i}}))
+                .json(&serde_json::json!({"company_id": "acme", "event": "connection.active", "payload": {"connection_id": format!("c{i}"), "n": i}}))
                 .send()
                 .await
                 .unwrap();

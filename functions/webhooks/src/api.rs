@@ -589,6 +589,8 @@ async fn dispatch(
     p.require_internal()?;
     let mut dispatch = body.into_dispatch()?;
     voyage_core::webhooks::sequence::stamp(&engine.deps.store, &mut dispatch).await?;
+    // After the stamp (which adds `sequence`): what goes out matches its published schema.
+    voyage_core::webhooks::schemas::check_payload(&dispatch.event_type, &dispatch.payload)?;
     let out = engine.dispatch(dispatch).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))
 }

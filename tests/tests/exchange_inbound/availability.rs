@@ -501,3 +501,62 @@ async fn a_burst_of_dispatches_for_one_session_all_get_distinct_sequences() {
         "after the burst's 30 values"
     );
 }
+
+#[tokio::test]
+async fn a_range_ending_within_a_second_finds_busy_time_and_sessions_starting_in_that_second() {
+    use voyage_core::store::Store;
+    let store = Store::new(
+        Arc::new(voyage_core::ports::memory::MemoryTable::new()),
+        Arc::new(voyage_core::ports::SystemClock),
+    );
+    let t = "2026-12-01T10:00:00Z"
+        .parse::<chrono::DateTime<Utc>>()
+        .unwrap();
+    let busy = AvailabilityOverride {
+        company_id: "acme".into(),
+        staff_id: "ann".into(),
+        connection_id: "c1".into(),
+        source: voyage_core::model::Provider::Exchange,
+        external_event_id: "e1".into(),
+        start: t + Duration::milliseconds(300),
+        end: t + Duration::hours(1),
+        all_day: false,
+        updated_at: t,
+        listing: None,
+    };
+    store.apply_overrides(&[busy], &[]).await.unwrap();
+    store
+        .create_connection(&voyage_core::model::Connection {
+            id: "c1".into(),
+            company_id: "acme".into(),
+            provider: voyage_core::model::Provider::Exchange,
+            staff_id: "ann".into(),
+            staff_email: "ann@contoso.example".into(),
+            calendar_id: None,
+            status: voyage_core::model::ConnectionStatus::Active,
+            last_sync_at: None,
+            last_error: None,
+            channel: None,
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let mut s = voyage_tests::contract::store::session("acme", "s1", "ann", t);
+    s.start = t + Duration::milliseconds(300);
+    store.create_session(&s).await.unwrap();
+    let to = t + Duration::milliseconds(500);
+
+    let found = store
+        .overrides_for_staff("acme", "ann", t - Duration::hours(1), to)
+        .await
+        .unwrap();
+    let sessions = store
+        .sessions_for_staff("acme", "ann", t - Duration::hours(1), to)
+        .await
+        .unwrap();
+
+    assert_eq!(found.len(), 1);
+    assert_eq!(sessions.len(), 1);
+}

@@ -489,6 +489,11 @@ async fn apply_page(
             tracing::warn!(event = %event.id, "google event with unreadable times skipped");
             continue;
         };
+        if end <= start {
+            // No time to block (Graph's side skips these the same way).
+            removals.push(reference);
+            continue;
+        }
         upserts.push(AvailabilityOverride {
             company_id: conn.company_id.clone(),
             staff_id: conn.staff_id.clone(),

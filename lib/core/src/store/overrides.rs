@@ -122,11 +122,13 @@ impl Store {
             pk.clone(),
             "S#",
             format!("S#{}", stamp(from - Duration::days(MAX_INDEXED_SPAN_DAYS))),
-            format!("S#{}", stamp(to)),
+            // Keys are stamped to the second: a bound a second later keeps an override that
+            // starts within `to`'s second (the exact test is below).
+            format!("S#{}", stamp(to + Duration::seconds(1))),
             1000,
         );
         let mut long = Query::prefix(pk, "L#", 1000);
-        long.upper = Some(format!("L#{}", stamp(to)));
+        long.upper = Some(format!("L#{}", stamp(to + Duration::seconds(1))));
         let mut out: Vec<AvailabilityOverride> =
             self.query_all(Some(Index::Gsi1), ordinary).await?;
         out.extend(

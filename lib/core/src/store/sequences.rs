@@ -77,4 +77,53 @@ impl Store {
             "the sequence of session {session} is contended; retry"
         )))
     }
+
+    /// Records that `session` has had an event with sequence `value` (one the platform chose
+    /// itself): the counter never hands out a value at or below it afterwards, so a later
+    /// event never looks stale next to it.
+    pub async fn raise_session_sequence(
+        &self,
+        company: &str,
+        session: &str,
+        value: u64,
+    ) -> Result<()> {
+        let counter_key = key_of(company, session);
+        for _ in 0..ATTEMPTS {
+            let stored = self.table.get(&counter_key).await?;
+            let last = match &stored {
+                Some(item) => {
+                    serde_json::from_str::<Counter>(&item.data)
+                        .map_err(|e| {
+                            Error::from(StoreError::Corrupt(format!("{}: {e}", counter_key.sk)))
+                        })?
+                        .last
+                }
+                None => 0,
+            };
+            if last >= value {
+                return Ok(());
+            }
+            let data = serde_json::to_string(&Counter { last: value })
+                .map_err(|e| Error::Internal(format!("encode: {e}")))?;
+            let mut item = Item::new(counter_key.clone(), data);
+            let condition = match &stored {
+                Some(s) => {
+                    item.version = s.version + 1;
+                    Condition::Version(s.version)
+                }
+                None => Condition::NotExists,
+            };
+            match self.table.put(item, condition).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::ConditionFailed) => {
+                    let pause = rand::random::<u64>() % 4 + 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "the sequence of session {session} is contended; retry"
+        )))
+    }
 }

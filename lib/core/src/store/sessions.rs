@@ -181,7 +181,12 @@ impl Store {
             staff_index(company, staff),
             "SESS#",
             format!("SESS#{}", from.format("%Y-%m-%dT%H:%M:%SZ")),
-            format!("SESS#{}", to.format("%Y-%m-%dT%H:%M:%SZ")),
+            // Keys are stamped to the second: a bound a second later keeps a session starting
+            // within `to`'s second (the exact test is below).
+            format!(
+                "SESS#{}",
+                (to + chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ")
+            ),
             100,
         );
         let sessions: Vec<Session> = self.query_all(Some(Index::Gsi1), q).await?;

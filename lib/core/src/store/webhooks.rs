@@ -177,6 +177,24 @@ impl Store {
         Ok(())
     }
 
+    /// Which of `ids` name deliveries that exist (batched reads).
+    pub async fn existing_deliveries(
+        &self,
+        company: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let keys: Vec<Key> = ids.iter().map(|id| delivery_key(company, id)).collect();
+        let mut found = std::collections::HashSet::new();
+        for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
+            for item in self.table.batch_get(chunk).await? {
+                if let Some(id) = item.key.sk.strip_prefix("DLV#") {
+                    found.insert(id.to_string());
+                }
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn get_delivery(&self, company: &str, id: &str) -> Result<Delivery> {
         match self.table.get(&delivery_key(company, id)).await? {
             Some(item) if self.live(&item) => decode(&item),

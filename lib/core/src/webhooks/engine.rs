@@ -158,6 +158,10 @@ impl Drop for InFlight {
     }
 }
 
+/// An attempt at least this long re-reads its endpoint after a success: another process may
+/// have recorded a failure meanwhile.
+const SLOW_ATTEMPT_MS: u64 = 250;
+
 #[derive(Clone)]
 pub struct WebhookEngine {
     pub deps: Arc<Deps>,
@@ -171,6 +175,10 @@ pub struct WebhookEngine {
     local: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<LocalWake>>>,
     /// Deliveries this process is attempting (the local system's claims).
     inflight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Failures this process has recorded against any endpoint: a success whose attempt saw
+    /// this move (or that took long enough for another process to record one) reads the
+    /// endpoint again rather than trust the copy it was sent with.
+    failures_recorded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl WebhookEngine {
@@ -181,6 +189,7 @@ impl WebhookEngine {
             rate_locks: Arc::default(),
             local: Arc::default(),
             inflight: Arc::default(),
+            failures_recorded: Arc::default(),
         }
     }
 
@@ -474,6 +483,9 @@ impl WebhookEngine {
         let now = self.now();
 
         let request = build(&endpoint, &d, now);
+        let failures_before = self
+            .failures_recorded
+            .load(std::sync::atomic::Ordering::SeqCst);
         let started = Instant::now();
         let result = judge(self.transport.send(request).await);
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -579,16 +591,25 @@ impl WebhookEngine {
                     .await?
             }
             (AttemptOutcome::Delivered, _) => {
-                // The endpoint as read for this attempt had nothing to reset: skip the read.
+                // The endpoint as read for this attempt had nothing to reset, and no failure
+                // can have been recorded meanwhile (none here, and the attempt was quick):
+                // skip the read.
                 let clean = endpoint.failed_deliveries == 0
                     && endpoint.failing_since.is_none()
                     && endpoint.announced_failing_since.is_none();
-                if !clean {
+                let quiet = self
+                    .failures_recorded
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == failures_before
+                    && duration_ms < SLOW_ATTEMPT_MS;
+                if !(clean && quiet) {
                     self.record_health(company, &d, None).await?
                 }
             }
             (AttemptOutcome::Failed, _) => {
                 let error = last_error(&result);
+                self.failures_recorded
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 self.record_health(company, &d, Some(error)).await?
             }
             _ => {}
@@ -606,7 +627,11 @@ impl WebhookEngine {
         per_second: u32,
     ) -> Result<Option<DateTime<Utc>>> {
         let store = &self.deps.store;
-        let slot = match d.rate_slot {
+        // A slot missed by more than one interval (the process was down, the queue backed
+        // up) is given up: used late, every such delivery would go out at once.
+        let interval = chrono::Duration::microseconds(1_000_000 / i64::from(per_second.max(1)));
+        let fresh = d.rate_slot.filter(|slot| self.now() - *slot <= interval);
+        let slot = match fresh {
             Some(slot) => slot,
             None => {
                 let lock = {
@@ -841,10 +866,24 @@ impl WebhookEngine {
         };
         let mut cursor = None;
         let mut last_ms: Option<DateTime<Utc>> = None;
+        // One copy per event per call (an event that failed twice, say as an original and a
+        // manual redelivery, is sent once).
+        let mut events_sent = std::collections::HashSet::new();
         'pages: loop {
             let (failed, next) = store
                 .failed_deliveries(company, endpoint_id, since, until, 100, cursor)
                 .await?;
+            // A failed delivery is recovered once, ever: its copy's id is derived from its
+            // own, and one that exists already (an earlier recover, a retried call) is not
+            // made again. A copy that failed in turn is a failed delivery of its own, so a
+            // later recover sends the event once more, never twice.
+            let candidates: Vec<String> = failed.iter().map(|d| recovery_id(&d.id)).collect();
+            let made = store.existing_deliveries(company, &candidates).await?;
+            let failed: Vec<Delivery> = failed
+                .into_iter()
+                .filter(|d| !made.contains(&recovery_id(&d.id)))
+                .filter(|d| events_sent.insert(d.event_id.clone()))
+                .collect();
             let now = self.now();
             let mut copies = Vec::with_capacity(failed.len());
             for original in failed {
@@ -860,7 +899,7 @@ impl WebhookEngine {
                 }
                 last_ms = Some(ms);
                 copies.push(Delivery {
-                    id: ids::new_id("dlv"),
+                    id: recovery_id(&original.id),
                     status: DeliveryStatus::Pending,
                     attempt_count: 0,
                     last_status_code: None,
@@ -893,6 +932,7 @@ impl WebhookEngine {
 
     /// Stores new deliveries and wakes a worker for each (16 wake-ups at a time).
     async fn send_copies(&self, company: &str, copies: &[Delivery]) -> Result<()> {
+        // (Recovery copies are made once each: `recover` skips those that exist.)
         use futures::stream::{self, StreamExt};
         if copies.is_empty() {
             return Ok(());
@@ -998,4 +1038,12 @@ pub async fn redrive_due(deps: &Deps, slack: Duration) -> Result<u64> {
             return Ok(total);
         }
     }
+}
+
+/// The id of the copy a recover makes of failed delivery `original`: derived from it, so a
+/// failed delivery is recovered once however often a window is recovered.
+fn recovery_id(original: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("recover:{original}").as_bytes());
+    format!("dlv_r{}", &hex::encode(digest)[..25])
 }

@@ -75,6 +75,72 @@ pub struct EventTypeDoc {
     pub schema: Value,
 }
 
+/// Checks a payload the platform dispatches against its type's schema: every required field
+/// present, and every field the schema types simply (`string`, `integer`, `number`,
+/// `boolean`, `object`, `array`, or a list of them) of that type. A 422 names the field
+/// (`payload.<field>`), so no event goes out that its published schema rejects.
+pub fn check_payload(
+    event_type: &str,
+    payload: &serde_json::Map<String, Value>,
+) -> crate::Result<()> {
+    let Some(schema) = parsed(event_type) else {
+        return Ok(());
+    };
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for field in required.iter().filter_map(Value::as_str) {
+            if !payload.contains_key(field) {
+                return Err(crate::Error::validation(
+                    format!("payload.{field}"),
+                    format!("is required for {event_type} events"),
+                ));
+            }
+        }
+    }
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        for (field, value) in payload {
+            let Some(declared) = properties.get(field).and_then(|p| p.get("type")) else {
+                continue;
+            };
+            let allowed: Vec<&str> = match declared {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                _ => continue,
+            };
+            let fits = allowed.iter().any(|t| match *t {
+                "string" => value.is_string(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "number" => value.is_number(),
+                "boolean" => value.is_boolean(),
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "null" => value.is_null(),
+                _ => true,
+            });
+            if !fits {
+                return Err(crate::Error::validation(
+                    format!("payload.{field}"),
+                    format!("must be of type {}", allowed.join(" or ")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The parsed schema of `event_type`, parsed once.
+fn parsed(event_type: &str) -> Option<&'static Value> {
+    static PARSED: std::sync::OnceLock<std::collections::HashMap<&'static str, Value>> =
+        std::sync::OnceLock::new();
+    PARSED
+        .get_or_init(|| {
+            SCHEMAS
+                .iter()
+                .filter_map(|(name, text)| serde_json::from_str(text).ok().map(|v| (*name, v)))
+                .collect()
+        })
+        .get(event_type)
+}
+
 /// The schema of `event_type`'s payload, if it is a known type.
 pub fn schema(event_type: &str) -> Option<Value> {
     SCHEMAS

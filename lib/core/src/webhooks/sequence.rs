@@ -70,7 +70,7 @@ pub fn check(event_type: &str, payload: &serde_json::Map<String, Value>) -> Resu
 /// platform chose), else the session's next.
 pub async fn stamp(store: &Store, dispatch: &mut Dispatch) -> Result<()> {
     check(&dispatch.event_type, &dispatch.payload)?;
-    if !is_session_event(&dispatch.event_type) || dispatch.payload.contains_key("sequence") {
+    if !is_session_event(&dispatch.event_type) {
         return Ok(());
     }
     let Some(session) = dispatch
@@ -81,6 +81,12 @@ pub async fn stamp(store: &Store, dispatch: &mut Dispatch) -> Result<()> {
     else {
         return Ok(());
     };
+    if let Some(given) = dispatch.payload.get("sequence").and_then(Value::as_u64) {
+        // Kept as given; the session's later events are numbered above it.
+        return store
+            .raise_session_sequence(&dispatch.company_id, &session, given)
+            .await;
+    }
     let next = store
         .next_session_sequence(&dispatch.company_id, &session)
         .await?;
