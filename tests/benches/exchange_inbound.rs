@@ -36,22 +36,44 @@ use voyage_store_sqlite::SqliteTable;
 use voyage_tests::counting::CountingTable;
 use voyage_tests::graph::{change, serve, GraphWorld, CLIENT_ID, CLIENT_SECRET, TENANT};
 
-/// Store round trips of one full round over `pages` pages of 100 events.
-async fn trips_per_round(pages: usize) -> (u64, usize) {
+/// A Graph simulator on loopback, and the core on a round-trip-counting SQLite store pointed
+/// at it, with the tenant's credentials, an active Exchange connection `conn1` of ann's and
+/// the inbound queue; `budget` sets `VOYAGE_SYNC_BUDGET`.
+struct Bench {
+    sim: voyage_simulators::GraphSimulator,
+    sim_url: String,
+    counting: Arc<CountingTable>,
+    store: Store,
+    deps: Deps,
+    _dir: tempfile::TempDir,
+}
+
+async fn bench(budget: Option<String>) -> Bench {
     let sim = voyage_simulators::GraphSimulator::new();
     sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
     let sim_url = serve(sim.router()).await;
     let (db, _dir) = voyage_tests::fixtures::sqlite_db();
-    let counting = Arc::new(CountingTable::new(Arc::new(SqliteTable::new(db))));
+    let counting = Arc::new(CountingTable::new(Arc::new(SqliteTable::new(db.clone()))));
     let key = voyage_core::sealing::generate_key().unwrap();
     let config = Config::from_lookup(|k| match k {
         "VOYAGE_GRAPH_BASE_URL" | "VOYAGE_MS_LOGIN_BASE_URL" => Some(sim_url.clone()),
         "VOYAGE_CREDENTIALS_KEY" => Some(key.clone()),
+        "VOYAGE_SYNC_BUDGET" => budget.clone(),
         _ => None,
     })
     .unwrap();
     let store = Store::new(counting.clone(), Arc::new(SystemClock));
-    let deps = voyage_providers::attach(Deps::new(store.clone(), config)).unwrap();
+    let deps = voyage_providers::attach(Deps::new(store.clone(), config))
+        .unwrap()
+        .with_queue(
+            voyage_core::deps::QueueName::ExchangeInbound,
+            Arc::new(voyage_store_sqlite::SqliteQueue::new(
+                db,
+                "exchange-inbound",
+                Duration::from_secs(180),
+                5,
+            )),
+        );
     let creds = ExchangeCredentialsInput {
         tenant_id: TENANT.into(),
         client_id: CLIENT_ID.into(),
@@ -77,6 +99,25 @@ async fn trips_per_round(pages: usize) -> (u64, usize) {
         })
         .await
         .unwrap();
+    Bench {
+        sim,
+        sim_url,
+        counting,
+        store,
+        deps,
+        _dir,
+    }
+}
+
+/// Store round trips of one full round over `pages` pages of 100 events.
+async fn trips_per_round(pages: usize) -> (u64, usize) {
+    let Bench {
+        sim_url,
+        counting,
+        deps,
+        _dir,
+        ..
+    } = bench(None).await;
     let http = reqwest::Client::new();
     let token: serde_json::Value = http
         .post(format!("{sim_url}/{TENANT}/oauth2/v2.0/token"))
@@ -267,58 +308,16 @@ fn peak_rss_mib() -> f64 {
 /// A first sync of `n` staff events (busy, 10 minutes each, spread over the window) on the
 /// SQLite store: (wall time, invocations, pages, round trips, peak RSS growth in MiB).
 async fn first_sync(n: usize) -> (Duration, usize, usize, u64, f64) {
-    let sim = voyage_simulators::GraphSimulator::new();
-    sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
-    let sim_url = serve(sim.router()).await;
-    let (db, _dir) = voyage_tests::fixtures::sqlite_db();
-    let counting = Arc::new(CountingTable::new(Arc::new(SqliteTable::new(db.clone()))));
-    let key = voyage_core::sealing::generate_key().unwrap();
     // BENCH_SYNC_BUDGET (e.g. `2s`) sets the invocation budget; the default is the system's.
-    let budget = std::env::var("BENCH_SYNC_BUDGET").ok();
-    let config = Config::from_lookup(|k| match k {
-        "VOYAGE_GRAPH_BASE_URL" | "VOYAGE_MS_LOGIN_BASE_URL" => Some(sim_url.clone()),
-        "VOYAGE_CREDENTIALS_KEY" => Some(key.clone()),
-        "VOYAGE_SYNC_BUDGET" => budget.clone(),
-        _ => None,
-    })
-    .unwrap();
-    let store = Store::new(counting.clone(), Arc::new(SystemClock));
-    let deps = voyage_providers::attach(Deps::new(store.clone(), config))
-        .unwrap()
-        .with_queue(
-            voyage_core::deps::QueueName::ExchangeInbound,
-            Arc::new(voyage_store_sqlite::SqliteQueue::new(
-                db,
-                "exchange-inbound",
-                Duration::from_secs(180),
-                5,
-            )),
-        );
-    let creds = ExchangeCredentialsInput {
-        tenant_id: TENANT.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-    };
-    credentials::store(&deps, "acme", creds).await.unwrap();
+    let Bench {
+        sim,
+        counting,
+        store,
+        deps,
+        _dir,
+        ..
+    } = bench(std::env::var("BENCH_SYNC_BUDGET").ok()).await;
     let now = store.now();
-    store
-        .create_connection(&Connection {
-            id: "conn1".into(),
-            company_id: "acme".into(),
-            provider: Provider::Exchange,
-            staff_id: "ann".into(),
-            staff_email: "ann@contoso.example".into(),
-            calendar_id: None,
-            status: ConnectionStatus::Active,
-            last_sync_at: None,
-            last_error: None,
-            channel: None,
-            created_at: now,
-            updated_at: now,
-            version: 0,
-        })
-        .await
-        .unwrap();
     let first = now + chrono::Duration::hours(1);
     for i in 0..n as i64 {
         let start = first

@@ -14,9 +14,10 @@
 //! Between pages it checks its time budget (`VOYAGE_SYNC_BUDGET`): when over, it queues a
 //! follow-up sync of the connection on the google-sync queue and returns; the next
 //! invocation reads on from the checkpoint, so a calendar of any size finishes across
-//! invocations, each inside the budget. A full sync removes, after its last page, the
-//! connection's overrides written before it began (every busy event it lists is rewritten
-//! with the time of writing), so nothing it saw needs remembering between invocations. A 410
+//! invocations, each inside the budget. A full sync labels every override it writes with
+//! itself (its start, kept in the checkpoint) and removes, after its last page and a page at
+//! a time, the connection's overrides with another label: their events were not listed. So
+//! nothing it saw needs remembering between invocations, and no clock is compared. A 410
 //! on the sync token or on a saved page token starts a full sync over.
 
 use std::time::Instant;
