@@ -869,6 +869,44 @@ mod convergence {
         );
     }
 
+    /// The CI failure of stop 16, made deterministic: the round reads the old event's
+    /// removal while the re-booking's create is in flight (its intent recorded, the session
+    /// confirmed again, the old event still mapped).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_removal_of_a_cancelled_bookings_old_event_does_not_cancel_its_re_booking() {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        book(&w, &platform, "s1", 9).await;
+        send(&w, &platform, change("cancelled", "acme", "s1", "ann", 9)).await;
+        // The re-booking's create is slow; the round runs while it is held.
+        w.sim.add_fault(voyage_simulators::Fault {
+            method: Some("POST".into()),
+            path_contains: Some("/events".into()),
+            status: None,
+            retry_after: None,
+            latency_ms: Some(1500),
+            count: 1,
+            after: 0,
+        });
+        let rebook = send(&w, &platform, change("created", "acme", "s1", "ann", 10));
+        let meanwhile = async {
+            until(&w, "s1", "re-booking intent", |s| {
+                s.status == SessionStatus::Confirmed
+            })
+            .await;
+            round(&w, &conn).await
+        };
+        let (out, report) = tokio::join!(rebook, meanwhile);
+        assert_eq!(report.commands, 0, "{report:?}");
+        assert_eq!(
+            (out["outcome"].as_str(), out["session_status"].as_str()),
+            (Some("created"), Some("confirmed")),
+            "{out}"
+        );
+        assert_eq!(session(&w, "s1").await.status, SessionStatus::Confirmed);
+        assert_eq!(live_of(&w.live_events("ann").await, "s1").len(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restored_event_of_a_cancelled_booking_is_deleted_again_with_a_history_entry() {
         let (w, _key, platform, conn) = idle_world().await;

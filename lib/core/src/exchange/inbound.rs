@@ -1009,11 +1009,28 @@ async fn reconcile_event(
 ) -> RoundResult<()> {
     let deps = ctx.deps;
     let mut mapping = mapping.clone();
+    // Whether the mapping was read after the session the plan is made from.
+    let mut verified = false;
     for _ in 0..MAX_REPLANS {
-        let Some(step) = reconcile::plan(snap, &mapping, session).into_iter().next() else {
+        let Some(mut step) = reconcile::plan(snap, &mapping, session).into_iter().next() else {
             remember(deps, &mut mapping, snap).await;
             return Ok(());
         };
+        if !verified {
+            let Some(current) = still_mapped(deps, &mapping).await? else {
+                tracing::debug!(session = %session.id, event = %snap.event_id, "the event is no longer the session's; nothing to reconcile");
+                return Ok(());
+            };
+            mapping = current;
+            verified = true;
+            match reconcile::plan(snap, &mapping, session).into_iter().next() {
+                Some(fresh) => step = fresh,
+                None => {
+                    remember(deps, &mut mapping, snap).await;
+                    return Ok(());
+                }
+            }
+        }
         match carry_out(ctx, &mut mapping, snap, session, &step).await {
             Ok(carried) => {
                 if carried.changed {
@@ -1029,12 +1046,28 @@ async fn reconcile_event(
                     .store
                     .get_session(&session.company_id, &session.id)
                     .await?;
+                verified = false;
             }
             Err(e) => return Err(e),
         }
     }
     tracing::warn!(session = %session.id, "reconciliation did not settle within its re-plans");
     Ok(())
+}
+
+/// The session's mapping as stored now, if it still links the session to the event of
+/// `mapping` (read after the session, so a plan is only carried out while the event is the
+/// session's event: a cancelled session booked again retires its old event's mapping in the
+/// same commit that confirms it, and the old event's removal must not cancel the new booking).
+async fn still_mapped(deps: &Deps, mapping: &EventMapping) -> Result<Option<EventMapping>> {
+    Ok(deps
+        .store
+        .mapping_for_session(&mapping.company_id, mapping.provider, &mapping.session_id)
+        .await?
+        .filter(|current| {
+            (&current.connection_id, &current.external_event_id)
+                == (&mapping.connection_id, &mapping.external_event_id)
+        }))
 }
 
 /// After reconciling: the mapping records the snapshot as seen (its change key and times),

@@ -446,11 +446,11 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
         )
     };
     let mut ctx = read().await?;
-    let previous = match record_intent(deps, &mut ctx, change, &read).await? {
+    let (previous, retired) = match record_intent(deps, &mut ctx, change, &read).await? {
         Intent::Stale => return Ok(stale(change, &ctx)),
-        Intent::Recorded { previous } => previous.map(|p| *p),
+        Intent::Recorded { previous, retired } => (previous.map(|p| *p), retired),
     };
-    let step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
+    let step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -480,11 +480,21 @@ enum Intent {
     Stale,
     /// The session as the change makes it is stored (`ctx.session`); `previous` is the
     /// session as it was before (`None`: there was none).
-    Recorded { previous: Option<Box<Session>> },
+    Recorded {
+        previous: Option<Box<Session>>,
+        /// A cancelled session booked again: its old event's mapping, deleted with the
+        /// intent (see [`record_intent`]); the write may still reuse that event if it is there.
+        retired: Option<EventMapping>,
+    },
 }
 
 /// Stores the session as the change makes it, before any Graph call (re-reading after a lost
 /// race).
+///
+/// A cancelled session booked again retires its old event's mapping in the same commit: from
+/// the moment the session is confirmed again, the old event (deleted with the cancellation)
+/// is no longer its event, and a delta round that reads the old event's removal must find no
+/// mapping, not a confirmed session to put into pending cancellation.
 async fn record_intent<F, Fut>(
     deps: &Deps,
     ctx: &mut OutboundContext,
@@ -527,17 +537,29 @@ where
         if previous.as_ref() == Some(&next) {
             return Ok(Intent::Recorded {
                 previous: previous.map(Box::new),
+                retired: None,
             });
         }
-        let mut writes = [OutboundWrite::Session(next)];
+        let rebooked = may_create
+            && mapped
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.status == SessionStatus::Cancelled);
+        let retired = if rebooked { ctx.mapping.clone() } else { None };
+        let mut writes = vec![OutboundWrite::Session(next)];
+        writes.extend(retired.clone().map(OutboundWrite::DeleteMapping));
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
-                let [OutboundWrite::Session(written)] = writes else {
+                let Some(OutboundWrite::Session(written)) = writes.into_iter().next() else {
                     return Err(Error::Internal("intent write lost its session".into()));
                 };
                 ctx.session = Some(written);
+                if retired.is_some() {
+                    ctx.mapping = None;
+                }
                 return Ok(Intent::Recorded {
                     previous: previous.map(Box::new),
+                    retired,
                 });
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
@@ -579,6 +601,7 @@ async fn graph_step(
     ctx: &OutboundContext,
     change: &SessionChange,
     previous: Option<&Session>,
+    retired: Option<&EventMapping>,
 ) -> Result<Step> {
     let Some(conn) = &ctx.connection else {
         return Ok(Step::NoConnection);
@@ -610,7 +633,11 @@ async fn graph_step(
     let calendar = calendar_of(conn);
     // A mapping made through an older connection points into a calendar we may no longer
     // reach; only a mapping of this connection is updated in place.
-    let mapping = ctx.mapping.as_ref().filter(|m| m.connection_id == conn.id);
+    let mapping = ctx
+        .mapping
+        .as_ref()
+        .or(retired)
+        .filter(|m| m.connection_id == conn.id);
     let txn = session
         .event_txn
         .clone()
