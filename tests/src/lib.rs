@@ -6,6 +6,7 @@
 //! so, rather than pass by skipping.
 
 pub mod app;
+pub mod calendars;
 pub mod contract;
 pub mod counting;
 pub mod fixtures;

@@ -943,6 +943,7 @@ mod writes {
             transparency: "opaque".into(),
             status: None,
             extended_properties: ExtendedProperties::session("acme", "s1"),
+            attendees: None,
         }
     }
 
@@ -1148,3 +1149,7 @@ mod writes {
         );
     }
 }
+
+/// Two-way booking sync over both providers (the calendar seam, issue #13).
+#[path = "calendars/two_way.rs"]
+mod two_way;

@@ -1,8 +1,10 @@
-//! Outbound queue messages: a session change, bare or in EventBridge's envelope.
+//! Outbound queue messages: a session change, bare or in EventBridge's envelope, written to
+//! every calendar of the staff member ([`voyage_core::calendar::changes`]).
 
 use serde_json::Value;
+use voyage_core::calendar::changes;
 use voyage_core::deps::Deps;
-use voyage_core::exchange::outbound::{self, SessionChangeInput};
+use voyage_core::exchange::outbound::SessionChangeInput;
 use voyage_core::Error;
 
 /// Changes of one batch written at once (Graph allows 4 concurrent requests per mailbox;
@@ -21,18 +23,19 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
     let input: SessionChangeInput = serde_json::from_value(change)
         .map_err(|e| Error::validation("message", format!("not a session change: {e}")))?;
     let change = input.validate()?;
-    match outbound::apply(deps, &change).await {
-        Ok(outcome) => {
-            tracing::info!(session = %outcome.session_id, outcome = outcome.outcome, "session written to exchange");
-            Ok(())
-        }
-        // Not every staff member uses Exchange: for a queued change that is not a failure.
-        Err(Error::BadRequest {
-            code: "exchange_connection_not_found",
-            ..
-        }) => Ok(()),
-        Err(e) => Err(e),
+    let out = changes::apply(deps, &change).await?;
+    for c in &out.calendars {
+        tracing::info!(session = %out.session_id, provider = c.provider.as_str(), outcome = c.outcome, "session written to the calendar");
     }
+    if out.any_failed() {
+        // Offered again by the queue (the change is idempotent); the dead-letter queue keeps
+        // it after the maximum receives.
+        return Err(Error::Unavailable(format!(
+            "session {}: a calendar could not be written",
+            out.session_id
+        )));
+    }
+    Ok(())
 }
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 
 /// Changes made because of an Exchange (Outlook) change.
 pub const ORIGIN_EXCHANGE_INBOUND: &str = "exchange-inbound";
+/// Changes made because of a Google Calendar change.
+pub const ORIGIN_GOOGLE_INBOUND: &str = "google-inbound";
 /// Store-conflict retries of one command. Several delta rounds of one connection may carry
 /// out the same command at once (a burst of notifications): each lost race re-reads and, the
 /// command being idempotent, usually finds nothing left to do.
@@ -85,14 +87,14 @@ impl Command {
 fn origin_provider(origin: &str) -> Option<Provider> {
     match origin {
         ORIGIN_EXCHANGE_INBOUND => Some(Provider::Exchange),
-        "google-sync" => Some(Provider::Google),
+        ORIGIN_GOOGLE_INBOUND => Some(Provider::Google),
         _ => None,
     }
 }
 
 /// The calendars a command's result must be written to: every calendar the platform writes
-/// (Exchange), except the one the change came from: it shows the change already, and
-/// writing it back would loop.
+/// (Exchange and Google), except the one the change came from: it shows the change already,
+/// and writing it back would loop.
 pub fn calendar_writes(command: &Command, origin: &str) -> Vec<Provider> {
     let changes_booking = matches!(
         command,
@@ -101,7 +103,7 @@ pub fn calendar_writes(command: &Command, origin: &str) -> Vec<Provider> {
     if !changes_booking {
         return Vec::new();
     }
-    [Provider::Exchange]
+    [Provider::Exchange, Provider::Google]
         .into_iter()
         .filter(|p| origin_provider(origin) != Some(*p))
         .collect()
@@ -215,6 +217,10 @@ pub fn decide(
     payload.insert("end".into(), json!(instant(next.end)));
     payload.insert("declined".into(), json!(next.declined));
     payload.insert("origin".into(), json!(origin));
+    // The calendar the change came from, when it came from one.
+    if let Some(provider) = origin_provider(origin) {
+        payload.insert("provider".into(), json!(provider.as_str()));
+    }
     // The version this write creates orders the session's events (webhooks::sequence).
     payload.insert(
         "sequence".into(),
@@ -608,16 +614,22 @@ mod tests {
             start: t(1),
             end: t(2),
         };
-        assert!(calendar_writes(&move_, ORIGIN_EXCHANGE_INBOUND).is_empty());
-        let cancel = Command::CommitCancellation { now: t(1) };
-        assert!(calendar_writes(&cancel, ORIGIN_EXCHANGE_INBOUND).is_empty());
         assert_eq!(
-            calendar_writes(&move_, "google-sync"),
+            calendar_writes(&move_, ORIGIN_EXCHANGE_INBOUND),
+            vec![Provider::Google]
+        );
+        let cancel = Command::CommitCancellation { now: t(1) };
+        assert_eq!(
+            calendar_writes(&cancel, ORIGIN_EXCHANGE_INBOUND),
+            vec![Provider::Google]
+        );
+        assert_eq!(
+            calendar_writes(&move_, ORIGIN_GOOGLE_INBOUND),
             vec![Provider::Exchange]
         );
         assert_eq!(
             calendar_writes(&cancel, "platform"),
-            vec![Provider::Exchange]
+            vec![Provider::Exchange, Provider::Google]
         );
         assert!(calendar_writes(&Command::FlagDecline, "platform").is_empty());
     }

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod availability;
 pub mod booking;
+pub mod calendar;
 pub mod config;
 pub mod connections;
 pub mod deps;

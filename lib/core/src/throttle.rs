@@ -734,6 +734,7 @@ mod tests {
             transparency: "opaque".into(),
             status: None,
             extended_properties: Default::default(),
+            attendees: None,
         };
         let (a, cal) = (&account, "ann@example.com");
         assert_eq!(

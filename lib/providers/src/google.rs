@@ -578,6 +578,7 @@ mod tests {
             transparency: "opaque".into(),
             status: Some("confirmed".into()),
             extended_properties: ExtendedProperties::session("acme", "s1"),
+            attendees: None,
         };
         let insert = write_body(&event, true).unwrap();
         let update = write_body(&event, false).unwrap();

@@ -57,13 +57,14 @@ use super::subscriptions::{self, calendar_of};
 use super::{credentials, GraphCredentials};
 use crate::availability::AvailabilitySettings;
 use crate::booking::{self, Command, ORIGIN_EXCHANGE_INBOUND};
+use crate::calendar::engine;
 use crate::deps::Deps;
 use crate::model::availability::OverrideRef;
 use crate::model::{
     AvailabilityOverride, Connection, ConnectionStatus, CursorToken, DeltaCursor, EventMapping,
     Provider, RoundProgress, Session, SessionStatus,
 };
-use crate::reconcile::{self, EventSnapshot, PlanStep, SnapshotState};
+use crate::reconcile::{EventSnapshot, SnapshotState};
 use crate::store::{LeaseClaim, Released};
 use crate::{Error, Result};
 
@@ -90,8 +91,6 @@ fn listing_of(started: DateTime<Utc>) -> String {
 pub const CONTINUE_REASON: &str = "continue";
 /// Rounds one message runs at most (the first, and the ones requests coalesced into).
 const MAX_ROUNDS: usize = 3;
-/// Plans per event at most in one round (each step re-plans; a plan has at most three).
-const MAX_REPLANS: usize = 8;
 
 /// What a round did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -279,6 +278,15 @@ enum RoundError {
 impl From<Error> for RoundError {
     fn from(e: Error) -> Self {
         RoundError::Store(e)
+    }
+}
+
+impl From<engine::Failure<GraphError>> for RoundError {
+    fn from(e: engine::Failure<GraphError>) -> Self {
+        match e {
+            engine::Failure::Store(e) => RoundError::Store(e),
+            engine::Failure::Calendar(e) => RoundError::Graph(e),
+        }
     }
 }
 
@@ -988,18 +996,70 @@ async fn adopt(
     reconcile_event(ctx, &mapping, &snap, &mut session, report).await
 }
 
-/// What carrying out one step did.
-struct Carried {
-    /// A booking command changed the session.
-    changed: bool,
-    /// The calendar was written: the snapshot no longer shows it, so planning stops.
-    wrote_calendar: bool,
+/// Graph's writes to one of the platform's events, for the calendar seam's engine
+/// ([`crate::calendar::engine`]).
+pub struct GraphEventWriter<'a> {
+    ctx: &'a RoundCtx<'a>,
 }
 
-/// Plans `snap` against the session and carries the plan out step by step, re-planning from
-/// fresh state after each session command and after every lost compare-and-set (a step is
-/// never carried out on a session other than the one it was planned from). Finally the
-/// mapping remembers what the calendar showed, so a duplicate notification plans nothing.
+#[async_trait::async_trait]
+impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
+    type Error = GraphError;
+
+    fn origin(&self) -> &'static str {
+        ORIGIN_EXCHANGE_INBOUND
+    }
+
+    async fn write_session(
+        &self,
+        mapping: &EventMapping,
+        snap: &EventSnapshot,
+        session: &Session,
+        note: &str,
+    ) -> std::result::Result<Option<Option<String>>, GraphError> {
+        let etag = snap.change_key.as_ref().map(|k| format!("W/\"{k}\""));
+        let graph = self
+            .ctx
+            .deps
+            .graph()
+            .map_err(|e| GraphError::Unavailable(e.to_string()))?;
+        match graph
+            .update_event(
+                self.ctx.creds,
+                &self.ctx.calendar,
+                &mapping.external_event_id,
+                etag.as_deref(),
+                &session_event(session, note),
+            )
+            .await
+        {
+            Ok(written) => Ok(Some(written.change_key)),
+            Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), GraphError> {
+        let graph = self
+            .ctx
+            .deps
+            .graph()
+            .map_err(|e| GraphError::Unavailable(e.to_string()))?;
+        match graph
+            .delete_event(
+                self.ctx.creds,
+                &self.ctx.calendar,
+                &mapping.external_event_id,
+            )
+            .await
+        {
+            Ok(()) | Err(GraphError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reconciles one mapped event through the calendar seam's engine, counting what it did.
 async fn reconcile_event(
     ctx: &RoundCtx<'_>,
     mapping: &EventMapping,
@@ -1007,174 +1067,11 @@ async fn reconcile_event(
     session: &mut Session,
     report: &mut RoundReport,
 ) -> RoundResult<()> {
-    let deps = ctx.deps;
-    let mut mapping = mapping.clone();
-    // Whether the mapping was read after the session the plan is made from.
-    let mut verified = false;
-    for _ in 0..MAX_REPLANS {
-        let Some(mut step) = reconcile::plan(snap, &mapping, session).into_iter().next() else {
-            remember(deps, &mut mapping, snap).await;
-            return Ok(());
-        };
-        if !verified {
-            let Some(current) = still_mapped(deps, &mapping).await? else {
-                tracing::debug!(session = %session.id, event = %snap.event_id, "the event is no longer the session's; nothing to reconcile");
-                return Ok(());
-            };
-            mapping = current;
-            verified = true;
-            match reconcile::plan(snap, &mapping, session).into_iter().next() {
-                Some(fresh) => step = fresh,
-                None => {
-                    remember(deps, &mut mapping, snap).await;
-                    return Ok(());
-                }
-            }
-        }
-        match carry_out(ctx, &mut mapping, snap, session, &step).await {
-            Ok(carried) => {
-                if carried.changed {
-                    report.commands += 1;
-                }
-                if carried.wrote_calendar {
-                    report.calendar_writes += 1;
-                    return Ok(());
-                }
-            }
-            Err(RoundError::Store(Error::Conflict { .. })) => {
-                *session = deps
-                    .store
-                    .get_session(&session.company_id, &session.id)
-                    .await?;
-                verified = false;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    tracing::warn!(session = %session.id, "reconciliation did not settle within its re-plans");
+    let writer = GraphEventWriter { ctx };
+    let done = engine::reconcile_event(ctx.deps, &writer, mapping, snap, session).await?;
+    report.commands += done.commands;
+    report.calendar_writes += done.calendar_writes;
     Ok(())
-}
-
-/// The session's mapping as stored now, if it still links the session to the event of
-/// `mapping` (read after the session, so a plan is only carried out while the event is the
-/// session's event: a cancelled session booked again retires its old event's mapping in the
-/// same commit that confirms it, and the old event's removal must not cancel the new booking).
-async fn still_mapped(deps: &Deps, mapping: &EventMapping) -> Result<Option<EventMapping>> {
-    Ok(deps
-        .store
-        .mapping_for_session(&mapping.company_id, mapping.provider, &mapping.session_id)
-        .await?
-        .filter(|current| {
-            (&current.connection_id, &current.external_event_id)
-                == (&mapping.connection_id, &mapping.external_event_id)
-        }))
-}
-
-/// After reconciling: the mapping records the snapshot as seen (its change key and times),
-/// unless it already does. A removal leaves it as it is (a restore is compared with the last
-/// times the event had).
-async fn remember(deps: &Deps, mapping: &mut EventMapping, snap: &EventSnapshot) {
-    let Some((start, end)) = snap.times() else {
-        return;
-    };
-    let seen = (snap.change_key.clone(), start, end);
-    if (
-        mapping.change_key.clone(),
-        mapping.last_start,
-        mapping.last_end,
-    ) == seen
-    {
-        return;
-    }
-    (mapping.change_key, mapping.last_start, mapping.last_end) = seen;
-    mapping.updated_at = deps.store.now();
-    save_mapping_quietly(deps, mapping).await;
-}
-
-/// Carries out one plan step (one attempt: a lost compare-and-set is returned as
-/// [`Error::Conflict`] for the caller to re-plan).
-async fn carry_out(
-    ctx: &RoundCtx<'_>,
-    mapping: &mut EventMapping,
-    snap: &EventSnapshot,
-    session: &mut Session,
-    step: &PlanStep,
-) -> RoundResult<Carried> {
-    let deps = ctx.deps;
-    let grace = Duration::from_std(deps.config.pending_cancellation_grace)
-        .unwrap_or_else(|_| Duration::minutes(10));
-    match step {
-        PlanStep::Reschedule { start, end } => {
-            if let Some(reason) = conflict(deps, session, *start, *end).await? {
-                return reject_move(ctx, mapping, snap, session, *start, *end, reason).await;
-            }
-            let command = Command::Reschedule {
-                start: *start,
-                end: *end,
-            };
-            let changed =
-                booking::try_execute(deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
-            Ok(Carried {
-                changed,
-                wrote_calendar: false,
-            })
-        }
-        PlanStep::WriteBack => write_back(ctx, mapping, snap, session).await,
-        PlanStep::DeleteEvent => delete_again(ctx, mapping, session).await,
-        other => {
-            let Some(command) = other.command(grace) else {
-                return Ok(Carried {
-                    changed: false,
-                    wrote_calendar: false,
-                });
-            };
-            let changed =
-                booking::try_execute(deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
-            Ok(Carried {
-                changed,
-                wrote_calendar: false,
-            })
-        }
-    }
-}
-
-/// Another live session of the staff member, or busy time from any connected calendar,
-/// overlapping `[start, end)`: the reason the move is refused.
-async fn conflict(
-    deps: &Deps,
-    session: &Session,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<Option<String>> {
-    // Sessions last at most 31 days (the platform's limit, held for moves too), so one
-    // starting earlier cannot overlap: the read covers only that range.
-    let longest = Duration::days(super::outbound::MAX_SESSION_DAYS);
-    if end - start > longest {
-        return Ok(Some(format!(
-            "a session lasts at most {} days",
-            super::outbound::MAX_SESSION_DAYS
-        )));
-    }
-    let sessions = deps
-        .store
-        .sessions_for_staff(&session.company_id, &session.staff_id, start - longest, end)
-        .await?;
-    if let Some(other) = sessions.iter().find(|s| {
-        s.id != session.id && s.status != SessionStatus::Cancelled && s.start < end && s.end > start
-    }) {
-        return Ok(Some(format!("overlaps session {}", other.id)));
-    }
-    let busy = deps
-        .store
-        .overrides_for_staff(&session.company_id, &session.staff_id, start, end)
-        .await?;
-    Ok(busy.first().map(|o| {
-        format!(
-            "overlaps busy time from {} ({})",
-            o.source.as_str(),
-            o.external_event_id
-        )
-    }))
 }
 
 /// The event as the session says it should be (a write-back; no transaction id, no tag
@@ -1192,120 +1089,6 @@ fn session_event(session: &Session, note: &str) -> EventWrite {
         show_as: "busy".into(),
         transaction_id: None,
         extended: Vec::new(),
-    }
-}
-
-/// Writes the session's times to the event, conditional on the snapshot's change key: an
-/// event changed again meanwhile (412) or gone (404) is left to its own notification. The
-/// written change key and times go into the mapping, so the write does not echo.
-async fn write_session_to_event(
-    ctx: &RoundCtx<'_>,
-    mapping: &mut EventMapping,
-    snap: &EventSnapshot,
-    session: &Session,
-    note: &str,
-) -> RoundResult<bool> {
-    let etag = snap.change_key.as_ref().map(|k| format!("W/\"{k}\""));
-    match ctx
-        .deps
-        .graph()?
-        .update_event(
-            ctx.creds,
-            &ctx.calendar,
-            &mapping.external_event_id,
-            etag.as_deref(),
-            &session_event(session, note),
-        )
-        .await
-    {
-        Ok(written) => {
-            mapping.change_key = written.change_key.clone();
-            mapping.last_start = session.start;
-            mapping.last_end = session.end;
-            mapping.updated_at = ctx.deps.store.now();
-            save_mapping_quietly(ctx.deps, mapping).await;
-            Ok(true)
-        }
-        Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => Ok(false),
-        Err(e) => Err(RoundError::Graph(e)),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn reject_move(
-    ctx: &RoundCtx<'_>,
-    mapping: &mut EventMapping,
-    snap: &EventSnapshot,
-    session: &mut Session,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    reason: String,
-) -> RoundResult<Carried> {
-    let note = "Voyage session (moved back: the new time conflicts).";
-    if !write_session_to_event(ctx, mapping, snap, session, note).await? {
-        // Changed again meanwhile: that newer change has its own notification.
-        return Ok(Carried {
-            changed: false,
-            wrote_calendar: true,
-        });
-    }
-    let command = Command::RejectReschedule { start, end, reason };
-    let changed = booking::execute(ctx.deps, session, &command, ORIGIN_EXCHANGE_INBOUND).await?;
-    Ok(Carried {
-        changed,
-        wrote_calendar: true,
-    })
-}
-
-/// The calendar lags behind the platform: the event goes to the session's times.
-async fn write_back(
-    ctx: &RoundCtx<'_>,
-    mapping: &mut EventMapping,
-    snap: &EventSnapshot,
-    session: &Session,
-) -> RoundResult<Carried> {
-    let note = "Voyage session.";
-    write_session_to_event(ctx, mapping, snap, session, note).await?;
-    Ok(Carried {
-        changed: false,
-        wrote_calendar: true,
-    })
-}
-
-/// A cancelled session's event is live again: delete it and note it in the session's
-/// history. The mapping stays, so the next restore is deleted again too.
-async fn delete_again(
-    ctx: &RoundCtx<'_>,
-    mapping: &EventMapping,
-    session: &mut Session,
-) -> RoundResult<Carried> {
-    let deps = ctx.deps;
-    match deps
-        .graph()?
-        .delete_event(ctx.creds, &ctx.calendar, &mapping.external_event_id)
-        .await
-    {
-        Ok(()) | Err(GraphError::NotFound) => {}
-        Err(e) => return Err(RoundError::Graph(e)),
-    }
-    let changed = booking::execute(
-        deps,
-        session,
-        &Command::DeleteRestoredEvent,
-        ORIGIN_EXCHANGE_INBOUND,
-    )
-    .await?;
-    Ok(Carried {
-        changed,
-        wrote_calendar: true,
-    })
-}
-
-/// A mapping update that may lose a race to another writer: the loser's view is no newer,
-/// and a stale change key only costs a harmless replan.
-async fn save_mapping_quietly(deps: &Deps, m: &mut EventMapping) {
-    if let Err(e) = deps.store.save_mapping(m).await {
-        tracing::debug!(session = %m.session_id, error = %e, "mapping not updated");
     }
 }
 
@@ -1457,14 +1240,16 @@ async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> R
     if origin == ORIGIN_EXCHANGE_INBOUND && event_is_back(deps, session).await? {
         return Ok(());
     }
+    if origin == booking::ORIGIN_GOOGLE_INBOUND
+        && crate::google::inbound::event_is_back(deps, session).await?
+    {
+        return Ok(());
+    }
     let command = Command::CommitCancellation { now };
     if booking::execute(deps, session, &command, &origin).await? {
-        // The mapping stays, so a later restore of the event is deleted again.
-        for provider in booking::calendar_writes(&command, &origin) {
-            if provider == Provider::Exchange {
-                cancel_in_exchange(deps, session).await;
-            }
-        }
+        // The events go from every other calendar; the mappings stay, so a later restore
+        // of an event is deleted again.
+        crate::calendar::follow(deps, session, &command, &origin).await;
     }
     Ok(())
 }
@@ -1617,26 +1402,6 @@ pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobRepo
         }
     }
     Ok(report)
-}
-
-/// Removes a cancelled session's event from Exchange (only for origins other than Exchange).
-async fn cancel_in_exchange(deps: &Deps, session: &Session) {
-    let change = super::outbound::SessionChange {
-        action: super::outbound::Action::Cancelled,
-        id: session.id.clone(),
-        company_id: session.company_id.clone(),
-        staff_id: session.staff_id.clone(),
-        start: session.start,
-        end: session.end,
-        time_zone: session.time_zone.clone(),
-        title: session.title.clone(),
-        location: session.location.clone(),
-        client: session.client.clone(),
-        version: None,
-    };
-    if let Err(e) = super::outbound::apply(deps, &change).await {
-        tracing::warn!(session = %session.id, error = %e, "cancelled session not removed from exchange");
-    }
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ pub struct SessionChange {
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// The longest session we accept: longer is a data error on the platform's side.
-pub const MAX_SESSION_DAYS: i64 = 31;
+pub use crate::calendar::engine::MAX_SESSION_DAYS;
 
 fn instant(field: &str, value: &str) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value)
@@ -437,6 +437,36 @@ impl Step {
 
 /// Applies a validated change: the session mirror (first), the Graph event, the mapping.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
+    let (outcome, failure) = write(deps, change).await?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(outcome),
+    }
+}
+
+/// [`apply`] for the calendar seam ([`crate::calendar::changes`]): a calendar that could not
+/// be written is an outcome, not an error: `no_connection` (the staff member has no
+/// Exchange connection) or `failed` with the reason (the same change retried writes it).
+pub async fn apply_to_calendar(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
+    let (mut outcome, failure) = write(deps, change).await?;
+    if let Some(e) = failure {
+        outcome.outcome = match e {
+            Error::BadRequest {
+                code: "exchange_connection_not_found",
+                ..
+            } => "no_connection",
+            _ => "failed",
+        };
+        if outcome.outcome == "failed" {
+            outcome.reason = Some(e.to_string());
+        }
+    }
+    Ok(outcome)
+}
+
+/// Records the change and writes the event: the outcome, and the error the Exchange route
+/// answers with when the calendar could not be written.
+async fn write(deps: &Deps, change: &SessionChange) -> Result<(Outcome, Option<Error>)> {
     let read = || {
         deps.store.outbound_context(
             &change.company_id,
@@ -447,7 +477,7 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
     };
     let mut ctx = read().await?;
     let (previous, retired) = match record_intent(deps, &mut ctx, change, &read).await? {
-        Intent::Stale => return Ok(stale(change, &ctx)),
+        Intent::Stale => return Ok((stale(change, &ctx), None)),
         Intent::Recorded { previous, retired } => (previous.map(|p| *p), retired),
     };
     let step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
@@ -540,22 +570,30 @@ where
                 retired: None,
             });
         }
-        let rebooked = may_create
-            && mapped
+        let rebooked = next.status == SessionStatus::Confirmed
             && previous
                 .as_ref()
                 .is_some_and(|p| p.status == SessionStatus::Cancelled);
         let retired = if rebooked { ctx.mapping.clone() } else { None };
         let mut writes = vec![OutboundWrite::Session(next)];
         writes.extend(retired.clone().map(OutboundWrite::DeleteMapping));
+        if rebooked {
+            writes.extend(
+                ctx.other_mappings
+                    .iter()
+                    .cloned()
+                    .map(OutboundWrite::DeleteMapping),
+            );
+        }
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
                 let Some(OutboundWrite::Session(written)) = writes.into_iter().next() else {
                     return Err(Error::Internal("intent write lost its session".into()));
                 };
                 ctx.session = Some(written);
-                if retired.is_some() {
+                if rebooked {
                     ctx.mapping = None;
+                    ctx.other_mappings.clear();
                 }
                 return Ok(Intent::Recorded {
                     previous: previous.map(Box::new),
@@ -964,7 +1002,7 @@ async fn finish_step(
     outcome: &'static str,
     step: &Step,
     mut ctx: OutboundContext,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<Error>)> {
     // A cancellation that overtook this write (handled while the write was in flight): the
     // event just written must not outlive it. The mapping keeps pointing at it, so a restore
     // of it is deleted again too.
@@ -997,9 +1035,9 @@ fn finish(
     status: SessionStatus,
     step: &Step,
     ctx: &OutboundContext,
-) -> Result<Outcome> {
-    match step {
-        Step::NoConnection => Err(Error::BadRequest {
+) -> Result<(Outcome, Option<Error>)> {
+    let failure = match step {
+        Step::NoConnection => Some(Error::BadRequest {
             status: 404,
             code: "exchange_connection_not_found",
             message: format!(
@@ -1007,13 +1045,15 @@ fn finish(
                 change.staff_id
             ),
         }),
-        Step::NoCredentials => Err(Error::BadRequest {
+        Step::NoCredentials => Some(Error::BadRequest {
             status: 409,
             code: "exchange_credentials_missing",
             message: credentials::MISSING.into(),
         }),
-        Step::Failed(e) => Err(provider_error(e)),
-        _ => Ok(Outcome {
+        Step::Failed(e) => Some(provider_error(e)),
+        _ => None,
+    };
+    let outcome = Outcome {
             session_id: change.id.clone(),
             action: change.action,
             outcome,
@@ -1038,6 +1078,6 @@ fn finish(
                 ),
                 _ => None,
             },
-        }),
-    }
+    };
+    Ok((outcome, failure))
 }

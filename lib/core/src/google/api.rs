@@ -308,6 +308,11 @@ pub struct GoogleEventWrite {
     /// `private`: the platform's tag ([`ExtendedProperties::session`]).
     #[serde(rename = "extendedProperties")]
     pub extended_properties: ExtendedProperties,
+    /// Only ever the attendees the event already has, carried over by an update (a full
+    /// update clears what it does not send, and the staff member's own answer is among
+    /// them); the platform never adds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attendees: Option<Vec<Attendee>>,
 }
 
 /// One `events.list` request: a page of a full sync over a window, or of an incremental one.
@@ -508,6 +513,7 @@ mod tests {
             transparency: "opaque".into(),
             status: None,
             extended_properties: ExtendedProperties::session("acme", "s1"),
+            attendees: None,
         };
         let json = serde_json::to_value(&write).unwrap();
         assert_eq!(

@@ -5,7 +5,9 @@
 pub mod api;
 pub mod channels;
 pub mod credentials;
+pub mod inbound;
 pub mod jwt;
+pub mod outbound;
 pub mod push;
 pub mod sync;
 

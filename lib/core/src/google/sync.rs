@@ -63,6 +63,16 @@ pub struct SyncReport {
     pub continues: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Booking commands caused by the staff member's changes to the platform's events.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub commands: usize,
+    /// Writes to the platform's events (write-backs, rejected moves, deletions).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub calendar_writes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Why a connection cannot be synced at all (logged, no error status): it lacks what a sync
@@ -212,6 +222,15 @@ enum SyncError {
 impl From<Error> for SyncError {
     fn from(e: Error) -> Self {
         SyncError::Store(e)
+    }
+}
+
+impl From<crate::calendar::engine::Failure<GoogleError>> for SyncError {
+    fn from(e: crate::calendar::engine::Failure<GoogleError>) -> Self {
+        match e {
+            crate::calendar::engine::Failure::Store(e) => SyncError::Store(e),
+            crate::calendar::engine::Failure::Calendar(e) => SyncError::Google(e),
+        }
     }
 }
 
@@ -370,6 +389,7 @@ async fn run(
         apply_page(
             deps,
             conn,
+            account,
             &settings,
             &page,
             listing.as_deref(),
@@ -457,16 +477,22 @@ fn listing_of(started_at: DateTime<Utc>) -> String {
 async fn apply_page(
     deps: &Deps,
     conn: &Connection,
+    account: &super::ServiceAccount,
     settings: &AvailabilitySettings,
     page: &EventsPage,
     listing: Option<&str>,
     report: &mut SyncReport,
-) -> Result<()> {
+) -> std::result::Result<(), SyncError> {
     let now = deps.store.now();
     let zone = page.time_zone.as_deref();
+    // The platform's own events are reconciled with their sessions, never overrides.
+    let (reconciled, ours) =
+        super::inbound::reconcile_page(deps, conn, account, &page.items, zone).await?;
+    report.commands += reconciled.commands;
+    report.calendar_writes += reconciled.calendar_writes;
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
-    for event in &page.items {
+    for event in page.items.iter().filter(|e| !ours.contains(&e.id)) {
         let reference = OverrideRef {
             company_id: conn.company_id.clone(),
             staff_id: conn.staff_id.clone(),

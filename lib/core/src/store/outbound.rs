@@ -17,6 +17,9 @@ pub struct OutboundContext {
     pub connection: Option<Connection>,
     pub credentials: Option<CredentialRecord>,
     pub mapping: Option<EventMapping>,
+    /// The session's mappings in the other providers' calendars (read in the same batch):
+    /// a cancelled session booked again retires all of them with its intent.
+    pub other_mappings: Vec<EventMapping>,
 }
 
 /// One record change in the closing transaction. Each carries the version it was read at
@@ -42,12 +45,18 @@ impl Store {
         session: &str,
         provider: Provider,
     ) -> Result<OutboundContext> {
-        let keys = [
+        let mut keys = vec![
             session_key(company, session),
             staff_key(company, staff, provider),
             credentials_key(company, provider),
             by_session(company, provider, session),
         ];
+        keys.extend(
+            [Provider::Exchange, Provider::Google]
+                .into_iter()
+                .filter(|p| *p != provider)
+                .map(|p| by_session(company, p, session)),
+        );
         let mut ctx = OutboundContext::default();
         for item in self.table.batch_get(&keys).await? {
             if item.key == keys[0] {
@@ -58,6 +67,8 @@ impl Store {
                 ctx.credentials = Some(decode(&item)?);
             } else if item.key == keys[3] {
                 ctx.mapping = Some(decode(&item)?);
+            } else if keys[4..].contains(&item.key) {
+                ctx.other_mappings.push(decode(&item)?);
             }
         }
         Ok(ctx)

@@ -1,0 +1,361 @@
+//! Carrying out a reconciliation plan, for any provider: a staff member's change to one of
+//! the platform's events is planned ([`crate::reconcile::plan`]) against its session and
+//! carried out step by step by the booking command engine ([`crate::booking`]), re-planning
+//! from fresh state after each session command and after every lost compare-and-set (a step
+//! is never carried out on a session other than the one it was planned from).
+//!
+//! A plan is carried out only while the event is still the session's event: the mapping is
+//! read again after the session ([`still_mapped`]), so the removal of an event a re-booking
+//! has retired never cancels the new booking.
+//!
+//! What differs per provider, writing the session's times back into the event and deleting
+//! it, is behind [`EventWriter`]. A move onto another session or busy time is rejected by
+//! writing the event back (our write, recorded in the mapping, so it does not echo); a
+//! move that is accepted is written to the staff member's other calendars
+//! ([`super::follow`]).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+
+use crate::booking::{self, Command};
+use crate::deps::Deps;
+use crate::model::{EventMapping, Session, SessionStatus};
+use crate::reconcile::{self, EventSnapshot, PlanStep};
+use crate::{Error, Result};
+
+/// Re-plans of one event before giving up (each follows a session command or a lost race).
+const MAX_REPLANS: usize = 8;
+
+/// The longest a session may last (the platform's limit, held for moves too): a move past it
+/// is refused, and the conflict check reads only that far back.
+pub const MAX_SESSION_DAYS: i64 = 31;
+
+/// A provider's writes to one of the platform's events, on behalf of a sync round.
+#[async_trait]
+pub trait EventWriter: Send + Sync {
+    /// The provider's error.
+    type Error: Send;
+
+    /// The origin of the booking commands this calendar causes (`exchange-inbound`,
+    /// `google-inbound`).
+    fn origin(&self) -> &'static str;
+
+    /// Writes the session's times to the event, only if it is still as `snap` shows it (its
+    /// change key or etag). `Ok(Some(key))`: written, and `key` is the event's new change key
+    /// or etag; `Ok(None)`: changed again meanwhile, or gone (its own notification follows).
+    async fn write_session(
+        &self,
+        mapping: &EventMapping,
+        snap: &EventSnapshot,
+        session: &Session,
+        note: &str,
+    ) -> std::result::Result<Option<Option<String>>, Self::Error>;
+
+    /// Deletes the event (already gone counts as done).
+    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), Self::Error>;
+}
+
+/// Why carrying out a plan stopped.
+#[derive(Debug)]
+pub enum Failure<E> {
+    Store(Error),
+    Calendar(E),
+}
+
+impl<E> From<Error> for Failure<E> {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+/// What reconciling one event did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Booking commands that changed the session.
+    pub commands: usize,
+    /// Writes to the calendar (a write-back, a rejected move, a deletion).
+    pub calendar_writes: usize,
+}
+
+/// What carrying out one step did.
+struct Carried {
+    /// A booking command changed the session.
+    changed: bool,
+    /// The calendar was written: the snapshot no longer shows it, so planning stops.
+    wrote_calendar: bool,
+}
+
+/// Plans `snap` against the session and carries the plan out (see the module docs). Finally
+/// the mapping remembers what the calendar showed, so a duplicate notification plans nothing.
+pub async fn reconcile_event<W: EventWriter>(
+    deps: &Deps,
+    writer: &W,
+    mapping: &EventMapping,
+    snap: &EventSnapshot,
+    session: &mut Session,
+) -> std::result::Result<Reconciled, Failure<W::Error>> {
+    let mut done = Reconciled::default();
+    let mut mapping = mapping.clone();
+    // Whether the mapping was read after the session the plan is made from.
+    let mut verified = false;
+    for _ in 0..MAX_REPLANS {
+        let Some(mut step) = reconcile::plan(snap, &mapping, session).into_iter().next() else {
+            remember(deps, &mut mapping, snap).await;
+            return Ok(done);
+        };
+        if !verified {
+            let Some(current) = still_mapped(deps, &mapping).await? else {
+                tracing::debug!(session = %session.id, event = %snap.event_id, "the event is no longer the session's; nothing to reconcile");
+                return Ok(done);
+            };
+            mapping = current;
+            verified = true;
+            match reconcile::plan(snap, &mapping, session).into_iter().next() {
+                Some(fresh) => step = fresh,
+                None => {
+                    remember(deps, &mut mapping, snap).await;
+                    return Ok(done);
+                }
+            }
+        }
+        match carry_out(deps, writer, &mut mapping, snap, session, &step).await {
+            Ok(carried) => {
+                if carried.changed {
+                    done.commands += 1;
+                }
+                if carried.wrote_calendar {
+                    done.calendar_writes += 1;
+                    return Ok(done);
+                }
+            }
+            Err(Failure::Store(Error::Conflict { .. })) => {
+                *session = deps
+                    .store
+                    .get_session(&session.company_id, &session.id)
+                    .await?;
+                verified = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::warn!(session = %session.id, "reconciliation did not settle within its re-plans");
+    Ok(done)
+}
+
+/// The session's mapping as stored now, if it still links the session to the event of
+/// `mapping` (read after the session, so a plan is only carried out while the event is the
+/// session's event: a cancelled session booked again retires its old events' mappings in the
+/// same commit that confirms it, and an old event's removal must not cancel the new booking).
+pub async fn still_mapped(deps: &Deps, mapping: &EventMapping) -> Result<Option<EventMapping>> {
+    Ok(deps
+        .store
+        .mapping_for_session(&mapping.company_id, mapping.provider, &mapping.session_id)
+        .await?
+        .filter(|current| {
+            (&current.connection_id, &current.external_event_id)
+                == (&mapping.connection_id, &mapping.external_event_id)
+        }))
+}
+
+/// After reconciling: the mapping records the snapshot as seen (its change key and times),
+/// unless it already does. A removal leaves it as it is (a restore is compared with the last
+/// times the event had).
+async fn remember(deps: &Deps, mapping: &mut EventMapping, snap: &EventSnapshot) {
+    let Some((start, end)) = snap.times() else {
+        return;
+    };
+    let seen = (snap.change_key.clone(), start, end);
+    if (
+        mapping.change_key.clone(),
+        mapping.last_start,
+        mapping.last_end,
+    ) == seen
+    {
+        return;
+    }
+    (mapping.change_key, mapping.last_start, mapping.last_end) = seen;
+    mapping.updated_at = deps.store.now();
+    save_mapping_quietly(deps, mapping).await;
+}
+
+/// A mapping update that may lose a race to another writer: the loser's view is no newer,
+/// and a stale change key only costs a harmless replan.
+pub async fn save_mapping_quietly(deps: &Deps, m: &mut EventMapping) {
+    if let Err(e) = deps.store.save_mapping(m).await {
+        tracing::debug!(session = %m.session_id, error = %e, "mapping not updated");
+    }
+}
+
+/// Carries out one plan step (one attempt: a lost compare-and-set is returned as
+/// [`Error::Conflict`] for the caller to re-plan).
+async fn carry_out<W: EventWriter>(
+    deps: &Deps,
+    writer: &W,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &mut Session,
+    step: &PlanStep,
+) -> std::result::Result<Carried, Failure<W::Error>> {
+    let grace = Duration::from_std(deps.config.pending_cancellation_grace)
+        .unwrap_or_else(|_| Duration::minutes(10));
+    let origin = writer.origin();
+    match step {
+        PlanStep::Reschedule { start, end } => {
+            if let Some(reason) = conflict(deps, session, *start, *end).await? {
+                return reject_move(deps, writer, mapping, snap, session, *start, *end, reason)
+                    .await;
+            }
+            let command = Command::Reschedule {
+                start: *start,
+                end: *end,
+            };
+            let changed = booking::try_execute(deps, session, &command, origin).await?;
+            if changed {
+                super::follow(deps, session, &command, origin).await;
+            }
+            Ok(Carried {
+                changed,
+                wrote_calendar: false,
+            })
+        }
+        PlanStep::WriteBack => {
+            write_session_to_event(deps, writer, mapping, snap, session, "Voyage session.").await?;
+            Ok(Carried {
+                changed: false,
+                wrote_calendar: true,
+            })
+        }
+        PlanStep::DeleteEvent => delete_again(deps, writer, mapping, session).await,
+        other => {
+            let Some(command) = other.command(grace) else {
+                return Ok(Carried {
+                    changed: false,
+                    wrote_calendar: false,
+                });
+            };
+            let changed = booking::try_execute(deps, session, &command, origin).await?;
+            Ok(Carried {
+                changed,
+                wrote_calendar: false,
+            })
+        }
+    }
+}
+
+/// Another live session of the staff member, or busy time from any connected calendar,
+/// overlapping `[start, end)`: the reason the move is refused.
+pub async fn conflict(
+    deps: &Deps,
+    session: &Session,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Option<String>> {
+    // Sessions last at most 31 days (the platform's limit, held for moves too), so one
+    // starting earlier cannot overlap: the read covers only that range.
+    let longest = Duration::days(MAX_SESSION_DAYS);
+    if end - start > longest {
+        return Ok(Some(format!(
+            "a session lasts at most {MAX_SESSION_DAYS} days"
+        )));
+    }
+    let sessions = deps
+        .store
+        .sessions_for_staff(&session.company_id, &session.staff_id, start - longest, end)
+        .await?;
+    if let Some(other) = sessions.iter().find(|s| {
+        s.id != session.id && s.status != SessionStatus::Cancelled && s.start < end && s.end > start
+    }) {
+        return Ok(Some(format!("overlaps session {}", other.id)));
+    }
+    let busy = deps
+        .store
+        .overrides_for_staff(&session.company_id, &session.staff_id, start, end)
+        .await?;
+    Ok(busy.first().map(|o| {
+        format!(
+            "overlaps busy time from {} ({})",
+            o.source.as_str(),
+            o.external_event_id
+        )
+    }))
+}
+
+/// Writes the session's times to the event, conditional on the snapshot's change key: an
+/// event changed again meanwhile or gone is left to its own notification. The written
+/// change key and times go into the mapping, so the write does not echo.
+async fn write_session_to_event<W: EventWriter>(
+    deps: &Deps,
+    writer: &W,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &Session,
+    note: &str,
+) -> std::result::Result<bool, Failure<W::Error>> {
+    match writer
+        .write_session(mapping, snap, session, note)
+        .await
+        .map_err(Failure::Calendar)?
+    {
+        Some(change_key) => {
+            mapping.change_key = change_key;
+            mapping.last_start = session.start;
+            mapping.last_end = session.end;
+            mapping.updated_at = deps.store.now();
+            save_mapping_quietly(deps, mapping).await;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reject_move<W: EventWriter>(
+    deps: &Deps,
+    writer: &W,
+    mapping: &mut EventMapping,
+    snap: &EventSnapshot,
+    session: &mut Session,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    reason: String,
+) -> std::result::Result<Carried, Failure<W::Error>> {
+    let note = "Voyage session (moved back: the new time conflicts).";
+    if !write_session_to_event(deps, writer, mapping, snap, session, note).await? {
+        // Changed again meanwhile: that newer change has its own notification.
+        return Ok(Carried {
+            changed: false,
+            wrote_calendar: true,
+        });
+    }
+    let command = Command::RejectReschedule { start, end, reason };
+    let changed = booking::execute(deps, session, &command, writer.origin()).await?;
+    Ok(Carried {
+        changed,
+        wrote_calendar: true,
+    })
+}
+
+/// A cancelled session's event is live again: delete it and note it in the session's
+/// history. The mapping stays, so the next restore is deleted again too.
+async fn delete_again<W: EventWriter>(
+    deps: &Deps,
+    writer: &W,
+    mapping: &EventMapping,
+    session: &mut Session,
+) -> std::result::Result<Carried, Failure<W::Error>> {
+    writer
+        .delete_event(mapping)
+        .await
+        .map_err(Failure::Calendar)?;
+    let changed = booking::execute(
+        deps,
+        session,
+        &Command::DeleteRestoredEvent,
+        writer.origin(),
+    )
+    .await?;
+    Ok(Carried {
+        changed,
+        wrote_calendar: true,
+    })
+}

@@ -1,0 +1,103 @@
+//! The calendar seam: what two-way booking sync does the same way for every provider, once.
+//!
+//! - [`changes`]: a platform change of a session, written to every calendar connection of
+//!   its staff member (`POST /v1/sessions/changes`, the bus event `session.changed`), one
+//!   outcome per connection.
+//! - [`engine`]: a staff member's change to one of the platform's events, planned by
+//!   [`crate::reconcile::plan`] and carried out by the booking command engine
+//!   ([`crate::booking`]), with the provider's event writes behind [`engine::EventWriter`].
+//! - [`follow`]: what a booking command changed, written to the *other* calendars (the one
+//!   the change came from already shows it: [`crate::booking::calendar_writes`]).
+//!
+//! Each provider module mirrors the other with the same names for the same roles:
+//!
+//! | role                      | Exchange (`crate::exchange`) | Google (`crate::google`) |
+//! |---------------------------|------------------------------|--------------------------|
+//! | API port                  | `graph::GraphApi`            | `api::GoogleApi`         |
+//! | push intake               | `notifications`              | `push`                   |
+//! | sync round                | `inbound`                    | `sync`                   |
+//! | channel renewal           | `subscriptions`              | `channels`               |
+//! | outbound writer           | `outbound`                   | `outbound`               |
+//! | event writer (write-back) | `inbound::GraphEventWriter`  | `inbound::GoogleEventWriter` |
+//!
+//! The mapping (session <-> event, per provider) is [`crate::model::EventMapping`], stored by
+//! [`crate::store`]; a platform write records the change key (Graph) or etag (Google) it
+//! produced, which is how a sync round tells our own writes from the staff member's.
+
+pub mod changes;
+pub mod engine;
+
+use serde::Serialize;
+
+use crate::booking::{self, Command};
+use crate::deps::Deps;
+pub use crate::exchange::outbound::{Action, SessionChange, SessionChangeInput};
+use crate::model::{Provider, Session};
+
+/// What one change did in one calendar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CalendarOutcome {
+    pub connection_id: String,
+    pub provider: Provider,
+    /// `created`, `updated`, `deleted`, `skipped`, `no_event`, `stale`, `superseded` or
+    /// `failed` (the calendar could not be written: `reason` says why; the same change
+    /// retried writes it).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The change a booking command's result amounts to for a calendar that did not cause it:
+/// the session as it now is (`cancelled` for a committed cancellation, `updated` otherwise).
+pub fn change_of(session: &Session) -> SessionChange {
+    SessionChange {
+        action: match session.status {
+            crate::model::SessionStatus::Cancelled => Action::Cancelled,
+            _ => Action::Updated,
+        },
+        id: session.id.clone(),
+        company_id: session.company_id.clone(),
+        staff_id: session.staff_id.clone(),
+        start: session.start,
+        end: session.end,
+        time_zone: session.time_zone.clone(),
+        title: session.title.clone(),
+        location: session.location.clone(),
+        client: session.client.clone(),
+        version: None,
+    }
+}
+
+/// Writes what `command` did to `session` into every calendar other than the one `origin`
+/// stands for (best effort: a calendar that cannot be written now is written by the next
+/// change, or reconciled by its next sync round; logged).
+pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &str) {
+    for provider in booking::calendar_writes(command, origin) {
+        let change = change_of(session);
+        let result = match provider {
+            Provider::Exchange => crate::exchange::outbound::apply_to_calendar(deps, &change)
+                .await
+                .map(|o| (o.outcome, o.reason)),
+            Provider::Google => crate::google::outbound::apply(deps, &change)
+                .await
+                .map(|w| {
+                    w.map_or(("no_connection", None), |w| {
+                        (w.calendar.outcome, w.calendar.reason)
+                    })
+                }),
+        };
+        match result {
+            Ok(("failed", reason)) => {
+                tracing::warn!(session = %session.id, provider = provider.as_str(), reason = ?reason, "booking change not written to the calendar")
+            }
+            Ok((outcome, _)) => {
+                tracing::debug!(session = %session.id, provider = provider.as_str(), outcome, "booking change written to the calendar")
+            }
+            Err(e) => {
+                tracing::warn!(session = %session.id, provider = provider.as_str(), error = %e, "booking change not written to the calendar")
+            }
+        }
+    }
+}

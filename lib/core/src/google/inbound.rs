@@ -1,0 +1,297 @@
+//! Google inbound reconciliation: what a staff member did in Google Calendar to one of the
+//! platform's events comes back to the booking, through the same plan and engine as
+//! Exchange ([`crate::calendar::engine`]). Run by the sync ([`super::sync`]) on each page.
+//!
+//! - A mapped event `cancelled` (deleted; Google keeps it, so the removal is certain and
+//!   needs no confirming read) -> pending cancellation; back to `confirmed` during the grace
+//!   (restored from the bin) -> restore; moved -> reschedule, or rejected and written back
+//!   on conflict; the staff member's own `responseStatus` `declined` -> decline flag.
+//! - De-looping: the mapping holds the etag of our last write (or read); an event that still
+//!   carries it and agrees with the session is an echo. The platform's tag and the event id
+//!   derived from the session ([`super::api::event_id_for`]) recognise an event of ours whose
+//!   mapping was never recorded (a create whose answer was lost): it is adopted.
+//! - The platform's events never become availability overrides.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::api::{event_id_for, Attendee, GoogleApi, GoogleError, GoogleEvent, ServiceAccount};
+use super::{credentials, outbound};
+use crate::booking::ORIGIN_GOOGLE_INBOUND;
+use crate::calendar::engine::{self, EventWriter, Failure, Reconciled};
+use crate::deps::Deps;
+use crate::model::{Connection, EventMapping, Provider, Session, SessionStatus};
+use crate::reconcile::{EventSnapshot, SnapshotState};
+use crate::{Error, Result};
+
+/// A Google event reduced to what reconciliation reads (`zone`: the calendar's, for
+/// all-day events). `None` when a live event's times cannot be read.
+pub fn snapshot(e: &GoogleEvent, zone: Option<&str>) -> Option<EventSnapshot> {
+    let state = if e.is_cancelled() {
+        SnapshotState::Removed
+    } else {
+        SnapshotState::Live {
+            start: e.start.as_ref()?.to_utc(zone)?,
+            end: e.end.as_ref()?.to_utc(zone)?,
+            cancelled: false,
+            declined: e.self_response() == Some("declined"),
+        }
+    };
+    Some(EventSnapshot {
+        event_id: e.id.clone(),
+        change_key: e.etag.clone(),
+        state,
+    })
+}
+
+/// One staff member's calendar as the tenant's service account reaches it: Google's writes
+/// to one of the platform's events, for the calendar seam's engine.
+pub struct GoogleEventWriter<'a> {
+    pub google: &'a dyn GoogleApi,
+    pub account: &'a ServiceAccount,
+    pub subject: &'a str,
+    pub calendar_id: &'a str,
+    /// The event's attendees as last read: a full update keeps them (the staff member's
+    /// answer is among them).
+    pub attendees: Option<Vec<Attendee>>,
+}
+
+#[async_trait]
+impl EventWriter for GoogleEventWriter<'_> {
+    type Error = GoogleError;
+
+    fn origin(&self) -> &'static str {
+        ORIGIN_GOOGLE_INBOUND
+    }
+
+    async fn write_session(
+        &self,
+        mapping: &EventMapping,
+        snap: &EventSnapshot,
+        session: &Session,
+        _note: &str,
+    ) -> std::result::Result<Option<Option<String>>, GoogleError> {
+        let body =
+            outbound::event_body(session, &mapping.external_event_id, self.attendees.clone());
+        match self
+            .google
+            .update_event(
+                self.account,
+                self.subject,
+                self.calendar_id,
+                &mapping.external_event_id,
+                snap.change_key.as_deref(),
+                &body,
+            )
+            .await
+        {
+            Ok(written) => Ok(Some(written.etag)),
+            Err(GoogleError::PreconditionFailed) | Err(GoogleError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), GoogleError> {
+        match self
+            .google
+            .delete_event(
+                self.account,
+                self.subject,
+                self.calendar_id,
+                &mapping.external_event_id,
+                None,
+            )
+            .await
+        {
+            Ok(()) | Err(GoogleError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reconciles the platform's events on one page of a sync (mapped, or tagged and adopted).
+/// Returns the ids of the page's events that are the platform's (never overrides).
+pub async fn reconcile_page(
+    deps: &Deps,
+    conn: &Connection,
+    account: &ServiceAccount,
+    items: &[GoogleEvent],
+    zone: Option<&str>,
+) -> std::result::Result<(Reconciled, Vec<String>), Failure<GoogleError>> {
+    let mut done = Reconciled::default();
+    let mut ours = Vec::new();
+    let ids: Vec<String> = items.iter().map(|e| e.id.clone()).collect();
+    if ids.is_empty() {
+        return Ok((done, ours));
+    }
+    let mappings: HashMap<String, EventMapping> = deps
+        .store
+        .mappings_for_events(&conn.company_id, &conn.id, &ids)
+        .await?
+        .into_iter()
+        .map(|m| (m.external_event_id.clone(), m))
+        .collect();
+    if mappings.is_empty() && !items.iter().any(GoogleEvent::is_platform_event) {
+        return Ok((done, ours));
+    }
+    let session_ids: Vec<String> = mappings.values().map(|m| m.session_id.clone()).collect();
+    let mut sessions: HashMap<String, Session> = if session_ids.is_empty() {
+        HashMap::new()
+    } else {
+        deps.store
+            .get_sessions(&conn.company_id, &session_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect()
+    };
+    let google = deps.google()?;
+    let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+    for event in items {
+        let mapping = match mappings.get(&event.id) {
+            Some(m) => m.clone(),
+            None if event.is_platform_event() => {
+                ours.push(event.id.clone());
+                match adopt(deps, conn, event, zone).await? {
+                    Some((m, s)) => {
+                        sessions.insert(s.id.clone(), s);
+                        m
+                    }
+                    None => continue,
+                }
+            }
+            None => continue,
+        };
+        ours.push(event.id.clone());
+        let Some(session) = sessions.get_mut(&mapping.session_id) else {
+            continue;
+        };
+        let Some(snap) = snapshot(event, zone) else {
+            tracing::warn!(event = %event.id, "google event with unreadable times skipped");
+            continue;
+        };
+        let writer = GoogleEventWriter {
+            google,
+            account,
+            subject: &conn.staff_email,
+            calendar_id: &calendar_id,
+            attendees: event.attendees.clone(),
+        };
+        let r = engine::reconcile_event(deps, &writer, &mapping, &snap, session).await?;
+        done.commands += r.commands;
+        done.calendar_writes += r.calendar_writes;
+    }
+    Ok((done, ours))
+}
+
+/// One of our events without a mapping (its id is the one we derive from its tag): a create
+/// whose closing commit was lost, or one made while this page was read. When its session
+/// exists and has no Google event mapped, the event is mapped (as not yet seen, so it is
+/// reconciled). A deleted one is not adopted: nothing to reconcile.
+async fn adopt(
+    deps: &Deps,
+    conn: &Connection,
+    event: &GoogleEvent,
+    zone: Option<&str>,
+) -> Result<Option<(EventMapping, Session)>> {
+    let Some((company, session_id)) = event.session_tag().and_then(|t| t.split_once('/')) else {
+        return Ok(None);
+    };
+    if company != conn.company_id || event.id != event_id_for(company, session_id) {
+        return Ok(None);
+    }
+    let Some((start, end)) = snapshot(event, zone).and_then(|s| s.times()) else {
+        return Ok(None);
+    };
+    let Some(session) = deps.store.find_session(company, session_id).await? else {
+        return Ok(None);
+    };
+    if deps
+        .store
+        .mapping_for_session(company, Provider::Google, session_id)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let mut mapping = EventMapping {
+        company_id: company.to_string(),
+        session_id: session_id.to_string(),
+        connection_id: conn.id.clone(),
+        provider: Provider::Google,
+        external_event_id: event.id.clone(),
+        change_key: None,
+        last_start: start,
+        last_end: end,
+        updated_at: deps.store.now(),
+        version: 0,
+    };
+    match deps.store.save_mapping(&mut mapping).await {
+        Ok(()) => {}
+        // The create (or another sync) mapped it meanwhile.
+        Err(Error::Duplicate { .. }) | Err(Error::Conflict { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    tracing::info!(session = %session_id, event = %event.id, "unmapped platform event adopted");
+    Ok(Some((mapping, session)))
+}
+
+/// Before a cancellation caused by a Google deletion is committed: reads the event, and if it
+/// is back (restored, its push lost or still queued), reconciles the session with it and
+/// says so. A missing mapping, connection or event means it is gone; Google being
+/// unreachable is an error (the commit waits for the next sweep).
+pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
+    let Some(mapping) = deps
+        .store
+        .mapping_for_session(&session.company_id, Provider::Google, &session.id)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let conn = match deps
+        .store
+        .get_connection(&session.company_id, &mapping.connection_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let Some(account) = credentials::load(deps, &session.company_id).await? else {
+        return Ok(false);
+    };
+    let google = deps.google()?;
+    let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+    let event = match google
+        .get_event(
+            &account,
+            &conn.staff_email,
+            &calendar_id,
+            &mapping.external_event_id,
+        )
+        .await
+    {
+        Ok(e) => e,
+        Err(GoogleError::NotFound) => return Ok(false),
+        Err(e) => return Err(Error::Unavailable(e.to_string())),
+    };
+    if event.is_cancelled() {
+        return Ok(false);
+    }
+    let Some(snap) = snapshot(&event, None) else {
+        return Ok(false);
+    };
+    let writer = GoogleEventWriter {
+        google,
+        account: &account,
+        subject: &conn.staff_email,
+        calendar_id: &calendar_id,
+        attendees: event.attendees.clone(),
+    };
+    match engine::reconcile_event(deps, &writer, &mapping, &snap, session).await {
+        Ok(_) => Ok(session.status != SessionStatus::PendingCancellation),
+        Err(Failure::Store(e)) => Err(e),
+        Err(Failure::Calendar(e)) => Err(Error::Unavailable(e.to_string())),
+    }
+}

@@ -1,0 +1,385 @@
+//! Google outbound: the outbound writer of Google calendars. The session, as the calendar
+//! seam has already stored it ([`crate::calendar::changes`]), becomes one event in the staff
+//! member's Google calendar.
+//!
+//! - **One event per session, whatever is retried.** The event's id is chosen by us
+//!   ([`event_id_for`]: derived from company and session, base32hex), so a create retried
+//!   after a lost answer is refused as a duplicate (409) instead of making a second event; the
+//!   duplicate is read and written over (it is ours: the id says so).
+//! - **The platform's tag** is in `extendedProperties.private` ([`ExtendedProperties::session`]).
+//! - **Updates are conditional** (`If-Match` with the etag we last wrote or read): a 412
+//!   means the staff member changed the event since; it is read again and overwritten with
+//!   its new etag (the platform is the truth outbound), keeping the attendees it has (the
+//!   staff member's own answer is among them).
+//! - **An event the staff member deleted** (Google keeps it, `status: cancelled`) is not
+//!   brought back by a platform edit: the booking's cancellation starts pending, as for
+//!   Exchange. A cancelled session booked again is different: the re-booking retired the
+//!   mapping (see [`crate::exchange::outbound`]'s intent), so the write finds the id taken,
+//!   reads the event and restores it with `status: confirmed`.
+//! - **No mail leaves** on the platform's behalf (every write goes with `sendUpdates=none`)
+//!   and the client is never invited.
+//!
+//! Store round trips per session: one batch read (session, connection, mapping) and one
+//! transaction (the mapping, and the connection's status when it changes). Google calls: one
+//! write; a read and a second write only after a 409 or 412.
+
+use chrono::{DateTime, Utc};
+
+use super::api::{
+    event_id_for, ExtendedProperties, GoogleApi, GoogleDateTime, GoogleError, GoogleEvent,
+    GoogleEventWrite, ServiceAccount,
+};
+use super::credentials;
+use crate::booking::{self, Command, ORIGIN_GOOGLE_INBOUND};
+use crate::calendar::{CalendarOutcome, SessionChange};
+use crate::deps::Deps;
+use crate::model::{Connection, ConnectionStatus, EventMapping, Provider, Session, SessionStatus};
+use crate::store::{OutboundContext, OutboundWrite};
+use crate::{Error, Result};
+
+/// Store-conflict retries of the closing transaction (the Google call is not repeated).
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// What writing one session to its staff member's Google calendar did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub calendar: CalendarOutcome,
+    /// The session's status afterwards (a deleted event starts a pending cancellation).
+    pub session_status: SessionStatus,
+}
+
+/// What the Google step decided or did.
+#[derive(Debug)]
+enum Step {
+    Skipped(String),
+    /// The session's cancellation is pending: nothing is written.
+    Pending,
+    /// The staff member deleted the event: the booking's cancellation starts pending.
+    EventGone,
+    Wrote(Box<GoogleEvent>, &'static str),
+    Deleted,
+    NothingToDelete,
+    Failed(String),
+}
+
+/// Writes the stored session `change` names to the staff member's Google calendar.
+/// `Ok(None)`: the staff member has no Google connection.
+pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Option<Written>> {
+    let read = || {
+        deps.store.outbound_context(
+            &change.company_id,
+            &change.staff_id,
+            &change.id,
+            Provider::Google,
+        )
+    };
+    let mut ctx = read().await?;
+    let Some(conn) = ctx.connection.clone() else {
+        return Ok(None);
+    };
+    let Some(session) = ctx.session.clone() else {
+        return Err(Error::Internal(
+            "google outbound: no session after the intent".into(),
+        ));
+    };
+    let step = google_step(deps, &ctx, &conn, &session).await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut writes = closing_writes(&ctx, &step, deps.store.now());
+        if writes.is_empty() {
+            break;
+        }
+        match deps.store.commit_outbound(&mut writes).await {
+            Ok(()) => break,
+            Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
+                ctx = read().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut session = ctx.session.clone().unwrap_or(session);
+    if let Step::EventGone = step {
+        let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
+            .unwrap_or_else(|_| chrono::Duration::minutes(10));
+        booking::execute(
+            deps,
+            &mut session,
+            &Command::PendingCancellation { grace },
+            ORIGIN_GOOGLE_INBOUND,
+        )
+        .await?;
+    }
+    Ok(Some(Written {
+        calendar: outcome_of(&conn, &step),
+        session_status: session.status,
+    }))
+}
+
+/// The Google calls for the session's state.
+async fn google_step(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    conn: &Connection,
+    session: &Session,
+) -> Result<Step> {
+    match conn.status {
+        ConnectionStatus::Pending => {
+            return Ok(Step::Skipped(
+                "the Google connection is still pending".into(),
+            ))
+        }
+        ConnectionStatus::Disabled => {
+            return Ok(Step::Skipped("the Google connection is disabled".into()))
+        }
+        ConnectionStatus::Active | ConnectionStatus::Error => {}
+    }
+    let Some(calendar_id) = conn.calendar_id.clone().filter(|c| !c.trim().is_empty()) else {
+        return Ok(Step::Skipped(
+            "the Google connection has no calendar id".into(),
+        ));
+    };
+    if session.status == SessionStatus::PendingCancellation {
+        return Ok(Step::Pending);
+    }
+    let Some(account) = credentials::load(deps, &session.company_id).await? else {
+        return Ok(Step::Failed(credentials::MISSING.into()));
+    };
+    let google = deps.google()?;
+    let target = Target {
+        google,
+        account: &account,
+        subject: &conn.staff_email,
+        calendar_id: &calendar_id,
+    };
+    // A mapping made through an older connection points into a calendar we may no longer
+    // reach; only a mapping of this connection is written in place.
+    let mapping = ctx.mapping.as_ref().filter(|m| m.connection_id == conn.id);
+    let event_id = mapping.map_or_else(
+        || event_id_for(&session.company_id, &session.id),
+        |m| m.external_event_id.clone(),
+    );
+    Ok(match session.status {
+        SessionStatus::Cancelled => target.delete(&event_id).await,
+        _ => match mapping {
+            None => target.create(session, &event_id).await,
+            Some(m) => target.update(session, m).await,
+        },
+    })
+}
+
+/// One staff member's calendar, as the tenant's service account reaches it.
+struct Target<'a> {
+    google: &'a dyn GoogleApi,
+    account: &'a ServiceAccount,
+    subject: &'a str,
+    calendar_id: &'a str,
+}
+
+impl Target<'_> {
+    async fn delete(&self, event_id: &str) -> Step {
+        match self
+            .google
+            .delete_event(self.account, self.subject, self.calendar_id, event_id, None)
+            .await
+        {
+            Ok(()) => Step::Deleted,
+            // Already deleted (410), or never made.
+            Err(GoogleError::NotFound) => Step::NothingToDelete,
+            Err(e) => Step::Failed(e.to_string()),
+        }
+    }
+
+    /// Inserts the event with its own id; a taken id is ours (a retried create, or the event
+    /// of a cancelled session booked again): it is read and written over, restored if it was
+    /// deleted.
+    async fn create(&self, session: &Session, event_id: &str) -> Step {
+        let body = event_body(session, event_id, None);
+        match self
+            .google
+            .insert_event(self.account, self.subject, self.calendar_id, &body)
+            .await
+        {
+            Ok(e) => Step::Wrote(Box::new(e), "created"),
+            Err(GoogleError::Duplicate) => match self.overwrite(session, event_id).await {
+                Ok(e) => Step::Wrote(Box::new(e), "created"),
+                Err(e) => Step::Failed(e.to_string()),
+            },
+            Err(e) => Step::Failed(e.to_string()),
+        }
+    }
+
+    /// Updates the mapped event if it is as we last wrote or read it (its etag); one the
+    /// staff member changed since is read again and overwritten, unless they deleted it.
+    async fn update(&self, session: &Session, m: &EventMapping) -> Step {
+        let event_id = &m.external_event_id;
+        if let Some(etag) = m.change_key.as_deref() {
+            let body = event_body(session, event_id, None);
+            match self
+                .google
+                .update_event(
+                    self.account,
+                    self.subject,
+                    self.calendar_id,
+                    event_id,
+                    Some(etag),
+                    &body,
+                )
+                .await
+            {
+                Ok(e) => return Step::Wrote(Box::new(e), "updated"),
+                Err(GoogleError::PreconditionFailed) => {}
+                Err(GoogleError::NotFound) => return Step::EventGone,
+                Err(e) => return Step::Failed(e.to_string()),
+            }
+        }
+        let current = match self.read(event_id).await {
+            Ok(current) => current,
+            Err(GoogleError::NotFound) => return Step::EventGone,
+            Err(e) => return Step::Failed(e.to_string()),
+        };
+        if current.is_cancelled() {
+            return Step::EventGone;
+        }
+        match self.write_over(session, event_id, &current).await {
+            Ok(e) => Step::Wrote(Box::new(e), "updated"),
+            Err(e) => Step::Failed(e.to_string()),
+        }
+    }
+
+    /// Reads the event and writes the session over it (restoring it if deleted).
+    async fn overwrite(
+        &self,
+        session: &Session,
+        event_id: &str,
+    ) -> std::result::Result<GoogleEvent, GoogleError> {
+        let current = self.read(event_id).await?;
+        self.write_over(session, event_id, &current).await
+    }
+
+    async fn read(&self, event_id: &str) -> std::result::Result<GoogleEvent, GoogleError> {
+        self.google
+            .get_event(self.account, self.subject, self.calendar_id, event_id)
+            .await
+    }
+
+    /// A full update conditional on `current`'s etag, keeping its attendees.
+    async fn write_over(
+        &self,
+        session: &Session,
+        event_id: &str,
+        current: &GoogleEvent,
+    ) -> std::result::Result<GoogleEvent, GoogleError> {
+        let body = event_body(session, event_id, current.attendees.clone());
+        self.google
+            .update_event(
+                self.account,
+                self.subject,
+                self.calendar_id,
+                event_id,
+                current.etag.as_deref(),
+                &body,
+            )
+            .await
+    }
+}
+
+/// The event as the session says it should be.
+pub fn event_body(
+    session: &Session,
+    event_id: &str,
+    attendees: Option<Vec<super::api::Attendee>>,
+) -> GoogleEventWrite {
+    GoogleEventWrite {
+        id: event_id.to_string(),
+        summary: session.title.clone(),
+        description: "Voyage session.".into(),
+        location: session.location.clone(),
+        start: GoogleDateTime::utc(session.start),
+        end: GoogleDateTime::utc(session.end),
+        transparency: "opaque".into(),
+        status: Some("confirmed".into()),
+        extended_properties: ExtendedProperties::session(&session.company_id, &session.id),
+        attendees,
+    }
+}
+
+/// The closing transaction for `step`, built from the freshest read.
+fn closing_writes(ctx: &OutboundContext, step: &Step, now: DateTime<Utc>) -> Vec<OutboundWrite> {
+    let mut writes = Vec::new();
+    let (Some(conn), Some(session)) = (&ctx.connection, &ctx.session) else {
+        return writes;
+    };
+    if let Step::Wrote(event, _) = step {
+        writes.push(OutboundWrite::Mapping {
+            next: EventMapping {
+                company_id: session.company_id.clone(),
+                session_id: session.id.clone(),
+                connection_id: conn.id.clone(),
+                provider: Provider::Google,
+                external_event_id: event.id.clone(),
+                change_key: event.etag.clone(),
+                last_start: session.start,
+                last_end: session.end,
+                updated_at: now,
+                version: ctx.mapping.as_ref().map_or(0, |m| m.version),
+            },
+            previous: ctx.mapping.clone(),
+        });
+    }
+    // The connection's status follows the last write (only written when it changes, so
+    // writes do not contend with the sync for the connection record).
+    let failed = match step {
+        Step::Failed(reason) => Some(format!("outbound: {reason}")),
+        _ => None,
+    };
+    let mut c = conn.clone();
+    match (failed, c.status) {
+        (Some(error), ConnectionStatus::Active | ConnectionStatus::Error)
+            if c.last_error.as_ref() != Some(&error) =>
+        {
+            c.status = ConnectionStatus::Error;
+            c.last_error = Some(error);
+            writes.push(OutboundWrite::Connection(c));
+        }
+        (None, ConnectionStatus::Error) if matches!(step, Step::Wrote(..) | Step::Deleted) => {
+            c.status = ConnectionStatus::Active;
+            c.last_error = None;
+            writes.push(OutboundWrite::Connection(c));
+        }
+        _ => {}
+    }
+    writes
+}
+
+fn outcome_of(conn: &Connection, step: &Step) -> CalendarOutcome {
+    let (outcome, event_id, reason) = match step {
+        Step::Skipped(r) => ("skipped", None, Some(r.clone())),
+        Step::Pending => (
+            "skipped",
+            None,
+            Some(
+                "the staff member deleted the event; the booking's cancellation is pending".into(),
+            ),
+        ),
+        Step::EventGone => (
+            "skipped",
+            None,
+            Some(
+                "the event was deleted in Google Calendar; the booking's cancellation is pending"
+                    .into(),
+            ),
+        ),
+        Step::Wrote(e, what) => (*what, Some(e.id.clone()), None),
+        Step::Deleted => ("deleted", None, None),
+        Step::NothingToDelete => ("no_event", None, None),
+        Step::Failed(r) => ("failed", None, Some(r.clone())),
+    };
+    CalendarOutcome {
+        connection_id: conn.id.clone(),
+        provider: Provider::Google,
+        outcome,
+        event_id,
+        reason,
+    }
+}

@@ -1,0 +1,291 @@
+//! Both calendar simulators (Graph and Google) wired to one local system whose queue
+//! consumers are idle, so a test decides when a sync round runs: the world the two-way
+//! scenarios run in, table-driven over the providers ([`Cal`]).
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use voyage_core::model::{Connection, Session};
+use voyage_simulators::google::{SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY};
+use voyage_simulators::{GoogleSimulator, GraphSimulator};
+
+use crate::app::TestApp;
+use crate::graph::{email, serve, CLIENT_ID, CLIENT_SECRET, TENANT};
+
+/// A calendar provider, as the scenarios name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cal {
+    Exchange,
+    Google,
+}
+
+impl Cal {
+    pub const BOTH: [Cal; 2] = [Cal::Exchange, Cal::Google];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cal::Exchange => "exchange",
+            Cal::Google => "google",
+        }
+    }
+}
+
+/// One of the platform's events as the staff member's calendar shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub id: String,
+    pub start: DateTime<Utc>,
+    pub declined: bool,
+}
+
+pub struct CalendarsWorld {
+    pub graph: GraphSimulator,
+    pub google: GoogleSimulator,
+    pub app: TestApp,
+    pub tenant: String,
+    pub platform: String,
+}
+
+pub const COMPANY: &str = "acme";
+
+impl CalendarsWorld {
+    /// Both simulators, an idle local system (grace of pending cancellations: 1 s), a
+    /// company with credentials for both providers, and the platform's internal key.
+    pub async fn start() -> CalendarsWorld {
+        let graph = GraphSimulator::new();
+        graph.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
+        let graph_url = serve(graph.router()).await;
+        let google = GoogleSimulator::new();
+        google
+            .register_account(SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY)
+            .unwrap();
+        let google_url = serve(google.router()).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app_url = format!("http://{}", listener.local_addr().unwrap());
+        let token_url = format!("{google_url}/token");
+        let app = TestApp::start_idle(&[
+            ("VOYAGE_GRAPH_BASE_URL", &graph_url),
+            ("VOYAGE_MS_LOGIN_BASE_URL", &graph_url),
+            ("VOYAGE_GOOGLE_CALENDAR_BASE_URL", &google_url),
+            ("VOYAGE_GOOGLE_TOKEN_URL", &token_url),
+            ("VOYAGE_PUBLIC_BASE_URL", &app_url),
+            ("VOYAGE_PENDING_CANCELLATION_GRACE", "1s"),
+        ]);
+        let router = app.router.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let tenant = app.key(COMPANY, false).await;
+        let platform = app.key("platform", true).await;
+        let w = CalendarsWorld {
+            graph,
+            google,
+            app,
+            tenant,
+            platform,
+        };
+        let (status, body) = w
+            .app
+            .call(
+                "PUT",
+                "/v1/credentials/exchange",
+                &w.tenant,
+                Some(json!({"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = w
+            .app
+            .call(
+                "PUT",
+                "/v1/credentials/google",
+                &w.tenant,
+                Some(json!({"type": "service_account", "client_email": SANDBOX_CLIENT_EMAIL,
+                    "private_key": SANDBOX_PRIVATE_KEY, "token_uri": "https://oauth2.googleapis.com/token"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        w
+    }
+
+    /// Connects `staff`'s calendar of `cal`; returns the connection id.
+    pub async fn connect(&self, cal: Cal, staff: &str) -> String {
+        let body = match cal {
+            Cal::Exchange => {
+                json!({"provider": "exchange", "staff_id": staff, "staff_email": email(staff)})
+            }
+            Cal::Google => json!({"provider": "google", "staff_id": staff,
+                "staff_email": email(staff), "calendar_id": email(staff)}),
+        };
+        let (status, conn) = self
+            .app
+            .call("POST", "/v1/connections", &self.tenant, Some(body))
+            .await;
+        assert_eq!(status, 201, "{conn}");
+        let id = conn["id"].as_str().unwrap().to_string();
+        // The first round lists the calendar (and starts its cursor).
+        self.sync(cal, &id).await;
+        id
+    }
+
+    /// `POST /v1/sessions/changes`; the answer.
+    pub async fn change(&self, action: &str, session: &str, hour: u32) -> Value {
+        let (status, out) = self
+            .app
+            .call(
+                "POST",
+                "/v1/sessions/changes",
+                &self.platform,
+                Some(change_body(action, session, "ann", hour)),
+            )
+            .await;
+        assert_eq!(status, 200, "{out}");
+        out
+    }
+
+    pub async fn session(&self, id: &str) -> Session {
+        self.app
+            .local
+            .deps
+            .store
+            .get_session(COMPANY, id)
+            .await
+            .unwrap()
+    }
+
+    async fn connection(&self, id: &str) -> Connection {
+        self.app
+            .local
+            .deps
+            .store
+            .get_connection(COMPANY, id)
+            .await
+            .unwrap()
+    }
+
+    /// Runs one sync round of the connection (inline, as its queue worker would); returns the
+    /// booking commands it carried out.
+    pub async fn sync(&self, cal: Cal, connection: &str) -> usize {
+        let deps = &self.app.local.deps;
+        match cal {
+            Cal::Exchange => {
+                let req = voyage_core::exchange::notifications::SyncRequest {
+                    company_id: COMPANY.into(),
+                    connection_id: connection.into(),
+                    subscription_id: String::new(),
+                    reason: "notification".into(),
+                };
+                voyage_core::exchange::inbound::handle(deps, &req)
+                    .await
+                    .unwrap()
+                    .commands
+            }
+            Cal::Google => {
+                let mut conn = self.connection(connection).await;
+                voyage_core::google::sync::sync_connection(deps, &mut conn)
+                    .await
+                    .unwrap()
+                    .commands
+            }
+        }
+    }
+
+    /// The platform's live events of `session` in `staff`'s calendar of `cal`.
+    pub fn shown(&self, cal: Cal, staff: &str, session: &str) -> Vec<Shown> {
+        let tag = format!("{COMPANY}/{session}");
+        match cal {
+            Cal::Exchange => self
+                .graph
+                .events_of(&email(staff))
+                .into_iter()
+                .filter(|e| e.session_tag.as_deref() == Some(&tag) && !e.deleted)
+                .map(|e| Shown {
+                    id: e.id,
+                    start: e.start,
+                    declined: e.declined,
+                })
+                .collect(),
+            Cal::Google => self
+                .google
+                .events_of(&email(staff))
+                .into_iter()
+                .filter(|e| e.session_tag.as_deref() == Some(&tag) && e.status != "cancelled")
+                .filter_map(|e| {
+                    Some(Shown {
+                        id: e.id,
+                        start: e.start?,
+                        declined: e.declined,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The staff member deletes an event in their calendar.
+    pub fn staff_delete(&self, cal: Cal, staff: &str, id: &str) {
+        let done = match cal {
+            Cal::Exchange => self.graph.staff_delete(&email(staff), id),
+            Cal::Google => self.google.staff_delete(&email(staff), id),
+        };
+        assert!(done, "{cal:?}: no live event {id} to delete");
+    }
+
+    /// The staff member restores a deleted event (Deleted Items, Google's bin).
+    pub fn staff_restore(&self, cal: Cal, staff: &str, id: &str) {
+        let done = match cal {
+            Cal::Exchange => self.graph.staff_restore(&email(staff), id),
+            Cal::Google => self.google.staff_restore(&email(staff), id),
+        };
+        assert!(done, "{cal:?}: no deleted event {id} to restore");
+    }
+
+    /// The staff member moves an event to `hour` (for an hour) on the test day.
+    pub fn staff_move(&self, cal: Cal, staff: &str, id: &str, hour: u32) {
+        let (start, end) = (at(hour), at(hour + 1));
+        let done = match cal {
+            Cal::Exchange => self.graph.staff_move(&email(staff), id, start, end),
+            Cal::Google => self.google.staff_move(&email(staff), id, start, end),
+        };
+        assert!(done, "{cal:?}: no live event {id} to move");
+    }
+
+    /// The staff member declines an event.
+    pub fn staff_decline(&self, cal: Cal, staff: &str, id: &str) {
+        let done = match cal {
+            Cal::Exchange => self.graph.staff_decline(&email(staff), id),
+            Cal::Google => self.google.staff_decline(&email(staff), id),
+        };
+        assert!(done, "{cal:?}: no live event {id} to decline");
+    }
+
+    /// The five-minute job that commits due pending cancellations.
+    pub async fn commit_pending_cancellations(&self) {
+        voyage_core::exchange::inbound::commit_pending_cancellations(&self.app.local.deps)
+            .await
+            .unwrap();
+    }
+}
+
+/// `hour`:00 UTC on the scenarios' day.
+pub fn at(hour: u32) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(&format!("2026-12-01T{hour:02}:00:00Z"))
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// The body of a session change for `staff`, an hour from `hour`:00 UTC on the scenarios' day.
+pub fn change_body(action: &str, session: &str, staff: &str, hour: u32) -> Value {
+    json!({
+        "action": action,
+        "session": {
+            "id": session,
+            "company_id": COMPANY,
+            "staff_id": staff,
+            "start": at(hour).to_rfc3339(),
+            "end": at(hour + 1).to_rfc3339(),
+            "time_zone": "Europe/London",
+            "title": "Consultation",
+            "location": null,
+            "client": {"name": "Dana Client", "email": "dana@client.example"}
+        }
+    })
+}

@@ -1,0 +1,279 @@
+//! Two-way booking sync, table-driven over both providers (issue #13): what the platform
+//! writes through `POST /v1/sessions/changes` shows as one tagged event; what the staff member
+//! does to it in Outlook or Google Calendar comes back as the same booking commands, and
+//! nothing echoes. Each scenario runs for Exchange and for Google.
+
+use voyage_core::model::SessionStatus;
+use voyage_tests::calendars::{at, Cal, CalendarsWorld};
+
+/// A world with `ann`'s calendar of `cal` connected; returns the connection id.
+async fn world(cal: Cal) -> (CalendarsWorld, String) {
+    let w = CalendarsWorld::start().await;
+    let conn = w.connect(cal, "ann").await;
+    (w, conn)
+}
+
+/// The one live event of `session`, asserting there is exactly one.
+fn one_event(w: &CalendarsWorld, cal: Cal, session: &str) -> String {
+    let shown = w.shown(cal, "ann", session);
+    assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
+    shown[0].id.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_and_cancel_leave_one_tagged_event_then_none() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        let out = w.change("created", "s1", 9).await;
+        assert_eq!(out["calendars"][0]["provider"], cal.name(), "{out}");
+        assert_eq!(out["calendars"][0]["outcome"], "created", "{out}");
+        assert_eq!(out["calendars"][0]["connection_id"], conn.as_str(), "{out}");
+        let first = one_event(&w, cal, "s1");
+        assert_eq!(out["calendars"][0]["event_id"], first.as_str());
+        // A retried create makes no second event.
+        w.change("created", "s1", 9).await;
+        let out = w.change("updated", "s1", 11).await;
+        assert_eq!(out["calendars"][0]["outcome"], "updated", "{cal:?}: {out}");
+        assert_eq!(one_event(&w, cal, "s1"), first);
+        assert_eq!(w.shown(cal, "ann", "s1")[0].start, at(11), "{cal:?}");
+        let out = w.change("cancelled", "s1", 11).await;
+        assert_eq!(out["calendars"][0]["outcome"], "deleted", "{cal:?}: {out}");
+        assert_eq!(out["session_status"], "cancelled");
+        assert!(w.shown(cal, "ann", "s1").is_empty(), "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_writes_do_not_echo_as_booking_commands() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        w.change("updated", "s1", 10).await;
+        assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
+        let s = w.session("s1").await;
+        assert_eq!(s.status, SessionStatus::Confirmed, "{cal:?}");
+        assert!(
+            s.history.iter().all(|h| h.origin == "platform"),
+            "{cal:?}: {:?}",
+            s.history
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_starts_a_pending_cancellation_and_its_restore_ends_it() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_delete(cal, "ann", &event);
+        w.sync(cal, &conn).await;
+        assert_eq!(
+            w.session("s1").await.status,
+            SessionStatus::PendingCancellation,
+            "{cal:?}"
+        );
+        w.staff_restore(cal, "ann", &event);
+        w.sync(cal, &conn).await;
+        let s = w.session("s1").await;
+        assert_eq!(s.status, SessionStatus::Confirmed, "{cal:?}");
+        assert_eq!(s.history.last().unwrap().command, "restore", "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_cancels_the_booking_once_the_grace_has_passed() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_delete(cal, "ann", &event);
+        w.sync(cal, &conn).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        w.commit_pending_cancellations().await;
+        let s = w.session("s1").await;
+        assert_eq!(s.status, SessionStatus::Cancelled, "{cal:?}");
+        let provider = match cal {
+            Cal::Exchange => "exchange-inbound",
+            Cal::Google => "google-inbound",
+        };
+        assert_eq!(s.history.last().unwrap().origin, provider, "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_event_reschedules_the_booking() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_move(cal, "ann", &event, 14);
+        assert_eq!(w.sync(cal, &conn).await, 1, "{cal:?}");
+        let s = w.session("s1").await;
+        assert_eq!((s.start, s.end), (at(14), at(15)), "{cal:?}");
+        assert_eq!(s.history.last().unwrap().command, "reschedule");
+        // The move's own echo changes nothing more.
+        assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_onto_another_booking_is_rejected_and_written_back() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        w.change("created", "s2", 14).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_move(cal, "ann", &event, 14);
+        w.sync(cal, &conn).await;
+        let s = w.session("s1").await;
+        assert_eq!(s.start, at(9), "{cal:?}");
+        assert_eq!(s.history.last().unwrap().command, "reject_reschedule");
+        assert_eq!(
+            w.shown(cal, "ann", "s1")[0].start,
+            at(9),
+            "{cal:?}: written back"
+        );
+        // The write-back does not echo.
+        assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_event_flags_the_booking() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_decline(cal, "ann", &event);
+        w.sync(cal, &conn).await;
+        let s = w.session("s1").await;
+        assert!(s.declined, "{cal:?}");
+        assert_eq!(s.status, SessionStatus::Confirmed, "{cal:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_edit_after_the_staff_member_deleted_the_event_starts_the_cancellation() {
+    for cal in Cal::BOTH {
+        let (w, _conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = one_event(&w, cal, "s1");
+        w.staff_delete(cal, "ann", &event);
+        // No sync has seen the deletion when the platform moves the booking.
+        let out = w.change("updated", "s1", 11).await;
+        assert_eq!(
+            out["session_status"], "pending_cancellation",
+            "{cal:?}: {out}"
+        );
+        assert!(
+            w.shown(cal, "ann", "s1").is_empty(),
+            "{cal:?}: not brought back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_booking_booked_again_shows_one_event_again() {
+    for cal in Cal::BOTH {
+        let (w, conn) = world(cal).await;
+        w.change("created", "s1", 9).await;
+        w.change("cancelled", "s1", 9).await;
+        let out = w.change("created", "s1", 10).await;
+        assert_eq!(out["session_status"], "confirmed", "{cal:?}: {out}");
+        assert_eq!(out["calendars"][0]["outcome"], "created", "{cal:?}: {out}");
+        one_event(&w, cal, "s1");
+        // The old event's deletion, seen now, does not cancel the new booking.
+        assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
+        assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staff_member_without_a_calendar_gets_the_session_stored_and_no_outcomes() {
+    let w = CalendarsWorld::start().await;
+    let out = w.change("created", "s1", 9).await;
+    assert_eq!(out["calendars"], serde_json::json!([]), "{out}");
+    assert_eq!(out["session_status"], "confirmed");
+    assert_eq!(w.session("s1").await.start, at(9));
+}
+
+/// A staff member with both an Exchange and a Google connection.
+mod both {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_booking_appears_in_both_calendars() {
+        let w = CalendarsWorld::start().await;
+        w.connect(Cal::Exchange, "ann").await;
+        w.connect(Cal::Google, "ann").await;
+        let out = w.change("created", "s1", 9).await;
+        let providers: Vec<&str> = out["calendars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["provider"].as_str().unwrap())
+            .collect();
+        assert_eq!(providers, ["exchange", "google"], "{out}");
+        for cal in Cal::BOTH {
+            one_event(&w, cal, "s1");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_in_one_calendar_once_committed_removes_the_event_from_the_other() {
+        for (from, other) in [(Cal::Exchange, Cal::Google), (Cal::Google, Cal::Exchange)] {
+            let w = CalendarsWorld::start().await;
+            let conns = [
+                (Cal::Exchange, w.connect(Cal::Exchange, "ann").await),
+                (Cal::Google, w.connect(Cal::Google, "ann").await),
+            ];
+            let conn_of = |cal: Cal| conns.iter().find(|(c, _)| *c == cal).unwrap().1.clone();
+            w.change("created", "s1", 9).await;
+            let event = one_event(&w, from, "s1");
+            w.staff_delete(from, "ann", &event);
+            w.sync(from, &conn_of(from)).await;
+            assert_eq!(
+                w.session("s1").await.status,
+                SessionStatus::PendingCancellation,
+                "{from:?}"
+            );
+            // Still in the other calendar during the grace.
+            one_event(&w, other, "s1");
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            w.commit_pending_cancellations().await;
+            assert_eq!(w.session("s1").await.status, SessionStatus::Cancelled);
+            assert!(
+                w.shown(other, "ann", "s1").is_empty(),
+                "{from:?} -> {other:?}"
+            );
+            // The other calendar's sync sees our own deletion: nothing more happens.
+            assert_eq!(w.sync(other, &conn_of(other)).await, 0, "{other:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_move_in_one_calendar_moves_the_event_in_the_other() {
+        for (from, other) in [(Cal::Exchange, Cal::Google), (Cal::Google, Cal::Exchange)] {
+            let w = CalendarsWorld::start().await;
+            let exchange = w.connect(Cal::Exchange, "ann").await;
+            let google = w.connect(Cal::Google, "ann").await;
+            let conn_of = |cal: Cal| match cal {
+                Cal::Exchange => exchange.clone(),
+                Cal::Google => google.clone(),
+            };
+            w.change("created", "s1", 9).await;
+            let event = one_event(&w, from, "s1");
+            w.staff_move(from, "ann", &event, 15);
+            assert_eq!(w.sync(from, &conn_of(from)).await, 1, "{from:?}");
+            assert_eq!(
+                w.shown(other, "ann", "s1")[0].start,
+                at(15),
+                "{from:?} -> {other:?}"
+            );
+            // Neither calendar echoes the move back as another command.
+            assert_eq!(w.sync(other, &conn_of(other)).await, 0, "{other:?}");
+            assert_eq!(w.sync(from, &conn_of(from)).await, 0, "{from:?}");
+        }
+    }
+}
