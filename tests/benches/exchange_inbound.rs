@@ -182,6 +182,7 @@ fn plans_per_second() -> f64 {
         last_end: t(10),
         updated_at: t(0),
         version: 1,
+        modified: None,
     };
     let c = serde_json::from_value::<SessionChangeInput>(change("created", "acme", "s1", "ann", 9))
         .unwrap()
@@ -216,6 +217,7 @@ fn plans_per_second() -> f64 {
         event_id: "e1".into(),
         change_key: Some(key.into()),
         state,
+        modified: None,
     };
     let live = |s, e, d| SnapshotState::Live {
         start: t(s),

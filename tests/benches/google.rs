@@ -21,8 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use voyage_core::calendar::changes;
 use voyage_core::config::Config;
 use voyage_core::deps::{Deps, QueueName};
+use voyage_core::exchange::outbound::SessionChangeInput;
 use voyage_core::google::credentials::{self, GoogleCredentialsInput};
 use voyage_core::google::sync;
 use voyage_core::model::{Connection, ConnectionStatus, Provider};
@@ -251,4 +253,144 @@ async fn main() {
     }
     // Batched: a page of 250 costs ~10 batch writes (25 items each), never one per event.
     assert!(per_event < 0.1, "{per_event} round trips per event");
+
+    outbound(&deps, &store, &counting, &sim, &sim_url, &token_url).await;
+}
+
+/// Google outbound per session through the calendar seam (`calendar::changes::apply`, as
+/// `POST /v1/sessions/changes` runs it) for a staff member whose only calendar is Google:
+/// Google calls and store round trips per `created` and `updated`, and the time as a ratio to
+/// a bare reqwest loop making the same insert (same simulator, same token) in the same run.
+async fn outbound(
+    deps: &Deps,
+    store: &Store,
+    counting: &CountingTable,
+    sim: &voyage_simulators::GoogleSimulator,
+    sim_url: &str,
+    token_url: &str,
+) {
+    let n: usize = if cfg!(debug_assertions) {
+        20
+    } else {
+        std::env::var("BENCH_SESSIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000)
+    };
+    let calendar = "bea@contoso.example";
+    let now = store.now();
+    store
+        .create_connection(&Connection {
+            id: "conn2".into(),
+            company_id: "acme".into(),
+            provider: Provider::Google,
+            staff_id: "bea".into(),
+            staff_email: calendar.into(),
+            calendar_id: Some(calendar.into()),
+            status: ConnectionStatus::Active,
+            last_sync_at: None,
+            last_error: None,
+            channel: None,
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let change = |action: &str, i: usize, hour: u32| {
+        let v = voyage_tests::calendars::change_body(action, &format!("g{i}"), "bea", hour);
+        serde_json::from_value::<SessionChangeInput>(v)
+            .unwrap()
+            .validate()
+            .unwrap()
+    };
+    // Warm-up: the token is fetched once and cached.
+    changes::apply(deps, &change("created", 0, 8))
+        .await
+        .unwrap();
+    let mut report = Vec::new();
+    for (action, hour) in [("created", 9), ("updated", 12)] {
+        sim.clear_served();
+        let before = counting.round_trips();
+        let started = Instant::now();
+        for i in 1..=n {
+            let out = changes::apply(deps, &change(action, i, hour))
+                .await
+                .unwrap();
+            assert_eq!(out.calendars.len(), 1, "{out:?}");
+            assert_eq!(out.calendars[0].outcome, action, "{out:?}");
+        }
+        let elapsed = started.elapsed();
+        let trips = (counting.round_trips() - before) as f64 / n as f64;
+        let calls = sim.requests().len() as f64 / n as f64;
+        // One batch read of every calendar's context, the session recorded before the
+        // Google call, one closing transaction: as for Exchange.
+        assert_eq!(trips, 3.0, "{action}: store round trips per session");
+        assert_eq!(calls, 1.0, "{action}: Google calls per session");
+        report.push((action, trips, calls, elapsed));
+    }
+
+    // Baseline: the same insert by a bare reqwest loop with the same token.
+    let http = reqwest::Client::new();
+    let pair = voyage_core::google::jwt::key_pair(SANDBOX_PRIVATE_KEY).unwrap();
+    let assertion = voyage_core::google::jwt::assertion(
+        &pair,
+        SANDBOX_CLIENT_EMAIL,
+        calendar,
+        token_url,
+        chrono::Utc::now().timestamp(),
+    )
+    .unwrap();
+    let token: Value = http
+        .post(token_url)
+        .form(&[
+            ("grant_type", voyage_core::google::jwt::GRANT_TYPE),
+            ("assertion", &assertion),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["access_token"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    for i in 1..=n {
+        let body = json!({
+            "id": format!("bare{i:05}"), "summary": "Consultation", "description": "Voyage session.",
+            "start": {"dateTime": "2026-12-01T09:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-01T10:00:00Z", "timeZone": "UTC"},
+            "transparency": "opaque",
+            "extendedProperties": {"private": {"voyageSessionId": format!("acme/bare{i}")}},
+        });
+        let resp = http
+            .post(format!(
+                "{sim_url}/calendar/v3/calendars/{calendar}/events?sendUpdates=none"
+            ))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "{}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let bare = started.elapsed();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!("google outbound: {n} sessions per action through the calendar seam, SQLite store");
+    println!(
+        "  bare Google insert (reqwest loop): {:>8.0} us/session",
+        per(bare)
+    );
+    for (action, trips, calls, elapsed) in report {
+        println!(
+            "  {action:<8} {trips} store round trips, {calls} Google call: {:>8.0} us/session (ratio to bare {:.2})",
+            per(elapsed),
+            per(bare) / per(elapsed)
+        );
+    }
 }

@@ -1,4 +1,5 @@
-//! Deterministic simulation of the two-way Exchange sync (DESIGN-NOTES 5).
+//! Deterministic simulation of the two-way calendar sync, Exchange and Google (DESIGN-NOTES 5,
+//! issue #13).
 //!
 //! One seeded generator drives, step by step, every actor around the real core code: the
 //! platform (session changes with versions, delivered late, reordered and twice), the staff
@@ -10,16 +11,32 @@
 //! immediate retries), the scheduled jobs, the clock (minutes, and now and then a day),
 //! restarts (everything in memory rebuilt; the store, the queue and Graph's state survive)
 //! and two operations at once (a platform change held at its Graph write while another
-//! platform change, a delta round or the staff member runs: a deterministic interleaving). Graph is the stateful simulator over loopback HTTP, reached
-//! through the real HTTP adapter; the store is the memory table; nothing sleeps. Same seed,
-//! same history.
+//! platform change, a sync round or the staff member runs: a deterministic interleaving;
+//! the first write to reach the gate, Graph's or Google's, is held). Graph is the stateful
+//! simulator over loopback HTTP, reached through the real HTTP adapter; the store is the memory
+//! table; nothing sleeps. Same seed, same history.
+//!
+//! Which calendars the staff member has is drawn per seed from the variant's stream
+//! ([`Calendars`]: Exchange only, Google only, or both), so an Exchange-only history draws
+//! exactly what it always did. With Google connected the platform's changes go through the
+//! calendar seam ([`voyage_core::calendar::changes::apply`], the body of
+//! `POST /v1/sessions/changes`), which writes every calendar; the staff member acts in
+//! Google Calendar too (delete, restore from the bin, move, decline, busy time of their own);
+//! Google's pushes (one per change of the calendar, found by comparing it with the last look)
+//! are delivered by the simulation late, out of order, twice or never, and queue syncs on
+//! the google-sync queue, whose messages run as an actor (a sync without a push: the
+//! five-minute job); Google answers 429 or 503, loses a write's answer, forgets its sync
+//! tokens; the Google simulator is reached through the real HTTP adapter (no retries, no
+//! waits) behind the per-user budget. With both calendars, actors pick one by a coin toss.
 //!
 //! After the history the system settles (faults cleared, every message delivered, the
-//! grace passed, a backstop round run) and the invariants of issue #10 are checked:
-//! a cancelled session has no live event; a confirmed one has exactly one, at its booked
-//! time (both for sessions not yet over: one that ended before the sync window is history); a session is cancelled only if the platform cancelled it or its event was really
-//! deleted (no restore within the grace); webhooks match: no `session.cancelled` for a
-//! booking that ends confirmed, none twice.
+//! grace passed, a backstop round of every calendar run) and the invariants of issue #10 are
+//! checked, in each connected calendar: a cancelled session has no live event; a confirmed
+//! one has exactly one, at its booked time (both for sessions not yet over: one that ended
+//! before the sync window is history); a session is cancelled only if the platform cancelled
+//! it or one of its events was really deleted by the staff member (no restore in that
+//! calendar within the grace); webhooks match: no `session.cancelled` for a booking that ends
+//! confirmed, none twice.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,6 +60,10 @@ use voyage_core::exchange::graph::{
 };
 use voyage_core::exchange::notifications::SyncRequest;
 use voyage_core::exchange::{inbound, notifications, outbound};
+use voyage_core::google::api::{
+    Channel, EventsPage, GoogleApi, GoogleError, GoogleEvent, GoogleEventWrite, ListRequest,
+    ServiceAccount, WatchRequest,
+};
 use voyage_core::model::SessionStatus;
 use voyage_core::ports::memory::MemoryTable;
 use voyage_core::ports::queue::{Envelope, QueueError, ReceivedMessage};
@@ -52,7 +73,8 @@ use voyage_core::ports::{
 };
 use voyage_core::store::Store;
 use voyage_providers::graph::{GraphHttp, RetryBudget};
-use voyage_simulators::{CapturedNotification, Fault, GraphSimulator};
+use voyage_simulators::google::{SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY};
+use voyage_simulators::{CapturedNotification, Fault, GoogleSimulator, GraphSimulator};
 
 pub const COMPANY: &str = "acme";
 pub const STAFF: &str = "ann";
@@ -280,7 +302,7 @@ pub struct LossyGraph {
     /// actor's round waits for (a harness artefact: a real request in flight ends).
     inner: Arc<dyn GraphApi>,
     lose_next: AtomicU32,
-    gate: Mutex<Option<Gate>>,
+    gate: GateSlot,
 }
 
 /// A write held until released: `reached` tells the simulation the write is waiting.
@@ -289,20 +311,28 @@ struct Gate {
     release: tokio::sync::oneshot::Receiver<()>,
 }
 
-impl LossyGraph {
-    /// Waits at the gate if one is armed (the first write to arrive takes it).
-    async fn pass_gate(&self) {
-        let gate = self.gate.lock().ok().and_then(|mut g| g.take());
-        if let Some(g) = gate {
-            let _ = g.reached.send(());
-            let _ = g.release.await;
-        }
-    }
+/// The one gate both calendars' writes pass (the first write to arrive, Graph's or
+/// Google's, takes it).
+type GateSlot = Arc<Mutex<Option<Gate>>>;
 
-    fn disarm(&self) {
-        if let Ok(mut g) = self.gate.lock() {
-            g.take();
-        }
+/// Waits at the gate if one is armed (the first write to arrive takes it).
+async fn pass_gate(slot: &GateSlot) {
+    let gate = slot.lock().ok().and_then(|mut g| g.take());
+    if let Some(g) = gate {
+        let _ = g.reached.send(());
+        let _ = g.release.await;
+    }
+}
+
+fn disarm(slot: &GateSlot) {
+    if let Ok(mut g) = slot.lock() {
+        g.take();
+    }
+}
+
+impl LossyGraph {
+    async fn pass_gate(&self) {
+        pass_gate(&self.gate).await
     }
 
     fn lose<T>(&self, result: Result<T, GraphError>) -> Result<T, GraphError> {
@@ -405,6 +435,115 @@ impl GraphApi for LossyGraph {
     }
 }
 
+/// The real Google adapter (behind the per-user budget), whose next write's answer can be
+/// lost after Google acted on it, and whose writes pass the simulation's gate (see
+/// [`LossyGraph`]).
+pub struct LossyGoogle {
+    inner: Arc<dyn GoogleApi>,
+    lose_next: AtomicU32,
+    gate: GateSlot,
+}
+
+impl LossyGoogle {
+    fn lose<T>(&self, result: Result<T, GoogleError>) -> Result<T, GoogleError> {
+        let left = self.lose_next.load(Ordering::SeqCst);
+        if left > 0 {
+            self.lose_next.store(left - 1, Ordering::SeqCst);
+            return Err(GoogleError::Unavailable(
+                "injected: the answer was lost".into(),
+            ));
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl GoogleApi for LossyGoogle {
+    async fn list_events(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        request: &ListRequest,
+    ) -> Result<EventsPage, GoogleError> {
+        self.inner.list_events(account, subject, request).await
+    }
+    async fn watch(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        request: &WatchRequest,
+    ) -> Result<Channel, GoogleError> {
+        self.inner.watch(account, subject, request).await
+    }
+    async fn stop_channel(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        channel_id: &str,
+        resource_id: &str,
+    ) -> Result<(), GoogleError> {
+        self.inner
+            .stop_channel(account, subject, channel_id, resource_id)
+            .await
+    }
+    async fn insert_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError> {
+        pass_gate(&self.gate).await;
+        self.lose(
+            self.inner
+                .insert_event(account, subject, calendar_id, event)
+                .await,
+        )
+    }
+    async fn update_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
+        event: &GoogleEventWrite,
+    ) -> Result<GoogleEvent, GoogleError> {
+        pass_gate(&self.gate).await;
+        self.lose(
+            self.inner
+                .update_event(account, subject, calendar_id, event_id, etag, event)
+                .await,
+        )
+    }
+    async fn get_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+    ) -> Result<GoogleEvent, GoogleError> {
+        self.inner
+            .get_event(account, subject, calendar_id, event_id)
+            .await
+    }
+    async fn delete_event(
+        &self,
+        account: &ServiceAccount,
+        subject: &str,
+        calendar_id: &str,
+        event_id: &str,
+        etag: Option<&str>,
+    ) -> Result<(), GoogleError> {
+        pass_gate(&self.gate).await;
+        self.lose(
+            self.inner
+                .delete_event(account, subject, calendar_id, event_id, etag)
+                .await,
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The platform's and the staff member's side, as the simulation models them.
 
@@ -423,6 +562,34 @@ struct PlatformSession {
 enum StaffAct {
     Delete,
     Restore,
+}
+
+/// One of the staff member's calendars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cal {
+    Exchange,
+    Google,
+}
+
+/// A live event of the platform in one calendar: its session, start and end.
+type LiveEvent = (String, DateTime<Utc>, DateTime<Utc>);
+
+/// Which calendars the staff member has connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calendars {
+    ExchangeOnly,
+    GoogleOnly,
+    Both,
+}
+
+impl Calendars {
+    fn exchange(self) -> bool {
+        self != Calendars::GoogleOnly
+    }
+
+    fn google(self) -> bool {
+        self != Calendars::ExchangeOnly
+    }
 }
 
 /// The result of one history.
@@ -448,12 +615,27 @@ pub struct World {
     sim: GraphSimulator,
     sim_url: String,
     graph: Arc<LossyGraph>,
+    /// Google's simulator, its URL, and where our channels' pushes go (a sink: the
+    /// simulation delivers Google's pushes itself, see [`World::collect_google_pushes`]).
+    gsim: GoogleSimulator,
+    gsim_url: String,
+    push_sink: String,
+    google: Arc<LossyGoogle>,
+    /// The google-sync queue (durable, like the inbound one).
+    gqueue: Arc<ListQueue>,
+    /// The Google connection's id, when the staff member has one.
+    gconn: Option<String>,
+    /// Google pushes sent and not yet delivered (their message numbers).
+    gpushes: Vec<u64>,
+    gpush_number: u64,
+    /// The Google calendar as last seen: a change since means Google pushed.
+    gprint: String,
     deps: Arc<Deps>,
     platform: BTreeMap<String, PlatformSession>,
     /// Platform changes sent but not yet accepted (the platform retries until a 2xx).
     outbox: Vec<Value>,
     pushes: Vec<CapturedNotification>,
-    staff_log: BTreeMap<String, Vec<(DateTime<Utc>, StaffAct)>>,
+    staff_log: BTreeMap<String, Vec<(DateTime<Utc>, Cal, StaffAct)>>,
     bus_seen: usize,
     trace: Vec<String>,
 }
@@ -468,6 +650,8 @@ struct Variant {
     page_size: Option<usize>,
     /// Delta entries leave out `showAs`, `isCancelled`, `isAllDay`, `responseStatus`.
     partial: bool,
+    /// The staff member's calendars (drawn last, so the draws above stay as they were).
+    calendars: Calendars,
 }
 
 impl Variant {
@@ -477,20 +661,37 @@ impl Variant {
             zero_budget: rng.gen_bool(0.3),
             page_size: rng.gen_bool(0.5).then(|| rng.gen_range(1..4)),
             partial: rng.gen_bool(0.3),
+            calendars: match rng.gen_range(0..10) {
+                0..=3 => Calendars::ExchangeOnly,
+                4..=6 => Calendars::Both,
+                _ => Calendars::GoogleOnly,
+            },
         }
     }
 }
 
-fn config(sim_url: &str, variant: Variant) -> Config {
+/// Where the simulators answer, and where Google's pushes go.
+struct Urls<'a> {
+    graph: &'a str,
+    google: &'a str,
+    push_sink: &'a str,
+}
+
+fn config(urls: &Urls, variant: Variant) -> Config {
     let budget = if variant.zero_budget { "0ms" } else { "60s" };
+    let public = if variant.calendars.google() {
+        urls.push_sink.to_string()
+    } else {
+        "https://voyage.example".to_string()
+    };
+    let sim_url = urls.graph;
     let env: BTreeMap<&str, String> = [
         ("VOYAGE_SYNC_BUDGET", budget.to_string()),
         ("VOYAGE_GRAPH_BASE_URL", sim_url.to_string()),
         ("VOYAGE_MS_LOGIN_BASE_URL", sim_url.to_string()),
-        (
-            "VOYAGE_PUBLIC_BASE_URL",
-            "https://voyage.example".to_string(),
-        ),
+        ("VOYAGE_GOOGLE_CALENDAR_BASE_URL", urls.google.to_string()),
+        ("VOYAGE_GOOGLE_TOKEN_URL", format!("{}/token", urls.google)),
+        ("VOYAGE_PUBLIC_BASE_URL", public),
         (
             "VOYAGE_PENDING_CANCELLATION_GRACE",
             format!("{GRACE_MINUTES}m"),
@@ -513,6 +714,13 @@ impl World {
         sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
         sim.capture_notifications(true);
         let sim_url = crate::graph::serve(sim.router()).await;
+        let gsim = GoogleSimulator::new();
+        gsim.register_account(SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY)
+            .expect("the sandbox account");
+        let gsim_url = crate::graph::serve(gsim.router()).await;
+        // Our channels' address: it answers every push and keeps none.
+        let push_sink = crate::graph::serve(axum::Router::new().fallback(|| async { "" })).await;
+        let gqueue = Arc::new(ListQueue::default());
         let epoch = epoch();
         let clock = Arc::new(ManualClock::new(epoch));
         let table = Arc::new(FaultyTable::new());
@@ -525,7 +733,12 @@ impl World {
         if variant.partial {
             sim.partial_delta(&["showAs", "isCancelled", "isAllDay", "responseStatus"]);
         }
-        let (deps, graph) = build(&sim_url, variant, &clock, &table, &bus, &queue);
+        let urls = Urls {
+            graph: &sim_url,
+            google: &gsim_url,
+            push_sink: &push_sink,
+        };
+        let (deps, graph, google) = build(&urls, variant, &clock, &table, &bus, &queue, &gqueue);
         let mut w = World {
             seed,
             epoch,
@@ -538,6 +751,15 @@ impl World {
             sim,
             sim_url,
             graph,
+            gsim,
+            gsim_url,
+            push_sink,
+            google,
+            gqueue,
+            gconn: None,
+            gpushes: Vec::new(),
+            gpush_number: 0,
+            gprint: String::new(),
             deps,
             platform: BTreeMap::new(),
             outbox: Vec::new(),
@@ -546,8 +768,8 @@ impl World {
             bus_seen: 0,
             trace: Vec::new(),
         };
-        w.log(format!("variant: {variant:?}"));
         w.connect().await;
+        w.log(format!("variant: {variant:?}"));
         w
     }
 
@@ -580,6 +802,54 @@ impl World {
             .await
             .expect("key")
             .plaintext;
+        if self.variant.calendars.exchange() {
+            self.connect_exchange(&key).await;
+        }
+        if self.variant.calendars.google() {
+            self.connect_google(&key).await;
+        }
+        self.trace.clear();
+    }
+
+    async fn connect_google(&mut self, key: &str) {
+        let (status, body) = self
+            .call(
+                "PUT",
+                "/v1/credentials/google",
+                key,
+                json!({"type": "service_account", "client_email": SANDBOX_CLIENT_EMAIL,
+                    "private_key": SANDBOX_PRIVATE_KEY,
+                    "token_uri": "https://oauth2.googleapis.com/token"}),
+            )
+            .await;
+        assert_eq!(status, 200, "google credentials: {body}");
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/connections",
+                key,
+                json!({"provider": "google", "staff_id": STAFF, "staff_email": EMAIL,
+                    "calendar_id": EMAIL}),
+            )
+            .await;
+        assert_eq!(status, 201, "google connection: {body}");
+        assert_eq!(body["status"], "active", "google connection: {body}");
+        self.gconn = body["id"].as_str().map(str::to_string);
+        // The first sync lists the calendar and starts its cursor.
+        voyage_core::google::push::queue_sync(
+            &self.deps,
+            COMPANY,
+            self.gconn.as_deref().unwrap_or_default(),
+            StdDuration::ZERO,
+        )
+        .await
+        .expect("first google sync queued");
+        self.run_google_round(Some(0)).await;
+        self.gprint = self.google_print();
+    }
+
+    async fn connect_exchange(&mut self, key: &str) {
+        let key = key.to_string();
         let (status, body) = self
             .call(
                 "PUT",
@@ -605,7 +875,6 @@ impl World {
             .await
             .expect("baseline queued");
         self.run_round(Some(0)).await;
-        self.trace.clear();
     }
 
     fn log(&mut self, line: String) {
@@ -691,32 +960,22 @@ impl World {
         let input: outbound::SessionChangeInput =
             serde_json::from_value(change.clone()).expect("a valid change");
         let valid = input.validate().expect("a valid change");
-        let result = outbound::apply(&self.deps, &valid).await;
-        let line = match &result {
-            Ok(o) => format!(
-                "deliver {} {} v{:?}: {} ({:?})",
-                format!("{:?}", valid.action).to_lowercase(),
-                valid.id,
-                valid.version,
-                o.outcome,
-                o.session_status
-            ),
-            Err(e) => format!(
-                "deliver {} {} v{:?}: error {e}",
-                format!("{:?}", valid.action).to_lowercase(),
-                valid.id,
-                valid.version
-            ),
-        };
+        let (what, retry) = write_change(&self.deps, &valid, self.variant.calendars.google()).await;
+        let line = format!(
+            "deliver {} {} v{:?}: {what}",
+            format!("{:?}", valid.action).to_lowercase(),
+            valid.id,
+            valid.version,
+        );
         self.log(line);
-        if result.is_err() || duplicate {
+        if retry || duplicate {
             self.outbox.push(change);
         }
         true
     }
 
-    /// Two operations at once, deterministically: a platform change is held at its Graph
-    /// write while another actor (another platform change, a delta round, the staff member)
+    /// Two operations at once, deterministically: a platform change is held at its calendar
+    /// write (Graph's or Google's) while another actor (another platform change, a delta round, the staff member)
     /// runs to the end; then the held write goes on.
     async fn interleave(&mut self) {
         if self.outbox.is_empty() {
@@ -729,6 +988,7 @@ impl World {
         let valid = input.validate().expect("a valid change");
         let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        let seam = self.variant.calendars.google();
         if let Ok(mut g) = self.graph.gate.lock() {
             *g = Some(Gate {
                 reached: reached_tx,
@@ -736,7 +996,7 @@ impl World {
             });
         }
         self.log(format!(
-            "interleave: {} {} v{:?} held at its Graph write",
+            "interleave: {} {} v{:?} held at its calendar write",
             format!("{:?}", valid.action).to_lowercase(),
             valid.id,
             valid.version
@@ -744,9 +1004,9 @@ impl World {
         let deps = self.deps.clone();
         let graph = self.graph.clone();
         let held = async move {
-            let result = outbound::apply(&deps, &valid).await;
+            let result = write_change(&deps, &valid, seam).await;
             // Never reached the gate (stale, nothing to write): let the other side go.
-            graph.disarm();
+            disarm(&graph.gate);
             result
         };
         let other = async {
@@ -756,23 +1016,37 @@ impl World {
                     self.deliver_platform(None).await;
                 }
                 1 => {
-                    self.run_round(None).await;
+                    self.round_of_some_calendar().await;
                 }
                 _ => self.staff_acts(),
             }
             let _ = release_tx.send(());
         };
-        let (result, ()) = tokio::join!(held, other);
-        let line = match &result {
-            Ok(o) => format!(
-                "interleave: the held change ends {} ({:?})",
-                o.outcome, o.session_status
-            ),
-            Err(e) => format!("interleave: the held change ends in error {e}"),
-        };
-        self.log(line);
-        if result.is_err() {
+        let ((what, retry), ()) = tokio::join!(held, other);
+        self.log(format!("interleave: the held change ends {what}"));
+        if retry {
             self.outbox.push(change);
+        }
+    }
+
+    /// A sync round of one calendar: Exchange's delta round or Google's sync (which one,
+    /// when the staff member has both, drawn).
+    async fn round_of_some_calendar(&mut self) -> bool {
+        if self.google_drawn() {
+            self.run_google_round(None).await
+        } else {
+            self.run_round(None).await
+        }
+    }
+
+    /// Whether an actor acts on the Google side: always without Exchange, never without
+    /// Google, a coin toss with both (no draw for an Exchange-only history, whose stream
+    /// stays as it was).
+    fn google_drawn(&mut self) -> bool {
+        match self.variant.calendars {
+            Calendars::ExchangeOnly => false,
+            Calendars::GoogleOnly => true,
+            Calendars::Both => self.rng.gen_bool(0.5),
         }
     }
 
@@ -795,10 +1069,107 @@ impl World {
     }
 
     fn staff_acts(&mut self) {
+        if self.google_drawn() {
+            self.staff_acts_in_google();
+        } else {
+            self.staff_acts_in_outlook();
+        }
+    }
+
+    fn staff_log(&mut self, session: &str, cal: Cal, act: StaffAct) {
+        let now = self.clock.now();
+        self.staff_log
+            .entry(session.to_string())
+            .or_default()
+            .push((now, cal, act));
+    }
+
+    /// The platform's events in the staff member's Google calendar (deleted ones included).
+    fn google_tagged_events(&self) -> Vec<voyage_simulators::GoogleEventView> {
+        self.gsim
+            .events_of(EMAIL)
+            .into_iter()
+            .filter(|e| e.session_tag.is_some())
+            .collect()
+    }
+
+    fn google_session_of(e: &voyage_simulators::GoogleEventView) -> String {
+        e.session_tag
+            .as_deref()
+            .and_then(|t| t.split_once('/'))
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The staff member in Google Calendar: the same acts as in Outlook (Google reports
+    /// every deletion).
+    fn staff_acts_in_google(&mut self) {
+        let events = self.google_tagged_events();
+        let live: Vec<_> = events
+            .iter()
+            .filter(|e| e.status != "cancelled")
+            .cloned()
+            .collect();
+        let deleted: Vec<_> = events
+            .iter()
+            .filter(|e| e.status == "cancelled")
+            .cloned()
+            .collect();
+        match self.rng.gen_range(0..10) {
+            0..=2 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                if self.gsim.staff_delete(EMAIL, &e.id) {
+                    let s = Self::google_session_of(e);
+                    self.staff_log(&s, Cal::Google, StaffAct::Delete);
+                    self.log(format!("staff deletes the Google event of {s}"));
+                }
+            }
+            3..=4 if !deleted.is_empty() => {
+                let e = &deleted[self.rng.gen_range(0..deleted.len())];
+                if self.gsim.staff_restore(EMAIL, &e.id) {
+                    let s = Self::google_session_of(e);
+                    self.staff_log(&s, Cal::Google, StaffAct::Restore);
+                    self.log(format!("staff restores the Google event of {s}"));
+                }
+            }
+            5..=7 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                let to = self.rng.gen_range(0..SLOTS);
+                let (start, end) = slot(self.clock.now(), to);
+                if self.gsim.staff_move(EMAIL, &e.id, start, end) {
+                    let s = Self::google_session_of(e);
+                    self.log(format!("staff moves the Google event of {s} to slot {to}"));
+                }
+            }
+            8 if !live.is_empty() => {
+                let e = &live[self.rng.gen_range(0..live.len())];
+                if self.gsim.staff_decline(EMAIL, &e.id) {
+                    let s = Self::google_session_of(e);
+                    self.log(format!("staff declines the Google event of {s}"));
+                }
+            }
+            _ => {
+                let to = self.rng.gen_range(0..SLOTS);
+                let (start, end) = slot(self.clock.now(), to);
+                let event = json!({
+                    "summary": "Dentist",
+                    "start": {"dateTime": start.to_rfc3339()},
+                    "end": {"dateTime": end.to_rfc3339()},
+                });
+                // Pushed as any change is (see `collect_google_pushes`).
+                let done = self.gsim.seed_events(EMAIL, vec![event]);
+                self.log(format!(
+                    "staff books busy time in Google at slot {to}{}",
+                    if done.is_ok() { "" } else { " (refused)" }
+                ));
+            }
+        }
+    }
+
+    fn staff_acts_in_outlook(&mut self) {
         let events = self.tagged_events();
         let live: Vec<_> = events.iter().filter(|e| !e.deleted).cloned().collect();
         let deleted: Vec<_> = events.iter().filter(|e| e.deleted).cloned().collect();
-        let now = self.clock.now();
         match self.rng.gen_range(0..10) {
             0..=2 if !live.is_empty() => {
                 let e = &live[self.rng.gen_range(0..live.len())];
@@ -814,10 +1185,7 @@ impl World {
                 }
                 if done {
                     let s = Self::session_of(e);
-                    self.staff_log
-                        .entry(s.clone())
-                        .or_default()
-                        .push((now, StaffAct::Delete));
+                    self.staff_log(&s, Cal::Exchange, StaffAct::Delete);
                     self.log(format!("staff deletes the event of {s}"));
                 }
             }
@@ -825,10 +1193,7 @@ impl World {
                 let e = &deleted[self.rng.gen_range(0..deleted.len())];
                 if self.sim.staff_restore(EMAIL, &e.id) {
                     let s = Self::session_of(e);
-                    self.staff_log
-                        .entry(s.clone())
-                        .or_default()
-                        .push((now, StaffAct::Restore));
+                    self.staff_log(&s, Cal::Exchange, StaffAct::Restore);
                     self.log(format!("staff restores the event of {s}"));
                 }
             }
@@ -862,6 +1227,137 @@ impl World {
     fn collect_pushes(&mut self) {
         let new = self.sim.take_notifications();
         self.pushes.extend(new);
+        self.collect_google_pushes();
+    }
+
+    /// The Google calendar, every event with its status and etag: it changes with every
+    /// change Google pushes for.
+    fn google_print(&self) -> String {
+        self.gsim
+            .events_of(EMAIL)
+            .iter()
+            .map(|e| format!("{}:{}:{};", e.id, e.status, e.etag))
+            .collect()
+    }
+
+    /// Google pushes on every change of the calendar (ours, the staff member's): one push
+    /// for the changes since the last look, which the simulation delivers itself (late, out
+    /// of order, twice or never), so a history replays the same whatever the timing of the
+    /// simulator's real pushes (they go to a sink).
+    fn collect_google_pushes(&mut self) {
+        if self.gconn.is_none() {
+            return;
+        }
+        let print = self.google_print();
+        if print != self.gprint {
+            self.gprint = print;
+            self.gpush_number += 1;
+            self.gpushes.push(self.gpush_number);
+        }
+    }
+
+    async fn deliver_google_push(&mut self, all: bool) -> bool {
+        self.collect_google_pushes();
+        if self.gpushes.is_empty() {
+            return false;
+        }
+        let batch: Vec<u64> = if all {
+            self.gpushes.drain(..).collect()
+        } else {
+            let i = self.rng.gen_range(0..self.gpushes.len());
+            let n = self.gpushes.remove(i);
+            match self.rng.gen_range(0..10) {
+                0 => {
+                    self.log(format!("Google push #{n} is lost"));
+                    return true;
+                }
+                1 => {
+                    self.gpushes.push(n);
+                    vec![n]
+                }
+                _ => vec![n],
+            }
+        };
+        let Some(id) = self.gconn.clone() else {
+            return false;
+        };
+        let channel = match self.deps.store.get_connection(COMPANY, &id).await {
+            Ok(c) => c.channel,
+            Err(e) => {
+                self.log(format!("Google pushes #{batch:?} refused: {e}"));
+                return true;
+            }
+        };
+        let Some(channel) = channel else {
+            self.log("Google pushes to a connection without a channel".into());
+            return true;
+        };
+        for n in batch {
+            let push = voyage_core::google::push::Push {
+                channel_id: Some(channel.id.clone()),
+                token: Some(channel.secret.clone()),
+                resource_state: Some("exists".into()),
+                message_number: Some(n.to_string()),
+            };
+            match voyage_core::google::push::accept(&self.deps, &push).await {
+                Ok(o) => self.log(format!("Google push #{n}: {o:?}")),
+                Err(e) => self.log(format!("Google push #{n} refused: {e}")),
+            }
+        }
+        true
+    }
+
+    /// One message of the google-sync queue, as its worker handles it.
+    async fn run_google_round(&mut self, index: Option<usize>) -> bool {
+        let n = self.gqueue.len();
+        if n == 0 {
+            return false;
+        }
+        let i = index.unwrap_or_else(|| self.rng.gen_range(0..n));
+        let Some(body) = self.gqueue.remove(i) else {
+            return false;
+        };
+        // A push's sync runs when its coalescing window has ended (the queue's delay).
+        self.clock.advance(Duration::seconds(
+            voyage_core::google::push::COALESCE_SECONDS + 1,
+        ));
+        let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
+        let req: voyage_core::google::push::SyncRequest =
+            serde_json::from_value(envelope.payload).expect("a google sync request");
+        let mut conn = match self
+            .deps
+            .store
+            .get_connection(&req.company_id, &req.connection_id)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                self.log(format!("google round failed: {e}"));
+                self.gqueue.push(body);
+                return true;
+            }
+        };
+        match voyage_core::google::sync::sync_connection(&self.deps, &mut conn).await {
+            Ok(r) => self.log(format!(
+                "google round: {} events, {} commands, {} calendar writes{}{}{}{}",
+                r.events,
+                r.commands,
+                r.calendar_writes,
+                if r.full || r.resynced { ", full" } else { "" },
+                if r.coalesced { ", coalesced" } else { "" },
+                if r.continues { ", continues" } else { "" },
+                r.skipped
+                    .as_deref()
+                    .map(|s| format!(", skipped: {s}"))
+                    .unwrap_or_default(),
+            )),
+            Err(e) => {
+                self.log(format!("google round failed: {e}"));
+                // Not acked: the queue offers it again.
+                self.gqueue.push(body);
+            }
+        }
+        true
     }
 
     async fn deliver_push(&mut self, all: bool) -> bool {
@@ -970,7 +1466,8 @@ impl World {
         let report = match which {
             0 => inbound::commit_pending_cancellations(&self.deps).await,
             1 => voyage_core::booking::relay_outboxes(&self.deps).await,
-            _ => inbound::rebase_sync_windows(&self.deps).await,
+            2 => inbound::rebase_sync_windows(&self.deps).await,
+            _ => voyage_core::google::sync::sync_all(&self.deps).await,
         };
         match report {
             Ok(r) => self.log(format!(
@@ -982,6 +1479,10 @@ impl World {
     }
 
     async fn inject_fault(&mut self) {
+        if self.google_drawn() {
+            self.inject_google_fault().await;
+            return;
+        }
         match self.rng.gen_range(0..5) {
             0 => {
                 let status = if self.rng.gen_bool(0.5) { 429 } else { 503 };
@@ -1041,7 +1542,82 @@ impl World {
         }
     }
 
-    fn clear_faults(&mut self) {
+    /// A fault on the Google side, or one of the store or the bus.
+    async fn inject_google_fault(&mut self) {
+        match self.rng.gen_range(0..6) {
+            0 => {
+                let status = if self.rng.gen_bool(0.5) { 429 } else { 503 };
+                let count = self.rng.gen_range(1..3);
+                let method = ["POST", "PUT", "DELETE", "GET"][self.rng.gen_range(0..4)];
+                self.gsim.add_fault(Fault {
+                    method: Some(method.into()),
+                    path_contains: Some("/calendar/v3/".into()),
+                    status: Some(status),
+                    retry_after: None,
+                    latency_ms: None,
+                    count,
+                    after: self.rng.gen_range(0..3),
+                });
+                self.log(format!(
+                    "fault: Google answers {status} x{count} to {method}"
+                ));
+            }
+            1 => {
+                self.google.lose_next.store(1, Ordering::SeqCst);
+                self.log("fault: the next Google write's answer is lost".into());
+            }
+            2 => {
+                let kind = match self.rng.gen_range(0..3) {
+                    0 => WriteKind::Any,
+                    1 => WriteKind::MappingWrite,
+                    _ => WriteKind::SessionPut,
+                };
+                self.table.fail_next(Some(kind));
+                self.log(format!("fault: the next store write ({kind:?}) fails"));
+            }
+            3 => {
+                let n = self.rng.gen_range(1..6);
+                self.bus.refuse_next(n);
+                self.log(format!("fault: the bus refuses {n} publishes"));
+            }
+            4 if self.rng.gen_bool(0.3) => {
+                // Google forgets every sync token: the next sync answers 410.
+                let url = format!("{}/_control/sync-tokens/expire", self.gsim_url);
+                let ok = reqwest::Client::new()
+                    .post(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                self.log(format!(
+                    "fault: Google sync tokens expire (410), done: {ok}"
+                ));
+            }
+            _ => {
+                self.gsim.add_fault(Fault {
+                    method: Some("GET".into()),
+                    path_contains: Some("/events".into()),
+                    status: Some(503),
+                    retry_after: None,
+                    latency_ms: None,
+                    count: 1,
+                    after: 0,
+                });
+                self.log("fault: the next Google read answers 503".into());
+            }
+        }
+    }
+
+    async fn clear_faults(&mut self) {
+        if self.variant.calendars.google() {
+            let url = format!("{}/_control/faults", self.gsim_url);
+            let ok = reqwest::Client::new()
+                .delete(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            assert!(ok, "Google's faults cleared");
+            self.google.lose_next.store(0, Ordering::SeqCst);
+        }
         self.sim.clear_faults();
         self.graph.lose_next.store(0, Ordering::SeqCst);
         self.table.fail_next(None);
@@ -1049,16 +1625,23 @@ impl World {
     }
 
     fn restart(&mut self) {
-        let (deps, graph) = build(
-            &self.sim_url,
+        let urls = Urls {
+            graph: &self.sim_url,
+            google: &self.gsim_url,
+            push_sink: &self.push_sink,
+        };
+        let (deps, graph, google) = build(
+            &urls,
             self.variant,
             &self.clock,
             &self.table,
             &self.bus,
             &self.queue,
+            &self.gqueue,
         );
         self.deps = deps;
         self.graph = graph;
+        self.google = google;
         self.log("restart".into());
     }
 
@@ -1083,6 +1666,7 @@ impl World {
     /// One random step.
     async fn step(&mut self) {
         self.platform_reads_webhooks();
+        self.collect_google_pushes();
         match self.rng.gen_range(0..100) {
             0..=17 => self.platform_acts(),
             18..=29 => {
@@ -1090,15 +1674,25 @@ impl World {
             }
             30..=44 => self.staff_acts(),
             45..=59 => {
-                self.deliver_push(false).await;
+                if self.google_drawn() {
+                    self.deliver_google_push(false).await;
+                } else {
+                    self.deliver_push(false).await;
+                }
             }
             60..=74 => {
-                self.run_round(None).await;
+                self.round_of_some_calendar().await;
             }
             75..=77 => self.inject_fault().await,
             78..=79 => self.interleave().await,
             80..=84 => {
-                let which = self.rng.gen_range(0..3);
+                // With Google: its five-minute job too (a sync without a push).
+                let jobs = if self.variant.calendars.google() {
+                    4
+                } else {
+                    3
+                };
+                let which = self.rng.gen_range(0..jobs);
                 self.run_job(which).await;
             }
             85..=93 => {
@@ -1117,7 +1711,7 @@ impl World {
     /// Faults cleared, everything delivered and handled until nothing moves, the grace
     /// passed for every pending cancellation, a backstop round run.
     async fn settle(&mut self) {
-        self.clear_faults();
+        self.clear_faults().await;
         let mut backstops = 0;
         for _ in 0..40 {
             self.platform_reads_webhooks();
@@ -1132,8 +1726,18 @@ impl World {
             while self.queue.len() > 0 {
                 moved |= self.run_round(Some(0)).await;
             }
+            if self.gconn.is_some() {
+                moved |= self.deliver_google_push(true).await;
+                // Bounded: a round that keeps failing is the checks' to report.
+                for _ in 0..20 {
+                    if !self.run_google_round(Some(0)).await {
+                        break;
+                    }
+                    moved = true;
+                }
+            }
             self.collect_pushes();
-            if moved || !self.pushes.is_empty() {
+            if moved || !self.pushes.is_empty() || !self.gpushes.is_empty() {
                 continue;
             }
             let pending = self.pending_sessions().await;
@@ -1150,6 +1754,9 @@ impl World {
                     self.log("settle: clock +25h (the window re-bases)".into());
                 }
                 self.backstop_round().await;
+                if self.gconn.is_some() {
+                    self.run_job(3).await;
+                }
                 continue;
             }
             self.run_job(1).await;
@@ -1174,16 +1781,25 @@ impl World {
         let mut bad = Vec::new();
         if std::env::var("VOYAGE_SIM_DEBUG").is_ok() {
             for id in self.platform.keys() {
-                let m = self
-                    .deps
-                    .store
-                    .mapping_for_session(COMPANY, voyage_core::model::Provider::Exchange, id)
-                    .await;
+                for provider in [
+                    voyage_core::model::Provider::Exchange,
+                    voyage_core::model::Provider::Google,
+                ] {
+                    let m = self
+                        .deps
+                        .store
+                        .mapping_for_session(COMPANY, provider, id)
+                        .await;
+                    println!("DEBUG {id}: {provider:?} mapping {m:?}");
+                }
                 let s = self.deps.store.find_session(COMPANY, id).await;
-                println!("DEBUG {id}: mapping {m:?}\n  session {s:?}");
+                println!("DEBUG {id}: session {s:?}");
             }
             for e in self.sim.events_of(EMAIL) {
                 println!("DEBUG event {e:?}");
+            }
+            for e in self.gsim.events_of(EMAIL) {
+                println!("DEBUG google event {e:?}");
             }
         }
         let ids: Vec<String> = self.platform.keys().cloned().collect();
@@ -1193,7 +1809,32 @@ impl World {
             .get_sessions(COMPANY, &ids)
             .await
             .expect("sessions");
-        let events = self.tagged_events();
+        // Each connected calendar's live events of the platform: (session, start, end).
+        let mut calendars: Vec<(Cal, Vec<LiveEvent>)> = Vec::new();
+        if self.variant.calendars.exchange() {
+            let live = self
+                .tagged_events()
+                .iter()
+                .filter(|e| !e.deleted && !e.is_cancelled)
+                .map(|e| (Self::session_of(e), e.start, e.end))
+                .collect();
+            calendars.push((Cal::Exchange, live));
+        }
+        if self.variant.calendars.google() {
+            let live = self
+                .google_tagged_events()
+                .iter()
+                .filter(|e| e.status != "cancelled")
+                .map(|e| {
+                    (
+                        Self::google_session_of(e),
+                        e.start.unwrap_or_default(),
+                        e.end.unwrap_or_default(),
+                    )
+                })
+                .collect();
+            calendars.push((Cal::Google, live));
+        }
         // Webhook events, once per idempotency key (the dispatcher delivers each key once).
         let mut published: BTreeMap<String, BusEvent> = BTreeMap::new();
         for e in self.bus.events() {
@@ -1214,10 +1855,6 @@ impl World {
         let history_before = self.clock.now() - Duration::days(inbound::WINDOW_PAST_DAYS);
         for s in &sessions {
             let past = s.end <= history_before;
-            let live: Vec<_> = events
-                .iter()
-                .filter(|e| !e.deleted && !e.is_cancelled && Self::session_of(e) == s.id)
-                .collect();
             let cancelled_hooks = published
                 .values()
                 .filter(|e| {
@@ -1225,47 +1862,61 @@ impl World {
                         && e.detail["payload"]["session_id"] == json!(s.id)
                 })
                 .count();
+            for (cal, events) in &calendars {
+                // Exchange's sentences as they always were; Google's name the calendar.
+                let what = match cal {
+                    Cal::Exchange => "",
+                    Cal::Google => " Google",
+                };
+                let live: Vec<_> = events.iter().filter(|(id, _, _)| *id == s.id).collect();
+                match s.status {
+                    SessionStatus::Cancelled => {
+                        if !live.is_empty() && !past {
+                            bad.push(format!(
+                                "{} is cancelled but has {} live{what} event(s)",
+                                s.id,
+                                live.len()
+                            ));
+                        }
+                    }
+                    SessionStatus::Confirmed if past => {}
+                    SessionStatus::Confirmed => {
+                        if live.len() != 1 {
+                            bad.push(format!(
+                                "{} is confirmed with {} live{what} events (want exactly one)",
+                                s.id,
+                                live.len()
+                            ));
+                        }
+                        for (_, start, end) in &live {
+                            if (*start, *end) != (s.start, s.end) {
+                                bad.push(format!(
+                                    "{} is booked {}..{} but its{what} event shows {}..{}",
+                                    s.id, s.start, s.end, start, end
+                                ));
+                            }
+                        }
+                    }
+                    SessionStatus::PendingCancellation => {}
+                }
+            }
             match s.status {
                 SessionStatus::Cancelled => {
-                    if !live.is_empty() && !past {
-                        bad.push(format!(
-                            "{} is cancelled but has {} live event(s)",
-                            s.id,
-                            live.len()
-                        ));
-                    }
                     let platform_cancelled = self
                         .platform
                         .get(&s.id)
                         .is_some_and(|p| p.cancelled_by_platform);
                     if !platform_cancelled && !self.really_deleted(&s.id) {
                         bad.push(format!(
-                            "{} is cancelled, but the platform did not cancel it and every deletion of its event was undone within the grace",
+                            "{} is cancelled, but the platform did not cancel it and every deletion of its events was undone within the grace",
                             s.id
                         ));
-                    }
-                }
-                SessionStatus::Confirmed if past => {}
-                SessionStatus::Confirmed => {
-                    if live.len() != 1 {
-                        bad.push(format!(
-                            "{} is confirmed with {} live events (want exactly one)",
-                            s.id,
-                            live.len()
-                        ));
-                    }
-                    for e in &live {
-                        if (e.start, e.end) != (s.start, s.end) {
-                            bad.push(format!(
-                                "{} is booked {}..{} but its event shows {}..{}",
-                                s.id, s.start, s.end, e.start, e.end
-                            ));
-                        }
                     }
                 }
                 SessionStatus::PendingCancellation => {
                     bad.push(format!("{} is still pending after settling", s.id));
                 }
+                SessionStatus::Confirmed => {}
             }
             if s.status == SessionStatus::Confirmed && cancelled_hooks > 0 {
                 bad.push(format!(
@@ -1286,30 +1937,66 @@ impl World {
         bad
     }
 
-    /// Whether some deletion of the session's event was not undone within the grace.
+    /// Whether some deletion of one of the session's events (in either calendar) was not
+    /// undone, in that calendar, within the grace.
     fn really_deleted(&self, session: &str) -> bool {
         let Some(log) = self.staff_log.get(session) else {
             return false;
         };
         let grace = Duration::minutes(GRACE_MINUTES);
-        log.iter().enumerate().any(|(i, (at, act))| {
+        log.iter().enumerate().any(|(i, (at, cal, act))| {
             *act == StaffAct::Delete
                 && !log[i + 1..]
                     .iter()
-                    .any(|(t, a)| *a == StaffAct::Restore && *t < *at + grace)
+                    .any(|(t, c, a)| *a == StaffAct::Restore && c == cal && *t < *at + grace)
         })
     }
 }
 
+/// Writes one platform change: through the calendar seam (every calendar of the staff
+/// member, as `POST /v1/sessions/changes`) when Google is connected, else the Exchange route.
+/// Returns what it did (for the trace) and whether the platform must send it again (an
+/// error, or a calendar that could not be written).
+async fn write_change(deps: &Deps, change: &outbound::SessionChange, seam: bool) -> (String, bool) {
+    if !seam {
+        return match outbound::apply(deps, change).await {
+            Ok(o) => (format!("{} ({:?})", o.outcome, o.session_status), false),
+            Err(e) => (format!("error {e}"), true),
+        };
+    }
+    match voyage_core::calendar::changes::apply(deps, change).await {
+        Ok(o) => {
+            let calendars: Vec<String> = o
+                .calendars
+                .iter()
+                .map(|c| {
+                    let reason = match (c.outcome, &c.reason) {
+                        ("failed", Some(r)) => format!(" [{r}]"),
+                        _ => String::new(),
+                    };
+                    format!("{} {}{reason}", c.provider.as_str(), c.outcome)
+                })
+                .collect();
+            (
+                format!("{} ({:?})", calendars.join(", "), o.session_status),
+                o.any_failed(),
+            )
+        }
+        Err(e) => (format!("error {e}"), true),
+    }
+}
+
 fn build(
-    sim_url: &str,
+    urls: &Urls,
     variant: Variant,
     clock: &Arc<ManualClock>,
     table: &Arc<FaultyTable>,
     bus: &Arc<RecordingBus>,
     queue: &Arc<ListQueue>,
-) -> (Arc<Deps>, Arc<LossyGraph>) {
-    let config = config(sim_url, variant);
+    gqueue: &Arc<ListQueue>,
+) -> (Arc<Deps>, Arc<LossyGraph>, Arc<LossyGoogle>) {
+    let sim_url = urls.graph;
+    let config = config(urls, variant);
     let store = Store::new(table.clone(), clock.clone());
     let http = GraphHttp::with_budget(
         sim_url,
@@ -1329,16 +2016,44 @@ fn build(
         )),
         config.limits.graph,
     );
+    let gate: GateSlot = Arc::new(Mutex::new(None));
     let graph = Arc::new(LossyGraph {
         inner: Arc::new(limited),
         lose_next: AtomicU32::new(0),
-        gate: Mutex::new(None),
+        gate: gate.clone(),
+    });
+    // Google's client: no retries and no waits (a fault is the simulation's to repeat).
+    let google_http = voyage_providers::google::GoogleHttp::with_backoff(
+        &config.google_calendar_base_url,
+        &config.google_token_url,
+        voyage_providers::google::Backoff {
+            attempts: 1,
+            base: StdDuration::ZERO,
+            max_wait: StdDuration::ZERO,
+            timeout: StdDuration::from_secs(10),
+        },
+    )
+    .expect("google client");
+    let google_limited = voyage_core::throttle::BudgetedGoogle::new(
+        Arc::new(google_http),
+        Arc::new(voyage_core::throttle::Budget::new(
+            store.clone(),
+            config.limits.chunk,
+        )),
+        config.limits.google,
+    );
+    let google = Arc::new(LossyGoogle {
+        inner: Arc::new(google_limited),
+        lose_next: AtomicU32::new(0),
+        gate,
     });
     let mut deps = Deps::new(store, config)
         .with_bus(bus.clone())
-        .with_queue(QueueName::ExchangeInbound, queue.clone());
+        .with_queue(QueueName::ExchangeInbound, queue.clone())
+        .with_queue(QueueName::GoogleSync, gqueue.clone());
     deps.graph = Some(graph.clone());
-    (Arc::new(deps), graph)
+    deps.google = Some(google.clone());
+    (Arc::new(deps), graph, google)
 }
 
 /// Runs one history of `steps` steps on `seed` and checks the invariants.

@@ -1153,3 +1153,6 @@ mod writes {
 /// Two-way booking sync over both providers (the calendar seam, issue #13).
 #[path = "calendars/two_way.rs"]
 mod two_way;
+
+#[path = "calendars/review.rs"]
+mod calendars_review;

@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use voyage_core::deps::Deps;
-use voyage_core::exchange::{credentials as exchange_credentials, subscriptions};
-use voyage_core::google::{channels, credentials as google_credentials};
+use voyage_core::exchange::credentials as exchange_credentials;
+use voyage_core::google::credentials as google_credentials;
 use voyage_core::model::{
     ApiKey, Connection, ConnectionStatus, CredentialRecord, HistoryEntry, Provider, Session,
     SessionClient, SessionStatus,
 };
-use voyage_core::{auth, ids, validate, Error};
+use voyage_core::{auth, connections, validate, Error};
 use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
 
 pub fn router(deps: Arc<Deps>) -> Router {
@@ -180,51 +180,20 @@ impl From<Connection> for ConnectionView {
     }
 }
 
-/// Creates a connection in `pending`, then subscribes to the calendar at once (a Graph
-/// subscription, a Google push channel): the answer shows `active`, or `error` with the
-/// reason (the renewal job retries).
+/// Creates the connection and subscribes to its calendar
+/// ([`voyage_core::connections::create`]).
 async fn create_connection(
     State(deps): State<Arc<Deps>>,
     Authenticated(p): Authenticated,
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> ApiResult<impl IntoResponse> {
-    validate::identifier("staff_id", &body.staff_id)?;
-    validate::email("staff_email", &body.staff_email)?;
-    match (&body.calendar_id, body.provider) {
-        (Some(c), _) => validate::text("calendar_id", c, 512)?,
-        (None, Provider::Google) => {
-            return Err(Error::validation("calendar_id", "is required for Google").into())
-        }
-        (None, Provider::Exchange) => {}
-    }
-    if body.calendar_id.as_deref().is_some_and(str::is_empty) {
-        return Err(Error::validation("calendar_id", "must not be empty").into());
-    }
-    let now = deps.store.now();
-    let connection = Connection {
-        id: ids::new_id("conn"),
-        company_id: p.company_id,
+    let request = connections::NewConnection {
         provider: body.provider,
         staff_id: body.staff_id,
         staff_email: body.staff_email,
         calendar_id: body.calendar_id,
-        status: ConnectionStatus::Pending,
-        last_sync_at: None,
-        last_error: None,
-        channel: None,
-        created_at: now,
-        updated_at: now,
-        version: 0,
     };
-    let mut created = deps.store.create_connection(&connection).await?;
-    match created.provider {
-        Provider::Exchange => {
-            subscriptions::subscribe(&deps, &mut created).await?;
-        }
-        Provider::Google => {
-            channels::watch(&deps, &mut created).await?;
-        }
-    }
+    let created = connections::create(&deps, &p.company_id, request).await?;
     Ok((StatusCode::CREATED, Json(ConnectionView::from(created))))
 }
 
@@ -265,7 +234,7 @@ async fn delete_connection(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     validate::identifier("id", &id)?;
-    voyage_core::connections::delete(&deps, &p.company_id, &id).await?;
+    connections::delete(&deps, &p.company_id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

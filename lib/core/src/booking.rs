@@ -84,7 +84,7 @@ impl Command {
 }
 
 /// The provider whose calendar an origin stands for.
-fn origin_provider(origin: &str) -> Option<Provider> {
+pub fn origin_provider(origin: &str) -> Option<Provider> {
     match origin {
         ORIGIN_EXCHANGE_INBOUND => Some(Provider::Exchange),
         ORIGIN_GOOGLE_INBOUND => Some(Provider::Google),
@@ -96,9 +96,11 @@ fn origin_provider(origin: &str) -> Option<Provider> {
 /// (Exchange and Google), except the one the change came from: it shows the change already,
 /// and writing it back would loop.
 pub fn calendar_writes(command: &Command, origin: &str) -> Vec<Provider> {
+    // A restore too: while the cancellation was pending, no calendar was written, so a
+    // platform change made meanwhile reaches the other calendars now.
     let changes_booking = matches!(
         command,
-        Command::Reschedule { .. } | Command::CommitCancellation { .. }
+        Command::Reschedule { .. } | Command::CommitCancellation { .. } | Command::Restore
     );
     if !changes_booking {
         return Vec::new();

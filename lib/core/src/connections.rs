@@ -1,11 +1,68 @@
-//! Calendar connections' life cycle beyond the record itself: deleting a connection deletes
-//! everything it produced (DESIGN-NOTES 1.1: records are the truth, so no orphan may stay).
+//! Calendar connections' life cycle beyond the record itself: creating one subscribes to its
+//! calendar (a Graph subscription, a Google push channel); deleting one deletes everything it
+//! produced (DESIGN-NOTES 1.1: records are the truth, so no orphan may stay). The routes
+//! (`POST|DELETE /v1/connections`) only decode, call these and encode.
 
 use crate::deps::Deps;
 use crate::exchange::subscriptions;
 use crate::google::channels;
-use crate::model::Provider;
-use crate::Result;
+use crate::model::{Connection, ConnectionStatus, Provider};
+use crate::{ids, validate, Error, Result};
+
+/// A connection as a tenant asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConnection {
+    pub provider: Provider,
+    pub staff_id: String,
+    pub staff_email: String,
+    /// Required for Google (the calendar to read and write); Exchange uses the mailbox's
+    /// default calendar when it is missing.
+    pub calendar_id: Option<String>,
+}
+
+/// Validates the request (a 422 names the field), creates the connection in `pending`, then
+/// subscribes to the calendar at once: the connection comes back `active`, or `error` with
+/// the reason (the renewal job retries).
+pub async fn create(deps: &Deps, company: &str, request: NewConnection) -> Result<Connection> {
+    validate::identifier("staff_id", &request.staff_id)?;
+    validate::email("staff_email", &request.staff_email)?;
+    match (&request.calendar_id, request.provider) {
+        (Some(c), _) if c.is_empty() => {
+            return Err(Error::validation("calendar_id", "must not be empty"))
+        }
+        (Some(c), _) => validate::text("calendar_id", c, 512)?,
+        (None, Provider::Google) => {
+            return Err(Error::validation("calendar_id", "is required for Google"))
+        }
+        (None, Provider::Exchange) => {}
+    }
+    let now = deps.store.now();
+    let connection = Connection {
+        id: ids::new_id("conn"),
+        company_id: company.to_string(),
+        provider: request.provider,
+        staff_id: request.staff_id,
+        staff_email: request.staff_email,
+        calendar_id: request.calendar_id,
+        status: ConnectionStatus::Pending,
+        last_sync_at: None,
+        last_error: None,
+        channel: None,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    let mut created = deps.store.create_connection(&connection).await?;
+    match created.provider {
+        Provider::Exchange => {
+            subscriptions::subscribe(deps, &mut created).await?;
+        }
+        Provider::Google => {
+            channels::watch(deps, &mut created).await?;
+        }
+    }
+    Ok(created)
+}
 
 /// Deletes a connection and its state: its availability overrides, event mappings, delta
 /// cursor and lease, then the record, then the provider's subscription or channel (best

@@ -27,6 +27,8 @@ pub struct EventSnapshot {
     pub event_id: String,
     pub change_key: Option<String>,
     pub state: SnapshotState,
+    /// When the provider says the event last changed (Google's `updated`), when known.
+    pub modified: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,9 @@ impl PlanStep {
 /// - times differ from the session's: a reschedule when the event moved since we last saw
 ///   it, a write-back when it is still where we last saw it (the platform moved the session).
 pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session) -> Vec<PlanStep> {
+    if is_stale_read(snapshot, mapping) {
+        return Vec::new();
+    }
     if session.status == SessionStatus::Cancelled {
         return match snapshot.state {
             SnapshotState::Live {
@@ -141,8 +146,12 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
             ..
         } => {
             let mut steps = Vec::new();
-            // The event is there: a pending cancellation ends, whoever wrote it last.
-            if session.status == SessionStatus::PendingCancellation {
+            // The event is there: a pending cancellation ends, whoever wrote it last - if
+            // this calendar is the one whose deletion started it. (With two calendars, the
+            // other one's copy of the event is still there: that is no restore.)
+            if session.status == SessionStatus::PendingCancellation
+                && started_here(session, mapping)
+            {
                 steps.push(PlanStep::Restore);
             }
             if echo {
@@ -164,6 +173,24 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
             steps
         }
     }
+}
+
+/// A read of the event older than the last write or read of it the mapping records (the
+/// provider's modification times, where it gives them): what it shows is history, and
+/// planning from it would undo a newer change (a move of ours read back late, or our own
+/// deletion read after the session was booked again under the same event id).
+pub fn is_stale_read(snapshot: &EventSnapshot, mapping: &EventMapping) -> bool {
+    matches!((snapshot.modified, mapping.modified), (Some(seen), Some(known)) if seen < known)
+}
+
+/// Whether the session's pending cancellation was started by a deletion in the calendar of
+/// `mapping` (or by something that is no calendar's: then any calendar's event ends it).
+fn started_here(session: &Session, mapping: &EventMapping) -> bool {
+    session
+        .pending
+        .as_ref()
+        .and_then(|p| crate::booking::origin_provider(&p.origin))
+        .is_none_or(|provider| provider == mapping.provider)
 }
 
 #[cfg(test)]
@@ -220,6 +247,7 @@ mod tests {
             last_end: t(10),
             updated_at: t(0),
             version: 1,
+            modified: None,
         }
     }
 
@@ -237,6 +265,7 @@ mod tests {
             event_id: "e1".into(),
             change_key: Some(key.into()),
             state,
+            modified: None,
         }
     }
 
@@ -297,6 +326,7 @@ mod tests {
             event_id: "e1".into(),
             change_key: None,
             state: SnapshotState::Removed,
+            modified: None,
         };
         assert_eq!(
             plan(&s, &m, &session(Confirmed, false)),

@@ -352,6 +352,7 @@ pub async fn mappings_are_read_by_event_in_batches(f: &Fixture<dyn Table>) {
             last_end: t0() + Duration::hours(1),
             updated_at: t0(),
             version: 0,
+            modified: None,
         };
         s.save_mapping(&mut m).await.unwrap();
         assert_eq!(m.version, 1);
@@ -609,6 +610,7 @@ pub async fn outbound_context_is_one_read_and_its_commit_all_or_nothing(f: &Fixt
         last_end: t0() + Duration::hours(1),
         updated_at: t0(),
         version: 0,
+        modified: None,
     };
     let mut writes = vec![
         OutboundWrite::Session(session("acme", "sess1", "ann", t0())),

@@ -277,3 +277,30 @@ mod both {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_given_to_another_staff_member_moves_its_event_to_their_calendar() {
+    for cal in Cal::BOTH {
+        let w = CalendarsWorld::start().await;
+        w.connect(cal, "ann").await;
+        w.connect(cal, "bob").await;
+        w.change("created", "s1", 9).await;
+        let (status, out) = w
+            .app
+            .call(
+                "POST",
+                "/v1/sessions/changes",
+                &w.platform,
+                Some(voyage_tests::calendars::change_body(
+                    "updated", "s1", "bob", 9,
+                )),
+            )
+            .await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(w.shown(cal, "bob", "s1").len(), 1, "{cal:?}: {out}");
+        assert!(
+            w.shown(cal, "ann", "s1").is_empty(),
+            "{cal:?}: an orphan stays"
+        );
+    }
+}

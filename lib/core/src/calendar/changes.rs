@@ -36,8 +36,9 @@ impl ChangesOutcome {
 
 /// Stores the change and writes it to each of the staff member's calendars.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome> {
-    // Exchange's writer also records the intent (once, for every calendar).
-    let exchange = crate::exchange::outbound::apply_to_calendar(deps, change).await?;
+    // Exchange's writer also records the intent (once, for every calendar), from one batch
+    // read of every provider's connection, credentials and mapping.
+    let (exchange, mut ctx) = crate::exchange::outbound::apply_to_calendars(deps, change).await?;
     let mut out = ChangesOutcome {
         session_id: change.id.clone(),
         session_status: exchange.session_status,
@@ -56,7 +57,13 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome
         // Older than what the session reflects: no calendar is written.
         return Ok(out);
     }
-    if let Some(google) = crate::google::outbound::apply(deps, change).await? {
+    let google = match ctx.take_other(Provider::Google) {
+        Some(google_ctx) => {
+            crate::google::outbound::apply_in(deps, change, google_ctx, exchange.settled).await?
+        }
+        None => crate::google::outbound::apply(deps, change).await?,
+    };
+    if let Some(google) = google {
         out.session_status = google.session_status;
         out.calendars.push(google.calendar);
     }

@@ -11,8 +11,13 @@
 //! What differs per provider, writing the session's times back into the event and deleting
 //! it, is behind [`EventWriter`]. A move onto another session or busy time is rejected by
 //! writing the event back (our write, recorded in the mapping, so it does not echo); a
-//! move that is accepted is written to the staff member's other calendars
+//! move that is accepted, and a restore, are written to the staff member's other calendars
 //! ([`super::follow`]).
+//!
+//! Two guards keep a plan from acting on history: a read of the event older than the last
+//! write or read the mapping records is planned as nothing
+//! ([`crate::reconcile::is_stale_read`]), and a pending cancellation is ended only by the
+//! calendar whose deletion started it (the other calendar's copy is still there).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -30,6 +35,15 @@ const MAX_REPLANS: usize = 8;
 /// is refused, and the conflict check reads only that far back.
 pub const MAX_SESSION_DAYS: i64 = 31;
 
+/// What a write to an event left it as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The event's new change key (Graph) or etag (Google).
+    pub change_key: Option<String>,
+    /// When the provider says it changed (Google's `updated`), when it says.
+    pub modified: Option<DateTime<Utc>>,
+}
+
 /// A provider's writes to one of the platform's events, on behalf of a sync round.
 #[async_trait]
 pub trait EventWriter: Send + Sync {
@@ -41,15 +55,15 @@ pub trait EventWriter: Send + Sync {
     fn origin(&self) -> &'static str;
 
     /// Writes the session's times to the event, only if it is still as `snap` shows it (its
-    /// change key or etag). `Ok(Some(key))`: written, and `key` is the event's new change key
-    /// or etag; `Ok(None)`: changed again meanwhile, or gone (its own notification follows).
+    /// change key or etag). `Ok(Some(written))`: written; `Ok(None)`: changed again
+    /// meanwhile, or gone (its own notification follows).
     async fn write_session(
         &self,
         mapping: &EventMapping,
         snap: &EventSnapshot,
         session: &Session,
         note: &str,
-    ) -> std::result::Result<Option<Option<String>>, Self::Error>;
+    ) -> std::result::Result<Option<Written>, Self::Error>;
 
     /// Deletes the event (already gone counts as done).
     async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), Self::Error>;
@@ -164,6 +178,9 @@ async fn remember(deps: &Deps, mapping: &mut EventMapping, snap: &EventSnapshot)
     let Some((start, end)) = snap.times() else {
         return;
     };
+    if crate::reconcile::is_stale_read(snap, mapping) {
+        return;
+    }
     let seen = (snap.change_key.clone(), start, end);
     if (
         mapping.change_key.clone(),
@@ -174,6 +191,7 @@ async fn remember(deps: &Deps, mapping: &mut EventMapping, snap: &EventSnapshot)
         return;
     }
     (mapping.change_key, mapping.last_start, mapping.last_end) = seen;
+    mapping.modified = snap.modified.or(mapping.modified);
     mapping.updated_at = deps.store.now();
     save_mapping_quietly(deps, mapping).await;
 }
@@ -234,6 +252,9 @@ async fn carry_out<W: EventWriter>(
                 });
             };
             let changed = booking::try_execute(deps, session, &command, origin).await?;
+            if changed {
+                super::follow(deps, session, &command, origin).await;
+            }
             Ok(Carried {
                 changed,
                 wrote_calendar: false,
@@ -296,8 +317,9 @@ async fn write_session_to_event<W: EventWriter>(
         .await
         .map_err(Failure::Calendar)?
     {
-        Some(change_key) => {
-            mapping.change_key = change_key;
+        Some(written) => {
+            mapping.change_key = written.change_key;
+            mapping.modified = written.modified.or(mapping.modified);
             mapping.last_start = session.start;
             mapping.last_end = session.end;
             mapping.updated_at = deps.store.now();

@@ -627,6 +627,7 @@ pub fn snapshot(e: &GraphEvent) -> Option<EventSnapshot> {
                 .and_then(|r| r.response.as_deref())
                 .is_some_and(|r| r.eq_ignore_ascii_case("declined")),
         },
+        modified: None,
     })
 }
 
@@ -648,6 +649,7 @@ async fn read_snapshot(
             event_id: id.to_string(),
             change_key: None,
             state: SnapshotState::Removed,
+            modified: None,
         })),
         Err(e) => Err(RoundError::Graph(e)),
     }
@@ -832,6 +834,7 @@ async fn apply_page(
                     event_id: listed.id.clone(),
                     change_key: None,
                     state: SnapshotState::Removed,
+                    modified: None,
                 },
                 Some(e) => match snapshot(e) {
                     Some(snap) => snap,
@@ -985,6 +988,7 @@ async fn adopt(
         last_end: end,
         updated_at: deps.store.now(),
         version: existing.as_ref().map_or(0, |m| m.version),
+        modified: None,
     };
     match deps.store.save_mapping(&mut mapping).await {
         Ok(()) => {}
@@ -1016,7 +1020,7 @@ impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
         snap: &EventSnapshot,
         session: &Session,
         note: &str,
-    ) -> std::result::Result<Option<Option<String>>, GraphError> {
+    ) -> std::result::Result<Option<engine::Written>, GraphError> {
         let etag = snap.change_key.as_ref().map(|k| format!("W/\"{k}\""));
         let graph = self
             .ctx
@@ -1033,7 +1037,10 @@ impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
             )
             .await
         {
-            Ok(written) => Ok(Some(written.change_key)),
+            Ok(written) => Ok(Some(engine::Written {
+                change_key: written.change_key,
+                modified: None,
+            })),
             Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
@@ -1163,6 +1170,7 @@ async fn reconcile_vanished(
                 event_id: m.external_event_id.clone(),
                 change_key: None,
                 state: SnapshotState::Removed,
+                modified: None,
             },
             Some(e) => match snapshot(e) {
                 Some(snap) => snap,

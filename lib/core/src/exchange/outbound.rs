@@ -241,6 +241,10 @@ pub struct Outcome {
     pub event_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The calendar shows what the change asked for (or needs nothing more): with the other
+    /// calendars settled too, a retry of the same version is stale.
+    #[serde(skip)]
+    pub settled: bool,
 }
 
 /// The id Graph deduplicates creates by: stable for a session, so a retried create (after a
@@ -437,7 +441,7 @@ impl Step {
 
 /// Applies a validated change: the session mirror (first), the Graph event, the mapping.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
-    let (outcome, failure) = write(deps, change).await?;
+    let (outcome, failure, _) = write(deps, change).await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(outcome),
@@ -448,7 +452,17 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
 /// be written is an outcome, not an error: `no_connection` (the staff member has no
 /// Exchange connection) or `failed` with the reason (the same change retried writes it).
 pub async fn apply_to_calendar(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
-    let (mut outcome, failure) = write(deps, change).await?;
+    apply_to_calendars(deps, change).await.map(|(o, _)| o)
+}
+
+/// [`apply_to_calendar`], also returning what the write read and wrote last: the session as
+/// stored, and the other providers' connections, credentials and mappings (read in the same
+/// batch), for the calendar seam to write the other calendars without reading again.
+pub async fn apply_to_calendars(
+    deps: &Deps,
+    change: &SessionChange,
+) -> Result<(Outcome, OutboundContext)> {
+    let (mut outcome, failure, ctx) = write(deps, change).await?;
     if let Some(e) = failure {
         outcome.outcome = match e {
             Error::BadRequest {
@@ -461,12 +475,15 @@ pub async fn apply_to_calendar(deps: &Deps, change: &SessionChange) -> Result<Ou
             outcome.reason = Some(e.to_string());
         }
     }
-    Ok(outcome)
+    Ok((outcome, ctx))
 }
 
 /// Records the change and writes the event: the outcome, and the error the Exchange route
 /// answers with when the calendar could not be written.
-async fn write(deps: &Deps, change: &SessionChange) -> Result<(Outcome, Option<Error>)> {
+async fn write(
+    deps: &Deps,
+    change: &SessionChange,
+) -> Result<(Outcome, Option<Error>, OutboundContext)> {
     let read = || {
         deps.store.outbound_context(
             &change.company_id,
@@ -477,9 +494,30 @@ async fn write(deps: &Deps, change: &SessionChange) -> Result<(Outcome, Option<E
     };
     let mut ctx = read().await?;
     let (previous, retired) = match record_intent(deps, &mut ctx, change, &read).await? {
-        Intent::Stale => return Ok((stale(change, &ctx), None)),
+        Intent::Stale => {
+            let outcome = stale(change, &ctx);
+            return Ok((outcome, None, ctx));
+        }
         Intent::Recorded { previous, retired } => (previous.map(|p| *p), retired),
     };
+    // An event written through another connection (the session was given to another staff
+    // member): it goes from that calendar.
+    if let Some(old) = ctx.mapping.clone().filter(|m| {
+        ctx.connection
+            .as_ref()
+            .is_none_or(|c| c.id != m.connection_id)
+    }) {
+        remove_elsewhere(deps, &ctx, &old).await;
+        if ctx.connection.is_none() {
+            let mut writes = [OutboundWrite::DeleteMapping(old)];
+            match deps.store.commit_outbound(&mut writes).await {
+                Ok(()) => ctx.mapping = None,
+                Err(e) => {
+                    tracing::debug!(session = %change.id, error = %e, "moved session's exchange mapping not removed")
+                }
+            }
+        }
+    }
     let step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
     let mut attempt = 0;
     loop {
@@ -493,7 +531,9 @@ async fn write(deps: &Deps, change: &SessionChange) -> Result<(Outcome, Option<E
                         ctx.session = Some(s);
                     }
                 }
-                break finish_step(deps, change, outcome, &step, ctx).await;
+                let (outcome, failure) =
+                    finish_step(deps, change, outcome, &step, &mut ctx).await?;
+                break Ok((outcome, failure, ctx));
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
                 tracing::debug!(session = %change.id, "outbound commit lost a race; re-reading");
@@ -579,9 +619,8 @@ where
         writes.extend(retired.clone().map(OutboundWrite::DeleteMapping));
         if rebooked {
             writes.extend(
-                ctx.other_mappings
-                    .iter()
-                    .cloned()
+                ctx.other_mappings()
+                    .into_iter()
                     .map(OutboundWrite::DeleteMapping),
             );
         }
@@ -593,7 +632,9 @@ where
                 ctx.session = Some(written);
                 if rebooked {
                     ctx.mapping = None;
-                    ctx.other_mappings.clear();
+                    for (_, other) in &mut ctx.others {
+                        other.mapping = None;
+                    }
                 }
                 return Ok(Intent::Recorded {
                     previous: previous.map(Box::new),
@@ -631,6 +672,7 @@ fn stale(change: &SessionChange, ctx: &OutboundContext) -> Outcome {
                 .and_then(|s| s.platform_version)
                 .unwrap_or_default()
         )),
+        settled: true,
     }
 }
 
@@ -936,8 +978,11 @@ fn closing_writes(
             what
         }
     };
+    // The version is done once every calendar shows it: with another calendar connected,
+    // the calendar seam marks it after that one's write ([`crate::google::outbound`]).
+    let alone = ctx.others.iter().all(|(_, o)| o.connection.is_none());
     if let (Some(s), Some(v)) = (session.as_mut(), change.version) {
-        if step.settles_calendar() && s.calendar_version < Some(v) {
+        if alone && step.settles_calendar() && s.calendar_version < Some(v) {
             s.calendar_version = Some(v);
         }
     }
@@ -972,6 +1017,43 @@ async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, event: &GraphEvent
     }
 }
 
+/// Deletes the event `old` maps, in the mailbox of the connection it was written through
+/// (best effort, logged: a connection deleted since took its events' mappings with it).
+async fn remove_elsewhere(deps: &Deps, ctx: &OutboundContext, old: &EventMapping) {
+    let conn = match deps
+        .store
+        .get_connection(&old.company_id, &old.connection_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(session = %old.session_id, error = %e, "the old exchange connection is gone");
+            return;
+        }
+    };
+    let Some(record) = &ctx.credentials else {
+        return;
+    };
+    let result = match (credentials::open(deps, record), deps.graph()) {
+        (Ok(creds), Ok(graph)) => graph
+            .delete_event(&creds, &calendar_of(&conn), &old.external_event_id)
+            .await
+            .or_else(|e| match e {
+                GraphError::NotFound => Ok(()),
+                e => Err(e.to_string()),
+            }),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(session = %old.session_id, "event removed from the previous staff member's mailbox")
+        }
+        Err(e) => {
+            tracing::warn!(session = %old.session_id, error = %e, "event not removed from the previous staff member's mailbox")
+        }
+    }
+}
+
 /// The mapping of `event`, written for `change` through connection `c`.
 fn mapping_of(
     change: &SessionChange,
@@ -991,6 +1073,7 @@ fn mapping_of(
         last_end: change.end,
         updated_at: now,
         version: ctx.mapping.as_ref().map_or(0, |m| m.version),
+        modified: None,
     }
 }
 
@@ -1001,14 +1084,14 @@ async fn finish_step(
     change: &SessionChange,
     outcome: &'static str,
     step: &Step,
-    mut ctx: OutboundContext,
+    ctx: &mut OutboundContext,
 ) -> Result<(Outcome, Option<Error>)> {
     // A cancellation that overtook this write (handled while the write was in flight): the
     // event just written must not outlive it. The mapping keeps pointing at it, so a restore
     // of it is deleted again too.
     if let (Step::Wrote(event, _), Some(session)) = (step, ctx.session.as_ref()) {
         if session.status == SessionStatus::Cancelled {
-            delete_overtaken(deps, &ctx, event).await;
+            delete_overtaken(deps, ctx, event).await;
         }
     }
     if let (Step::EventGone, Some(session)) = (step, ctx.session.as_mut()) {
@@ -1026,7 +1109,7 @@ async fn finish_step(
         .session
         .as_ref()
         .map_or(SessionStatus::Confirmed, |s| s.status);
-    finish(change, outcome, status, step, &ctx)
+    finish(change, outcome, status, step, ctx)
 }
 
 fn finish(
@@ -1078,6 +1161,7 @@ fn finish(
                 ),
                 _ => None,
             },
+        settled: step.settles_calendar() || matches!(step, Step::NoConnection),
     };
     Ok((outcome, failure))
 }

@@ -88,11 +88,16 @@ pub async fn load(deps: &Deps, company: &str) -> Result<Option<ServiceAccount>> 
     else {
         return Ok(None);
     };
-    let opened = OpenedCredentials::open(deps.sealer()?, &record)?;
-    Ok(Some(ServiceAccount {
+    open(deps, &record).map(Some)
+}
+
+/// The service account of a stored credentials record (read already, with other records).
+pub fn open(deps: &Deps, record: &CredentialRecord) -> Result<ServiceAccount> {
+    let opened = OpenedCredentials::open(deps.sealer()?, record)?;
+    Ok(ServiceAccount {
         client_email: opened.identity("client_email")?,
         private_key: opened.secret("private_key")?,
-    }))
+    })
 }
 
 pub const MISSING: &str = "the company has no Google credentials: PUT /v1/credentials/google first";

@@ -42,6 +42,7 @@ pub fn snapshot(e: &GoogleEvent, zone: Option<&str>) -> Option<EventSnapshot> {
         event_id: e.id.clone(),
         change_key: e.etag.clone(),
         state,
+        modified: e.updated_at(),
     })
 }
 
@@ -71,7 +72,7 @@ impl EventWriter for GoogleEventWriter<'_> {
         snap: &EventSnapshot,
         session: &Session,
         _note: &str,
-    ) -> std::result::Result<Option<Option<String>>, GoogleError> {
+    ) -> std::result::Result<Option<engine::Written>, GoogleError> {
         let body =
             outbound::event_body(session, &mapping.external_event_id, self.attendees.clone());
         match self
@@ -86,7 +87,10 @@ impl EventWriter for GoogleEventWriter<'_> {
             )
             .await
         {
-            Ok(written) => Ok(Some(written.etag)),
+            Ok(written) => Ok(Some(engine::Written {
+                change_key: written.etag.clone(),
+                modified: written.updated_at(),
+            })),
             Err(GoogleError::PreconditionFailed) | Err(GoogleError::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
@@ -121,10 +125,15 @@ pub async fn reconcile_page(
 ) -> std::result::Result<(Reconciled, Vec<String>), Failure<GoogleError>> {
     let mut done = Reconciled::default();
     let mut ours = Vec::new();
-    let ids: Vec<String> = items.iter().map(|e| e.id.clone()).collect();
-    if ids.is_empty() {
+    // The platform's events carry its tag; a deleted one may come back from an incremental
+    // sync as its id and status only. A page with neither costs no read.
+    if !items
+        .iter()
+        .any(|e| e.is_platform_event() || e.is_cancelled())
+    {
         return Ok((done, ours));
     }
+    let ids: Vec<String> = items.iter().map(|e| e.id.clone()).collect();
     let mappings: HashMap<String, EventMapping> = deps
         .store
         .mappings_for_events(&conn.company_id, &conn.id, &ids)
@@ -185,6 +194,82 @@ pub async fn reconcile_page(
     Ok((done, ours))
 }
 
+/// After a full listing: the connection's mapped events that `listed` does not hold (all of
+/// them when `None`) are read one by one and reconciled, for sessions not over a day ago
+/// (cancelled ones included: a restore of their event is deleted again). A deleted event
+/// (404/410, or `cancelled`) plans a pending cancellation for a confirmed session.
+pub async fn reconcile_unlisted(
+    deps: &Deps,
+    conn: &Connection,
+    account: &ServiceAccount,
+    listed: Option<&std::collections::HashSet<String>>,
+) -> std::result::Result<Reconciled, Failure<GoogleError>> {
+    let mut done = Reconciled::default();
+    let unlisted: Vec<EventMapping> = deps
+        .store
+        .mappings_for_connection(&conn.company_id, &conn.id)
+        .await?
+        .into_iter()
+        .filter(|m| listed.is_none_or(|l| !l.contains(&m.external_event_id)))
+        .collect();
+    if unlisted.is_empty() {
+        return Ok(done);
+    }
+    let ids: Vec<String> = unlisted.iter().map(|m| m.session_id.clone()).collect();
+    let mut sessions: HashMap<String, Session> = HashMap::new();
+    for chunk in ids.chunks(100) {
+        for s in deps.store.get_sessions(&conn.company_id, chunk).await? {
+            sessions.insert(s.id.clone(), s);
+        }
+    }
+    let google = deps.google()?;
+    let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+    let history = deps.store.now() - chrono::Duration::days(1);
+    for mapping in unlisted {
+        let Some(session) = sessions.get_mut(&mapping.session_id) else {
+            continue;
+        };
+        if session.end < history {
+            continue;
+        }
+        let (snap, attendees) = match google
+            .get_event(
+                account,
+                &conn.staff_email,
+                &calendar_id,
+                &mapping.external_event_id,
+            )
+            .await
+        {
+            Ok(e) => match snapshot(&e, None) {
+                Some(snap) => (snap, e.attendees.clone()),
+                None => continue,
+            },
+            Err(GoogleError::NotFound) => (
+                EventSnapshot {
+                    event_id: mapping.external_event_id.clone(),
+                    change_key: None,
+                    state: SnapshotState::Removed,
+                    modified: None,
+                },
+                None,
+            ),
+            Err(e) => return Err(Failure::Calendar(e)),
+        };
+        let writer = GoogleEventWriter {
+            google,
+            account,
+            subject: &conn.staff_email,
+            calendar_id: &calendar_id,
+            attendees,
+        };
+        let r = engine::reconcile_event(deps, &writer, &mapping, &snap, session).await?;
+        done.commands += r.commands;
+        done.calendar_writes += r.calendar_writes;
+    }
+    Ok(done)
+}
+
 /// One of our events without a mapping (its id is the one we derive from its tag): a create
 /// whose closing commit was lost, or one made while this page was read. When its session
 /// exists and has no Google event mapped, the event is mapped (as not yet seen, so it is
@@ -226,6 +311,7 @@ async fn adopt(
         last_end: end,
         updated_at: deps.store.now(),
         version: 0,
+        modified: None,
     };
     match deps.store.save_mapping(&mut mapping).await {
         Ok(()) => {}

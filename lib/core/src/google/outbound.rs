@@ -19,9 +19,10 @@
 //! - **No mail leaves** on the platform's behalf (every write goes with `sendUpdates=none`)
 //!   and the client is never invited.
 //!
-//! Store round trips per session: one batch read (session, connection, mapping) and one
-//! transaction (the mapping, and the connection's status when it changes). Google calls: one
-//! write; a read and a second write only after a 409 or 412.
+//! Store round trips per session: one transaction (the mapping, and the connection's status
+//! when it changes); the batch read of session, connection, credentials and mapping is the
+//! one the seam made for every calendar ([`apply_in`]). Google calls: one write; a read and a
+//! second write only after a 409 or 412.
 
 use chrono::{DateTime, Utc};
 
@@ -56,7 +57,10 @@ enum Step {
     Pending,
     /// The staff member deleted the event: the booking's cancellation starts pending.
     EventGone,
-    Wrote(Box<GoogleEvent>, &'static str),
+    /// Written; `declined`: the event read before the write shows the staff member's own
+    /// answer `declined` (the write keeps it, and its etag becomes ours: the decline is
+    /// flagged here, or no sync would see it).
+    Wrote(Box<GoogleEvent>, &'static str, bool),
     Deleted,
     NothingToDelete,
     Failed(String),
@@ -65,15 +69,47 @@ enum Step {
 /// Writes the stored session `change` names to the staff member's Google calendar.
 /// `Ok(None)`: the staff member has no Google connection.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Option<Written>> {
-    let read = || {
-        deps.store.outbound_context(
+    let ctx = read(deps, change).await?;
+    apply_in(deps, change, ctx, true).await
+}
+
+async fn read(deps: &Deps, change: &SessionChange) -> Result<OutboundContext> {
+    deps.store
+        .outbound_context(
             &change.company_id,
             &change.staff_id,
             &change.id,
             Provider::Google,
         )
-    };
-    let mut ctx = read().await?;
+        .await
+}
+
+/// [`apply`] from a context read already (with the session as stored by the intent): the
+/// calendar seam reads every provider's context in one batch. `others_settled`: every other
+/// calendar of the staff member shows the change; then, once this one does too, the
+/// change's `version` is recorded as done (in this write's commit), and a retry of it is
+/// stale. Until then a retry writes again.
+pub async fn apply_in(
+    deps: &Deps,
+    change: &SessionChange,
+    mut ctx: OutboundContext,
+    others_settled: bool,
+) -> Result<Option<Written>> {
+    // An event written through another connection (the session was given to another staff
+    // member, or the connection was replaced): it goes from that calendar.
+    if let Some(old) = ctx.mapping.clone().filter(|m| {
+        ctx.connection
+            .as_ref()
+            .is_none_or(|c| c.id != m.connection_id)
+    }) {
+        remove_elsewhere(deps, &ctx, &old).await;
+        if ctx.connection.is_none() {
+            let mut writes = [OutboundWrite::DeleteMapping(old)];
+            if let Err(e) = deps.store.commit_outbound(&mut writes).await {
+                tracing::debug!(session = %change.id, error = %e, "moved session's google mapping not removed");
+            }
+        }
+    }
     let Some(conn) = ctx.connection.clone() else {
         return Ok(None);
     };
@@ -86,19 +122,36 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Option<Written
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut writes = closing_writes(&ctx, &step, deps.store.now());
+        let settle = others_settled.then_some(change.version).flatten();
+        let mut writes = closing_writes(&ctx, &step, settle, deps.store.now());
         if writes.is_empty() {
             break;
         }
         match deps.store.commit_outbound(&mut writes).await {
-            Ok(()) => break,
+            Ok(()) => {
+                for w in writes {
+                    if let OutboundWrite::Session(s) = w {
+                        ctx.session = Some(s);
+                    }
+                }
+                break;
+            }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
-                ctx = read().await?;
+                ctx = read(deps, change).await?;
             }
             Err(e) => return Err(e),
         }
     }
     let mut session = ctx.session.clone().unwrap_or(session);
+    if let Step::Wrote(_, _, true) = step {
+        booking::execute(
+            deps,
+            &mut session,
+            &Command::FlagDecline,
+            ORIGIN_GOOGLE_INBOUND,
+        )
+        .await?;
+    }
     if let Step::EventGone = step {
         let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
             .unwrap_or_else(|_| chrono::Duration::minutes(10));
@@ -114,6 +167,49 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Option<Written
         calendar: outcome_of(&conn, &step),
         session_status: session.status,
     }))
+}
+
+/// Deletes the event `old` maps, in the calendar of the connection it was written through
+/// (best effort, logged: a connection deleted since took its events' mappings with it).
+async fn remove_elsewhere(deps: &Deps, ctx: &OutboundContext, old: &EventMapping) {
+    let conn = match deps
+        .store
+        .get_connection(&old.company_id, &old.connection_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(session = %old.session_id, error = %e, "the old google connection is gone");
+            return;
+        }
+    };
+    let (Some(record), Some(calendar_id)) = (&ctx.credentials, conn.calendar_id.as_deref()) else {
+        return;
+    };
+    let result = match (credentials::open(deps, record), deps.google()) {
+        (Ok(account), Ok(google)) => google
+            .delete_event(
+                &account,
+                &conn.staff_email,
+                calendar_id,
+                &old.external_event_id,
+                None,
+            )
+            .await
+            .or_else(|e| match e {
+                GoogleError::NotFound => Ok(()),
+                e => Err(e.to_string()),
+            }),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar")
+        }
+        Err(e) => {
+            tracing::warn!(session = %old.session_id, error = %e, "event not removed from the previous staff member's google calendar")
+        }
+    }
 }
 
 /// The Google calls for the session's state.
@@ -142,9 +238,10 @@ async fn google_step(
     if session.status == SessionStatus::PendingCancellation {
         return Ok(Step::Pending);
     }
-    let Some(account) = credentials::load(deps, &session.company_id).await? else {
+    let Some(record) = &ctx.credentials else {
         return Ok(Step::Failed(credentials::MISSING.into()));
     };
+    let account = credentials::open(deps, record)?;
     let google = deps.google()?;
     let target = Target {
         google,
@@ -200,11 +297,8 @@ impl Target<'_> {
             .insert_event(self.account, self.subject, self.calendar_id, &body)
             .await
         {
-            Ok(e) => Step::Wrote(Box::new(e), "created"),
-            Err(GoogleError::Duplicate) => match self.overwrite(session, event_id).await {
-                Ok(e) => Step::Wrote(Box::new(e), "created"),
-                Err(e) => Step::Failed(e.to_string()),
-            },
+            Ok(e) => Step::Wrote(Box::new(e), "created", false),
+            Err(GoogleError::Duplicate) => self.overwrite(session, event_id).await,
             Err(e) => Step::Failed(e.to_string()),
         }
     }
@@ -227,7 +321,7 @@ impl Target<'_> {
                 )
                 .await
             {
-                Ok(e) => return Step::Wrote(Box::new(e), "updated"),
+                Ok(e) => return Step::Wrote(Box::new(e), "updated", false),
                 Err(GoogleError::PreconditionFailed) => {}
                 Err(GoogleError::NotFound) => return Step::EventGone,
                 Err(e) => return Step::Failed(e.to_string()),
@@ -241,20 +335,37 @@ impl Target<'_> {
         if current.is_cancelled() {
             return Step::EventGone;
         }
+        let declined = current.self_response() == Some("declined");
         match self.write_over(session, event_id, &current).await {
-            Ok(e) => Step::Wrote(Box::new(e), "updated"),
+            Ok(e) => Step::Wrote(Box::new(e), "updated", declined),
             Err(e) => Step::Failed(e.to_string()),
         }
     }
 
-    /// Reads the event and writes the session over it (restoring it if deleted).
-    async fn overwrite(
-        &self,
-        session: &Session,
-        event_id: &str,
-    ) -> std::result::Result<GoogleEvent, GoogleError> {
-        let current = self.read(event_id).await?;
-        self.write_over(session, event_id, &current).await
+    /// The id is taken: the event is ours (the id says so). Read, then written over - unless
+    /// it was deleted after the session was booked: then the staff member deleted it (a
+    /// create whose answer was lost, so no mapping knew it), and it is not brought back
+    /// ([`Step::EventGone`]). An event deleted before the booking is the one of a cancelled
+    /// session booked again: restored, without the attendees of its earlier life (an old
+    /// decline does not flag the new booking).
+    async fn overwrite(&self, session: &Session, event_id: &str) -> Step {
+        let mut current = match self.read(event_id).await {
+            Ok(current) => current,
+            Err(e) => return Step::Failed(e.to_string()),
+        };
+        let mut declined = current.self_response() == Some("declined");
+        if current.is_cancelled() {
+            let deleted_at = current.updated_at();
+            if deleted_at.is_some_and(|t| booked_at(session).is_some_and(|b| t > b)) {
+                return Step::EventGone;
+            }
+            current.attendees = None;
+            declined = false;
+        }
+        match self.write_over(session, event_id, &current).await {
+            Ok(e) => Step::Wrote(Box::new(e), "created", declined),
+            Err(e) => Step::Failed(e.to_string()),
+        }
     }
 
     async fn read(&self, event_id: &str) -> std::result::Result<GoogleEvent, GoogleError> {
@@ -284,6 +395,18 @@ impl Target<'_> {
     }
 }
 
+/// When the session was last booked: its latest `platform.created` (a re-booking's too), or
+/// its first recorded change.
+fn booked_at(session: &Session) -> Option<DateTime<Utc>> {
+    session
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.command == "platform.created")
+        .or(session.history.first())
+        .map(|h| h.at)
+}
+
 /// The event as the session says it should be.
 pub fn event_body(
     session: &Session,
@@ -304,13 +427,25 @@ pub fn event_body(
     }
 }
 
-/// The closing transaction for `step`, built from the freshest read.
-fn closing_writes(ctx: &OutboundContext, step: &Step, now: DateTime<Utc>) -> Vec<OutboundWrite> {
+/// The closing transaction for `step`, built from the freshest read; `settle`: the version
+/// to record as done when the step leaves the calendar as the change asked.
+fn closing_writes(
+    ctx: &OutboundContext,
+    step: &Step,
+    settle: Option<u64>,
+    now: DateTime<Utc>,
+) -> Vec<OutboundWrite> {
     let mut writes = Vec::new();
     let (Some(conn), Some(session)) = (&ctx.connection, &ctx.session) else {
         return writes;
     };
-    if let Step::Wrote(event, _) = step {
+    let settles = !matches!(step, Step::Skipped(_) | Step::Failed(_));
+    if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
+        let mut s = session.clone();
+        s.calendar_version = Some(v);
+        writes.push(OutboundWrite::Session(s));
+    }
+    if let Step::Wrote(event, ..) = step {
         writes.push(OutboundWrite::Mapping {
             next: EventMapping {
                 company_id: session.company_id.clone(),
@@ -323,6 +458,7 @@ fn closing_writes(ctx: &OutboundContext, step: &Step, now: DateTime<Utc>) -> Vec
                 last_end: session.end,
                 updated_at: now,
                 version: ctx.mapping.as_ref().map_or(0, |m| m.version),
+                modified: event.updated_at(),
             },
             previous: ctx.mapping.clone(),
         });
@@ -370,7 +506,7 @@ fn outcome_of(conn: &Connection, step: &Step) -> CalendarOutcome {
                     .into(),
             ),
         ),
-        Step::Wrote(e, what) => (*what, Some(e.id.clone()), None),
+        Step::Wrote(e, what, _) => (*what, Some(e.id.clone()), None),
         Step::Deleted => ("deleted", None, None),
         Step::NothingToDelete => ("no_event", None, None),
         Step::Failed(r) => ("failed", None, Some(r.clone())),

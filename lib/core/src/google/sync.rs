@@ -318,6 +318,8 @@ async fn run(
         _ => None,
     };
     let mut pages_before = 0u64;
+    // The platform's events this invocation listed (a full sync reads the others after).
+    let mut listed_ours = std::collections::HashSet::new();
     let mut paging = match deps.store.google_sync_progress(company, id).await? {
         Some(p) if p.cursor_version == cursor_version => {
             report.resumed = true;
@@ -386,7 +388,7 @@ async fn run(
         report.pages += 1;
         report.events += page.items.len();
         let listing = paging.full.then(|| listing_of(paging.started_at));
-        apply_page(
+        let ours = apply_page(
             deps,
             conn,
             account,
@@ -396,6 +398,7 @@ async fn run(
             &mut report,
         )
         .await?;
+        listed_ours.extend(ours);
         if let Some(next) = page.next_page_token {
             // Checkpoint after every applied page: an invocation that stops (its budget, a
             // crash) is resumed from here, and no page is applied twice.
@@ -442,6 +445,15 @@ async fn run(
                     &listing_of(paging.started_at),
                 )
                 .await?;
+            // Mapped events the listing did not show (deleted ones are not listed; others
+            // lie outside the window) are read one by one and reconciled: a full sync
+            // replaces the sync token, so what changed before it is seen now or never. When
+            // the listing spanned invocations, this one knows only its own pages: all are
+            // read.
+            let listed = (!report.resumed).then_some(&listed_ours);
+            let done = super::inbound::reconcile_unlisted(deps, conn, account, listed).await?;
+            report.commands += done.commands;
+            report.calendar_writes += done.calendar_writes;
         }
         let mut next = DeltaCursor {
             company_id: company.to_string(),
@@ -482,7 +494,7 @@ async fn apply_page(
     page: &EventsPage,
     listing: Option<&str>,
     report: &mut SyncReport,
-) -> std::result::Result<(), SyncError> {
+) -> std::result::Result<Vec<String>, SyncError> {
     let now = deps.store.now();
     let zone = page.time_zone.as_deref();
     // The platform's own events are reconciled with their sessions, never overrides.
@@ -539,7 +551,7 @@ async fn apply_page(
         report.overrides_upserted += upserts.len();
         report.overrides_removed += removals.len();
     }
-    Ok(())
+    Ok(ours)
 }
 
 /// What a fan-out queued.

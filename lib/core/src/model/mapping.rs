@@ -19,6 +19,11 @@ pub struct EventMapping {
     pub last_start: DateTime<Utc>,
     pub last_end: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the provider says the event last changed, as of our last write or read of it
+    /// (Google's `updated`; `None` where the provider's reads do not carry it): a read of
+    /// the event older than that is stale and reconciles nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<DateTime<Utc>>,
     #[serde(default)]
     pub version: u64,
 }

@@ -17,9 +17,30 @@ pub struct OutboundContext {
     pub connection: Option<Connection>,
     pub credentials: Option<CredentialRecord>,
     pub mapping: Option<EventMapping>,
-    /// The session's mappings in the other providers' calendars (read in the same batch):
-    /// a cancelled session booked again retires all of them with its intent.
-    pub other_mappings: Vec<EventMapping>,
+    /// The same for every other provider (its connection of the staff member, credentials
+    /// and mapping; the same session), read in the same batch: the calendar seam writes
+    /// every calendar from one read, and a cancelled session booked again retires every
+    /// mapping with its intent.
+    pub others: Vec<(Provider, OutboundContext)>,
+}
+
+impl OutboundContext {
+    /// The session's mappings in the other providers' calendars.
+    pub fn other_mappings(&self) -> Vec<EventMapping> {
+        self.others
+            .iter()
+            .filter_map(|(_, o)| o.mapping.clone())
+            .collect()
+    }
+
+    /// The context of `provider`, read with this one, with this one's session (the freshest
+    /// this process knows).
+    pub fn take_other(&mut self, provider: Provider) -> Option<OutboundContext> {
+        let i = self.others.iter().position(|(p, _)| *p == provider)?;
+        let (_, mut other) = self.others.remove(i);
+        other.session = self.session.clone();
+        Some(other)
+    }
 }
 
 /// One record change in the closing transaction. Each carries the version it was read at
@@ -37,7 +58,8 @@ pub enum OutboundWrite {
 
 impl Store {
     /// Reads the session, the staff member's connection to `provider`, the company's
-    /// credentials for it and the session's mapping, in one batch read.
+    /// credentials for it and the session's mapping, and the same for every other provider
+    /// (`others`), in one batch read.
     pub async fn outbound_context(
         &self,
         company: &str,
@@ -45,38 +67,46 @@ impl Store {
         session: &str,
         provider: Provider,
     ) -> Result<OutboundContext> {
-        let mut keys = vec![
-            session_key(company, session),
-            staff_key(company, staff, provider),
-            credentials_key(company, provider),
-            by_session(company, provider, session),
-        ];
-        keys.extend(
-            [Provider::Exchange, Provider::Google]
-                .into_iter()
-                .filter(|p| *p != provider)
-                .map(|p| by_session(company, p, session)),
-        );
+        let providers = [Provider::Exchange, Provider::Google];
+        let mut keys = vec![session_key(company, session)];
+        for p in providers {
+            keys.push(staff_key(company, staff, p));
+            keys.push(credentials_key(company, p));
+            keys.push(by_session(company, p, session));
+        }
+        let items = self.table.batch_get(&keys).await?;
         let mut ctx = OutboundContext::default();
-        for item in self.table.batch_get(&keys).await? {
-            if item.key == keys[0] {
-                ctx.session = Some(decode(&item)?);
-            } else if item.key == keys[1] {
-                ctx.connection = Some(decode(&item)?);
-            } else if item.key == keys[2] {
-                ctx.credentials = Some(decode(&item)?);
-            } else if item.key == keys[3] {
-                ctx.mapping = Some(decode(&item)?);
-            } else if keys[4..].contains(&item.key) {
-                ctx.other_mappings.push(decode(&item)?);
+        let mut others = Vec::new();
+        for (i, p) in providers.into_iter().enumerate() {
+            let mut c = OutboundContext::default();
+            let base = 1 + 3 * i;
+            for item in &items {
+                if item.key == keys[0] {
+                    c.session = Some(decode(item)?);
+                } else if item.key == keys[base] {
+                    c.connection = Some(decode(item)?);
+                } else if item.key == keys[base + 1] {
+                    c.credentials = Some(decode(item)?);
+                } else if item.key == keys[base + 2] {
+                    c.mapping = Some(decode(item)?);
+                }
+            }
+            if p == provider {
+                ctx = c;
+            } else {
+                others.push((p, c));
             }
         }
+        ctx.others = others;
         Ok(ctx)
     }
 
     /// Applies `writes` in one transaction, all or nothing; a lost race is a `Conflict`.
     /// On success every written record's `version` is its new version.
     pub async fn commit_outbound(&self, writes: &mut [OutboundWrite]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         let mut tx = Vec::new();
         for w in writes.iter_mut() {
             match w {
