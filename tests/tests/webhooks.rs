@@ -1460,3 +1460,83 @@ mod endpoint_options {
         assert_eq!(read["rate_limit"], Value::Null);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_dispatches_of_one_session_each_take_their_own_sequence() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    // The counter's write commits with each event's deliveries: dispatches that race for one
+    // session lose, draw again and still each get a value of their own.
+    let answers = futures_util::future::join_all(
+        (0..20).map(|_| dispatch(&app, &internal, "session.updated", json!({}))),
+    )
+    .await;
+    assert_eq!(answers.len(), 20);
+    let got = receiver.wait_for(20, Duration::from_secs(20)).await;
+    let mut sequences: Vec<u64> = got
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["data"]["sequence"].as_u64().unwrap()
+        })
+        .collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=20).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_refused_by_its_schema_takes_no_sequence() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    // `session.rescheduled` requires more than `session_id`: refused before anything is stored.
+    let (status, answer) = app
+        .call(
+            "POST",
+            "/v1/webhooks/dispatch",
+            &internal,
+            Some(json!({"company_id": "acme", "event": "session.rescheduled",
+                "payload": {"session_id": "s1"}})),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    dispatch(&app, &internal, "session.updated", json!({})).await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let body: Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(body["data"], json!({"session_id": "s1", "sequence": 1}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_delivers_a_session_event_once_with_one_sequence() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let key = json!({"idempotency_key": "k-1"});
+    let first = dispatch(&app, &internal, "session.updated", key.clone()).await;
+    let again = dispatch(&app, &internal, "session.updated", key).await;
+    assert_eq!(first, again);
+    // The replay took no value: the session's next event is numbered 2.
+    dispatch(&app, &internal, "session.updated", json!({})).await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+    // Nothing more arrives (the replay sent nothing).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 2);
+    let mut sequences: Vec<u64> = got
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["data"]["sequence"].as_u64().unwrap()
+        })
+        .collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, vec![1, 2]);
+}

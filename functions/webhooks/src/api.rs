@@ -587,10 +587,8 @@ async fn dispatch(
     ApiJson(body): ApiJson<DispatchBody>,
 ) -> ApiResult<impl IntoResponse> {
     p.require_internal()?;
-    let mut dispatch = body.into_dispatch()?;
-    voyage_core::webhooks::sequence::stamp(&engine.deps.store, &mut dispatch).await?;
-    // After the stamp (which adds `sequence`): what goes out matches its published schema.
-    voyage_core::webhooks::schemas::check_payload(&dispatch.event_type, &dispatch.payload)?;
-    let out = engine.dispatch(dispatch).await?;
+    // A `session.*` event gets its `sequence` in the commit of its deliveries; what goes out
+    // (with it) matches its published schema.
+    let out = engine.dispatch_stamped(body.into_dispatch()?, true).await?;
     Ok((StatusCode::ACCEPTED, Json(out)))
 }

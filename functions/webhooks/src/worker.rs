@@ -40,15 +40,14 @@ pub async fn handle(engine: &WebhookEngine, body: &str) -> Result<(), Error> {
     if looks_like_event {
         let event: PlatformEvent = serde_json::from_str(body)
             .map_err(|e| Error::validation("message", format!("platform event: {e}")))?;
-        let mut dispatch = DispatchBody {
+        let dispatch = DispatchBody {
             company_id: event.detail.company_id,
             event: event.detail_type,
             payload: event.detail.payload,
             idempotency_key: event.detail.idempotency_key,
         }
         .into_dispatch()?;
-        voyage_core::webhooks::sequence::stamp(&engine.deps.store, &mut dispatch).await?;
-        engine.dispatch(dispatch).await?;
+        engine.dispatch_stamped(dispatch, false).await?;
         return Ok(());
     }
     engine.handle_message(body).await.map(|_| ())

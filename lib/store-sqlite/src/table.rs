@@ -169,6 +169,10 @@ impl Table for SqliteTable {
                         TxWrite::Put(i, c) => (&i.key, *c),
                         TxWrite::Delete(k, c) => (k, *c),
                     };
+                    // An unconditional write needs no read.
+                    if cond == Condition::None {
+                        continue;
+                    }
                     if !cond.holds(current_version(c, key)?) {
                         return Err(StoreError::ConditionFailed);
                     }

@@ -3,15 +3,16 @@
 //! session, advanced with a compare-and-set; it never falls below the floor the session's
 //! mirror sets, so these values interleave with those of the events the booking engine
 //! emits ([`crate::webhooks::sequence`]).
+//!
+//! A dispatch draws its value ([`Store::draw_session_sequence`]: one batch read) and commits
+//! the counter's compare-and-set in the same transaction as the event's deliveries, so a
+//! value is taken exactly when the event is stored; a lost race writes nothing and is drawn
+//! again. [`Store::next_session_sequence`] takes a value on its own (a commit of its own).
 
 use super::{company_pk, sessions, Store};
-use crate::ports::{Condition, Item, Key, StoreError};
-use crate::webhooks::sequence;
+use crate::ports::{Condition, Item, Key, StoreError, TxWrite};
+use crate::webhooks::sequence::{self, contended, contention_pause, SequenceDraw, ATTEMPTS};
 use crate::{Error, Result};
-
-/// Lost races retried before giving up (each one means another dispatch took a value), with
-/// a short random pause between them so a burst of dispatches for one session spreads out.
-const ATTEMPTS: usize = 40;
 
 fn key_of(company: &str, session: &str) -> Key {
     Key::new(company_pk(company), format!("SEQ#{session}"))
@@ -22,108 +23,125 @@ struct Counter {
     last: u64,
 }
 
+/// The counter's last value and stored version (`(0, None)`: no counter yet).
+fn read_counter(stored: Option<&Item>, key: &Key) -> Result<(u64, Option<u64>)> {
+    match stored {
+        Some(item) => {
+            let counter = serde_json::from_str::<Counter>(&item.data)
+                .map_err(|e| Error::from(StoreError::Corrupt(format!("{}: {e}", key.sk))))?;
+            Ok((counter.last, Some(item.version)))
+        }
+        None => Ok((0, None)),
+    }
+}
+
+/// The compare-and-set that moves the counter (read at `stored_version`) to `last`.
+fn counter_write(key: &Key, last: u64, stored_version: Option<u64>) -> Result<TxWrite> {
+    let data = serde_json::to_string(&Counter { last })
+        .map_err(|e| Error::Internal(format!("encode: {e}")))?;
+    let mut item = Item::new(key.clone(), data);
+    let condition = match stored_version {
+        Some(v) => {
+            item.version = v + 1;
+            Condition::Version(v)
+        }
+        None => Condition::NotExists,
+    };
+    Ok(TxWrite::Put(item, condition))
+}
+
 impl Store {
-    /// The next `sequence` for an event of `session` dispatched now: above every value
-    /// handed out before for it, and above that of every event the session's mirror has
-    /// emitted so far (below that of the mirror's next one).
-    pub async fn next_session_sequence(&self, company: &str, session: &str) -> Result<u64> {
+    /// Draws the next `sequence` for an event of `session` (one batch read, no write): above
+    /// every value handed out before for it, and above that of every event the session's
+    /// mirror has emitted so far (below that of the mirror's next one). The value is taken
+    /// only when the draw's write commits.
+    pub async fn draw_session_sequence(
+        &self,
+        company: &str,
+        session: &str,
+    ) -> Result<SequenceDraw> {
         let counter_key = key_of(company, session);
         let mirror_key = sessions::key_of(company, session);
-        for _ in 0..ATTEMPTS {
-            let items = self
-                .table
-                .batch_get(&[counter_key.clone(), mirror_key.clone()])
-                .await?;
-            let mirror_version = items
-                .iter()
-                .find(|i| i.key == mirror_key)
-                .map(|i| i.version)
-                .unwrap_or(0);
-            let stored = items.iter().find(|i| i.key == counter_key);
-            let last = match stored {
-                Some(item) => {
-                    serde_json::from_str::<Counter>(&item.data)
-                        .map_err(|e| {
-                            Error::from(StoreError::Corrupt(format!("{}: {e}", counter_key.sk)))
-                        })?
-                        .last
-                }
-                None => 0,
-            };
-            let next = (last + 1).max(sequence::dispatch_floor(mirror_version));
-            let data = serde_json::to_string(&Counter { last: next })
-                .map_err(|e| Error::Internal(format!("encode: {e}")))?;
-            let mut item = Item::new(counter_key.clone(), data);
-            let condition = match stored {
-                Some(s) => {
-                    item.version = s.version + 1;
-                    Condition::Version(s.version)
-                }
-                None => Condition::NotExists,
-            };
-            match self.table.put(item, condition).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::ConditionFailed) => {
-                    let pause = rand::random::<u64>() % 4 + 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let items = self
+            .table
+            .batch_get(&[counter_key.clone(), mirror_key.clone()])
+            .await?;
+        let mirror_version = items
+            .iter()
+            .find(|i| i.key == mirror_key)
+            .map(|i| i.version)
+            .unwrap_or(0);
+        let (last, version) =
+            read_counter(items.iter().find(|i| i.key == counter_key), &counter_key)?;
+        let value = (last + 1).max(sequence::dispatch_floor(mirror_version));
+        Ok(SequenceDraw {
+            value,
+            write: Some(counter_write(&counter_key, value, version)?),
+        })
+    }
+
+    /// Draws the write that records `value`, a `sequence` the platform chose itself, for
+    /// `session` (one read): the counter never hands out a value at or below it afterwards,
+    /// so a later event never looks stale next to it.
+    pub async fn draw_raised_sequence(
+        &self,
+        company: &str,
+        session: &str,
+        value: u64,
+    ) -> Result<SequenceDraw> {
+        let counter_key = key_of(company, session);
+        let stored = self.table.get(&counter_key).await?;
+        let (last, version) = read_counter(stored.as_ref(), &counter_key)?;
+        let write = if last >= value {
+            None
+        } else {
+            Some(counter_write(&counter_key, value, version)?)
+        };
+        Ok(SequenceDraw { value, write })
+    }
+
+    /// Commits a draw's write on its own. `Ok(false)`: the counter moved since the draw
+    /// (nothing written; draw again).
+    async fn take_draw(&self, draw: SequenceDraw) -> Result<bool> {
+        let Some(TxWrite::Put(item, condition)) = draw.write else {
+            return Ok(true);
+        };
+        match self.table.put(item, condition).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::ConditionFailed) => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        // Still contended: a passing condition, worth a retry by the caller (503), not a
-        // conflict the caller caused (409).
-        Err(Error::Unavailable(format!(
-            "the sequence of session {session} is contended; retry"
-        )))
+    }
+
+    /// Takes the next `sequence` for an event of `session` in a commit of its own (a
+    /// dispatch takes it in the commit of its deliveries instead).
+    pub async fn next_session_sequence(&self, company: &str, session: &str) -> Result<u64> {
+        for _ in 0..ATTEMPTS {
+            let draw = self.draw_session_sequence(company, session).await?;
+            let value = draw.value;
+            if self.take_draw(draw).await? {
+                return Ok(value);
+            }
+            contention_pause().await;
+        }
+        Err(contended(session))
     }
 
     /// Records that `session` has had an event with sequence `value` (one the platform chose
-    /// itself): the counter never hands out a value at or below it afterwards, so a later
-    /// event never looks stale next to it.
+    /// itself), in a commit of its own.
     pub async fn raise_session_sequence(
         &self,
         company: &str,
         session: &str,
         value: u64,
     ) -> Result<()> {
-        let counter_key = key_of(company, session);
         for _ in 0..ATTEMPTS {
-            let stored = self.table.get(&counter_key).await?;
-            let last = match &stored {
-                Some(item) => {
-                    serde_json::from_str::<Counter>(&item.data)
-                        .map_err(|e| {
-                            Error::from(StoreError::Corrupt(format!("{}: {e}", counter_key.sk)))
-                        })?
-                        .last
-                }
-                None => 0,
-            };
-            if last >= value {
+            let draw = self.draw_raised_sequence(company, session, value).await?;
+            if self.take_draw(draw).await? {
                 return Ok(());
             }
-            let data = serde_json::to_string(&Counter { last: value })
-                .map_err(|e| Error::Internal(format!("encode: {e}")))?;
-            let mut item = Item::new(counter_key.clone(), data);
-            let condition = match &stored {
-                Some(s) => {
-                    item.version = s.version + 1;
-                    Condition::Version(s.version)
-                }
-                None => Condition::NotExists,
-            };
-            match self.table.put(item, condition).await {
-                Ok(()) => return Ok(()),
-                Err(StoreError::ConditionFailed) => {
-                    let pause = rand::random::<u64>() % 4 + 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+            contention_pause().await;
         }
-        Err(Error::Unavailable(format!(
-            "the sequence of session {session} is contended; retry"
-        )))
+        Err(contended(session))
     }
 }

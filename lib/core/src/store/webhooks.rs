@@ -8,12 +8,16 @@ use super::{
     Store,
 };
 use crate::model::{Attempt, Delivery, DeliveryStatus, WebhookEndpoint};
-use crate::ports::table::BATCH_WRITE_LIMIT;
+use crate::ports::table::{BATCH_WRITE_LIMIT, TRANSACTION_LIMIT};
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError, TxWrite};
 use crate::{Error, Result};
 
 /// Deliveries and their attempts are kept this long (then expire through TTL).
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
+
+/// Most bytes of delivery records one transaction carries (DynamoDB refuses a transaction
+/// of more than 4 MB).
+const TRANSACTION_BYTES: usize = 3 * 1024 * 1024;
 
 fn endpoint_key(company: &str, id: &str) -> Key {
     Key::new(company_pk(company), format!("WH#{id}"))
@@ -175,6 +179,42 @@ impl Store {
             self.table.batch_write(chunk.to_vec(), vec![]).await?;
         }
         Ok(())
+    }
+
+    /// Stores new deliveries in one transaction with `with` (conditional writes, such as the
+    /// compare-and-set of a session's sequence counter): one commit, all or nothing.
+    /// `Ok(false)`: a condition failed and nothing was written. Deliveries that do not fit
+    /// in the transaction (more than [`TRANSACTION_LIMIT`] writes or [`TRANSACTION_BYTES`]
+    /// of records) are written after it, in batch writes, as [`Store::create_deliveries`]
+    /// writes them all.
+    pub async fn create_deliveries_with(
+        &self,
+        deliveries: &[Delivery],
+        with: Vec<TxWrite>,
+    ) -> Result<bool> {
+        if with.is_empty() {
+            self.create_deliveries(deliveries).await?;
+            return Ok(true);
+        }
+        let mut writes = with;
+        let mut bytes = 0;
+        let mut rest = deliveries;
+        while let Some((d, more)) = rest.split_first() {
+            let item = delivery_item(d, 1)?;
+            bytes += item.data.len();
+            if writes.len() >= TRANSACTION_LIMIT || bytes > TRANSACTION_BYTES {
+                break;
+            }
+            writes.push(TxWrite::Put(item, Condition::None));
+            rest = more;
+        }
+        match self.table.transact(writes).await {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        self.create_deliveries(rest).await?;
+        Ok(true)
     }
 
     /// Which of `ids` name deliveries that exist (batched reads).

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::catalogue::matches_any;
 use super::outcome::{judge, Verdict};
 use super::request::{build, Transport};
+use super::sequence::{self, Stamp};
 use crate::deps::{Deps, QueueName};
 use crate::model::{Attempt, Delivery, DeliveryStatus, EndpointStatus, WebhookEndpoint};
 use crate::ports::queue::{on_arrival, send_after, Arrival, Envelope};
@@ -79,6 +80,13 @@ pub enum AttemptOutcome {
     Failed,
     /// Not sent yet: the endpoint's rate limit reserved it this later slot.
     Deferred(DateTime<Utc>),
+}
+
+/// An event's deliveries, made but not yet stored, with the endpoint of each.
+struct Made<'e> {
+    event_id: String,
+    deliveries: Vec<Delivery>,
+    targets: Vec<&'e WebhookEndpoint>,
 }
 
 /// What a bulk recovery did.
@@ -221,43 +229,94 @@ impl WebhookEngine {
 
     /// Stores one delivery per matching active endpoint and wakes a worker for each.
     /// With an idempotency key, a repeat within 24 h answers as the first did and sends
-    /// nothing.
+    /// nothing. The payload is sent as given (see [`WebhookEngine::dispatch_stamped`] for
+    /// the platform's events).
     pub async fn dispatch(&self, d: Dispatch) -> Result<Dispatched> {
-        let store = &self.deps.store;
-        if let Some(key) = &d.idempotency_key {
-            match store
-                .claim_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_LEASE)
-                .await?
-            {
-                Claim::Fresh => {}
-                Claim::Replay(answer) => {
-                    return serde_json::from_value(answer)
-                        .map_err(|e| Error::Internal(format!("stored dispatch answer: {e}")))
-                }
-                Claim::InFlight => {
-                    return Err(Error::Conflict {
-                        entity: "idempotency key",
-                        id: key.clone(),
-                    })
-                }
-            }
+        if let Some(replay) = self.claim_key(&d).await? {
+            return Ok(replay);
         }
         let result = self.fan_out(&d, None).await;
-        if let Some(key) = &d.idempotency_key {
-            match &result {
-                Ok(answer) => {
-                    let value =
-                        serde_json::to_value(answer).map_err(|e| Error::Internal(e.to_string()))?;
-                    store
-                        .complete_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_TTL, value)
-                        .await?;
-                }
-                Err(_) => {
-                    // Nothing was promised: let a retry of the request do the work.
-                    let _ = store
-                        .abandon_idempotent(&d.company_id, "dispatch", key)
-                        .await;
-                }
+        self.settle_key(&d, result).await
+    }
+
+    /// Dispatches an event the platform sent (the internal dispatch route, platform events
+    /// from the bus), as [`WebhookEngine::dispatch`] does, after [`sequence::plan`]: a
+    /// `session.*` event gets its `sequence`, and the counter's compare-and-set commits in
+    /// the same transaction as the event's deliveries (one commit; a lost race writes
+    /// nothing and draws again). With `check_schema`, the payload (with its `sequence`) must
+    /// match its type's published schema; checked before anything is stored or claimed.
+    pub async fn dispatch_stamped(
+        &self,
+        mut d: Dispatch,
+        check_schema: bool,
+    ) -> Result<Dispatched> {
+        let stamp = sequence::plan(&d)?;
+        if check_schema {
+            // The value is drawn later; any drawn value is a non-negative integer, as 0 is.
+            let placeholder = matches!(stamp, Stamp::Next { .. });
+            if placeholder {
+                d.payload.insert("sequence".into(), json!(0));
+            }
+            let checked = super::schemas::check_payload(&d.event_type, &d.payload);
+            if placeholder {
+                d.payload.remove("sequence");
+            }
+            checked?;
+        }
+        if let Some(replay) = self.claim_key(&d).await? {
+            return Ok(replay);
+        }
+        let result = match &stamp {
+            Stamp::Unsequenced => self.fan_out(&d, None).await,
+            Stamp::Next { session } | Stamp::Given { session, .. } => {
+                self.fan_out_sequenced(&mut d, &stamp, session).await
+            }
+        };
+        self.settle_key(&d, result).await
+    }
+
+    /// Claims a dispatch's idempotency key, if it has one: `Some` is the answer to repeat
+    /// (the key was used before), `None` means go on.
+    async fn claim_key(&self, d: &Dispatch) -> Result<Option<Dispatched>> {
+        let Some(key) = &d.idempotency_key else {
+            return Ok(None);
+        };
+        match self
+            .deps
+            .store
+            .claim_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_LEASE)
+            .await?
+        {
+            Claim::Fresh => Ok(None),
+            Claim::Replay(answer) => serde_json::from_value(answer)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("stored dispatch answer: {e}"))),
+            Claim::InFlight => Err(Error::Conflict {
+                entity: "idempotency key",
+                id: key.clone(),
+            }),
+        }
+    }
+
+    /// Records a claimed key's answer (or releases the claim when the dispatch failed).
+    async fn settle_key(&self, d: &Dispatch, result: Result<Dispatched>) -> Result<Dispatched> {
+        let Some(key) = &d.idempotency_key else {
+            return result;
+        };
+        let store = &self.deps.store;
+        match &result {
+            Ok(answer) => {
+                let value =
+                    serde_json::to_value(answer).map_err(|e| Error::Internal(e.to_string()))?;
+                store
+                    .complete_idempotent(&d.company_id, "dispatch", key, IDEMPOTENCY_TTL, value)
+                    .await?;
+            }
+            Err(_) => {
+                // Nothing was promised: let a retry of the request do the work.
+                let _ = store
+                    .abandon_idempotent(&d.company_id, "dispatch", key)
+                    .await;
             }
         }
         result
@@ -266,7 +325,55 @@ impl WebhookEngine {
     /// Stores and wakes one delivery per target; `except` is never a target (an endpoint's
     /// own health events go to the company's other endpoints).
     async fn fan_out(&self, d: &Dispatch, except: Option<&str>) -> Result<Dispatched> {
+        let endpoints = self.deps.store.all_endpoints(&d.company_id).await?;
+        let made = self.make_deliveries(d, &endpoints, except)?;
+        self.deps.store.create_deliveries(&made.deliveries).await?;
+        Ok(self.announce(d, made).await)
+    }
+
+    /// [`WebhookEngine::fan_out`] for a session event: draws the session's `sequence` (read
+    /// beside the endpoints), stamps it, and stores the deliveries in one transaction with
+    /// the counter's compare-and-set; a lost race stores nothing and draws again.
+    async fn fan_out_sequenced(
+        &self,
+        d: &mut Dispatch,
+        stamp: &Stamp,
+        session: &str,
+    ) -> Result<Dispatched> {
         let store = &self.deps.store;
+        let company = d.company_id.clone();
+        let (endpoints, mut draw) = futures::try_join!(
+            store.all_endpoints(&company),
+            sequence::draw(store, &company, stamp)
+        )?;
+        for attempt in 0..sequence::ATTEMPTS {
+            if attempt > 0 {
+                sequence::contention_pause().await;
+                draw = sequence::draw(store, &company, stamp).await?;
+            }
+            let Some(taken) = draw.take() else {
+                return Err(Error::Internal("a session event drew no sequence".into()));
+            };
+            d.payload.insert("sequence".into(), json!(taken.value));
+            let made = self.make_deliveries(d, &endpoints, None)?;
+            if store
+                .create_deliveries_with(&made.deliveries, taken.write.into_iter().collect())
+                .await?
+            {
+                return Ok(self.announce(d, made).await);
+            }
+        }
+        Err(sequence::contended(session))
+    }
+
+    /// The event's body and one pending delivery of it per target among `endpoints` (active,
+    /// subscribed, not `except`; only `d.only_endpoint` when set). Nothing is stored.
+    fn make_deliveries<'e>(
+        &self,
+        d: &Dispatch,
+        endpoints: &'e [WebhookEndpoint],
+        except: Option<&str>,
+    ) -> Result<Made<'e>> {
         let now = self.now();
         let event_id = ids::new_id("evt");
         // Serialised once, straight from borrowed parts (no copy of the payload, no
@@ -288,7 +395,6 @@ impl WebhookEngine {
             event_type: &d.event_type,
         })
         .map_err(|e| Error::Internal(format!("event body: {e}")))?;
-        let endpoints = store.all_endpoints(&d.company_id).await?;
         let targets: Vec<&WebhookEndpoint> = endpoints
             .iter()
             .filter(|e| e.status == EndpointStatus::Active)
@@ -319,11 +425,24 @@ impl WebhookEngine {
                 version: 0,
             })
             .collect();
-        store.create_deliveries(&deliveries).await?;
+        Ok(Made {
+            event_id,
+            deliveries,
+            targets,
+        })
+    }
+
+    /// After the deliveries are stored: wakes a worker for each and answers the dispatch.
+    async fn announce(&self, d: &Dispatch, made: Made<'_>) -> Dispatched {
+        let Made {
+            event_id,
+            deliveries,
+            targets,
+        } = made;
         let local = self.local.get().is_some();
         for (delivery, endpoint) in deliveries.iter().zip(&targets) {
             let hint = local.then(|| WakeHint {
-                // As stored: `create_deliveries` writes version 1.
+                // As stored: deliveries are written at version 1.
                 delivery: Delivery {
                     version: 1,
                     ..delivery.clone()
@@ -341,7 +460,7 @@ impl WebhookEngine {
             deliveries = deliveries.len(),
             "event dispatched"
         );
-        Ok(Dispatched {
+        Dispatched {
             event_id,
             deliveries: deliveries
                 .into_iter()
@@ -350,7 +469,7 @@ impl WebhookEngine {
                     endpoint_id: x.endpoint_id,
                 })
                 .collect(),
-        })
+        }
     }
 
     /// Handles one queue message body (a wake-up for an attempt).

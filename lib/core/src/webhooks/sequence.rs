@@ -9,15 +9,63 @@
 //! - the `session.*` events the platform dispatches itself take the next value of a
 //!   per-session counter in the store when the payload has none, never below
 //!   `mirror version * STRIDE + 1`: above every event the mirror has emitted, below its next.
-//!   A `sequence` the platform sends is kept as sent.
+//!   A `sequence` the platform sends is kept as sent, and raises the counter to it.
+//!
+//! A dispatch draws its value before it stores anything and commits the counter's
+//! compare-and-set in the same transaction as the event's deliveries
+//! ([`super::WebhookEngine::dispatch_stamped`]): one commit per event, and a value is taken
+//! only by an event that is stored. A lost race writes nothing; the dispatch draws again.
 //!
 //! Values are not contiguous: compare them, never count them.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::engine::Dispatch;
+use crate::ports::TxWrite;
 use crate::store::Store;
 use crate::{validate, Error, Result};
+
+/// Lost races retried before giving up (each one means another dispatch took a value), with
+/// a short random pause between them ([`contention_pause`]) so a burst of dispatches for one
+/// session spreads out.
+pub const ATTEMPTS: usize = 40;
+
+/// A session's sequence as drawn from its counter: the value, and the conditional write that
+/// takes it (committed with whatever the value is used for; when that commit's condition
+/// fails, nothing was taken: draw again).
+#[derive(Debug, Clone)]
+pub struct SequenceDraw {
+    /// The value to stamp on the event.
+    pub value: u64,
+    /// The counter's compare-and-set; `None` when the counter is already at or above a
+    /// value the platform sent (nothing to write).
+    pub write: Option<TxWrite>,
+}
+
+/// The pause before drawing again after a lost race: 1-4 ms, random.
+pub async fn contention_pause() {
+    let pause = rand::random::<u64>() % 4 + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+}
+
+/// The error after [`ATTEMPTS`] lost races: a passing condition, worth a retry by the caller
+/// (503), not a conflict the caller caused (409).
+pub fn contended(session: &str) -> Error {
+    Error::Unavailable(format!(
+        "the sequence of session {session} is contended; retry"
+    ))
+}
+
+/// What a dispatched event takes from its session's counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stamp {
+    /// Not a session event: no `sequence`.
+    Unsequenced,
+    /// The session's next value, drawn from its counter.
+    Next { session: String },
+    /// The platform sent this value: kept as sent, and the counter raised to it.
+    Given { session: String, value: u64 },
+}
 
 /// The gap between the sequences of two successive session record versions: room for
 /// this many platform-dispatched events between two booking-engine events.
@@ -65,38 +113,44 @@ pub fn check(event_type: &str, payload: &serde_json::Map<String, Value>) -> Resu
     }
 }
 
-/// Gives a dispatched `session.*` event its `sequence` (after [`check`]): kept when the
-/// payload carries one (the booking engine's events relayed through the bus, or a value the
-/// platform chose), else the session's next.
-pub async fn stamp(store: &Store, dispatch: &mut Dispatch) -> Result<()> {
+/// Checks a dispatched event ([`check`]) and tells what it takes from its session's counter.
+pub fn plan(dispatch: &Dispatch) -> Result<Stamp> {
     check(&dispatch.event_type, &dispatch.payload)?;
     if !is_session_event(&dispatch.event_type) {
-        return Ok(());
+        return Ok(Stamp::Unsequenced);
     }
-    let Some(session) = dispatch
-        .payload
-        .get("session_id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-    else {
-        return Ok(());
+    let Some(session) = dispatch.payload.get("session_id").and_then(Value::as_str) else {
+        return Ok(Stamp::Unsequenced);
     };
-    if let Some(given) = dispatch.payload.get("sequence").and_then(Value::as_u64) {
-        // Kept as given; the session's later events are numbered above it.
-        return store
-            .raise_session_sequence(&dispatch.company_id, &session, given)
-            .await;
+    let session = session.to_string();
+    Ok(
+        match dispatch.payload.get("sequence").and_then(Value::as_u64) {
+            Some(value) => Stamp::Given { session, value },
+            None => Stamp::Next { session },
+        },
+    )
+}
+
+/// Draws what `stamp` takes from the counter of a session of `company` (one read, no
+/// write); `None` for an unsequenced event.
+pub async fn draw(store: &Store, company: &str, stamp: &Stamp) -> Result<Option<SequenceDraw>> {
+    match stamp {
+        Stamp::Unsequenced => Ok(None),
+        Stamp::Next { session } => store
+            .draw_session_sequence(company, session)
+            .await
+            .map(Some),
+        Stamp::Given { session, value } => store
+            .draw_raised_sequence(company, session, *value)
+            .await
+            .map(Some),
     }
-    let next = store
-        .next_session_sequence(&dispatch.company_id, &session)
-        .await?;
-    dispatch.payload.insert("sequence".into(), json!(next));
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn dispatched_events_fall_between_the_mirrors_events() {
@@ -133,6 +187,90 @@ mod tests {
             let err = check("session.updated", &map(payload.clone())).unwrap_err();
             assert_eq!(err.field(), Some(field), "{payload}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_drawn_value_is_taken_only_by_the_commit_that_carries_it() {
+        use std::sync::Arc;
+        let clock = Arc::new(crate::ports::clock::ManualClock::new(chrono::Utc::now()));
+        let store = Store::new(Arc::new(crate::ports::memory::MemoryTable::new()), clock);
+        let next = Stamp::Next {
+            session: "s1".into(),
+        };
+        // Two dispatches draw the same value; nothing is taken until a commit carries it.
+        let first = draw(&store, "acme", &next).await.unwrap().unwrap();
+        let second = draw(&store, "acme", &next).await.unwrap().unwrap();
+        assert_eq!((first.value, second.value), (1, 1));
+        let writes = |d: SequenceDraw| d.write.into_iter().collect::<Vec<_>>();
+        assert!(store
+            .create_deliveries_with(&[], writes(first))
+            .await
+            .unwrap());
+        // The loser writes nothing and draws again.
+        assert!(!store
+            .create_deliveries_with(&[], writes(second))
+            .await
+            .unwrap());
+        assert_eq!(draw(&store, "acme", &next).await.unwrap().unwrap().value, 2);
+        // A value the platform sent raises the counter once; at or below it, nothing to write.
+        let given = |value| Stamp::Given {
+            session: "s1".into(),
+            value,
+        };
+        let raised = draw(&store, "acme", &given(50)).await.unwrap().unwrap();
+        assert_eq!(raised.value, 50);
+        assert!(store
+            .create_deliveries_with(&[], writes(raised))
+            .await
+            .unwrap());
+        let lower = draw(&store, "acme", &given(10)).await.unwrap().unwrap();
+        assert_eq!(lower.value, 10);
+        assert!(lower.write.is_none());
+        assert_eq!(
+            draw(&store, "acme", &next).await.unwrap().unwrap().value,
+            51
+        );
+        assert!(draw(&store, "acme", &Stamp::Unsequenced)
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn the_plan_keeps_a_sent_value_and_draws_otherwise() {
+        let dispatch = |event: &str, payload: Value| Dispatch {
+            company_id: "acme".into(),
+            event_type: event.into(),
+            payload: payload.as_object().cloned().unwrap_or_default(),
+            idempotency_key: None,
+            only_endpoint: None,
+        };
+        assert_eq!(
+            plan(&dispatch(
+                "connection.active",
+                json!({"connection_id": "c1"})
+            ))
+            .unwrap(),
+            Stamp::Unsequenced
+        );
+        assert_eq!(
+            plan(&dispatch("session.created", json!({"session_id": "s1"}))).unwrap(),
+            Stamp::Next {
+                session: "s1".into()
+            }
+        );
+        assert_eq!(
+            plan(&dispatch(
+                "session.created",
+                json!({"session_id": "s1", "sequence": 9})
+            ))
+            .unwrap(),
+            Stamp::Given {
+                session: "s1".into(),
+                value: 9
+            }
+        );
+        assert!(plan(&dispatch("session.created", json!({}))).is_err());
     }
 
     #[tokio::test]
