@@ -206,6 +206,7 @@ fn plans_per_second() -> f64 {
         platform_version: None,
         calendar_version: None,
         event_txn: None,
+        google_event: None,
         updated_at: t(0),
         version: 1,
     };

@@ -257,6 +257,40 @@ impl CalendarsWorld {
         assert!(done, "{cal:?}: no live event {id} to decline");
     }
 
+    /// Runs the outbound queue's messages through its worker (as the Lambda's batches do)
+    /// until it is empty or only failing messages are left; returns how many succeeded.
+    pub async fn drain_outbound(&self) -> usize {
+        let deps = &self.app.local.deps;
+        let queue = deps
+            .queue(voyage_core::deps::QueueName::ExchangeOutbound)
+            .unwrap();
+        let mut done = 0;
+        for _ in 0..20 {
+            let messages = queue
+                .receive(10, std::time::Duration::from_millis(50))
+                .await
+                .unwrap();
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                if voyage_fn_exchange_outbound::worker::handle(deps, &m.body)
+                    .await
+                    .is_ok()
+                {
+                    done += 1;
+                    queue.ack(&m.receipt).await.unwrap();
+                } else {
+                    queue
+                        .release(&m.receipt, std::time::Duration::ZERO)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        done
+    }
+
     /// The five-minute job that commits due pending cancellations.
     pub async fn commit_pending_cancellations(&self) {
         voyage_core::exchange::inbound::commit_pending_cancellations(&self.app.local.deps)

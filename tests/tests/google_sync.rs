@@ -1156,3 +1156,6 @@ mod two_way;
 
 #[path = "calendars/review.rs"]
 mod calendars_review;
+
+#[path = "calendars/review2.rs"]
+mod calendars_review2;

@@ -422,6 +422,7 @@ mod tests {
             platform_version: None,
             calendar_version: None,
             event_txn: None,
+            google_event: None,
             updated_at: t(0),
             version: 3,
         }

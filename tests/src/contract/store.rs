@@ -63,6 +63,7 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         platform_version: None,
         calendar_version: None,
         event_txn: None,
+        google_event: None,
         updated_at: t0(),
         version: 0,
     }

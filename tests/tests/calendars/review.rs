@@ -250,8 +250,8 @@ async fn review_our_own_earlier_write_read_before_a_platform_move_does_not_move_
 
 /// A create whose answer was lost (the Google call made the event; the mapping was never
 /// recorded); the staff member deletes that event; the sync does not adopt a deleted event;
-/// the next platform edit takes the 409 on the derived id for a re-booking and restores the
-/// event the staff member deleted.
+/// the next platform edit must not take the 409 on the placement's id for a re-booking and
+/// restore the event the staff member deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_an_unrecorded_create_deleted_by_the_staff_member_is_not_brought_back_by_a_platform_edit(
 ) {
@@ -267,7 +267,11 @@ async fn review_an_unrecorded_create_deleted_by_the_staff_member_is_not_brought_
         .unwrap()
         .unwrap();
     let session = w.session("s1").await;
-    let id = voyage_core::google::api::event_id_for(COMPANY, "s1");
+    // The id the writer chose for this placement, recorded with the intent.
+    let id = session
+        .google_event
+        .clone()
+        .expect("the placement's id is recorded");
     let body = voyage_core::google::outbound::event_body(&session, &id, None);
     deps.google()
         .unwrap()

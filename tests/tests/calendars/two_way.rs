@@ -304,3 +304,33 @@ async fn a_booking_given_to_another_staff_member_moves_its_event_to_their_calend
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_change_whose_calendar_fails_is_offered_again_and_written_by_the_retry() {
+    let w = CalendarsWorld::start().await;
+    w.connect(Cal::Google, "ann").await;
+    w.google.add_fault(voyage_simulators::Fault {
+        method: Some("POST".into()),
+        path_contains: Some("/events".into()),
+        status: Some(400),
+        retry_after: None,
+        latency_ms: None,
+        count: 1,
+        after: 0,
+    });
+    // `session.changed` as EventBridge delivers it to the outbound queue.
+    let message = serde_json::json!({
+        "detail-type": "session.changed",
+        "source": "voyage.platform",
+        "detail": voyage_tests::calendars::change_body("created", "s1", "ann", 9),
+    })
+    .to_string();
+    let deps = &w.app.local.deps;
+    let first = voyage_fn_exchange_outbound::worker::handle(deps, &message).await;
+    assert!(first.is_err(), "a failed calendar must not ack the message");
+    assert!(w.shown(Cal::Google, "ann", "s1").is_empty());
+    voyage_fn_exchange_outbound::worker::handle(deps, &message)
+        .await
+        .unwrap();
+    assert_eq!(w.shown(Cal::Google, "ann", "s1").len(), 1);
+}

@@ -101,14 +101,37 @@ struct Carried {
 
 /// Plans `snap` against the session and carries the plan out (see the module docs). Finally
 /// the mapping remembers what the calendar showed, so a duplicate notification plans nothing.
+///
+/// `owner`: the staff member whose calendar the event is in. A session given to another
+/// staff member is no longer this calendar's booking: its event here plans nothing (its
+/// removal is the outbound writer's; a live one left behind is deleted here).
 pub async fn reconcile_event<W: EventWriter>(
     deps: &Deps,
     writer: &W,
+    owner: &str,
     mapping: &EventMapping,
     snap: &EventSnapshot,
     session: &mut Session,
 ) -> std::result::Result<Reconciled, Failure<W::Error>> {
     let mut done = Reconciled::default();
+    if session.staff_id != owner {
+        if matches!(
+            snap.state,
+            crate::reconcile::SnapshotState::Live {
+                cancelled: false,
+                ..
+            }
+        ) && still_mapped(deps, mapping).await?.is_some()
+        {
+            writer
+                .delete_event(mapping)
+                .await
+                .map_err(Failure::Calendar)?;
+            done.calendar_writes += 1;
+            tracing::info!(session = %session.id, event = %snap.event_id, "event of a session given to another staff member deleted");
+        }
+        return Ok(done);
+    }
     let mut mapping = mapping.clone();
     // Whether the mapping was read after the session the plan is made from.
     let mut verified = false;

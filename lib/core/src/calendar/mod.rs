@@ -70,10 +70,18 @@ pub fn change_of(session: &Session) -> SessionChange {
     }
 }
 
+/// How long a follow-up that could not be written waits on the outbound queue before its
+/// first retry (none: a failed retry waits out the queue's visibility timeout, then the
+/// dead-letter queue keeps it).
+const FOLLOW_RETRY: std::time::Duration = std::time::Duration::ZERO;
+
 /// Writes what `command` did to `session` into every calendar other than the one `origin`
-/// stands for (best effort: a calendar that cannot be written now is written by the next
-/// change, or reconciled by its next sync round; logged).
+/// stands for. A calendar that cannot be written now is not forgotten: the session, as it
+/// is, goes on the outbound queue as a change (`session.changed`'s body), whose worker
+/// writes every calendar of the staff member and is retried by the queue until it succeeds
+/// (its own echo in the calendar the command came from changes nothing).
 pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &str) {
+    let mut owed = false;
     for provider in booking::calendar_writes(command, origin) {
         let change = change_of(session);
         let result = match provider {
@@ -90,14 +98,48 @@ pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &
         };
         match result {
             Ok(("failed", reason)) => {
-                tracing::warn!(session = %session.id, provider = provider.as_str(), reason = ?reason, "booking change not written to the calendar")
+                owed = true;
+                tracing::warn!(session = %session.id, provider = provider.as_str(), reason = ?reason, "booking change not written to the calendar; queued")
             }
             Ok((outcome, _)) => {
                 tracing::debug!(session = %session.id, provider = provider.as_str(), outcome, "booking change written to the calendar")
             }
             Err(e) => {
-                tracing::warn!(session = %session.id, provider = provider.as_str(), error = %e, "booking change not written to the calendar")
+                owed = true;
+                tracing::warn!(session = %session.id, provider = provider.as_str(), error = %e, "booking change not written to the calendar; queued")
             }
         }
+    }
+    if owed {
+        queue_follow_up(deps, session).await;
+    }
+}
+
+/// The session as a change on the outbound queue (see [`follow`]).
+async fn queue_follow_up(deps: &Deps, session: &Session) {
+    let change = change_of(session);
+    let body = serde_json::json!({
+        "action": change.action.as_str(),
+        "session": {
+            "id": change.id,
+            "company_id": change.company_id,
+            "staff_id": change.staff_id,
+            "start": change.start.to_rfc3339(),
+            "end": change.end.to_rfc3339(),
+            "time_zone": change.time_zone,
+            "title": change.title,
+            "location": change.location,
+            "client": change.client,
+        }
+    });
+    let sent = match deps.queue(crate::deps::QueueName::ExchangeOutbound) {
+        Ok(queue) => queue
+            .send(&body.to_string(), FOLLOW_RETRY)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(session = %session.id, error = %e, "follow-up not queued: the other calendar catches up at the session's next change");
     }
 }

@@ -1075,7 +1075,15 @@ async fn reconcile_event(
     report: &mut RoundReport,
 ) -> RoundResult<()> {
     let writer = GraphEventWriter { ctx };
-    let done = engine::reconcile_event(ctx.deps, &writer, mapping, snap, session).await?;
+    let done = engine::reconcile_event(
+        ctx.deps,
+        &writer,
+        &ctx.conn.staff_id,
+        mapping,
+        snap,
+        session,
+    )
+    .await?;
     report.commands += done.commands;
     report.calendar_writes += done.calendar_writes;
     Ok(())

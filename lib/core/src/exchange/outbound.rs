@@ -65,7 +65,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Created => "created",
             Action::Updated => "updated",
@@ -328,6 +328,7 @@ fn merged_session(
             .max(change.version),
         calendar_version: existing.and_then(|s| s.calendar_version),
         event_txn: existing.and_then(|s| s.event_txn.clone()),
+        google_event: existing.and_then(|s| s.google_event.clone()),
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };
@@ -604,16 +605,24 @@ where
                 next.version + 1,
             ));
         }
+        let rebooked = next.status == SessionStatus::Confirmed
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.status == SessionStatus::Cancelled);
+        if google_create_owed(ctx, &next, rebooked) && (rebooked || next.google_event.is_none()) {
+            // A new placement gets a new Google event id (see `Session::google_event`).
+            next.google_event = Some(crate::google::api::event_id_for_placement(
+                &change.company_id,
+                &change.id,
+                next.version + 1,
+            ));
+        }
         if previous.as_ref() == Some(&next) {
             return Ok(Intent::Recorded {
                 previous: previous.map(Box::new),
                 retired: None,
             });
         }
-        let rebooked = next.status == SessionStatus::Confirmed
-            && previous
-                .as_ref()
-                .is_some_and(|p| p.status == SessionStatus::Cancelled);
         let retired = if rebooked { ctx.mapping.clone() } else { None };
         let mut writes = vec![OutboundWrite::Session(next)];
         writes.extend(retired.clone().map(OutboundWrite::DeleteMapping));
@@ -651,6 +660,26 @@ where
         entity: "session",
         id: change.id.clone(),
     })
+}
+
+/// Whether the session, as `next`, needs a Google event created: the staff member has a
+/// writable Google connection and no event of this session in it (none mapped, one mapped
+/// through another connection: the session was given to another staff member, or it is
+/// booked again after a cancellation: its old event's mapping is retired).
+fn google_create_owed(ctx: &OutboundContext, next: &Session, rebooked: bool) -> bool {
+    if next.status != SessionStatus::Confirmed {
+        return false;
+    }
+    ctx.others
+        .iter()
+        .filter(|(p, _)| *p == Provider::Google)
+        .any(|(_, g)| {
+            g.credentials.is_some()
+                && g.connection.as_ref().is_some_and(|c| {
+                    matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Error)
+                        && (rebooked || g.mapping.as_ref().is_none_or(|m| m.connection_id != c.id))
+                })
+        })
 }
 
 fn stale(change: &SessionChange, ctx: &OutboundContext) -> Outcome {
@@ -821,7 +850,7 @@ async fn find_and_delete(
 /// Whether the stored session has moved past `change` since its intent was recorded: a newer
 /// `version`, or (without versions) other times or another status. Read only on the rare
 /// paths that would overwrite what the calendar shows now.
-async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
+pub(crate) async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
     let Ok(Some(now)) = deps
         .store
         .find_session(&change.company_id, &change.id)

@@ -30,6 +30,17 @@ pub fn event_id_for(company: &str, session: &str) -> String {
     ))
 }
 
+/// The id of the Google event of one placement of a session (its first booking, a booking
+/// again after a cancellation, a change of staff member): the lowercase hex SHA-256 of
+/// `<company>/<session>#<generation>`. Recorded in the session before the insert
+/// (`Session::google_event`), so a retried insert is a duplicate of its own event, and a new
+/// placement never collides with an old, deleted event.
+pub fn event_id_for_placement(company: &str, session: &str, generation: u64) -> String {
+    hex::encode(Sha256::digest(
+        format!("{}#{generation}", session_tag_value(company, session)).as_bytes(),
+    ))
+}
+
 /// The value of the platform's tag ([`SESSION_PROPERTY`]) for a session: `<company>/<session>`.
 pub fn session_tag_value(company: &str, session: &str) -> String {
     format!("{company}/{session}")

@@ -162,7 +162,7 @@ pub async fn reconcile_page(
             Some(m) => m.clone(),
             None if event.is_platform_event() => {
                 ours.push(event.id.clone());
-                match adopt(deps, conn, event, zone).await? {
+                match adopt(deps, conn, account, event, zone).await? {
                     Some((m, s)) => {
                         sessions.insert(s.id.clone(), s);
                         m
@@ -187,7 +187,8 @@ pub async fn reconcile_page(
             calendar_id: &calendar_id,
             attendees: event.attendees.clone(),
         };
-        let r = engine::reconcile_event(deps, &writer, &mapping, &snap, session).await?;
+        let r = engine::reconcile_event(deps, &writer, &conn.staff_id, &mapping, &snap, session)
+            .await?;
         done.commands += r.commands;
         done.calendar_writes += r.calendar_writes;
     }
@@ -263,27 +264,35 @@ pub async fn reconcile_unlisted(
             calendar_id: &calendar_id,
             attendees,
         };
-        let r = engine::reconcile_event(deps, &writer, &mapping, &snap, session).await?;
+        let r = engine::reconcile_event(deps, &writer, &conn.staff_id, &mapping, &snap, session)
+            .await?;
         done.commands += r.commands;
         done.calendar_writes += r.calendar_writes;
     }
     Ok(done)
 }
 
-/// One of our events without a mapping (its id is the one we derive from its tag): a create
-/// whose closing commit was lost, or one made while this page was read. When its session
-/// exists and has no Google event mapped, the event is mapped (as not yet seen, so it is
-/// reconciled). A deleted one is not adopted: nothing to reconcile.
+/// One of our events without a mapping (tagged with a session of this company): a create
+/// whose closing commit was lost, or one made while this page was read, or an event a
+/// placement of the session left behind.
+///
+/// When it is the session's current placement here (its id is the one recorded with the
+/// intent, or the id derived from the session alone; the session is this staff member's,
+/// not cancelled, and has no Google event mapped), it is mapped (as not yet seen, so it is
+/// reconciled). Any other live one is an orphan (a removal that failed when the session was
+/// given to another staff member, an old event restored from the bin after a re-booking, a
+/// cancelled session's event) and is deleted: a booking shows as exactly one event.
 async fn adopt(
     deps: &Deps,
     conn: &Connection,
+    account: &ServiceAccount,
     event: &GoogleEvent,
     zone: Option<&str>,
-) -> Result<Option<(EventMapping, Session)>> {
+) -> std::result::Result<Option<(EventMapping, Session)>, Failure<GoogleError>> {
     let Some((company, session_id)) = event.session_tag().and_then(|t| t.split_once('/')) else {
         return Ok(None);
     };
-    if company != conn.company_id || event.id != event_id_for(company, session_id) {
+    if company != conn.company_id {
         return Ok(None);
     }
     let Some((start, end)) = snapshot(event, zone).and_then(|s| s.times()) else {
@@ -292,12 +301,35 @@ async fn adopt(
     let Some(session) = deps.store.find_session(company, session_id).await? else {
         return Ok(None);
     };
-    if deps
+    let mapped = deps
         .store
         .mapping_for_session(company, Provider::Google, session_id)
-        .await?
-        .is_some()
-    {
+        .await?;
+    let placement = session.google_event.as_deref() == Some(event.id.as_str())
+        || event.id == event_id_for(company, session_id);
+    let current = placement
+        && mapped.is_none()
+        && session.staff_id == conn.staff_id
+        && session.status != SessionStatus::Cancelled;
+    if !current {
+        if mapped
+            .as_ref()
+            .is_some_and(|m| m.external_event_id == event.id && m.connection_id == conn.id)
+        {
+            // Mapped meanwhile (its create's closing commit): not an orphan.
+            return Ok(None);
+        }
+        let google = deps.google()?;
+        let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+        match google
+            .delete_event(account, &conn.staff_email, &calendar_id, &event.id, None)
+            .await
+        {
+            Ok(()) | Err(GoogleError::NotFound) => {
+                tracing::info!(session = %session_id, event = %event.id, "orphan platform event deleted");
+            }
+            Err(e) => return Err(Failure::Calendar(e)),
+        }
         return Ok(None);
     }
     let mut mapping = EventMapping {
@@ -317,7 +349,7 @@ async fn adopt(
         Ok(()) => {}
         // The create (or another sync) mapped it meanwhile.
         Err(Error::Duplicate { .. }) | Err(Error::Conflict { .. }) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     tracing::info!(session = %session_id, event = %event.id, "unmapped platform event adopted");
     Ok(Some((mapping, session)))
@@ -375,7 +407,7 @@ pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
         calendar_id: &calendar_id,
         attendees: event.attendees.clone(),
     };
-    match engine::reconcile_event(deps, &writer, &mapping, &snap, session).await {
+    match engine::reconcile_event(deps, &writer, &conn.staff_id, &mapping, &snap, session).await {
         Ok(_) => Ok(session.status != SessionStatus::PendingCancellation),
         Err(Failure::Store(e)) => Err(e),
         Err(Failure::Calendar(e)) => Err(Error::Unavailable(e.to_string())),

@@ -2,20 +2,23 @@
 //! seam has already stored it ([`crate::calendar::changes`]), becomes one event in the staff
 //! member's Google calendar.
 //!
-//! - **One event per session, whatever is retried.** The event's id is chosen by us
-//!   ([`event_id_for`]: derived from company and session, base32hex), so a create retried
-//!   after a lost answer is refused as a duplicate (409) instead of making a second event; the
-//!   duplicate is read and written over (it is ours: the id says so).
+//! - **One event per placement, whatever is retried.** The event's id is chosen by us per
+//!   placement of the session (its booking, a booking again after a cancellation, a change
+//!   of staff member: [`super::api::event_id_for_placement`], base32hex) and recorded in the
+//!   session with the intent, before the insert: a create retried after a lost answer is
+//!   refused as a duplicate (409) and the event is read and written over; a new placement
+//!   never collides with an old, deleted event.
 //! - **The platform's tag** is in `extendedProperties.private` ([`ExtendedProperties::session`]).
 //! - **Updates are conditional** (`If-Match` with the etag we last wrote or read): a 412
 //!   means the staff member changed the event since; it is read again and overwritten with
 //!   its new etag (the platform is the truth outbound), keeping the attendees it has (the
-//!   staff member's own answer is among them).
+//!   staff member's own answer is among them; a decline seen there is flagged) - unless
+//!   another change of the session was written meanwhile (superseded: that one stands).
 //! - **An event the staff member deleted** (Google keeps it, `status: cancelled`) is not
 //!   brought back by a platform edit: the booking's cancellation starts pending, as for
-//!   Exchange. A cancelled session booked again is different: the re-booking retired the
-//!   mapping (see [`crate::exchange::outbound`]'s intent), so the write finds the id taken,
-//!   reads the event and restores it with `status: confirmed`.
+//!   Exchange; the same for a 409 on a deleted event of this placement (made by a create
+//!   whose answer was lost, deleted before any mapping knew it).
+//! - **A session given to another staff member**: the event in the old calendar is deleted.
 //! - **No mail leaves** on the platform's behalf (every write goes with `sendUpdates=none`)
 //!   and the client is never invited.
 //!
@@ -63,6 +66,8 @@ enum Step {
     Wrote(Box<GoogleEvent>, &'static str, bool),
     Deleted,
     NothingToDelete,
+    /// Another change of the session was written meanwhile: nothing is overwritten.
+    Superseded,
     Failed(String),
 }
 
@@ -118,7 +123,7 @@ pub async fn apply_in(
             "google outbound: no session after the intent".into(),
         ));
     };
-    let step = google_step(deps, &ctx, &conn, &session).await?;
+    let step = google_step(deps, &ctx, &conn, &session, change).await?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -218,6 +223,7 @@ async fn google_step(
     ctx: &OutboundContext,
     conn: &Connection,
     session: &Session,
+    change: &SessionChange,
 ) -> Result<Step> {
     match conn.status {
         ConnectionStatus::Pending => {
@@ -252,15 +258,23 @@ async fn google_step(
     // A mapping made through an older connection points into a calendar we may no longer
     // reach; only a mapping of this connection is written in place.
     let mapping = ctx.mapping.as_ref().filter(|m| m.connection_id == conn.id);
+    // Unmapped: the id recorded with the intent for this placement (a session recorded
+    // before ids per placement existed, or while the connection could not be written, falls
+    // back to the id derived from the session alone).
     let event_id = mapping.map_or_else(
-        || event_id_for(&session.company_id, &session.id),
+        || {
+            session
+                .google_event
+                .clone()
+                .unwrap_or_else(|| event_id_for(&session.company_id, &session.id))
+        },
         |m| m.external_event_id.clone(),
     );
     Ok(match session.status {
         SessionStatus::Cancelled => target.delete(&event_id).await,
         _ => match mapping {
             None => target.create(session, &event_id).await,
-            Some(m) => target.update(session, m).await,
+            Some(m) => target.update(deps, session, m, change).await,
         },
     })
 }
@@ -304,8 +318,16 @@ impl Target<'_> {
     }
 
     /// Updates the mapped event if it is as we last wrote or read it (its etag); one the
-    /// staff member changed since is read again and overwritten, unless they deleted it.
-    async fn update(&self, session: &Session, m: &EventMapping) -> Step {
+    /// staff member changed since is read again and overwritten, unless they deleted it, or
+    /// unless the stored session has moved past what this write carries (another change of
+    /// it was written meanwhile: that one stands, [`Step::Superseded`]).
+    async fn update(
+        &self,
+        deps: &Deps,
+        session: &Session,
+        m: &EventMapping,
+        change: &SessionChange,
+    ) -> Step {
         let event_id = &m.external_event_id;
         if let Some(etag) = m.change_key.as_deref() {
             let body = event_body(session, event_id, None);
@@ -335,6 +357,9 @@ impl Target<'_> {
         if current.is_cancelled() {
             return Step::EventGone;
         }
+        if crate::exchange::outbound::superseded(deps, change).await {
+            return Step::Superseded;
+        }
         let declined = current.self_response() == Some("declined");
         match self.write_over(session, event_id, &current).await {
             Ok(e) => Step::Wrote(Box::new(e), "updated", declined),
@@ -342,26 +367,19 @@ impl Target<'_> {
         }
     }
 
-    /// The id is taken: the event is ours (the id says so). Read, then written over - unless
-    /// it was deleted after the session was booked: then the staff member deleted it (a
-    /// create whose answer was lost, so no mapping knew it), and it is not brought back
-    /// ([`Step::EventGone`]). An event deleted before the booking is the one of a cancelled
-    /// session booked again: restored, without the attendees of its earlier life (an old
-    /// decline does not flag the new booking).
+    /// The id is taken: it is this placement's own event (the id is chosen per placement and
+    /// recorded before the insert), made by an earlier try whose answer was lost. Read, then
+    /// written over - unless it is deleted: the staff member deleted it before any mapping
+    /// knew it, and it is not brought back ([`Step::EventGone`]).
     async fn overwrite(&self, session: &Session, event_id: &str) -> Step {
-        let mut current = match self.read(event_id).await {
+        let current = match self.read(event_id).await {
             Ok(current) => current,
             Err(e) => return Step::Failed(e.to_string()),
         };
-        let mut declined = current.self_response() == Some("declined");
         if current.is_cancelled() {
-            let deleted_at = current.updated_at();
-            if deleted_at.is_some_and(|t| booked_at(session).is_some_and(|b| t > b)) {
-                return Step::EventGone;
-            }
-            current.attendees = None;
-            declined = false;
+            return Step::EventGone;
         }
+        let declined = current.self_response() == Some("declined");
         match self.write_over(session, event_id, &current).await {
             Ok(e) => Step::Wrote(Box::new(e), "created", declined),
             Err(e) => Step::Failed(e.to_string()),
@@ -393,18 +411,6 @@ impl Target<'_> {
             )
             .await
     }
-}
-
-/// When the session was last booked: its latest `platform.created` (a re-booking's too), or
-/// its first recorded change.
-fn booked_at(session: &Session) -> Option<DateTime<Utc>> {
-    session
-        .history
-        .iter()
-        .rev()
-        .find(|h| h.command == "platform.created")
-        .or(session.history.first())
-        .map(|h| h.at)
 }
 
 /// The event as the session says it should be.
@@ -440,12 +446,28 @@ fn closing_writes(
         return writes;
     };
     let settles = !matches!(step, Step::Skipped(_) | Step::Failed(_));
+    let mut s = session.clone();
     if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
-        let mut s = session.clone();
         s.calendar_version = Some(v);
+    }
+    if matches!(step, Step::Wrote(..)) {
+        // The placement's event exists and is mapped now.
+        s.google_event = None;
+    }
+    if &s != session {
         writes.push(OutboundWrite::Session(s));
     }
     if let Step::Wrote(event, ..) = step {
+        // What the calendar shows now, as written (a write retried after a lost race is
+        // recorded with the times it wrote, not the session's newer ones).
+        let written = (
+            event.start.as_ref().and_then(|t| t.to_utc(None)),
+            event.end.as_ref().and_then(|t| t.to_utc(None)),
+        );
+        let (last_start, last_end) = match written {
+            (Some(start), Some(end)) => (start, end),
+            _ => (session.start, session.end),
+        };
         writes.push(OutboundWrite::Mapping {
             next: EventMapping {
                 company_id: session.company_id.clone(),
@@ -454,8 +476,8 @@ fn closing_writes(
                 provider: Provider::Google,
                 external_event_id: event.id.clone(),
                 change_key: event.etag.clone(),
-                last_start: session.start,
-                last_end: session.end,
+                last_start,
+                last_end,
                 updated_at: now,
                 version: ctx.mapping.as_ref().map_or(0, |m| m.version),
                 modified: event.updated_at(),
@@ -508,6 +530,11 @@ fn outcome_of(conn: &Connection, step: &Step) -> CalendarOutcome {
         ),
         Step::Wrote(e, what, _) => (*what, Some(e.id.clone()), None),
         Step::Deleted => ("deleted", None, None),
+        Step::Superseded => (
+            "superseded",
+            None,
+            Some("a newer change of the session was written to the calendar meanwhile".into()),
+        ),
         Step::NothingToDelete => ("no_event", None, None),
         Step::Failed(r) => ("failed", None, Some(r.clone())),
     };

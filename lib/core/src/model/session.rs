@@ -73,6 +73,12 @@ pub struct Session {
     /// (an idempotent create returns it) and delete it: no orphan event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_txn: Option<String>,
+    /// The id chosen for the Google event a create is about to make for this placement of
+    /// the session (recorded with the intent, before the call; cleared when the event is
+    /// mapped): a retried insert finds its own event, and a new placement (booked again,
+    /// given to another staff member) gets a new id, never an old deleted event's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_event: Option<String>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,
