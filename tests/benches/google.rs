@@ -72,6 +72,9 @@ async fn main() {
         "VOYAGE_GOOGLE_TOKEN_URL" => Some(token_url.clone()),
         "VOYAGE_CREDENTIALS_KEY" => Some(key.clone()),
         "VOYAGE_SYNC_BUDGET" => Some(budget.clone()),
+        // The outbound part writes thousands of sessions of one staff member in a minute:
+        // more than Google's per-user quota allows (a real deployment spreads them).
+        "VOYAGE_GOOGLE_USER_BUDGET" => Some("1000000".into()),
         _ => None,
     })
     .unwrap();
@@ -324,8 +327,12 @@ async fn outbound(
         let trips = (counting.round_trips() - before) as f64 / n as f64;
         let calls = sim.requests().len() as f64 / n as f64;
         // One batch read of every calendar's context, the session recorded before the
-        // Google call, one closing transaction: as for Exchange.
-        assert_eq!(trips, 3.0, "{action}: store round trips per session");
+        // Google call, one closing transaction: as for Exchange. (Plus, now and then, the
+        // per-user quota's reservation of its next chunk of requests: under 0.1 a session.)
+        assert!(
+            (3.0..3.1).contains(&trips),
+            "{action}: {trips} store round trips per session"
+        );
         assert_eq!(calls, 1.0, "{action}: Google calls per session");
         report.push((action, trips, calls, elapsed));
     }
