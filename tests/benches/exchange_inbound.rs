@@ -25,9 +25,9 @@ use serde_json::json;
 use voyage_core::config::Config;
 use voyage_core::deps::Deps;
 use voyage_core::exchange::credentials::{self, ExchangeCredentialsInput};
-use voyage_core::exchange::inbound;
-use voyage_core::exchange::notifications::SyncRequest;
 use voyage_core::exchange::outbound::{self, SessionChangeInput};
+use voyage_core::exchange::push::SyncRequest;
+use voyage_core::exchange::sync;
 use voyage_core::model::{Connection, ConnectionStatus, EventMapping, Provider, SessionStatus};
 use voyage_core::ports::SystemClock;
 use voyage_core::reconcile::{self, EventSnapshot, SnapshotState};
@@ -161,7 +161,7 @@ async fn trips_per_round(pages: usize) -> (u64, usize) {
         reason: "notification".into(),
     };
     let before = counting.round_trips();
-    let report = inbound::handle(&deps, &request).await.unwrap();
+    let report = sync::handle(&deps, &request).await.unwrap();
     assert_eq!(report.pages, pages);
     assert_eq!(report.overrides_upserted, pages * 50);
     (counting.round_trips() - before, report.pages)
@@ -346,7 +346,7 @@ async fn first_sync(n: usize) -> (Duration, usize, usize, u64, f64) {
     let (mut invocations, mut pages) = (0, 0);
     loop {
         invocations += 1;
-        let report = inbound::handle(&deps, &request).await.unwrap();
+        let report = sync::handle(&deps, &request).await.unwrap();
         pages += report.pages;
         if report.checkpoints == 0 {
             break;

@@ -168,13 +168,13 @@ impl CalendarsWorld {
         let deps = &self.app.local.deps;
         match cal {
             Cal::Exchange => {
-                let req = voyage_core::exchange::notifications::SyncRequest {
+                let req = voyage_core::exchange::push::SyncRequest {
                     company_id: COMPANY.into(),
                     connection_id: connection.into(),
                     subscription_id: String::new(),
                     reason: "notification".into(),
                 };
-                voyage_core::exchange::inbound::handle(deps, &req)
+                voyage_core::exchange::sync::handle(deps, &req)
                     .await
                     .unwrap()
                     .commands
@@ -293,7 +293,7 @@ impl CalendarsWorld {
 
     /// The five-minute job that commits due pending cancellations.
     pub async fn commit_pending_cancellations(&self) {
-        voyage_core::exchange::inbound::commit_pending_cancellations(&self.app.local.deps)
+        voyage_core::exchange::sync::commit_pending_cancellations(&self.app.local.deps)
             .await
             .unwrap();
     }

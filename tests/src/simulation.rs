@@ -54,12 +54,12 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use voyage_core::config::Config;
 use voyage_core::deps::{Deps, QueueName};
-use voyage_core::exchange::graph::{
+use voyage_core::exchange::api::{
     CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphApi, GraphCredentials, GraphError,
     GraphEvent, GraphSubscription, NewSubscription,
 };
-use voyage_core::exchange::notifications::SyncRequest;
-use voyage_core::exchange::{inbound, notifications, outbound};
+use voyage_core::exchange::push::SyncRequest;
+use voyage_core::exchange::{outbound, push, sync};
 use voyage_core::google::api::{
     Channel, EventsPage, GoogleApi, GoogleError, GoogleEvent, GoogleEventWrite, ListRequest,
     ServiceAccount, WatchRequest,
@@ -871,7 +871,7 @@ impl World {
         assert_eq!(body["status"], "active", "connection: {body}");
         // The first full sync (the hourly re-base job queues it for a connection without a
         // cursor; its first notification does too).
-        inbound::rebase_sync_windows(&self.deps)
+        sync::rebase_sync_windows(&self.deps)
             .await
             .expect("baseline queued");
         self.run_round(Some(0)).await;
@@ -1386,7 +1386,7 @@ impl World {
         };
         for p in batch {
             let body = p.body.to_string();
-            if let Err(e) = notifications::accept(&self.deps, body.as_bytes()).await {
+            if let Err(e) = push::accept(&self.deps, body.as_bytes()).await {
                 self.log(format!("push refused: {e}"));
             }
         }
@@ -1405,7 +1405,7 @@ impl World {
         let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
         let req: SyncRequest = serde_json::from_value(envelope.payload).expect("a sync request");
         self.sim.clear_served();
-        let result = inbound::handle(&self.deps, &req).await;
+        let result = sync::handle(&self.deps, &req).await;
         if std::env::var("VOYAGE_SIM_TRACE_GRAPH").is_ok() {
             for s in self.sim.served() {
                 self.trace
@@ -1454,9 +1454,7 @@ impl World {
                     .unwrap_or_default(),
                 reason: "missed".into(),
             };
-            notifications::enqueue(&self.deps, &req)
-                .await
-                .expect("enqueue");
+            push::enqueue(&self.deps, &req).await.expect("enqueue");
         }
     }
 
@@ -1464,9 +1462,9 @@ impl World {
 
     async fn run_job(&mut self, which: u32) {
         let report = match which {
-            0 => inbound::commit_pending_cancellations(&self.deps).await,
+            0 => sync::commit_pending_cancellations(&self.deps).await,
             1 => voyage_core::booking::relay_outboxes(&self.deps).await,
-            2 => inbound::rebase_sync_windows(&self.deps).await,
+            2 => sync::rebase_sync_windows(&self.deps).await,
             _ => voyage_core::google::sync::sync_all(&self.deps).await,
         };
         match report {
@@ -1852,7 +1850,7 @@ impl World {
         }
         // Sessions that ended before the sync window are history: their events are no longer
         // reconciled (a documented rule), so only their webhooks are checked.
-        let history_before = self.clock.now() - Duration::days(inbound::WINDOW_PAST_DAYS);
+        let history_before = self.clock.now() - Duration::days(sync::WINDOW_PAST_DAYS);
         for s in &sessions {
             let past = s.end <= history_before;
             let cancelled_hooks = published

@@ -375,14 +375,14 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
             .await,
         );
     }
-    let request = voyage_core::exchange::notifications::SyncRequest {
+    let request = voyage_core::exchange::push::SyncRequest {
         company_id: "acme".into(),
         connection_id: conn["id"].as_str().unwrap().into(),
         subscription_id: conn["channel_id"].as_str().unwrap().into(),
         reason: "notification".into(),
     };
     let deps = &w.app.local.deps;
-    let first = voyage_core::exchange::inbound::handle(deps, &request)
+    let first = voyage_core::exchange::sync::handle(deps, &request)
         .await
         .unwrap();
     assert_eq!((first.pages, first.overrides_upserted), (3, 5));
@@ -412,7 +412,7 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
     );
     w.sim.add_fault(serde_json::from_value(json!({"method": "GET", "path_contains": "calendarView/delta", "status": 410, "after": 1})).unwrap());
     // WHEN the round runs
-    let second = voyage_core::exchange::inbound::handle(deps, &request)
+    let second = voyage_core::exchange::sync::handle(deps, &request)
         .await
         .unwrap();
     // THEN it started over with a full sync and the overrides match the calendar exactly
@@ -437,7 +437,7 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
     want.sort();
     assert_eq!(got, want);
     // AND the next round continues from the stored cursor with nothing new
-    let third = voyage_core::exchange::inbound::handle(deps, &request)
+    let third = voyage_core::exchange::sync::handle(deps, &request)
         .await
         .unwrap();
     assert_eq!(
@@ -556,8 +556,8 @@ async fn a_poison_message_fails_alone() {
 
 mod convergence {
     use super::*;
-    use voyage_core::exchange::inbound;
-    use voyage_core::exchange::notifications::SyncRequest;
+    use voyage_core::exchange::push::SyncRequest;
+    use voyage_core::exchange::sync;
     use voyage_core::model::Provider;
 
     /// A change with the platform's `version`.
@@ -806,14 +806,14 @@ mod convergence {
         (w, key, platform, id)
     }
 
-    async fn round(w: &GraphWorld, connection: &str) -> inbound::RoundReport {
+    async fn round(w: &GraphWorld, connection: &str) -> sync::RoundReport {
         let req = SyncRequest {
             company_id: "acme".into(),
             connection_id: connection.into(),
             subscription_id: String::new(),
             reason: "notification".into(),
         };
-        inbound::handle(&w.app.local.deps, &req).await.unwrap()
+        sync::handle(&w.app.local.deps, &req).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1185,7 +1185,7 @@ mod convergence {
         .unwrap();
         // WHEN the grace passes and the sweep runs
         clock.advance(grace + chrono::Duration::minutes(1));
-        voyage_core::exchange::inbound::commit_pending_cancellations(&deps)
+        voyage_core::exchange::sync::commit_pending_cancellations(&deps)
             .await
             .unwrap();
         // THEN the booking is cancelled, both events waiting for the bus

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use voyage_core::deps::Deps;
-use voyage_core::exchange::notifications;
+use voyage_core::exchange::push;
 use voyage_http::{ApiQuery, ApiResult};
 
 pub fn router(deps: Arc<Deps>) -> Router {
@@ -49,6 +49,6 @@ async fn graph_callback(
     if let Some(token) = query.get("validationToken") {
         return Ok(handshake(token));
     }
-    let accepted = notifications::accept(&deps, &body).await?;
+    let accepted = push::accept(&deps, &body).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }

@@ -4,14 +4,14 @@
 use std::time::Instant;
 
 use voyage_core::deps::Deps;
-use voyage_core::exchange::inbound;
-use voyage_core::exchange::notifications::{received_at, SyncRequest, SYNC_KIND};
+use voyage_core::exchange::push::{received_at, SyncRequest, SYNC_KIND};
+use voyage_core::exchange::sync;
 use voyage_core::metrics;
 use voyage_core::ports::queue::Envelope;
 use voyage_core::Error;
 
 /// Rounds of one batch run at once (different connections; one connection's rounds are
-/// safe together, see `exchange::inbound`).
+/// safe together, see `exchange::sync`).
 pub const CONCURRENCY: usize = 8;
 
 /// Handles one message. An error means "not done": the queue offers it again, and after its
@@ -34,7 +34,7 @@ async fn handle_until(deps: &Deps, body: &str, deadline: Instant) -> Result<(), 
     let received_at = received_at(&envelope.payload);
     let request: SyncRequest = serde_json::from_value(envelope.payload)
         .map_err(|e| Error::validation("payload", format!("not a sync request: {e}")))?;
-    let round = inbound::handle_until(deps, &request, deadline);
+    let round = sync::handle_until(deps, &request, deadline);
     let result = match received_at {
         Some(at) => metrics::with_notification_time(at, round).await,
         None => round.await,

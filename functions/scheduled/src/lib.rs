@@ -98,7 +98,7 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
         },
         Job::RenewSubscriptions => {
             // Graph subscriptions and Google channels alike; both run even if one fails.
-            let exchange = voyage_core::exchange::subscriptions::renew_all(deps).await;
+            let exchange = voyage_core::exchange::channels::renew_all(deps).await;
             let google = voyage_core::google::channels::renew_all(deps).await;
             let (exchange, google) = (exchange?, google?);
             JobReport {
@@ -109,12 +109,12 @@ pub async fn run(job: Job, deps: &Deps) -> Result<JobReport> {
         }
         Job::GoogleSync => voyage_core::google::sync::sync_all(deps).await?,
         Job::CommitPendingCancellations => {
-            voyage_core::exchange::inbound::commit_pending_cancellations(deps).await?
+            voyage_core::exchange::sync::commit_pending_cancellations(deps).await?
         }
         Job::RelayOutboxes => voyage_core::booking::relay_outboxes(deps).await?,
-        Job::RebaseSyncWindows => voyage_core::exchange::inbound::rebase_sync_windows(deps).await?,
+        Job::RebaseSyncWindows => voyage_core::exchange::sync::rebase_sync_windows(deps).await?,
         Job::ResumeCoalescedRounds => {
-            voyage_core::exchange::inbound::resume_coalesced_rounds(deps).await?
+            voyage_core::exchange::sync::resume_coalesced_rounds(deps).await?
         }
     };
     tracing::info!(

@@ -4,8 +4,8 @@
 //! (`POST|DELETE /v1/connections`) only decode, call these and encode.
 
 use crate::deps::Deps;
-use crate::exchange::subscriptions;
-use crate::google::channels;
+use crate::exchange::channels as exchange_channels;
+use crate::google::channels as google_channels;
 use crate::model::{Connection, ConnectionStatus, Provider};
 use crate::{ids, validate, Error, Result};
 
@@ -55,10 +55,10 @@ pub async fn create(deps: &Deps, company: &str, request: NewConnection) -> Resul
     let mut created = deps.store.create_connection(&connection).await?;
     match created.provider {
         Provider::Exchange => {
-            subscriptions::subscribe(deps, &mut created).await?;
+            exchange_channels::subscribe(deps, &mut created).await?;
         }
         Provider::Google => {
-            channels::watch(deps, &mut created).await?;
+            google_channels::watch(deps, &mut created).await?;
         }
     }
     Ok(created)
@@ -78,10 +78,10 @@ pub async fn delete(deps: &Deps, company: &str, id: &str) -> Result<()> {
     let removed = deps.store.delete_connection(company, id).await?;
     match (removed.provider, &removed.channel) {
         (Provider::Exchange, Some(channel)) => {
-            subscriptions::remove_quietly(deps, company, &channel.id).await;
+            exchange_channels::remove_quietly(deps, company, &channel.id).await;
         }
         (Provider::Google, Some(channel)) => {
-            channels::stop_quietly(deps, &removed, channel).await;
+            google_channels::stop_quietly(deps, &removed, channel).await;
         }
         _ => {}
     }

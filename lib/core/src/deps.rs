@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::exchange::graph::GraphApi;
+use crate::exchange::api::GraphApi;
 use crate::google::GoogleApi;
 use crate::ports::{EventBus, Queue};
 use crate::sealing::Sealer;

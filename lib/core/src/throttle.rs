@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 
-use crate::exchange::graph::{
+use crate::exchange::api::{
     CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphApi, GraphCredentials, GraphError,
     GraphEvent, GraphSubscription, NewSubscription, MAILBOX_CONCURRENCY,
 };

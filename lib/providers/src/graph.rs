@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use voyage_core::config::Config;
-use voyage_core::exchange::graph::{
+use voyage_core::exchange::api::{
     CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphApi, GraphCredentials, GraphError,
     GraphEvent, GraphSubscription, NewSubscription, MAILBOX_CONCURRENCY, SESSION_TAG_ID,
 };

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate, Utc};
 use serde_json::json;
-use voyage_core::exchange::inbound::{self, RoundReport};
-use voyage_core::exchange::notifications::SyncRequest;
+use voyage_core::exchange::push::SyncRequest;
+use voyage_core::exchange::sync::{self, RoundReport};
 use voyage_core::model::AvailabilityOverride;
 use voyage_tests::graph::{email, GraphWorld, CLIENT_SECRET};
 
@@ -27,7 +27,7 @@ async fn round(w: &GraphWorld, connection: &str) -> RoundReport {
         subscription_id: String::new(),
         reason: "notification".into(),
     };
-    inbound::handle(&w.app.local.deps, &req).await.unwrap()
+    sync::handle(&w.app.local.deps, &req).await.unwrap()
 }
 
 async fn overrides(w: &GraphWorld, connection: &str) -> Vec<AvailabilityOverride> {
@@ -311,7 +311,7 @@ async fn a_first_sync_of_five_thousand_events_completes_across_invocations_with_
             .iter()
             .filter(|m| {
                 m.body
-                    .contains(&format!("\"reason\":\"{}\"", inbound::CONTINUE_REASON))
+                    .contains(&format!("\"reason\":\"{}\"", sync::CONTINUE_REASON))
             })
             .count();
     }
@@ -436,7 +436,7 @@ async fn a_spent_mailbox_budget_stops_the_round_as_a_throttle_and_the_message_is
         reason: "notification".into(),
     };
 
-    let outcome = inbound::handle(&w.app.local.deps, &req).await;
+    let outcome = sync::handle(&w.app.local.deps, &req).await;
 
     // The mailbox settings took the budget; the round stops before the first page (Graph
     // is never asked beyond it), and the queue offers the message again later.

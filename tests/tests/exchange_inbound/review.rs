@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use serde_json::{json, Value};
 use voyage_core::deps::Deps;
-use voyage_core::exchange::inbound::{self, RoundReport};
-use voyage_core::exchange::notifications::SyncRequest;
+use voyage_core::exchange::push::SyncRequest;
+use voyage_core::exchange::sync::{self, RoundReport};
 use voyage_core::model::AvailabilityOverride;
 use voyage_core::ports::{
     Clock, Condition, Index, Item, Key, Page, Query, StoreError, SystemClock, Table, TxWrite,
@@ -36,12 +36,12 @@ fn request(connection: &str) -> SyncRequest {
 }
 
 async fn round_with(deps: &Deps, connection: &str) -> RoundReport {
-    inbound::handle(deps, &request(connection)).await.unwrap()
+    sync::handle(deps, &request(connection)).await.unwrap()
 }
 
 /// One invocation whose budget is already spent: one page, then a checkpoint.
 async fn one_page(deps: &Deps, connection: &str) -> RoundReport {
-    inbound::handle_until(deps, &request(connection), Instant::now())
+    sync::handle_until(deps, &request(connection), Instant::now())
         .await
         .unwrap()
 }
@@ -204,7 +204,7 @@ async fn review_a_mailbox_has_one_budget_whatever_form_its_address_takes() {
     w.sim.clear_served();
 
     // mailboxSettings (1) + the delta page (1) + the batch read of the partial entry (1).
-    let outcome = inbound::handle(&w.app.local.deps, &request(&conn)).await;
+    let outcome = sync::handle(&w.app.local.deps, &request(&conn)).await;
 
     let mailbox_requests = w
         .sim

@@ -11,14 +11,15 @@
 //!
 //! Each provider module mirrors the other with the same names for the same roles:
 //!
-//! | role                      | Exchange (`crate::exchange`) | Google (`crate::google`) |
-//! |---------------------------|------------------------------|--------------------------|
-//! | API port                  | `graph::GraphApi`            | `api::GoogleApi`         |
-//! | push intake               | `notifications`              | `push`                   |
-//! | sync round                | `inbound`                    | `sync`                   |
-//! | channel renewal           | `subscriptions`              | `channels`               |
-//! | outbound writer           | `outbound`                   | `outbound`               |
-//! | event writer (write-back) | `inbound::GraphEventWriter`  | `inbound::GoogleEventWriter` |
+//! | role                       | Exchange (`crate::exchange`)  | Google (`crate::google`)       |
+//! |----------------------------|-------------------------------|--------------------------------|
+//! | API port                   | `api` (`GraphApi`)            | `api` (`GoogleApi`)            |
+//! | push intake                | `push` (Graph notifications)  | `push` (channel pushes)        |
+//! | sync round                 | `sync` (delta rounds)         | `sync` (`events.list`)         |
+//! | channel renewal            | `channels` (subscriptions)    | `channels` (watch channels)    |
+//! | outbound writer            | `outbound`                    | `outbound`                     |
+//! | event writer (write-back)  | `sync::GraphEventWriter`      | `inbound::GoogleEventWriter`   |
+//! | tenant credentials         | `credentials`                 | `credentials`                  |
 //!
 //! The mapping (session <-> event, per provider) is [`crate::model::EventMapping`], stored by
 //! [`crate::store`]; a platform write records the change key (Graph) or etag (Google) it

@@ -1,16 +1,19 @@
-//! The Exchange (Microsoft Graph) integration: the Graph port, tenants' app credentials,
-//! the outbound path (sessions become Graph events) and subscriptions.
+//! The Exchange (Microsoft Graph) integration, module for module like Google's
+//! ([`crate::calendar`]): the API port (`api`), push intake (`push`: Graph's change
+//! notifications), the sync round (`sync`: delta rounds and their reconciliation), channel
+//! renewal (`channels`: Graph subscriptions), the outbound writer (`outbound`), tenants' app
+//! credentials, and the mailbox time zones (`zones`).
 
+pub mod api;
+pub mod channels;
 pub mod credentials;
-pub mod graph;
-pub mod inbound;
-pub mod notifications;
 pub mod outbound;
+pub mod push;
 pub mod resource;
-pub mod subscriptions;
+pub mod sync;
 pub mod zones;
 
-pub use graph::{GraphApi, GraphCredentials, GraphError};
+pub use api::{GraphApi, GraphCredentials, GraphError};
 
 use crate::Error;
 

@@ -33,11 +33,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::graph::{
+use super::api::{
     CalendarRef, EventBody, EventLocation, EventWrite, ExtendedProperty, GraphDateTime, GraphEvent,
     SESSION_TAG_ID,
 };
-use super::subscriptions::calendar_of;
+use super::channels::calendar_of;
 use super::{credentials, provider_error, GraphApi, GraphCredentials, GraphError};
 use crate::deps::Deps;
 use crate::model::{

@@ -6,7 +6,7 @@ use chrono::Duration;
 use super::api::{GoogleError, WatchRequest};
 use super::credentials;
 use crate::deps::Deps;
-use crate::exchange::subscriptions::{Renewal, RENEWAL_WINDOW_HOURS};
+use crate::exchange::channels::{Renewal, RENEWAL_WINDOW_HOURS};
 use crate::model::{Connection, ConnectionStatus, Provider, PushChannel};
 use crate::{ids, Result};
 

@@ -112,7 +112,7 @@ const DEFAULT_CALENDAR: &str = "calendar";
 pub const MAX_SUBSCRIPTION_MINUTES: i64 = 10_080;
 
 /// The extended property the platform tags its events with, `<company>/<session>`: the same
-/// id as `voyage_core::exchange::graph::SESSION_TAG_ID` (the simulators do not depend on the
+/// id as `voyage_core::exchange::api::SESSION_TAG_ID` (the simulators do not depend on the
 /// core). Only [`GraphSimulator::events_of`] reads it.
 const SESSION_TAG_ID: &str = "String {6f3a2b0e-5c1d-4e8a-9b7f-2d4c6e8a1b3c} Name VoyageSessionId";
 

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::graph::{CalendarRef, GraphError, NewSubscription};
+use super::api::{CalendarRef, GraphError, NewSubscription};
 use super::{credentials, GraphCredentials};
 use crate::deps::Deps;
 use crate::model::{Connection, ConnectionStatus, PushChannel};

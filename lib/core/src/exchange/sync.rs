@@ -48,12 +48,12 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
 use serde::Serialize;
 
-use super::graph::{
+use super::api::{
     CalendarRef, DeltaRequest, EventBody, EventWrite, GraphDateTime, GraphError, GraphEvent,
 };
-use super::notifications::SyncRequest;
+use super::channels::{self, calendar_of};
 use super::outbound::TRANSACTION_PREFIX;
-use super::subscriptions::{self, calendar_of};
+use super::push::SyncRequest;
 use super::{credentials, GraphCredentials};
 use crate::availability::AvailabilitySettings;
 use crate::booking::{self, Command, ORIGIN_EXCHANGE_INBOUND};
@@ -165,13 +165,13 @@ pub async fn handle_until(
     }
     match req.reason.as_str() {
         "reauthorizationRequired" => {
-            subscriptions::renew(deps, &mut conn).await?;
+            channels::renew(deps, &mut conn).await?;
         }
         "subscriptionRemoved" => {
             // Graph dropped it: a new one first (changes from now on are notified), then
             // the delta round below catches up on what happened meanwhile.
             conn.channel = None;
-            subscriptions::subscribe(deps, &mut conn).await?;
+            channels::subscribe(deps, &mut conn).await?;
         }
         _ => {}
     }
@@ -223,7 +223,7 @@ pub async fn handle_until(
                     reason: "coalesced".into(),
                     ..req.clone()
                 };
-                super::notifications::enqueue(deps, &follow_up).await?;
+                super::push::enqueue(deps, &follow_up).await?;
                 return Ok(report);
             }
             Ok(Released::RunAgain(held)) => {
@@ -558,7 +558,7 @@ async fn checkpoint(
         })
         .await?;
     report.checkpoints += 1;
-    super::notifications::enqueue(
+    super::push::enqueue(
         deps,
         &SyncRequest {
             company_id: conn.company_id.clone(),
@@ -1362,7 +1362,7 @@ pub async fn rebase_sync_windows(deps: &Deps) -> Result<crate::jobs::JobReport> 
                     .unwrap_or_default(),
                 reason: "rebase".into(),
             };
-            match super::notifications::enqueue(deps, &request).await {
+            match super::push::enqueue(deps, &request).await {
                 Ok(()) => report.processed += 1,
                 Err(e) => {
                     tracing::warn!(connection = %conn.id, error = %e, "re-base round not queued");
@@ -1409,7 +1409,7 @@ pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobRepo
                 .unwrap_or_default(),
             reason: "resume".into(),
         };
-        match super::notifications::enqueue(deps, &request).await {
+        match super::push::enqueue(deps, &request).await {
             Ok(()) => report.processed += 1,
             Err(e) => {
                 tracing::warn!(connection = %conn.id, error = %e, "resumed round not queued");
@@ -1423,7 +1423,7 @@ pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobRepo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::graph::{Removed, ResponseStatus};
+    use crate::exchange::api::{Removed, ResponseStatus};
 
     fn event(show_as: &str) -> GraphEvent {
         GraphEvent {
