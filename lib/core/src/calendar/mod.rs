@@ -28,6 +28,11 @@
 pub mod changes;
 pub mod engine;
 
+/// The sync window of every provider's full listing: from a day back to 180 days ahead of
+/// the listing's start (the window moves: see each provider's `sync`).
+pub const WINDOW_PAST_DAYS: i64 = 1;
+pub const WINDOW_FUTURE_DAYS: i64 = 180;
+
 use serde::Serialize;
 
 use crate::booking::{self, Command};

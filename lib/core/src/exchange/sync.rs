@@ -69,8 +69,7 @@ use crate::store::{LeaseClaim, Released};
 use crate::{Error, Result};
 
 /// The window a full sync reads: from a day back (sessions in progress) to half a year ahead.
-pub const WINDOW_PAST_DAYS: i64 = 1;
-pub const WINDOW_FUTURE_DAYS: i64 = 180;
+pub use crate::calendar::{WINDOW_FUTURE_DAYS, WINDOW_PAST_DAYS};
 /// A cursor whose full sync began this long ago is replaced by a fresh full sync, so the
 /// window follows the clock.
 pub const REBASE_AFTER_HOURS: i64 = 24;

@@ -36,8 +36,7 @@ use crate::model::{
 use crate::store::GoogleSyncProgress;
 use crate::{Error, Result};
 
-pub const WINDOW_PAST_DAYS: i64 = 1;
-pub const WINDOW_FUTURE_DAYS: i64 = 180;
+pub use crate::calendar::{WINDOW_FUTURE_DAYS, WINDOW_PAST_DAYS};
 /// `maxResults` per page (Google's default; at most 2500).
 pub const PAGE_SIZE: u32 = 250;
 
