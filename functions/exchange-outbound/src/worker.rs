@@ -2,7 +2,7 @@
 //! every calendar of the staff member ([`voyage_core::calendar::changes`]).
 
 use serde_json::Value;
-use voyage_core::calendar::changes;
+use voyage_core::calendar::{self, changes};
 use voyage_core::deps::Deps;
 use voyage_core::exchange::outbound::SessionChangeInput;
 use voyage_core::Error;
@@ -16,6 +16,18 @@ pub const CONCURRENCY: usize = 8;
 pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
     let value: Value = serde_json::from_str(body)
         .map_err(|e| Error::validation("message", format!("not JSON: {e}")))?;
+    // A follow-up the booking engine queued: the session as stored now, to every calendar.
+    if let Some(follow_up) = value.get("follow_up") {
+        let follow_up: calendar::FollowUp = serde_json::from_value(follow_up.clone())
+            .map_err(|e| Error::validation("follow_up", format!("not a follow-up: {e}")))?;
+        return match calendar::write_as_stored(deps, &follow_up).await? {
+            Some(out) if out.any_failed() => Err(Error::Unavailable(format!(
+                "session {}: a calendar could not be written",
+                out.session_id
+            ))),
+            _ => Ok(()),
+        };
+    }
     let change = match value.get("detail") {
         Some(detail) if value.get("detail-type").is_some() => detail.clone(),
         _ => value,

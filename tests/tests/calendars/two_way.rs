@@ -334,3 +334,32 @@ async fn a_queued_change_whose_calendar_fails_is_offered_again_and_written_by_th
         .unwrap();
     assert_eq!(w.shown(Cal::Google, "ann", "s1").len(), 1);
 }
+
+/// A follow-up that could not be written at once is queued; handled after a newer platform
+/// change, it writes the session as it is then, never the times it was queued with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_follow_up_handled_after_a_newer_change_writes_the_newer_times() {
+    let w = CalendarsWorld::start().await;
+    w.connect(Cal::Exchange, "ann").await;
+    let google = w.connect(Cal::Google, "ann").await;
+    w.change("created", "s1", 9).await;
+    let event = one_event(&w, Cal::Google, "s1");
+    w.staff_move(Cal::Google, "ann", &event, 14);
+    // Outlook refuses the follow-up once.
+    w.graph.add_fault(voyage_simulators::Fault {
+        method: Some("PATCH".into()),
+        path_contains: Some("/events".into()),
+        status: Some(400),
+        retry_after: None,
+        latency_ms: None,
+        count: 1,
+        after: 0,
+    });
+    assert_eq!(w.sync(Cal::Google, &google).await, 1);
+    assert_eq!(w.shown(Cal::Exchange, "ann", "s1")[0].start, at(9));
+    // The platform moves the booking again before the queued follow-up is handled.
+    w.change("updated", "s1", 16).await;
+    assert!(w.drain_outbound().await >= 1, "the follow-up was queued");
+    assert_eq!(w.shown(Cal::Exchange, "ann", "s1")[0].start, at(16));
+    assert_eq!(w.session("s1").await.start, at(16));
+}

@@ -121,21 +121,20 @@ pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &
     }
 }
 
-/// The session as a change on the outbound queue (see [`follow`]).
+/// The queued follow-up (see [`follow`]): it names the session only, and its handler writes
+/// the session as it is when the message is handled ([`write_as_stored`]), so a follow-up
+/// that waited never carries old times over a newer change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FollowUp {
+    pub company_id: String,
+    pub session_id: String,
+}
+
 async fn queue_follow_up(deps: &Deps, session: &Session) {
-    let change = change_of(session);
     let body = serde_json::json!({
-        "action": change.action.as_str(),
-        "session": {
-            "id": change.id,
-            "company_id": change.company_id,
-            "staff_id": change.staff_id,
-            "start": change.start.to_rfc3339(),
-            "end": change.end.to_rfc3339(),
-            "time_zone": change.time_zone,
-            "title": change.title,
-            "location": change.location,
-            "client": change.client,
+        "follow_up": FollowUp {
+            company_id: session.company_id.clone(),
+            session_id: session.id.clone(),
         }
     });
     let sent = match deps.queue(crate::deps::QueueName::ExchangeOutbound) {
@@ -148,4 +147,20 @@ async fn queue_follow_up(deps: &Deps, session: &Session) {
     if let Err(e) = sent {
         tracing::warn!(session = %session.id, error = %e, "follow-up not queued: the other calendar catches up at the session's next change");
     }
+}
+
+/// Writes the session, as stored now, to every calendar of its staff member (a queued
+/// follow-up). A session that no longer exists needs nothing.
+pub async fn write_as_stored(
+    deps: &Deps,
+    follow_up: &FollowUp,
+) -> crate::Result<Option<changes::ChangesOutcome>> {
+    let Some(session) = deps
+        .store
+        .find_session(&follow_up.company_id, &follow_up.session_id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    changes::apply(deps, &change_of(&session)).await.map(Some)
 }
