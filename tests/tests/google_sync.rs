@@ -1159,3 +1159,6 @@ mod calendars_review;
 
 #[path = "calendars/review2.rs"]
 mod calendars_review2;
+
+#[path = "calendars/review3.rs"]
+mod calendars_review3;

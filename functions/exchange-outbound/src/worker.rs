@@ -16,16 +16,17 @@ pub const CONCURRENCY: usize = 8;
 pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
     let value: Value = serde_json::from_str(body)
         .map_err(|e| Error::validation("message", format!("not JSON: {e}")))?;
-    // A follow-up the booking engine queued: the session as stored now, to every calendar.
+    // A follow-up the booking engine queued: the session as stored now, to the calendars
+    // that still owe it.
     if let Some(follow_up) = value.get("follow_up") {
         let follow_up: calendar::FollowUp = serde_json::from_value(follow_up.clone())
             .map_err(|e| Error::validation("follow_up", format!("not a follow-up: {e}")))?;
         return match calendar::write_as_stored(deps, &follow_up).await? {
-            Some(out) if out.any_failed() => Err(Error::Unavailable(format!(
+            true => Ok(()),
+            false => Err(Error::Unavailable(format!(
                 "session {}: a calendar could not be written",
-                out.session_id
+                follow_up.session_id
             ))),
-            _ => Ok(()),
         };
     }
     let change = match value.get("detail") {

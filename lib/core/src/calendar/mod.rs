@@ -87,7 +87,7 @@ const FOLLOW_RETRY: std::time::Duration = std::time::Duration::ZERO;
 /// writes every calendar of the staff member and is retried by the queue until it succeeds
 /// (its own echo in the calendar the command came from changes nothing).
 pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &str) {
-    let mut owed = false;
+    let mut owed = Vec::new();
     for provider in booking::calendar_writes(command, origin) {
         let change = change_of(session);
         let result = match provider {
@@ -104,37 +104,41 @@ pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &
         };
         match result {
             Ok(("failed", reason)) => {
-                owed = true;
+                owed.push(provider);
                 tracing::warn!(session = %session.id, provider = provider.as_str(), reason = ?reason, "booking change not written to the calendar; queued")
             }
             Ok((outcome, _)) => {
                 tracing::debug!(session = %session.id, provider = provider.as_str(), outcome, "booking change written to the calendar")
             }
             Err(e) => {
-                owed = true;
+                owed.push(provider);
                 tracing::warn!(session = %session.id, provider = provider.as_str(), error = %e, "booking change not written to the calendar; queued")
             }
         }
     }
-    if owed {
-        queue_follow_up(deps, session).await;
+    if !owed.is_empty() {
+        queue_follow_up(deps, session, owed).await;
     }
 }
 
-/// The queued follow-up (see [`follow`]): it names the session only, and its handler writes
-/// the session as it is when the message is handled ([`write_as_stored`]), so a follow-up
-/// that waited never carries old times over a newer change.
+/// The queued follow-up (see [`follow`]): it names the session and the calendars that still
+/// owe the change, and its handler writes the session as it is when the message is handled
+/// ([`write_as_stored`]) to those calendars only: a follow-up that waited never carries old
+/// times over a newer change, and never writes over the calendar the change came from (the
+/// staff member may have changed it again meanwhile).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FollowUp {
     pub company_id: String,
     pub session_id: String,
+    pub calendars: Vec<Provider>,
 }
 
-async fn queue_follow_up(deps: &Deps, session: &Session) {
+async fn queue_follow_up(deps: &Deps, session: &Session, calendars: Vec<Provider>) {
     let body = serde_json::json!({
         "follow_up": FollowUp {
             company_id: session.company_id.clone(),
             session_id: session.id.clone(),
+            calendars,
         }
     });
     let sent = match deps.queue(crate::deps::QueueName::ExchangeOutbound) {
@@ -149,18 +153,31 @@ async fn queue_follow_up(deps: &Deps, session: &Session) {
     }
 }
 
-/// Writes the session, as stored now, to every calendar of its staff member (a queued
-/// follow-up). A session that no longer exists needs nothing.
-pub async fn write_as_stored(
-    deps: &Deps,
-    follow_up: &FollowUp,
-) -> crate::Result<Option<changes::ChangesOutcome>> {
+/// Writes the session, as stored now, to the calendars a queued follow-up names. A session
+/// that no longer exists needs nothing. `Ok(false)`: a calendar could not be written (the
+/// queue offers the follow-up again).
+pub async fn write_as_stored(deps: &Deps, follow_up: &FollowUp) -> crate::Result<bool> {
     let Some(session) = deps
         .store
         .find_session(&follow_up.company_id, &follow_up.session_id)
         .await?
     else {
-        return Ok(None);
+        return Ok(true);
     };
-    changes::apply(deps, &change_of(&session)).await.map(Some)
+    let change = change_of(&session);
+    let mut written = true;
+    for provider in &follow_up.calendars {
+        let outcome = match provider {
+            Provider::Exchange => {
+                crate::exchange::outbound::apply_to_calendar(deps, &change)
+                    .await?
+                    .outcome
+            }
+            Provider::Google => crate::google::outbound::apply(deps, &change)
+                .await?
+                .map_or("no_connection", |w| w.calendar.outcome),
+        };
+        written &= outcome != "failed";
+    }
+    Ok(written)
 }

@@ -508,14 +508,37 @@ async fn write(
             .as_ref()
             .is_none_or(|c| c.id != m.connection_id)
     }) {
-        remove_elsewhere(deps, &ctx, &old).await;
-        if ctx.connection.is_none() {
-            let mut writes = [OutboundWrite::DeleteMapping(old)];
-            match deps.store.commit_outbound(&mut writes).await {
-                Ok(()) => ctx.mapping = None,
-                Err(e) => {
-                    tracing::debug!(session = %change.id, error = %e, "moved session's exchange mapping not removed")
+        match remove_elsewhere(deps, &ctx, &old).await {
+            Ok(()) => {
+                // Gone from there: the session has no Exchange event until this write makes
+                // one (a write that fails leaves no mapping to a deleted event behind).
+                let mut writes = [OutboundWrite::DeleteMapping(old)];
+                match deps.store.commit_outbound(&mut writes).await {
+                    Ok(()) => ctx.mapping = None,
+                    Err(e) => {
+                        tracing::debug!(session = %change.id, error = %e, "moved session's exchange mapping not removed yet")
+                    }
                 }
+            }
+            Err(e) => {
+                // The old mailbox still shows the booking: nothing is written in the new one
+                // until it is gone (the same change sent again removes it first).
+                let outcome = Outcome {
+                    session_id: change.id.clone(),
+                    action: change.action,
+                    outcome: "failed",
+                    session_status: ctx
+                        .session
+                        .as_ref()
+                        .map_or(SessionStatus::Confirmed, |s| s.status),
+                    connection_id: ctx.connection.as_ref().map(|c| c.id.clone()),
+                    event_id: None,
+                    reason: Some(format!(
+                        "the event in the previous staff member's mailbox could not be removed: {e}"
+                    )),
+                    settled: false,
+                };
+                return Ok((outcome, Some(provider_error(&e)), ctx));
             }
         }
     }
@@ -1046,40 +1069,39 @@ async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, event: &GraphEvent
     }
 }
 
-/// Deletes the event `old` maps, in the mailbox of the connection it was written through
-/// (best effort, logged: a connection deleted since took its events' mappings with it).
-async fn remove_elsewhere(deps: &Deps, ctx: &OutboundContext, old: &EventMapping) {
+/// Deletes the event `old` maps, in the mailbox of the connection it was written through.
+/// Done when it is deleted or already gone, or when that connection no longer exists (its
+/// deletion took its events' mappings with it).
+async fn remove_elsewhere(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    old: &EventMapping,
+) -> std::result::Result<(), GraphError> {
     let conn = match deps
         .store
         .get_connection(&old.company_id, &old.connection_id)
         .await
     {
         Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(session = %old.session_id, error = %e, "the old exchange connection is gone");
-            return;
-        }
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(GraphError::Unavailable(e.to_string())),
     };
     let Some(record) = &ctx.credentials else {
-        return;
+        return Err(GraphError::Auth(credentials::MISSING.into()));
     };
-    let result = match (credentials::open(deps, record), deps.graph()) {
-        (Ok(creds), Ok(graph)) => graph
-            .delete_event(&creds, &calendar_of(&conn), &old.external_event_id)
-            .await
-            .or_else(|e| match e {
-                GraphError::NotFound => Ok(()),
-                e => Err(e.to_string()),
-            }),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    match result {
-        Ok(()) => {
-            tracing::info!(session = %old.session_id, "event removed from the previous staff member's mailbox")
+    let creds = credentials::open(deps, record).map_err(|e| GraphError::Auth(e.to_string()))?;
+    let graph = deps
+        .graph()
+        .map_err(|e| GraphError::Unavailable(e.to_string()))?;
+    match graph
+        .delete_event(&creds, &calendar_of(&conn), &old.external_event_id)
+        .await
+    {
+        Ok(()) | Err(GraphError::NotFound) => {
+            tracing::info!(session = %old.session_id, "event removed from the previous staff member's mailbox");
+            Ok(())
         }
-        Err(e) => {
-            tracing::warn!(session = %old.session_id, error = %e, "event not removed from the previous staff member's mailbox")
-        }
+        Err(e) => Err(e),
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::api::{event_id_for, Attendee, GoogleApi, GoogleError, GoogleEvent, ServiceAccount};
+use super::api::{Attendee, GoogleApi, GoogleError, GoogleEvent, ServiceAccount};
 use super::{credentials, outbound};
 use crate::booking::ORIGIN_GOOGLE_INBOUND;
 use crate::calendar::engine::{self, EventWriter, Failure, Reconciled};
@@ -272,16 +272,16 @@ pub async fn reconcile_unlisted(
     Ok(done)
 }
 
-/// One of our events without a mapping (tagged with a session of this company): a create
-/// whose closing commit was lost, or one made while this page was read, or an event a
-/// placement of the session left behind.
+/// One of our events without a mapping in this connection (tagged with a session of this
+/// company): a create whose closing commit was lost, one made while this page was read, or
+/// the events of a connection deleted and connected again (its mappings went with it).
 ///
-/// When it is the session's current placement here (its id is the one recorded with the
-/// intent, or the id derived from the session alone; the session is this staff member's,
-/// not cancelled, and has no Google event mapped), it is mapped (as not yet seen, so it is
-/// reconciled). Any other live one is an orphan (a removal that failed when the session was
-/// given to another staff member, an old event restored from the bin after a re-booking, a
-/// cancelled session's event) and is deleted: a booking shows as exactly one event.
+/// It is mapped (as not yet seen, so it is reconciled) only when it is the session's event
+/// here beyond doubt: the session is this calendar owner's and not cancelled, has no Google
+/// event mapped anywhere, and no create of another placement is owed (`google_event` names
+/// this event or nothing). A live one of a cancelled session in its owner's calendar is
+/// deleted. Anything else is left alone: the same calendar may be reached by another
+/// connection (a shared calendar), and a create of a new placement may be about to map it.
 async fn adopt(
     deps: &Deps,
     conn: &Connection,
@@ -301,24 +301,10 @@ async fn adopt(
     let Some(session) = deps.store.find_session(company, session_id).await? else {
         return Ok(None);
     };
-    let mapped = deps
-        .store
-        .mapping_for_session(company, Provider::Google, session_id)
-        .await?;
-    let placement = session.google_event.as_deref() == Some(event.id.as_str())
-        || event.id == event_id_for(company, session_id);
-    let current = placement
-        && mapped.is_none()
-        && session.staff_id == conn.staff_id
-        && session.status != SessionStatus::Cancelled;
-    if !current {
-        if mapped
-            .as_ref()
-            .is_some_and(|m| m.external_event_id == event.id && m.connection_id == conn.id)
-        {
-            // Mapped meanwhile (its create's closing commit): not an orphan.
-            return Ok(None);
-        }
+    if session.status == SessionStatus::Cancelled && session.staff_id == conn.staff_id {
+        // A live event of a cancelled booking in its owner's calendar (a create whose answer
+        // was lost, deleted by the staff member and restored after the cancellation): it
+        // goes, as a mapped one would.
         let google = deps.google()?;
         let calendar_id = conn.calendar_id.clone().unwrap_or_default();
         match google
@@ -326,10 +312,24 @@ async fn adopt(
             .await
         {
             Ok(()) | Err(GoogleError::NotFound) => {
-                tracing::info!(session = %session_id, event = %event.id, "orphan platform event deleted");
+                tracing::info!(session = %session_id, event = %event.id, "unmapped event of a cancelled booking deleted");
             }
             Err(e) => return Err(Failure::Calendar(e)),
         }
+        return Ok(None);
+    }
+    let ours_here = session.staff_id == conn.staff_id
+        && session
+            .google_event
+            .as_deref()
+            .is_none_or(|id| id == event.id);
+    if !ours_here
+        || deps
+            .store
+            .mapping_for_session(company, Provider::Google, session_id)
+            .await?
+            .is_some()
+    {
         return Ok(None);
     }
     let mut mapping = EventMapping {

@@ -107,11 +107,39 @@ pub async fn apply_in(
             .as_ref()
             .is_none_or(|c| c.id != m.connection_id)
     }) {
-        remove_elsewhere(deps, &ctx, &old).await;
-        if ctx.connection.is_none() {
-            let mut writes = [OutboundWrite::DeleteMapping(old)];
-            if let Err(e) = deps.store.commit_outbound(&mut writes).await {
-                tracing::debug!(session = %change.id, error = %e, "moved session's google mapping not removed");
+        match remove_elsewhere(deps, &ctx, &old).await {
+            Ok(()) => {
+                // Gone from there: the session has no Google event until this write makes
+                // one (a write that fails leaves no mapping to a deleted event behind).
+                let mut writes = [OutboundWrite::DeleteMapping(old)];
+                match deps.store.commit_outbound(&mut writes).await {
+                    Ok(()) => ctx.mapping = None,
+                    Err(e) => {
+                        tracing::debug!(session = %change.id, error = %e, "moved session's google mapping not removed yet")
+                    }
+                }
+            }
+            Err(reason) => {
+                // The old calendar still shows the booking: nothing is written in the new
+                // one until it is gone (the same change sent again removes it first), so the
+                // booking never shows twice.
+                tracing::warn!(session = %change.id, reason = %reason, "event not removed from the previous staff member's google calendar");
+                let status = ctx
+                    .session
+                    .as_ref()
+                    .map_or(SessionStatus::Confirmed, |s| s.status);
+                return Ok(ctx.connection.as_ref().map(|c| Written {
+                    calendar: CalendarOutcome {
+                        connection_id: c.id.clone(),
+                        provider: Provider::Google,
+                        outcome: "failed",
+                        event_id: None,
+                        reason: Some(format!(
+                            "the event in the previous staff member's calendar could not be removed: {reason}"
+                        )),
+                    },
+                    session_status: status,
+                }));
             }
         }
     }
@@ -174,46 +202,46 @@ pub async fn apply_in(
     }))
 }
 
-/// Deletes the event `old` maps, in the calendar of the connection it was written through
-/// (best effort, logged: a connection deleted since took its events' mappings with it).
-async fn remove_elsewhere(deps: &Deps, ctx: &OutboundContext, old: &EventMapping) {
+/// Deletes the event `old` maps, in the calendar of the connection it was written through.
+/// Done when it is deleted or already gone, or when that connection no longer exists (its
+/// deletion took its events' mappings with it).
+async fn remove_elsewhere(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    old: &EventMapping,
+) -> std::result::Result<(), String> {
     let conn = match deps
         .store
         .get_connection(&old.company_id, &old.connection_id)
         .await
     {
         Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(session = %old.session_id, error = %e, "the old google connection is gone");
-            return;
-        }
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
     };
-    let (Some(record), Some(calendar_id)) = (&ctx.credentials, conn.calendar_id.as_deref()) else {
-        return;
+    let Some(calendar_id) = conn.calendar_id.as_deref() else {
+        return Ok(());
     };
-    let result = match (credentials::open(deps, record), deps.google()) {
-        (Ok(account), Ok(google)) => google
-            .delete_event(
-                &account,
-                &conn.staff_email,
-                calendar_id,
-                &old.external_event_id,
-                None,
-            )
-            .await
-            .or_else(|e| match e {
-                GoogleError::NotFound => Ok(()),
-                e => Err(e.to_string()),
-            }),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    let Some(record) = &ctx.credentials else {
+        return Err(credentials::MISSING.into());
     };
-    match result {
-        Ok(()) => {
-            tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar")
+    let account = credentials::open(deps, record).map_err(|e| e.to_string())?;
+    let google = deps.google().map_err(|e| e.to_string())?;
+    match google
+        .delete_event(
+            &account,
+            &conn.staff_email,
+            calendar_id,
+            &old.external_event_id,
+            None,
+        )
+        .await
+    {
+        Ok(()) | Err(GoogleError::NotFound) => {
+            tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar");
+            Ok(())
         }
-        Err(e) => {
-            tracing::warn!(session = %old.session_id, error = %e, "event not removed from the previous staff member's google calendar")
-        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
