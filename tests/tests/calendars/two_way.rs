@@ -363,3 +363,39 @@ async fn a_queued_follow_up_handled_after_a_newer_change_writes_the_newer_times(
     assert_eq!(w.shown(Cal::Exchange, "ann", "s1")[0].start, at(16));
     assert_eq!(w.session("s1").await.start, at(16));
 }
+
+/// With Google as the only calendar, a version is done once Google shows it: the same
+/// version again is stale and calls Google for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_change_written_to_google_is_stale_when_sent_again() {
+    let (w, _conn) = world(Cal::Google).await;
+    let mut body = voyage_tests::calendars::change_body("created", "s1", "ann", 9);
+    body["session"]["version"] = serde_json::json!(1);
+    let send = |body: serde_json::Value| {
+        let w = &w;
+        async move {
+            let (status, out) = w
+                .app
+                .call("POST", "/v1/sessions/changes", &w.platform, Some(body))
+                .await;
+            assert_eq!(status, 200, "{out}");
+            out
+        }
+    };
+    let first = send(body.clone()).await;
+    assert_eq!(first["calendars"][0]["outcome"], "created", "{first}");
+    w.google.clear_served();
+    let again = send(body).await;
+    let calendars = again["calendars"].as_array().unwrap();
+    assert_eq!(calendars.len(), 1, "{again}");
+    assert_eq!(
+        (
+            calendars[0]["provider"].as_str(),
+            calendars[0]["outcome"].as_str()
+        ),
+        (Some("google"), Some("stale")),
+        "{again}"
+    );
+    assert!(w.google.requests().is_empty(), "{:?}", w.google.requests());
+    one_event(&w, Cal::Google, "s1");
+}

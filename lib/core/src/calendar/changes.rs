@@ -44,9 +44,11 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome
         session_status: exchange.session_status,
         calendars: Vec::new(),
     };
-    if exchange.outcome != "no_connection" {
+    // One entry per connection: `connection_id` is there only when the staff member has an
+    // Exchange connection (`no_connection` has none; a stale change reads it all the same).
+    if let Some(connection_id) = exchange.connection_id.clone() {
         out.calendars.push(CalendarOutcome {
-            connection_id: exchange.connection_id.clone().unwrap_or_default(),
+            connection_id,
             provider: Provider::Exchange,
             outcome: exchange.outcome,
             event_id: exchange.event_id.clone(),
@@ -54,14 +56,24 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome
         });
     }
     if exchange.outcome == "stale" {
-        // Older than what the session reflects: no calendar is written.
+        // Older than what the session reflects: no calendar is written, each says so.
+        if let Some(conn) = ctx.take_other(Provider::Google).and_then(|g| g.connection) {
+            out.calendars.push(CalendarOutcome {
+                connection_id: conn.id,
+                provider: Provider::Google,
+                outcome: "stale",
+                event_id: None,
+                reason: exchange.reason.clone(),
+            });
+        }
         return Ok(out);
     }
+    // (The batch read always holds every provider's context.)
     let google = match ctx.take_other(Provider::Google) {
         Some(google_ctx) => {
             crate::google::outbound::apply_in(deps, change, google_ctx, exchange.settled).await?
         }
-        None => crate::google::outbound::apply(deps, change).await?,
+        None => None,
     };
     if let Some(google) = google {
         out.session_status = google.session_status;

@@ -89,20 +89,7 @@ const FOLLOW_RETRY: std::time::Duration = std::time::Duration::ZERO;
 pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &str) {
     let mut owed = Vec::new();
     for provider in booking::calendar_writes(command, origin) {
-        let change = change_of(session);
-        let result = match provider {
-            Provider::Exchange => crate::exchange::outbound::apply_to_calendar(deps, &change)
-                .await
-                .map(|o| (o.outcome, o.reason)),
-            Provider::Google => crate::google::outbound::apply(deps, &change)
-                .await
-                .map(|w| {
-                    w.map_or(("no_connection", None), |w| {
-                        (w.calendar.outcome, w.calendar.reason)
-                    })
-                }),
-        };
-        match result {
+        match write_to(deps, provider, &change_of(session)).await {
             Ok(("failed", reason)) => {
                 owed.push(provider);
                 tracing::warn!(session = %session.id, provider = provider.as_str(), reason = ?reason, "booking change not written to the calendar; queued")
@@ -167,17 +154,28 @@ pub async fn write_as_stored(deps: &Deps, follow_up: &FollowUp) -> crate::Result
     let change = change_of(&session);
     let mut written = true;
     for provider in &follow_up.calendars {
-        let outcome = match provider {
-            Provider::Exchange => {
-                crate::exchange::outbound::apply_to_calendar(deps, &change)
-                    .await?
-                    .outcome
-            }
-            Provider::Google => crate::google::outbound::apply(deps, &change)
-                .await?
-                .map_or("no_connection", |w| w.calendar.outcome),
-        };
+        let (outcome, _) = write_to(deps, *provider, &change).await?;
         written &= outcome != "failed";
     }
     Ok(written)
+}
+
+/// Writes `change` (the session already stored) to the staff member's calendar of
+/// `provider` alone: its outcome and reason (`no_connection` when there is none).
+async fn write_to(
+    deps: &Deps,
+    provider: Provider,
+    change: &SessionChange,
+) -> crate::Result<(&'static str, Option<String>)> {
+    Ok(match provider {
+        Provider::Exchange => {
+            let o = crate::exchange::outbound::apply_to_calendar(deps, change).await?;
+            (o.outcome, o.reason)
+        }
+        Provider::Google => crate::google::outbound::apply(deps, change)
+            .await?
+            .map_or(("no_connection", None), |w| {
+                (w.calendar.outcome, w.calendar.reason)
+            }),
+    })
 }
