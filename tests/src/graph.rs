@@ -156,6 +156,11 @@ impl GraphWorld {
             .map(|s| {
                 let kind = if s.path.ends_with("/token") {
                     "token"
+                } else if s.path.ends_with("/mailboxSettings") {
+                    "mailboxSettings"
+                } else if s.path.ends_with("/$batch") {
+                    // JSON batching: the system sends only reads this way (`get_events`).
+                    "batch-read"
                 } else if s.path.ends_with("/events") {
                     "events"
                 } else if s.path.contains("/events/") {
