@@ -1,7 +1,18 @@
 //! The SQLite database shared by the local adapters: one writer thread that group-commits,
 //! a few read-only connections, and a background checkpointer.
+//!
+//! The write-ahead log is restarted (written again from its start) under any load. SQLite
+//! restarts it only when a write transaction begins with every frame already checkpointed;
+//! under steady writes a background checkpoint never catches up with the writer, so the log
+//! grew without end (hundreds of MiB in a minute of webhook traffic), and every commit
+//! appended to a growing file, the most expensive write the filesystem has. Now, once the
+//! log holds [`WalLimits::restart_frames`], the checkpointer catches up (two passes) and asks
+//! the writer to checkpoint the last few frames itself between two groups; its next commit
+//! then writes the log from the start, over blocks the filesystem already holds. The file is
+//! kept at most [`WalLimits::size_limit`] bytes after a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
@@ -53,20 +64,73 @@ const READERS: usize = 4;
 type WriteResult = Result<Box<dyn std::any::Any + Send>, StoreError>;
 type WriteFn = Box<dyn FnOnce(&Connection) -> WriteResult + Send>;
 
+type Sender = tokio::sync::oneshot::Sender<WriteResult>;
+
 struct WriteJob {
     work: WriteFn,
-    done: tokio::sync::oneshot::Sender<WriteResult>,
+    done: Sender,
 }
 
 /// Most calls one commit carries.
 const GROUP_LIMIT: usize = 256;
 
+/// When the write-ahead log is restarted, and how large its file may stay.
+#[derive(Debug, Clone, Copy)]
+pub struct WalLimits {
+    /// Frames (pages) in the log after which it is restarted.
+    pub restart_frames: i64,
+    /// Bytes the log file is cut back to at a restart (`journal_size_limit`).
+    pub size_limit: i64,
+    /// How often the background checkpointer runs.
+    pub checkpoint_every: std::time::Duration,
+}
+
+impl Default for WalLimits {
+    fn default() -> Self {
+        WalLimits {
+            // 32 MiB of 4 KiB pages: a restart every few seconds under full load, rarely
+            // otherwise.
+            restart_frames: 8192,
+            size_limit: 64 * 1024 * 1024,
+            checkpoint_every: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+/// What `PRAGMA wal_checkpoint` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpointed {
+    /// Another checkpoint held the lock: nothing was done.
+    busy: bool,
+    /// Frames in the log.
+    log: i64,
+    /// Frames of it now in the database file.
+    done: i64,
+}
+
+impl Checkpointed {
+    fn complete(&self) -> bool {
+        !self.busy && self.log == self.done
+    }
+}
+
+/// A PASSIVE checkpoint: copies what it can to the database file without waiting for, or
+/// blocking, readers or the writer.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(Checkpointed {
+            busy: r.get::<_, i64>(0)? != 0,
+            log: r.get(1)?,
+            done: r.get(2)?,
+        })
+    })
+}
+
 /// One SQLite database shared by the table, queues and bus of a process.
 ///
 /// Writes go to one writer thread that owns the write connection and *group-commits*: it
-/// drains every call waiting at that moment into one `BEGIN IMMEDIATE ... COMMIT`, each call
-/// inside its own savepoint (a call that fails, such as a failed condition, is rolled back
-/// alone). A call is answered only after the commit that carries it, so durability per call
+/// drains every call waiting at that moment into one `BEGIN IMMEDIATE ... COMMIT` (a call that
+/// fails before writing, such as a failed condition, fails alone; see `write_loop`). A call is answered only after the commit that carries it, so durability per call
 /// is unchanged while the commit cost is shared. Reads go to a few read-only connections,
 /// which in WAL mode never wait for the writer.
 pub struct Db {
@@ -88,6 +152,11 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl Db {
     /// Opens (creating when needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Db>, StoreError> {
+        Self::open_with(dir, WalLimits::default())
+    }
+
+    /// [`Db::open`] with these log limits (tests use small ones).
+    pub fn open_with(dir: &Path, limits: WalLimits) -> Result<Arc<Db>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
@@ -113,19 +182,31 @@ impl Db {
         // Checkpoints (and their fsync) happen off the write path: the writer never runs
         // one itself; a background connection runs a PASSIVE checkpoint, which never blocks
         // writers, every half second.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
-            .map_err(unavailable)?;
+        conn.execute_batch(&format!(
+            "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+            limits.size_limit
+        ))
+        .map_err(unavailable)?;
         let checkpointer = Connection::open(&path).map_err(unavailable)?;
         let alive = Arc::new(());
         let watch = Arc::downgrade(&alive);
+        let restart = Arc::new(AtomicBool::new(false));
+        let wanted = Arc::clone(&restart);
         std::thread::Builder::new()
             .name("voyage-sqlite-checkpoint".into())
             .spawn(move || {
                 // Ends with its database (the last strong reference is the Db's).
                 while watch.strong_count() > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                        tracing::warn!(error = %e, "wal checkpoint failed");
+                    std::thread::sleep(limits.checkpoint_every);
+                    match checkpoint(&checkpointer) {
+                        Ok(c) if c.log >= limits.restart_frames => {
+                            // Copy what was written during that pass too, so the writer's
+                            // own pass before the restart is short.
+                            let _ = checkpoint(&checkpointer);
+                            wanted.store(true, Ordering::Release);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
                     }
                 }
             })
@@ -133,7 +214,7 @@ impl Db {
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("voyage-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, restart))
             .map_err(|e| unavailable(format!("cannot start the writer: {e}")))?;
         Ok(Arc::new(Db {
             writer: tx,
@@ -206,9 +287,40 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// The writer's part of restarting the log (see the module docs): between two groups, with
+/// no transaction open, it checkpoints the frames the checkpointer has not, so the next
+/// transaction begins with the whole log in the database file and SQLite writes its frames
+/// from the start of the log. A pass that could not finish (the checkpointer held the lock)
+/// is tried again before the next group.
+fn restart_log(conn: &Connection, wanted: &AtomicBool) {
+    if !wanted.load(Ordering::Acquire) {
+        return;
+    }
+    match checkpoint(conn) {
+        Ok(c) if c.complete() => wanted.store(false, Ordering::Release),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "wal checkpoint before a restart failed");
+            wanted.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// The writer thread: one transaction per group of waiting calls.
-fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+///
+/// A call runs without a savepoint of its own (a savepoint copies every page a call first
+/// touches into a sub-journal, which cost the writer about a sixth of its time): a call that
+/// fails having written nothing (a failed condition is checked before any write) leaves the
+/// transaction as it was and fails alone. A call that fails after writing (an I/O error, a
+/// full disk, a panic) cannot be undone alone: the transaction is rolled back, every call it
+/// carried is answered with the error, and the calls after it begin a new transaction.
+fn write_loop(
+    conn: Connection,
+    jobs: std::sync::mpsc::Receiver<WriteJob>,
+    restart: Arc<AtomicBool>,
+) {
     while let Ok(first) = jobs.recv() {
+        restart_log(&conn, &restart);
         let mut group = vec![first];
         while group.len() < GROUP_LIMIT {
             match jobs.try_recv() {
@@ -216,47 +328,222 @@ fn write_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = run_cached(&conn, "BEGIN IMMEDIATE") {
-            for job in group {
+        run_group(&conn, group);
+    }
+}
+
+/// Runs one group of calls in as few transactions as it takes (one, unless a call fails
+/// after writing) and answers each after the commit that carries it.
+fn run_group(conn: &Connection, group: Vec<WriteJob>) {
+    let mut answers: Vec<(Sender, WriteResult)> = Vec::with_capacity(group.len());
+    let mut open = false;
+    for job in group {
+        if !open {
+            if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
                 let _ = job.done.send(Err(unavailable(&e)));
+                continue;
             }
+            open = true;
+        }
+        let before = conn.total_changes();
+        let work = job.work;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| Err(unavailable("a store call panicked")));
+        if result.is_err() && conn.total_changes() != before {
+            // Written in part: undo the whole transaction; its calls share the failure.
+            let _ = conn.execute_batch("ROLLBACK");
+            open = false;
+            let why = match &result {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            };
+            for (done, _) in answers.drain(..) {
+                let _ = done.send(Err(unavailable(format!(
+                    "rolled back with a call that failed: {why}"
+                ))));
+            }
+            let _ = job.done.send(result);
             continue;
         }
-        let mut answers = Vec::with_capacity(group.len());
-        for job in group {
-            // Cached statements: no SQL is parsed per call.
-            let result = match run_cached(&conn, "SAVEPOINT call") {
-                Err(e) => Err(unavailable(e)),
-                Ok(()) => {
-                    let work = job.work;
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn)))
-                        .unwrap_or_else(|_| Err(unavailable("a store call panicked")));
-                    let ended = if r.is_err() {
-                        run_cached(&conn, "ROLLBACK TO call")
-                            .and_then(|()| run_cached(&conn, "RELEASE call"))
-                    } else {
-                        run_cached(&conn, "RELEASE call")
-                    };
-                    match ended {
-                        Ok(()) => r,
-                        Err(e) => Err(unavailable(e)),
+        answers.push((job.done, result));
+    }
+    if !open {
+        return;
+    }
+    match run_cached(conn, "COMMIT") {
+        Ok(()) => {
+            for (done, result) in answers {
+                let _ = done.send(result);
+            }
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            for (done, _) in answers {
+                let _ = done.send(Err(unavailable(&e)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn row_count(db: &Db, pk: &str) -> i64 {
+        let conn = db.readers[0].lock().unwrap();
+        conn.query_row("SELECT COUNT(*) FROM items WHERE pk = ?1", [pk], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    /// A call that puts one item of `pk` and then answers `fail`.
+    fn put_then(
+        db: &Arc<Db>,
+        pk: &'static str,
+        fail: bool,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        let db = Arc::clone(db);
+        async move {
+            db.call(move |c| {
+                c.execute(
+                    "INSERT INTO items (pk, sk, version, data) VALUES (?1, ?2, 1, '{}')",
+                    rusqlite::params![pk, ulid::Ulid::new().to_string()],
+                )
+                .map_err(unavailable)?;
+                if fail {
+                    Err(unavailable("failed after writing"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+        }
+    }
+
+    /// Holds the writer until the answered flag is set, so the calls sent meanwhile make one
+    /// group; answers once the writer is held.
+    async fn hold_writer(db: &Arc<Db>) -> (tokio::task::JoinHandle<()>, Arc<AtomicBool>) {
+        let (held, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (db, h, r) = (Arc::clone(db), Arc::clone(&held), Arc::clone(&release));
+        let holder = tokio::spawn(async move {
+            let _ = db
+                .call(move |_| {
+                    h.store(true, Ordering::SeqCst);
+                    while !r.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
                     }
-                }
-            };
-            answers.push((job.done, result));
+                    Ok(())
+                })
+                .await;
+        });
+        while !held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        match run_cached(&conn, "COMMIT") {
-            Ok(()) => {
-                for (done, result) in answers {
-                    let _ = done.send(result);
+        (holder, release)
+    }
+
+    /// Lets a held writer go (polled after the calls of its `join!` were sent).
+    async fn let_go(release: &AtomicBool) {
+        release.store(true, Ordering::SeqCst);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_failing_before_any_write_fails_alone_and_its_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (holder, release) = hold_writer(&db).await;
+        let refused = {
+            let db = Arc::clone(&db);
+            async move { db.call(|_| Err::<(), _>(StoreError::ConditionFailed)).await }
+        };
+        let (a, refused, b, ()) = tokio::join!(
+            put_then(&db, "A", false),
+            refused,
+            put_then(&db, "B", false),
+            let_go(&release)
+        );
+        holder.await.unwrap();
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        assert!(matches!(refused, Err(StoreError::ConditionFailed)));
+        assert_eq!((row_count(&db, "A"), row_count(&db, "B")), (1, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_failing_after_writing_undoes_its_group_and_every_call_of_it_hears_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (holder, release) = hold_writer(&db).await;
+        let (before, failing, ()) = tokio::join!(
+            put_then(&db, "A", false),
+            put_then(&db, "F", true),
+            let_go(&release)
+        );
+        holder.await.unwrap();
+        // Both ran in one group: the failed call's row and the call before it are undone,
+        // and neither is told it was stored.
+        assert!(failing.is_err());
+        assert!(before.is_err(), "a rolled-back call was answered Ok");
+        assert_eq!((row_count(&db, "A"), row_count(&db, "F")), (0, 0));
+        // The writer goes on: the next call commits.
+        put_then(&db, "C", false).await.unwrap();
+        assert_eq!(row_count(&db, "C"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_continuous_writes_the_write_ahead_log_is_restarted_and_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = WalLimits {
+            restart_frames: 256,
+            size_limit: 2 * 1024 * 1024,
+            checkpoint_every: Duration::from_millis(20),
+        };
+        let db = Db::open_with(dir.path(), limits).unwrap();
+        let wal = dir.path().join(format!("{DB_FILE}-wal"));
+        // Eight writers with no pause between their calls: some call always waits, so the
+        // log is never idle at a checkpoint (SQLite alone would not restart it).
+        const WRITES: u64 = 30_000;
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut writers = Vec::new();
+        for _ in 0..8 {
+            let (db, written) = (Arc::clone(&db), Arc::clone(&written));
+            writers.push(tokio::spawn(async move {
+                while written.fetch_add(1, Ordering::Relaxed) < WRITES {
+                    db.call(|c| {
+                        c.execute(
+                            "INSERT INTO items (pk, sk, version, data) VALUES ('W', ?1, 1, ?2)",
+                            rusqlite::params![ulid::Ulid::new().to_string(), "x".repeat(600)],
+                        )
+                        .map(|_| ())
+                        .map_err(unavailable)
+                    })
+                    .await
+                    .unwrap();
                 }
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                for (done, _) in answers {
-                    let _ = done.send(Err(unavailable(&e)));
-                }
-            }
+            }));
         }
+        let started = Instant::now();
+        let mut largest = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the writes never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        // 30,000 commits' worth of frames (without the restart the log ends well over
+        // 100 MiB), yet the log stayed within a few times its limit.
+        assert!(
+            largest < 32 * 1024 * 1024,
+            "the log grew to {largest} bytes over {WRITES} writes"
+        );
     }
 }
