@@ -350,6 +350,58 @@ async fn endpoints_receive_only_what_they_subscribe_to() {
     assert!(foreign.received().is_empty());
 }
 
+/// The endpoint ids a dispatch answered with, sorted.
+fn targets(answer: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = answer["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["endpoint_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// `voyage serve` keeps a company's endpoints in memory between dispatches
+/// (`store::cache`): every change through it applies to the very next dispatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_apply_to_the_very_next_dispatch() {
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let internal = app.key("platform", true).await;
+    let first = endpoint(&app, &tenant, &receiver.url("/1"), json!(["*"])).await;
+    let first = first["id"].as_str().unwrap().to_string();
+    let a = dispatch(&app, &internal, "connection.active", json!({})).await;
+    assert_eq!(targets(&a), vec![first.clone()]);
+    // Made after the list was read: it has the next event.
+    let second = endpoint(&app, &tenant, &receiver.url("/2"), json!(["*"])).await;
+    let second = second["id"].as_str().unwrap().to_string();
+    let b = dispatch(&app, &internal, "connection.active", json!({})).await;
+    let mut both = vec![first.clone(), second.clone()];
+    both.sort();
+    assert_eq!(targets(&b), both);
+    // Subscribed elsewhere: the next event is not its.
+    let (status, body) = app
+        .call(
+            "PATCH",
+            &format!("/v1/webhooks/{first}"),
+            &tenant,
+            Some(json!({"events": ["session.*"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let c = dispatch(&app, &internal, "connection.active", json!({})).await;
+    assert_eq!(targets(&c), vec![second.clone()]);
+    // Deleted: nothing more.
+    let (status, body) = app
+        .call("DELETE", &format!("/v1/webhooks/{second}"), &tenant, None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let d = dispatch(&app, &internal, "connection.active", json!({})).await;
+    assert!(targets(&d).is_empty(), "{d}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_addresses_are_refused_after_resolution() {
     let receiver = Receiver::start().await;

@@ -44,10 +44,13 @@ impl Local {
         if let Some(sandbox) = Sandbox::read(data_dir) {
             sandbox.apply(&mut config);
         }
+        // This process makes every change to API keys and endpoints (the other commands only
+        // create keys): it may keep them in memory (`store::cache`).
         let store = Store::new(
             Arc::new(SqliteTable::new(db.clone())),
             Arc::new(SystemClock),
-        );
+        )
+        .with_read_cache();
         let mut deps = Deps::new(store, config);
         for name in QueueName::ALL {
             let queue =

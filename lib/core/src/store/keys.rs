@@ -33,8 +33,18 @@ impl Store {
 
     /// The key whose SHA-256 is `hash`, revoked or not.
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
+        if let Some(key) = self.cache.as_ref().and_then(|c| c.key(hash)) {
+            return Ok(Some(key));
+        }
+        let read_at = self.cache.as_ref().map(|c| c.generation());
         match self.table.get(&key_of(hash)).await? {
-            Some(item) => Ok(Some(decode(&item)?)),
+            Some(item) => {
+                let key: ApiKey = decode(&item)?;
+                if let (Some(cache), Some(at)) = (&self.cache, read_at) {
+                    cache.keep_key(at, &key);
+                }
+                Ok(Some(key))
+            }
             None => Ok(None),
         }
     }
@@ -64,7 +74,11 @@ impl Store {
         if key.revoked_at.is_none() {
             key.revoked_at = Some(self.now());
             let next = item_of(&key, item.version + 1)?;
-            if let Err(e) = self.table.put(next, Condition::Version(item.version)).await {
+            let put = self.table.put(next, Condition::Version(item.version)).await;
+            if let Some(cache) = &self.cache {
+                cache.forget_key(&key.key_hash);
+            }
+            if let Err(e) = put {
                 return Err(match e {
                     crate::ports::StoreError::ConditionFailed => {
                         classify_cas_failure(self.table(), &item.key, "api key", key_id).await

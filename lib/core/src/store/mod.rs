@@ -31,6 +31,7 @@
 //! (a staff member's connection, mappings by provider event id) are one consistent read.
 
 mod budgets;
+pub mod cache;
 mod connections;
 mod credentials;
 mod cursors;
@@ -68,6 +69,9 @@ pub const MAX_PAGE: usize = 100;
 pub struct Store {
     table: Arc<dyn Table>,
     clock: Arc<dyn Clock>,
+    /// API keys and endpoint lists kept in memory: only where this process makes every
+    /// change to them ([`Store::with_read_cache`]).
+    cache: Option<Arc<cache::ReadCache>>,
 }
 
 /// One page of typed records.
@@ -79,7 +83,19 @@ pub struct Listed<T> {
 
 impl Store {
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
-        Store { table, clock }
+        Store {
+            table,
+            clock,
+            cache: None,
+        }
+    }
+
+    /// This store, answering API keys and endpoint lists from memory once read (see
+    /// [`cache`]): for a process that makes every change to them itself, through this store
+    /// or its clones (the local system's `serve`).
+    pub fn with_read_cache(mut self) -> Self {
+        self.cache = Some(Arc::new(cache::ReadCache::new()));
+        self
     }
 
     pub fn table(&self) -> &dyn Table {

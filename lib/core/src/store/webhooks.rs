@@ -92,7 +92,9 @@ impl Store {
         e.version = 1;
         let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&e)?);
         item.version = 1;
-        match self.table.put(item, Condition::NotExists).await {
+        let put = self.table.put(item, Condition::NotExists).await;
+        self.forget_endpoints(&e.company_id);
+        match put {
             Ok(()) => Ok(e),
             Err(StoreError::ConditionFailed) => Err(Error::Duplicate {
                 entity: "webhook endpoint",
@@ -127,7 +129,9 @@ impl Store {
         let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&next)?);
         item.version = next.version;
         let key = item.key.clone();
-        match self.table.put(item, Condition::Version(expected)).await {
+        let put = self.table.put(item, Condition::Version(expected)).await;
+        self.forget_endpoints(&e.company_id);
+        match put {
             Ok(()) => {
                 *e = next;
                 Ok(())
@@ -140,11 +144,12 @@ impl Store {
     }
 
     pub async fn delete_endpoint(&self, company: &str, id: &str) -> Result<()> {
-        match self
+        let deleted = self
             .table
             .delete(&endpoint_key(company, id), Condition::Exists)
-            .await
-        {
+            .await;
+        self.forget_endpoints(company);
+        match deleted {
             Ok(()) => Ok(()),
             Err(StoreError::ConditionFailed) => Err(Error::not_found("webhook endpoint", id)),
             Err(e) => Err(e.into()),
@@ -163,10 +168,26 @@ impl Store {
         self.decode_page(page)
     }
 
-    /// Every endpoint of a company, for fan-out.
+    /// Every endpoint of a company, for fan-out (from memory where the store caches them).
     pub async fn all_endpoints(&self, company: &str) -> Result<Vec<WebhookEndpoint>> {
-        self.query_all(None, Query::prefix(company_pk(company), "WH#", 100))
-            .await
+        if let Some(list) = self.cache.as_ref().and_then(|c| c.endpoints(company)) {
+            return Ok(list);
+        }
+        let read_at = self.cache.as_ref().map(|c| c.generation());
+        let list: Vec<WebhookEndpoint> = self
+            .query_all(None, Query::prefix(company_pk(company), "WH#", 100))
+            .await?;
+        if let (Some(cache), Some(at)) = (&self.cache, read_at) {
+            cache.keep_endpoints(at, company, &list);
+        }
+        Ok(list)
+    }
+
+    /// After a change to one of the company's endpoints (committed or not).
+    fn forget_endpoints(&self, company: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget_endpoints(company);
+        }
     }
 
     /// Stores new deliveries, 25 per batch write.
