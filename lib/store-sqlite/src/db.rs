@@ -6,10 +6,10 @@
 //! under steady writes a background checkpoint never catches up with the writer, so the log
 //! grew without end (hundreds of MiB in a minute of webhook traffic), and every commit
 //! appended to a growing file, the most expensive write the filesystem has. Now, once the
-//! log holds [`WalLimits::restart_frames`], the checkpointer catches up (two passes) and asks
+//! log holds [`DbOptions::restart_frames`], the checkpointer catches up (two passes) and asks
 //! the writer to checkpoint the last few frames itself between two groups; its next commit
 //! then writes the log from the start, over blocks the filesystem already holds. The file is
-//! kept at most [`WalLimits::size_limit`] bytes after a restart.
+//! kept at most [`DbOptions::size_limit`] bytes after a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,25 +74,30 @@ struct WriteJob {
 /// Most calls one commit carries.
 const GROUP_LIMIT: usize = 256;
 
-/// When the write-ahead log is restarted, and how large its file may stay.
+/// When the write-ahead log is restarted, how large its file may stay, and how long a write
+/// waits for another process's lock.
 #[derive(Debug, Clone, Copy)]
-pub struct WalLimits {
+pub struct DbOptions {
     /// Frames (pages) in the log after which it is restarted.
     pub restart_frames: i64,
     /// Bytes the log file is cut back to at a restart (`journal_size_limit`).
     pub size_limit: i64,
     /// How often the background checkpointer runs.
     pub checkpoint_every: std::time::Duration,
+    /// How long a connection waits for another process's lock (`voyage keys create` beside
+    /// `voyage serve`) before failing.
+    pub busy_timeout: std::time::Duration,
 }
 
-impl Default for WalLimits {
+impl Default for DbOptions {
     fn default() -> Self {
-        WalLimits {
+        DbOptions {
             // 32 MiB of 4 KiB pages: a restart every few seconds under full load, rarely
             // otherwise.
             restart_frames: 8192,
             size_limit: 64 * 1024 * 1024,
             checkpoint_every: std::time::Duration::from_millis(500),
+            busy_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -106,12 +111,6 @@ struct Checkpointed {
     log: i64,
     /// Frames of it now in the database file.
     done: i64,
-}
-
-impl Checkpointed {
-    fn complete(&self) -> bool {
-        !self.busy && self.log == self.done
-    }
 }
 
 /// A PASSIVE checkpoint: copies what it can to the database file without waiting for, or
@@ -152,18 +151,18 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl Db {
     /// Opens (creating when needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Arc<Db>, StoreError> {
-        Self::open_with(dir, WalLimits::default())
+        Self::open_with(dir, DbOptions::default())
     }
 
-    /// [`Db::open`] with these log limits (tests use small ones).
-    pub fn open_with(dir: &Path, limits: WalLimits) -> Result<Arc<Db>, StoreError> {
+    /// [`Db::open`] with these options (tests use small ones).
+    pub fn open_with(dir: &Path, limits: DbOptions) -> Result<Arc<Db>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(unavailable)?;
         // Another process (`voyage keys create` beside `voyage serve`) may hold the write
         // lock for a moment: wait for it rather than fail.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        conn.busy_timeout(limits.busy_timeout)
             .map_err(unavailable)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -173,8 +172,7 @@ impl Db {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open(&path).map_err(unavailable)?;
-            r.busy_timeout(std::time::Duration::from_secs(10))
-                .map_err(unavailable)?;
+            r.busy_timeout(limits.busy_timeout).map_err(unavailable)?;
             r.execute_batch("PRAGMA query_only = ON;")
                 .map_err(unavailable)?;
             readers.push(Mutex::new(r));
@@ -297,8 +295,12 @@ fn restart_log(conn: &Connection, wanted: &AtomicBool) {
         return;
     }
     match checkpoint(conn) {
-        Ok(c) if c.complete() => wanted.store(false, Ordering::Release),
-        Ok(_) => {}
+        // The checkpointer's own pass held the lock: try again before the next group.
+        Ok(c) if c.busy => {}
+        // Done, or held back by a reader still on an older snapshot: either way one pass per
+        // request, so a long read never makes the writer checkpoint before every group; the
+        // checkpointer asks again while the log stays long.
+        Ok(_) => wanted.store(false, Ordering::Release),
         Err(e) => {
             tracing::warn!(error = %e, "wal checkpoint before a restart failed");
             wanted.store(false, Ordering::Release);
@@ -312,8 +314,10 @@ fn restart_log(conn: &Connection, wanted: &AtomicBool) {
 /// touches into a sub-journal, which cost the writer about a sixth of its time): a call that
 /// fails having written nothing (a failed condition is checked before any write) leaves the
 /// transaction as it was and fails alone. A call that fails after writing (an I/O error, a
-/// full disk, a panic) cannot be undone alone: the transaction is rolled back, every call it
-/// carried is answered with the error, and the calls after it begin a new transaction.
+/// full disk, a panic), or during which SQLite ended the transaction itself, cannot be undone
+/// alone: the transaction is rolled back, every call it carried is answered with the error,
+/// and the calls after it begin a new transaction. When `BEGIN` itself fails (another process
+/// held the lock past the busy timeout) the whole group fails at once.
 fn write_loop(
     conn: Connection,
     jobs: std::sync::mpsc::Receiver<WriteJob>,
@@ -337,11 +341,17 @@ fn write_loop(
 fn run_group(conn: &Connection, group: Vec<WriteJob>) {
     let mut answers: Vec<(Sender, WriteResult)> = Vec::with_capacity(group.len());
     let mut open = false;
-    for job in group {
+    let mut jobs = group.into_iter();
+    while let Some(job) = jobs.next() {
         if !open {
             if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
-                let _ = job.done.send(Err(unavailable(&e)));
-                continue;
+                // Another process held the write lock past the busy timeout: the calls after
+                // this one would each wait that long again, in turn. Fail them all now.
+                let why = e.to_string();
+                for waiting in std::iter::once(job).chain(jobs.by_ref()) {
+                    let _ = waiting.done.send(Err(unavailable(&why)));
+                }
+                break;
             }
             open = true;
         }
@@ -349,20 +359,27 @@ fn run_group(conn: &Connection, group: Vec<WriteJob>) {
         let work = job.work;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
             .unwrap_or_else(|_| Err(unavailable("a store call panicked")));
-        if result.is_err() && conn.total_changes() != before {
-            // Written in part: undo the whole transaction; its calls share the failure.
-            let _ = conn.execute_batch("ROLLBACK");
+        // SQLite ends the transaction itself on some errors (a full disk, an I/O error, no
+        // memory), having undone it; a call that failed after writing is undone here.
+        let ended = conn.is_autocommit();
+        if ended || (result.is_err() && conn.total_changes() != before) {
+            if !ended {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
             open = false;
             let why = match &result {
                 Err(e) => e.to_string(),
-                Ok(_) => String::new(),
+                Ok(_) => "the transaction ended under the call".to_string(),
             };
             for (done, _) in answers.drain(..) {
                 let _ = done.send(Err(unavailable(format!(
                     "rolled back with a call that failed: {why}"
                 ))));
             }
-            let _ = job.done.send(result);
+            let _ = job.done.send(match result {
+                Err(e) => Err(e),
+                Ok(_) => Err(unavailable(why)),
+            });
             continue;
         }
         answers.push((job.done, result));
@@ -495,12 +512,114 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_call_is_answered_stored_unless_its_write_is_there_when_the_disk_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        put_then(&db, "seed", false).await.unwrap();
+        // No more pages: a large row cannot be stored, and SQLite may end the whole
+        // transaction it ran in (SQLITE_FULL).
+        db.call(|c| {
+            let pages: i64 = c
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(unavailable)?;
+            c.execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+                .map_err(unavailable)
+        })
+        .await
+        .unwrap();
+        let big = |db: &Arc<Db>| {
+            let db = Arc::clone(db);
+            async move {
+                db.call(|c| {
+                    c.execute(
+                        "INSERT INTO items (pk, sk, version, data) VALUES ('F', 'f', 1, ?1)",
+                        ["x".repeat(200_000)],
+                    )
+                    .map(|_| ())
+                    .map_err(unavailable)
+                })
+                .await
+            }
+        };
+        let (holder, release) = hold_writer(&db).await;
+        let (a, f, b, ()) = tokio::join!(
+            put_then(&db, "A", false),
+            big(&db),
+            put_then(&db, "B", false),
+            let_go(&release)
+        );
+        holder.await.unwrap();
+        assert!(f.is_err());
+        // Whatever SQLite undid, a call told Ok has its row, and one told Err has none.
+        for (pk, answer) in [("A", &a), ("B", &b)] {
+            assert_eq!(
+                row_count(&db, pk),
+                i64::from(answer.is_ok()),
+                "{pk} answered {answer:?}"
+            );
+        }
+        assert_eq!(row_count(&db, "F"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_that_cannot_take_the_write_lock_fails_at_once_not_call_by_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let wait = Duration::from_millis(300);
+        let options = DbOptions {
+            busy_timeout: wait,
+            ..DbOptions::default()
+        };
+        let db = Db::open_with(dir.path(), options).unwrap();
+        put_then(&db, "seed", false).await.unwrap();
+        // Another process holds the write lock throughout.
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = Instant::now();
+        let calls: Vec<_> = (0..8).map(|_| put_then(&db, "A", false)).collect();
+        let answers = futures_join_all(calls).await;
+        let took = started.elapsed();
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+        // One wait per group (the eight calls make one or two), not one per call (eight).
+        assert!(took < wait * 5, "eight refused calls took {took:?}");
+        assert_eq!(row_count(&db, "A"), 0);
+    }
+
+    /// Awaits every future, polling them together (each sends its call on its first poll).
+    async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut set = Vec::new();
+        for f in futures {
+            set.push(Box::pin(f));
+        }
+        let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in set.iter_mut().enumerate() {
+                if out[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => out[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().flatten().collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_continuous_writes_the_write_ahead_log_is_restarted_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = WalLimits {
+        let limits = DbOptions {
             restart_frames: 256,
             size_limit: 2 * 1024 * 1024,
             checkpoint_every: Duration::from_millis(20),
+            ..DbOptions::default()
         };
         let db = Db::open_with(dir.path(), limits).unwrap();
         let wal = dir.path().join(format!("{DB_FILE}-wal"));
@@ -526,6 +645,28 @@ mod tests {
                 }
             }));
         }
+        // Point reads all the while, as dispatches and workers make them: a reader on an old
+        // snapshot holds a checkpoint back, yet the log is still restarted.
+        let reading = Arc::new(AtomicBool::new(true));
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let (db, reading) = (Arc::clone(&db), Arc::clone(&reading));
+            readers.push(tokio::spawn(async move {
+                while reading.load(Ordering::Relaxed) {
+                    db.read(|c| {
+                        c.query_row(
+                            "SELECT COUNT(*) FROM items WHERE pk = 'W' AND sk = ?1",
+                            [ulid::Ulid::new().to_string()],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .map_err(unavailable)
+                    })
+                    .await
+                    .unwrap();
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
         let started = Instant::now();
         let mut largest = 0;
         while writers.iter().any(|w| !w.is_finished()) {
@@ -538,6 +679,10 @@ mod tests {
         }
         for w in writers {
             w.await.unwrap();
+        }
+        reading.store(false, Ordering::Relaxed);
+        for r in readers {
+            r.await.unwrap();
         }
         // 30,000 commits' worth of frames (without the restart the log ends well over
         // 100 MiB), yet the log stayed within a few times its limit.

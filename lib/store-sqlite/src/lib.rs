@@ -17,6 +17,6 @@ mod queue;
 mod table;
 
 pub use bus::SqliteBus;
-pub use db::{Db, WalLimits};
+pub use db::{Db, DbOptions};
 pub use queue::SqliteQueue;
 pub use table::SqliteTable;

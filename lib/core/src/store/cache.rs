@@ -111,6 +111,7 @@ impl ReadCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::{Condition, Index, Item, Key, Page, Query, StoreError, TxWrite};
 
     fn key(hash: &str) -> ApiKey {
         ApiKey {
@@ -121,6 +122,97 @@ mod tests {
             description: None,
             created_at: chrono::Utc::now(),
             revoked_at: None,
+        }
+    }
+
+    /// A table whose puts wait for a gate, then write whether or not anyone still waits for
+    /// them, as SQLite's writer thread does.
+    struct Gated {
+        inner: std::sync::Arc<crate::ports::memory::MemoryTable>,
+        open: std::sync::Arc<tokio::sync::Semaphore>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::ports::Table for Gated {
+        async fn get(&self, k: &Key) -> Result<Option<Item>, StoreError> {
+            self.inner.get(k).await
+        }
+        async fn batch_get(&self, k: &[Key]) -> Result<Vec<Item>, StoreError> {
+            self.inner.batch_get(k).await
+        }
+        async fn put(&self, item: Item, c: Condition) -> Result<(), StoreError> {
+            let (inner, open) = (self.inner.clone(), self.open.clone());
+            tokio::spawn(async move {
+                let _pass = open.acquire().await;
+                inner.put(item, c).await
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        }
+        async fn delete(&self, k: &Key, c: Condition) -> Result<(), StoreError> {
+            self.inner.delete(k, c).await
+        }
+        async fn batch_write(&self, p: Vec<Item>, d: Vec<Key>) -> Result<(), StoreError> {
+            self.inner.batch_write(p, d).await
+        }
+        async fn transact(&self, w: Vec<TxWrite>) -> Result<(), StoreError> {
+            self.inner.transact(w).await
+        }
+        async fn query(&self, q: Query) -> Result<Page, StoreError> {
+            self.inner.query(q).await
+        }
+        async fn query_index(&self, i: Index, q: Query) -> Result<Page, StoreError> {
+            self.inner.query_index(i, q).await
+        }
+        async fn purge_expired(&self, now: i64) -> Result<u64, StoreError> {
+            self.inner.purge_expired(now).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_change_whose_caller_stopped_waiting_is_still_seen_once_written() {
+        let open = std::sync::Arc::new(tokio::sync::Semaphore::new(1000));
+        let table = Gated {
+            inner: std::sync::Arc::new(crate::ports::memory::MemoryTable::new()),
+            open: open.clone(),
+        };
+        let store = crate::store::Store::new(
+            std::sync::Arc::new(table),
+            std::sync::Arc::new(crate::ports::SystemClock),
+        )
+        .with_read_cache();
+        let endpoint: WebhookEndpoint = serde_json::from_value(serde_json::json!({
+            "id": "whk_1", "company_id": "acme", "url": "https://example.com/hook",
+            "events": ["*"], "status": "active", "secrets": [],
+            "created_at": "2026-11-30T00:00:00Z", "updated_at": "2026-11-30T00:00:00Z",
+            "version": 0
+        }))
+        .unwrap();
+        let mut endpoint = store.create_endpoint(&endpoint).await.unwrap();
+        assert_eq!(store.all_endpoints("acme").await.unwrap().len(), 1);
+        // The gate shuts; a disabling write is sent, and its caller gives up waiting.
+        let held = open.acquire_many(1000).await.unwrap();
+        endpoint.status = crate::model::EndpointStatus::Disabled;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            store.update_endpoint(&mut endpoint),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the write was not held");
+        // The write goes through afterwards; the list read next is the list written.
+        drop(held);
+        // Well within FRESH: an entry kept from before would still be answered.
+        let deadline = Instant::now() + FRESH / 4;
+        loop {
+            let now = store.all_endpoints("acme").await.unwrap();
+            if now[0].status == crate::model::EndpointStatus::Disabled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cache kept the endpoint as it was"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

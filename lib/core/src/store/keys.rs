@@ -74,10 +74,13 @@ impl Store {
         if key.revoked_at.is_none() {
             key.revoked_at = Some(self.now());
             let next = item_of(&key, item.version + 1)?;
-            let put = self.table.put(next, Condition::Version(item.version)).await;
-            if let Some(cache) = &self.cache {
-                cache.forget_key(&key.key_hash);
-            }
+            let (table, hash) = (self.table.clone(), key.key_hash.clone());
+            let put = self
+                .write_then_forget(
+                    async move { table.put(next, Condition::Version(item.version)).await },
+                    move |cache| cache.forget_key(&hash),
+                )
+                .await?;
             if let Err(e) = put {
                 return Err(match e {
                     crate::ports::StoreError::ConditionFailed => {

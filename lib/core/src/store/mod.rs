@@ -90,6 +90,31 @@ impl Store {
         }
     }
 
+    /// Runs a write of a record the read cache may hold, then `forget`s its entry: after the
+    /// commit, and to the end even when the caller stops waiting (a dropped request: the
+    /// writer commits the write all the same, so the forgetting must follow it). Without a
+    /// cache, just the write.
+    async fn write_then_forget<F>(
+        &self,
+        write: F,
+        forget: impl FnOnce(&cache::ReadCache) + Send + 'static,
+    ) -> Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let Some(cache) = self.cache.clone() else {
+            return Ok(write.await);
+        };
+        tokio::spawn(async move {
+            let out = write.await;
+            forget(&cache);
+            out
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("a cached record's write stopped: {e}")))
+    }
+
     /// This store, answering API keys and endpoint lists from memory once read (see
     /// [`cache`]): for a process that makes every change to them itself, through this store
     /// or its clones (the local system's `serve`).

@@ -92,8 +92,9 @@ impl Store {
         e.version = 1;
         let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&e)?);
         item.version = 1;
-        let put = self.table.put(item, Condition::NotExists).await;
-        self.forget_endpoints(&e.company_id);
+        let put = self
+            .put_endpoint(item, Condition::NotExists, &e.company_id)
+            .await?;
         match put {
             Ok(()) => Ok(e),
             Err(StoreError::ConditionFailed) => Err(Error::Duplicate {
@@ -129,8 +130,9 @@ impl Store {
         let mut item = Item::new(endpoint_key(&e.company_id, &e.id), encode(&next)?);
         item.version = next.version;
         let key = item.key.clone();
-        let put = self.table.put(item, Condition::Version(expected)).await;
-        self.forget_endpoints(&e.company_id);
+        let put = self
+            .put_endpoint(item, Condition::Version(expected), &e.company_id)
+            .await?;
         match put {
             Ok(()) => {
                 *e = next;
@@ -144,11 +146,15 @@ impl Store {
     }
 
     pub async fn delete_endpoint(&self, company: &str, id: &str) -> Result<()> {
+        let table = self.table.clone();
+        let key = endpoint_key(company, id);
+        let owner = company.to_string();
         let deleted = self
-            .table
-            .delete(&endpoint_key(company, id), Condition::Exists)
-            .await;
-        self.forget_endpoints(company);
+            .write_then_forget(
+                async move { table.delete(&key, Condition::Exists).await },
+                move |cache| cache.forget_endpoints(&owner),
+            )
+            .await?;
         match deleted {
             Ok(()) => Ok(()),
             Err(StoreError::ConditionFailed) => Err(Error::not_found("webhook endpoint", id)),
@@ -183,11 +189,20 @@ impl Store {
         Ok(list)
     }
 
-    /// After a change to one of the company's endpoints (committed or not).
-    fn forget_endpoints(&self, company: &str) {
-        if let Some(cache) = &self.cache {
-            cache.forget_endpoints(company);
-        }
+    /// Writes an endpoint's item; the company's cached list is forgotten after the commit.
+    async fn put_endpoint(
+        &self,
+        item: Item,
+        condition: Condition,
+        company: &str,
+    ) -> Result<std::result::Result<(), StoreError>> {
+        let table = self.table.clone();
+        let owner = company.to_string();
+        self.write_then_forget(
+            async move { table.put(item, condition).await },
+            move |cache| cache.forget_endpoints(&owner),
+        )
+        .await
     }
 
     /// Stores new deliveries, 25 per batch write.
