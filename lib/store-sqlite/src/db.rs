@@ -4,12 +4,11 @@
 //! The write-ahead log is restarted (written again from its start) under any load. SQLite
 //! restarts it only when a write transaction begins with every frame already checkpointed;
 //! under steady writes a background checkpoint never catches up with the writer, so the log
-//! grew without end (hundreds of MiB in a minute of webhook traffic), and every commit
-//! appended to a growing file, the most expensive write the filesystem has. Now, once the
-//! log holds [`DbOptions::restart_frames`], the checkpointer catches up (two passes) and asks
-//! the writer to checkpoint the last few frames itself between two groups; its next commit
-//! then writes the log from the start, over blocks the filesystem already holds. The file is
-//! kept at most [`DbOptions::size_limit`] bytes after a restart.
+//! grew without end (hundreds of MiB in a minute of webhook traffic). Now, once the log holds
+//! [`DbOptions::restart_frames`], the checkpointer catches up (two passes) and asks the
+//! writer to checkpoint the last few frames itself between two groups, once per request; its
+//! next commit then writes the log from the start. The file is kept at most
+//! [`DbOptions::size_limit`] bytes after a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,8 +108,6 @@ struct Checkpointed {
     busy: bool,
     /// Frames in the log.
     log: i64,
-    /// Frames of it now in the database file.
-    done: i64,
 }
 
 /// A PASSIVE checkpoint: copies what it can to the database file without waiting for, or
@@ -120,7 +117,6 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
         Ok(Checkpointed {
             busy: r.get::<_, i64>(0)? != 0,
             log: r.get(1)?,
-            done: r.get(2)?,
         })
     })
 }
@@ -155,14 +151,14 @@ impl Db {
     }
 
     /// [`Db::open`] with these options (tests use small ones).
-    pub fn open_with(dir: &Path, limits: DbOptions) -> Result<Arc<Db>, StoreError> {
+    pub fn open_with(dir: &Path, options: DbOptions) -> Result<Arc<Db>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(unavailable)?;
         // Another process (`voyage keys create` beside `voyage serve`) may hold the write
         // lock for a moment: wait for it rather than fail.
-        conn.busy_timeout(limits.busy_timeout)
+        conn.busy_timeout(options.busy_timeout)
             .map_err(unavailable)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -172,7 +168,7 @@ impl Db {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open(&path).map_err(unavailable)?;
-            r.busy_timeout(limits.busy_timeout).map_err(unavailable)?;
+            r.busy_timeout(options.busy_timeout).map_err(unavailable)?;
             r.execute_batch("PRAGMA query_only = ON;")
                 .map_err(unavailable)?;
             readers.push(Mutex::new(r));
@@ -182,7 +178,7 @@ impl Db {
         // writers, every half second.
         conn.execute_batch(&format!(
             "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
-            limits.size_limit
+            options.size_limit
         ))
         .map_err(unavailable)?;
         let checkpointer = Connection::open(&path).map_err(unavailable)?;
@@ -195,9 +191,9 @@ impl Db {
             .spawn(move || {
                 // Ends with its database (the last strong reference is the Db's).
                 while watch.strong_count() > 0 {
-                    std::thread::sleep(limits.checkpoint_every);
+                    std::thread::sleep(options.checkpoint_every);
                     match checkpoint(&checkpointer) {
-                        Ok(c) if c.log >= limits.restart_frames => {
+                        Ok(c) if c.log >= options.restart_frames => {
                             // Copy what was written during that pass too, so the writer's
                             // own pass before the restart is short.
                             let _ = checkpoint(&checkpointer);
@@ -615,13 +611,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_continuous_writes_the_write_ahead_log_is_restarted_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = DbOptions {
+        let options = DbOptions {
             restart_frames: 256,
             size_limit: 2 * 1024 * 1024,
             checkpoint_every: Duration::from_millis(20),
             ..DbOptions::default()
         };
-        let db = Db::open_with(dir.path(), limits).unwrap();
+        let db = Db::open_with(dir.path(), options).unwrap();
         let wal = dir.path().join(format!("{DB_FILE}-wal"));
         // Eight writers with no pause between their calls: some call always waits, so the
         // log is never idle at a checkpoint (SQLite alone would not restart it).

@@ -500,7 +500,7 @@ async fn review2_a_bare_cancellation_read_before_a_rebooking_does_not_put_the_ne
         .get_connection(COMPANY, &conn)
         .await
         .unwrap();
-    let (_, out) = tokio::join!(
+    let (synced, out) = tokio::join!(
         voyage_core::google::sync::sync_connection(&deps, &mut connection),
         async {
             tokio::time::sleep(Duration::from_millis(400)).await;
@@ -508,6 +508,9 @@ async fn review2_a_bare_cancellation_read_before_a_rebooking_does_not_put_the_ne
         }
     );
     assert_eq!(out["session_status"], "confirmed", "{out}");
+    // The race ran: the late listing read the old event's deletion.
+    let report = synced.expect("the sync failed");
+    assert!(report.events >= 1, "the sync read nothing: {report:?}");
     let s = w.session("s1").await;
     assert_eq!(
         s.status,
@@ -592,6 +595,13 @@ async fn review2_an_older_platform_change_written_to_google_last_does_not_move_t
             post_change(&w, with_version("updated", 11, 3)).await
         });
     assert_eq!(status, 200, "{newer}");
+    // v2 reached Google (its held write was answered), and was not written over v3.
+    assert_eq!(older.calendars.len(), 1, "{older:?}");
+    assert_ne!(older.calendars[0].outcome, "failed", "{older:?}");
+    assert!(
+        newer["calendars"][0]["outcome"] == "updated",
+        "v3 was not written: {newer}"
+    );
     w.sync(Cal::Google, &conn).await;
     let s = w.session("s1").await;
     assert_eq!(s.start, at(11), "v2 {older:?}, v3 {newer}: {:?}", s.history);

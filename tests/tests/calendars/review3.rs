@@ -284,13 +284,16 @@ async fn review3_a_sync_between_the_insert_and_the_closing_commit_of_a_booking_g
     let bob = w.connect(Cal::Google, "bob").await;
     w.change("created", "s1", 9).await;
     let deps = slow_insert(&w, Duration::from_millis(1000));
-    let (out, _) = tokio::join!(
+    let (out, _race) = tokio::join!(
         apply_change(&deps, change_body("updated", "s1", "bob", 9)),
         async {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            w.sync(Cal::Google, &bob).await
+            // The race as described: the insert is in bob's calendar, its commit not yet.
+            let inserted = w.shown(Cal::Google, "bob", "s1").len();
+            (inserted, w.sync(Cal::Google, &bob).await)
         }
     );
+    assert_eq!(_race.0, 1, "the sync ran before the insert: no race");
     assert_eq!(
         w.shown(Cal::Google, "bob", "s1").len(),
         1,

@@ -33,20 +33,22 @@ impl Store {
 
     /// The key whose SHA-256 is `hash`, revoked or not.
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>> {
-        if let Some(key) = self.cache.as_ref().and_then(|c| c.key(hash)) {
-            return Ok(Some(key));
-        }
-        let read_at = self.cache.as_ref().map(|c| c.generation());
-        match self.table.get(&key_of(hash)).await? {
-            Some(item) => {
-                let key: ApiKey = decode(&item)?;
-                if let (Some(cache), Some(at)) = (&self.cache, read_at) {
-                    cache.keep_key(at, &key);
+        self.read_through(
+            |cache| cache.key(hash).map(Some),
+            async {
+                match self.table.get(&key_of(hash)).await? {
+                    Some(item) => Ok(Some(decode::<ApiKey>(&item)?)),
+                    None => Ok(None),
                 }
-                Ok(Some(key))
-            }
-            None => Ok(None),
-        }
+            },
+            |cache, read_at, found| {
+                // Never an absent key: one made later must be found.
+                if let Some(key) = found {
+                    cache.keep_key(read_at, key);
+                }
+            },
+        )
+        .await
     }
 
     pub async fn list_api_keys(&self, company: &str) -> Result<Vec<ApiKey>> {

@@ -90,6 +90,27 @@ impl Store {
         }
     }
 
+    /// A read the cache may answer: `hit` looks in it; on a miss `read` reads the table and
+    /// `keep` keeps what it read, unless a change came meanwhile (the generation taken before
+    /// the read). Without a cache, just the read.
+    async fn read_through<T>(
+        &self,
+        hit: impl FnOnce(&cache::ReadCache) -> Option<T>,
+        read: impl std::future::Future<Output = Result<T>>,
+        keep: impl FnOnce(&cache::ReadCache, cache::Generation, &T),
+    ) -> Result<T> {
+        let Some(cache) = &self.cache else {
+            return read.await;
+        };
+        if let Some(found) = hit(cache) {
+            return Ok(found);
+        }
+        let read_at = cache.generation();
+        let found = read.await?;
+        keep(cache, read_at, &found);
+        Ok(found)
+    }
+
     /// Runs a write of a record the read cache may hold, then `forget`s its entry: after the
     /// commit, and to the end even when the caller stops waiting (a dropped request: the
     /// writer commits the write all the same, so the forgetting must follow it). Without a

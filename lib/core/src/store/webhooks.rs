@@ -176,17 +176,12 @@ impl Store {
 
     /// Every endpoint of a company, for fan-out (from memory where the store caches them).
     pub async fn all_endpoints(&self, company: &str) -> Result<Vec<WebhookEndpoint>> {
-        if let Some(list) = self.cache.as_ref().and_then(|c| c.endpoints(company)) {
-            return Ok(list);
-        }
-        let read_at = self.cache.as_ref().map(|c| c.generation());
-        let list: Vec<WebhookEndpoint> = self
-            .query_all(None, Query::prefix(company_pk(company), "WH#", 100))
-            .await?;
-        if let (Some(cache), Some(at)) = (&self.cache, read_at) {
-            cache.keep_endpoints(at, company, &list);
-        }
-        Ok(list)
+        self.read_through(
+            |cache| cache.endpoints(company),
+            self.query_all(None, Query::prefix(company_pk(company), "WH#", 100)),
+            |cache, read_at, list| cache.keep_endpoints(read_at, company, list),
+        )
+        .await
     }
 
     /// Writes an endpoint's item; the company's cached list is forgotten after the commit.
