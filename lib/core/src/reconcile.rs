@@ -31,6 +31,18 @@ pub struct EventSnapshot {
     pub modified: Option<DateTime<Utc>>,
 }
 
+impl EventSnapshot {
+    /// The event `event_id` as a read found it: gone.
+    pub fn removed(event_id: impl Into<String>) -> Self {
+        EventSnapshot {
+            event_id: event_id.into(),
+            change_key: None,
+            state: SnapshotState::Removed,
+            modified: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotState {
     /// Deleted: a direct read of the event answered 404/410. A delta page's `@removed`, or

@@ -9,7 +9,9 @@
 //! - [`follow`]: what a booking command changed, written to the *other* calendars (the one
 //!   the change came from already shows it: [`crate::booking::calendar_writes`]).
 //!
-//! Each provider module mirrors the other with the same names for the same roles:
+//! Each provider module mirrors the other with the same names for the same roles (the event
+//! writer lives beside the reconciliation that uses it: Exchange's in its delta round,
+//! Google's in `inbound`, which the sync calls per page):
 //!
 //! | role                       | Exchange (`crate::exchange`)  | Google (`crate::google`)       |
 //! |----------------------------|-------------------------------|--------------------------------|
@@ -82,10 +84,10 @@ pub fn change_of(session: &Session) -> SessionChange {
 const FOLLOW_RETRY: std::time::Duration = std::time::Duration::ZERO;
 
 /// Writes what `command` did to `session` into every calendar other than the one `origin`
-/// stands for. A calendar that cannot be written now is not forgotten: the session, as it
-/// is, goes on the outbound queue as a change (`session.changed`'s body), whose worker
-/// writes every calendar of the staff member and is retried by the queue until it succeeds
-/// (its own echo in the calendar the command came from changes nothing).
+/// stands for. A calendar that cannot be written now is not forgotten: a [`FollowUp`] naming
+/// the session and the calendars still owed goes on the outbound queue, whose worker writes
+/// the session as stored then to those calendars only, and is retried by the queue until it
+/// succeeds.
 pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &str) {
     let mut owed = Vec::new();
     for provider in booking::calendar_writes(command, origin) {

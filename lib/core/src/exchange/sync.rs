@@ -644,12 +644,7 @@ async fn read_snapshot(
         .await
     {
         Ok(current) => Ok(snapshot(&current)),
-        Err(GraphError::NotFound) => Ok(Some(EventSnapshot {
-            event_id: id.to_string(),
-            change_key: None,
-            state: SnapshotState::Removed,
-            modified: None,
-        })),
+        Err(GraphError::NotFound) => Ok(Some(EventSnapshot::removed(id.to_string()))),
         Err(e) => Err(RoundError::Graph(e)),
     }
 }
@@ -829,12 +824,7 @@ async fn apply_page(
                 continue;
             };
             let snap = match event {
-                None => EventSnapshot {
-                    event_id: listed.id.clone(),
-                    change_key: None,
-                    state: SnapshotState::Removed,
-                    modified: None,
-                },
+                None => EventSnapshot::removed(listed.id.clone()),
                 Some(e) => match snapshot(e) {
                     Some(snap) => snap,
                     None => {
@@ -1173,12 +1163,7 @@ async fn reconcile_vanished(
             continue;
         };
         let snap = match event {
-            None => EventSnapshot {
-                event_id: m.external_event_id.clone(),
-                change_key: None,
-                state: SnapshotState::Removed,
-                modified: None,
-            },
+            None => EventSnapshot::removed(m.external_event_id.clone()),
             Some(e) => match snapshot(e) {
                 Some(snap) => snap,
                 None => continue,

@@ -7,9 +7,11 @@
 //!   (restored from the bin) -> restore; moved -> reschedule, or rejected and written back
 //!   on conflict; the staff member's own `responseStatus` `declined` -> decline flag.
 //! - De-looping: the mapping holds the etag of our last write (or read); an event that still
-//!   carries it and agrees with the session is an echo. The platform's tag and the event id
-//!   derived from the session ([`super::api::event_id_for`]) recognise an event of ours whose
-//!   mapping was never recorded (a create whose answer was lost): it is adopted.
+//!   carries it and agrees with the session is an echo. The platform's tag recognises an
+//!   event of ours whose mapping was never recorded (a create whose answer was lost): it is
+//!   adopted only when it is beyond doubt the session's current placement in its owner's
+//!   calendar (the id recorded with the intent), and deleted only when its booking is
+//!   cancelled (see `adopt`).
 //! - The platform's events never become availability overrides.
 
 use std::collections::HashMap;
@@ -145,22 +147,20 @@ pub async fn reconcile_page(
         return Ok((done, ours));
     }
     let session_ids: Vec<String> = mappings.values().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = if session_ids.is_empty() {
-        HashMap::new()
-    } else {
-        deps.store
-            .get_sessions(&conn.company_id, &session_ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect()
-    };
+    let mut sessions: HashMap<String, Session> = deps
+        .store
+        .get_sessions(&conn.company_id, &session_ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
     let google = deps.google()?;
     let calendar_id = conn.calendar_id.clone().unwrap_or_default();
     for event in items {
         let mapping = match mappings.get(&event.id) {
             Some(m) => m.clone(),
             None if event.is_platform_event() => {
+                // Ours whether adopted or not: never an availability override.
                 ours.push(event.id.clone());
                 match adopt(deps, conn, account, event, zone).await? {
                     Some((m, s)) => {
@@ -172,7 +172,9 @@ pub async fn reconcile_page(
             }
             None => continue,
         };
-        ours.push(event.id.clone());
+        if mappings.contains_key(&event.id) {
+            ours.push(event.id.clone());
+        }
         let Some(session) = sessions.get_mut(&mapping.session_id) else {
             continue;
         };
@@ -206,26 +208,30 @@ pub async fn reconcile_unlisted(
     listed: Option<&std::collections::HashSet<String>>,
 ) -> std::result::Result<Reconciled, Failure<GoogleError>> {
     let mut done = Reconciled::default();
+    let history = deps.store.now() - chrono::Duration::days(1);
     let unlisted: Vec<EventMapping> = deps
         .store
         .mappings_for_connection(&conn.company_id, &conn.id)
         .await?
         .into_iter()
+        // History is not read (as in Exchange's `reconcile_vanished`): a mapping whose event
+        // last ended over a day ago belongs to a session that is over.
+        .filter(|m| m.last_end >= history)
         .filter(|m| listed.is_none_or(|l| !l.contains(&m.external_event_id)))
         .collect();
     if unlisted.is_empty() {
         return Ok(done);
     }
     let ids: Vec<String> = unlisted.iter().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = HashMap::new();
-    for chunk in ids.chunks(100) {
-        for s in deps.store.get_sessions(&conn.company_id, chunk).await? {
-            sessions.insert(s.id.clone(), s);
-        }
-    }
+    let mut sessions: HashMap<String, Session> = deps
+        .store
+        .get_sessions(&conn.company_id, &ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
     let google = deps.google()?;
     let calendar_id = conn.calendar_id.clone().unwrap_or_default();
-    let history = deps.store.now() - chrono::Duration::days(1);
     for mapping in unlisted {
         let Some(session) = sessions.get_mut(&mapping.session_id) else {
             continue;
@@ -247,12 +253,7 @@ pub async fn reconcile_unlisted(
                 None => continue,
             },
             Err(GoogleError::NotFound) => (
-                EventSnapshot {
-                    event_id: mapping.external_event_id.clone(),
-                    change_key: None,
-                    state: SnapshotState::Removed,
-                    modified: None,
-                },
+                EventSnapshot::removed(mapping.external_event_id.clone()),
                 None,
             ),
             Err(e) => return Err(Failure::Calendar(e)),

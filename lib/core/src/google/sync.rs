@@ -503,7 +503,8 @@ async fn apply_page(
     report.calendar_writes += reconciled.calendar_writes;
     let mut upserts = Vec::new();
     let mut removals = Vec::new();
-    for event in page.items.iter().filter(|e| !ours.contains(&e.id)) {
+    let skip: std::collections::HashSet<&str> = ours.iter().map(String::as_str).collect();
+    for event in page.items.iter().filter(|e| !skip.contains(e.id.as_str())) {
         let reference = OverrideRef {
             company_id: conn.company_id.clone(),
             staff_id: conn.staff_id.clone(),
