@@ -24,7 +24,9 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::booking::{self, Command};
 use crate::deps::Deps;
-use crate::model::{EventMapping, Session, SessionStatus};
+use std::collections::HashMap;
+
+use crate::model::{Connection, EventMapping, Provider, Session, SessionStatus};
 use crate::reconcile::{self, EventSnapshot, PlanStep};
 use crate::{Error, Result};
 
@@ -177,6 +179,52 @@ pub async fn reconcile_event<W: EventWriter>(
     }
     tracing::warn!(session = %session.id, "reconciliation did not settle within its re-plans");
     Ok(done)
+}
+
+/// The session's event in `provider`'s calendar: its mapping and the connection it is on,
+/// or `None` when there is none (no mapping, or its connection was deleted).
+pub async fn mapped_connection(
+    deps: &Deps,
+    session: &Session,
+    provider: Provider,
+) -> Result<Option<(EventMapping, Connection)>> {
+    let Some(mapping) = deps
+        .store
+        .mapping_for_session(&session.company_id, provider, &session.id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(deps
+        .store
+        .find_connection(&session.company_id, &mapping.connection_id)
+        .await?
+        .map(|conn| (mapping, conn)))
+}
+
+/// What a page of a connection's events needs read before it is reconciled, in two batch
+/// reads: the mappings of the page's events (by event id) and their sessions (by id).
+pub async fn page_state(
+    deps: &Deps,
+    conn: &Connection,
+    event_ids: &[String],
+) -> Result<(HashMap<String, EventMapping>, HashMap<String, Session>)> {
+    let mappings: HashMap<String, EventMapping> = deps
+        .store
+        .mappings_for_events(&conn.company_id, &conn.id, event_ids)
+        .await?
+        .into_iter()
+        .map(|m| (m.external_event_id.clone(), m))
+        .collect();
+    let session_ids: Vec<String> = mappings.values().map(|m| m.session_id.clone()).collect();
+    let sessions = deps
+        .store
+        .get_sessions(&conn.company_id, &session_ids)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
+    Ok((mappings, sessions))
 }
 
 /// The session's mapping as stored now, if it still links the session to the event of

@@ -1077,14 +1077,13 @@ async fn remove_elsewhere(
     ctx: &OutboundContext,
     old: &EventMapping,
 ) -> std::result::Result<(), GraphError> {
-    let conn = match deps
+    let Some(conn) = deps
         .store
-        .get_connection(&old.company_id, &old.connection_id)
+        .find_connection(&old.company_id, &old.connection_id)
         .await
-    {
-        Ok(c) => c,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(GraphError::Unavailable(e.to_string())),
+        .map_err(|e| GraphError::Unavailable(e.to_string()))?
+    else {
+        return Ok(());
     };
     let Some(record) = &ctx.credentials else {
         return Err(GraphError::Auth(credentials::MISSING.into()));

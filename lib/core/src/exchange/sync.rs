@@ -757,24 +757,7 @@ async fn apply_page(
 ) -> RoundResult<Vec<String>> {
     let (deps, conn) = (ctx.deps, ctx.conn);
     let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-    let mappings: HashMap<String, EventMapping> = deps
-        .store
-        .mappings_for_events(&conn.company_id, &conn.id, &ids)
-        .await?
-        .into_iter()
-        .map(|m| (m.external_event_id.clone(), m))
-        .collect();
-    let session_ids: Vec<String> = mappings.values().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = if session_ids.is_empty() {
-        HashMap::new()
-    } else {
-        deps.store
-            .get_sessions(&conn.company_id, &session_ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.id.clone(), s))
-            .collect()
-    };
+    let (mappings, mut sessions) = engine::page_state(deps, conn, &ids).await?;
     // Echoes of our own writes need nothing more; entries lacking what the round needs are
     // read, all of the page's at once.
     let mut echoes = HashSet::new();
@@ -931,10 +914,13 @@ async fn adopt(
         // (a create retried after its answer was lost, the first copy restored since): it
         // goes. If that one is gone, this one takes its place.
         report.confirmations += 1;
-        let mapped_calendar = match deps.store.get_connection(company, &m.connection_id).await {
-            Ok(c) => calendar_of(&c),
-            Err(Error::NotFound { .. }) => ctx.calendar.clone(),
-            Err(e) => return Err(e.into()),
+        let mapped_calendar = match deps
+            .store
+            .find_connection(company, &m.connection_id)
+            .await?
+        {
+            Some(c) => calendar_of(&c),
+            None => ctx.calendar.clone(),
         };
         match deps
             .graph()?
@@ -1258,21 +1244,10 @@ async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> R
 /// (a restore) and says so; a 404, a missing mapping or connection means it is gone. Graph
 /// being unreachable is an error (the commit waits).
 async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
-    let Some(mapping) = deps
-        .store
-        .mapping_for_session(&session.company_id, Provider::Exchange, &session.id)
-        .await?
+    let Some((mapping, conn)) =
+        engine::mapped_connection(deps, session, Provider::Exchange).await?
     else {
         return Ok(false);
-    };
-    let conn = match deps
-        .store
-        .get_connection(&session.company_id, &mapping.connection_id)
-        .await
-    {
-        Ok(c) => c,
-        Err(Error::NotFound { .. }) => return Ok(false),
-        Err(e) => return Err(e),
     };
     let Some(creds) = credentials::load(deps, &conn.company_id).await? else {
         return Ok(false);
@@ -1370,11 +1345,7 @@ pub async fn resume_coalesced_rounds(deps: &Deps) -> Result<crate::jobs::JobRepo
         ..Default::default()
     };
     for (company, connection) in deps.store.abandoned_leases(deps.store.now(), 100).await? {
-        let conn = match deps.store.get_connection(&company, &connection).await {
-            Ok(c) => Some(c),
-            Err(Error::NotFound { .. }) => None,
-            Err(e) => return Err(e),
-        };
+        let conn = deps.store.find_connection(&company, &connection).await?;
         // Google connections are synced by the five-minute google-sync job anyway; deleted or
         // disabled ones owe nothing. Their markers go, so they never crowd out real ones.
         let Some(conn) = conn

@@ -136,24 +136,10 @@ pub async fn reconcile_page(
         return Ok((done, ours));
     }
     let ids: Vec<String> = items.iter().map(|e| e.id.clone()).collect();
-    let mappings: HashMap<String, EventMapping> = deps
-        .store
-        .mappings_for_events(&conn.company_id, &conn.id, &ids)
-        .await?
-        .into_iter()
-        .map(|m| (m.external_event_id.clone(), m))
-        .collect();
+    let (mappings, mut sessions) = engine::page_state(deps, conn, &ids).await?;
     if mappings.is_empty() && !items.iter().any(GoogleEvent::is_platform_event) {
         return Ok((done, ours));
     }
-    let session_ids: Vec<String> = mappings.values().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = deps
-        .store
-        .get_sessions(&conn.company_id, &session_ids)
-        .await?
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
     let google = deps.google()?;
     let calendar_id = conn.calendar_id.clone().unwrap_or_default();
     for event in items {
@@ -361,21 +347,9 @@ async fn adopt(
 /// says so. A missing mapping, connection or event means it is gone; Google being
 /// unreachable is an error (the commit waits for the next sweep).
 pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
-    let Some(mapping) = deps
-        .store
-        .mapping_for_session(&session.company_id, Provider::Google, &session.id)
-        .await?
+    let Some((mapping, conn)) = engine::mapped_connection(deps, session, Provider::Google).await?
     else {
         return Ok(false);
-    };
-    let conn = match deps
-        .store
-        .get_connection(&session.company_id, &mapping.connection_id)
-        .await
-    {
-        Ok(c) => c,
-        Err(Error::NotFound { .. }) => return Ok(false),
-        Err(e) => return Err(e),
     };
     let Some(account) = credentials::load(deps, &session.company_id).await? else {
         return Ok(false);

@@ -210,14 +210,13 @@ async fn remove_elsewhere(
     ctx: &OutboundContext,
     old: &EventMapping,
 ) -> std::result::Result<(), String> {
-    let conn = match deps
+    let Some(conn) = deps
         .store
-        .get_connection(&old.company_id, &old.connection_id)
+        .find_connection(&old.company_id, &old.connection_id)
         .await
-    {
-        Ok(c) => c,
-        Err(Error::NotFound { .. }) => return Ok(()),
-        Err(e) => return Err(e.to_string()),
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(());
     };
     let Some(calendar_id) = conn.calendar_id.as_deref() else {
         return Ok(());

@@ -64,6 +64,15 @@ impl Store {
         }
     }
 
+    /// The connection, or `None` when it was deleted.
+    pub async fn find_connection(&self, company: &str, id: &str) -> Result<Option<Connection>> {
+        match self.get_connection(company, id).await {
+            Ok(c) => Ok(Some(c)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn connection_for_staff(
         &self,
         company: &str,
