@@ -48,6 +48,38 @@ pub struct CalendarsWorld {
 pub const COMPANY: &str = "acme";
 
 impl CalendarsWorld {
+    /// A world with `ann`'s calendar of `cal` connected: (world, connection id).
+    pub async fn with(cal: Cal) -> (CalendarsWorld, String) {
+        let w = CalendarsWorld::start().await;
+        let conn = w.connect(cal, "ann").await;
+        (w, conn)
+    }
+
+    /// A world with both of `ann`'s calendars connected: (world, exchange conn, google conn).
+    pub async fn both() -> (CalendarsWorld, String, String) {
+        let w = CalendarsWorld::start().await;
+        let exchange = w.connect(Cal::Exchange, "ann").await;
+        let google = w.connect(Cal::Google, "ann").await;
+        (w, exchange, google)
+    }
+
+    /// The one live event of `session` in `staff`'s calendar of `cal`, asserting there is
+    /// exactly one.
+    pub fn one_event(&self, cal: Cal, staff: &str, session: &str) -> String {
+        let shown = self.shown(cal, staff, session);
+        assert_eq!(shown.len(), 1, "{cal:?} of {staff}: {shown:?}");
+        shown[0].id.clone()
+    }
+
+    /// `POST /v1/sessions/changes` with any body; the status and answer.
+    pub async fn post_change(&self, body: Value) -> (u16, Value) {
+        let (status, out) = self
+            .app
+            .call("POST", "/v1/sessions/changes", &self.platform, Some(body))
+            .await;
+        (status.as_u16(), out)
+    }
+
     /// Both simulators, an idle local system (grace of pending cancellations: 1 s), a
     /// company with credentials for both providers, and the platform's internal key.
     pub async fn start() -> CalendarsWorld {
@@ -322,4 +354,30 @@ pub fn change_body(action: &str, session: &str, staff: &str, hour: u32) -> Value
             "client": {"name": "Dana Client", "email": "dana@client.example"}
         }
     })
+}
+
+/// `POST /v1/sessions/changes`, as its handler does it, with `deps` (a client wrapped for a
+/// race, say).
+pub async fn apply_change(
+    deps: &voyage_core::deps::Deps,
+    body: Value,
+) -> voyage_core::calendar::changes::ChangesOutcome {
+    let input: voyage_core::calendar::SessionChangeInput =
+        serde_json::from_value(body).expect("a change body");
+    voyage_core::calendar::changes::apply(deps, &input.validate().expect("a valid change"))
+        .await
+        .expect("the change applied")
+}
+
+/// A simulator fault: the next `count` requests matching `method` and `path` answer `status`.
+pub fn fault(method: &str, path: &str, status: u16, count: u32) -> voyage_simulators::Fault {
+    voyage_simulators::Fault {
+        method: Some(method.into()),
+        path_contains: Some(path.into()),
+        status: Some(status),
+        retry_after: None,
+        latency_ms: None,
+        count,
+        after: 0,
+    }
 }

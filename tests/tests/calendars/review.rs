@@ -7,51 +7,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use voyage_core::model::SessionStatus;
 use voyage_simulators::Fault;
-use voyage_tests::calendars::{at, change_body, Cal, CalendarsWorld, COMPANY};
+use voyage_tests::calendars::{at, change_body, fault, Cal, CalendarsWorld, COMPANY};
 use voyage_tests::graph::email;
-
-/// A world with `ann`'s calendar of `cal` connected; returns the connection id.
-async fn world(cal: Cal) -> (CalendarsWorld, String) {
-    let w = CalendarsWorld::start().await;
-    let conn = w.connect(cal, "ann").await;
-    (w, conn)
-}
-
-/// A world with both of `ann`'s calendars connected: (world, exchange conn, google conn).
-async fn both() -> (CalendarsWorld, String, String) {
-    let w = CalendarsWorld::start().await;
-    let exchange = w.connect(Cal::Exchange, "ann").await;
-    let google = w.connect(Cal::Google, "ann").await;
-    (w, exchange, google)
-}
-
-/// The one live event of `session`, asserting there is exactly one.
-fn one_event(w: &CalendarsWorld, cal: Cal, session: &str) -> String {
-    let shown = w.shown(cal, "ann", session);
-    assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
-    shown[0].id.clone()
-}
-
-/// `POST /v1/sessions/changes` with any body; the status and answer.
-async fn post_change(w: &CalendarsWorld, body: Value) -> (u16, Value) {
-    let (status, out) = w
-        .app
-        .call("POST", "/v1/sessions/changes", &w.platform, Some(body))
-        .await;
-    (status.as_u16(), out)
-}
 
 /// The Google calendar's next request matching `method` and `path` fails with `status`.
 fn google_fails_once(w: &CalendarsWorld, method: &str, path: &str, status: u16) {
-    w.google.add_fault(Fault {
-        method: Some(method.into()),
-        path_contains: Some(path.into()),
-        status: Some(status),
-        retry_after: None,
-        latency_ms: None,
-        count: 1,
-        after: 0,
-    });
+    w.google.add_fault(fault(method, path, status, 1));
 }
 
 /// Google's next `events.list` is computed at once but answered `ms` later: a sync round
@@ -77,16 +38,16 @@ fn google_list_answers_late(w: &CalendarsWorld, ms: u64) {
 /// retry is `stale` as soon as Exchange has been written, and Google is never written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_versioned_change_sent_again_after_google_failed_writes_google() {
-    let (w, _exchange, _google) = both().await;
+    let (w, _exchange, _google) = CalendarsWorld::both().await;
     let mut body = change_body("created", "s1", "ann", 9);
     body["session"]["version"] = json!(1);
     google_fails_once(&w, "POST", "/events", 400);
-    let (status, out) = post_change(&w, body.clone()).await;
+    let (status, out) = w.post_change(body.clone()).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["calendars"][1]["provider"], "google", "{out}");
     assert_eq!(out["calendars"][1]["outcome"], "failed", "{out}");
     // The platform does what the answer asks: sends the same change again.
-    let (status, out) = post_change(&w, body).await;
+    let (status, out) = w.post_change(body).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(
         w.shown(Cal::Google, "ann", "s1").len(),
@@ -104,9 +65,9 @@ async fn review_a_versioned_change_sent_again_after_google_failed_writes_google(
 /// so the sync takes the declined event for our own echo and the decline is never flagged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_decline_followed_by_a_platform_edit_before_the_sync_is_still_flagged() {
-    let (w, conn) = world(Cal::Google).await;
+    let (w, conn) = CalendarsWorld::with(Cal::Google).await;
     w.change("created", "s1", 9).await;
-    let event = one_event(&w, Cal::Google, "s1");
+    let event = w.one_event(Cal::Google, "ann", "s1");
     w.staff_decline(Cal::Google, "ann", &event);
     w.change("updated", "s1", 11).await;
     assert!(
@@ -128,9 +89,9 @@ async fn review_a_decline_followed_by_a_platform_edit_before_the_sync_is_still_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_pending_cancellation_from_outlook_is_not_ended_by_the_echo_of_our_google_create()
 {
-    let (w, exchange, google) = both().await;
+    let (w, exchange, google) = CalendarsWorld::both().await;
     w.change("created", "s1", 9).await;
-    let event = one_event(&w, Cal::Exchange, "s1");
+    let event = w.one_event(Cal::Exchange, "ann", "s1");
     w.staff_delete(Cal::Exchange, "ann", &event);
     w.sync(Cal::Exchange, &exchange).await;
     assert_eq!(
@@ -152,11 +113,11 @@ async fn review_a_pending_cancellation_from_outlook_is_not_ended_by_the_echo_of_
 /// Exchange-deleted booking's Google calendar must not restore the booking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_pending_cancellation_from_outlook_survives_a_full_google_resync() {
-    let (w, exchange, google) = both().await;
+    let (w, exchange, google) = CalendarsWorld::both().await;
     w.change("created", "s1", 9).await;
     // Google has seen our create already.
     w.sync(Cal::Google, &google).await;
-    let event = one_event(&w, Cal::Exchange, "s1");
+    let event = w.one_event(Cal::Exchange, "ann", "s1");
     w.staff_delete(Cal::Exchange, "ann", &event);
     w.sync(Cal::Exchange, &exchange).await;
     google_fails_once(&w, "GET", "/events", 410);
@@ -174,12 +135,12 @@ async fn review_a_pending_cancellation_from_outlook_survives_a_full_google_resyn
 /// in no later delta).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_platform_move_during_the_grace_reaches_the_other_calendar_after_the_restore() {
-    let (w, exchange, google) = both().await;
+    let (w, exchange, google) = CalendarsWorld::both().await;
     w.change("created", "s1", 9).await;
     // Both calendars' syncs have seen our creates.
     w.sync(Cal::Exchange, &exchange).await;
     w.sync(Cal::Google, &google).await;
-    let event = one_event(&w, Cal::Google, "s1");
+    let event = w.one_event(Cal::Google, "ann", "s1");
     w.staff_delete(Cal::Google, "ann", &event);
     w.sync(Cal::Google, &google).await;
     w.change("updated", "s1", 11).await;
@@ -205,7 +166,7 @@ async fn review_a_platform_move_during_the_grace_reaches_the_other_calendar_afte
 /// read before the re-booking from the restored one: the new booking goes pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_cancellation_read_before_a_rebooking_does_not_put_the_new_booking_into_pending() {
-    let (w, conn) = world(Cal::Google).await;
+    let (w, conn) = CalendarsWorld::with(Cal::Google).await;
     w.change("created", "s1", 9).await;
     w.change("cancelled", "s1", 9).await;
     google_list_answers_late(&w, 1500);
@@ -228,7 +189,7 @@ async fn review_a_cancellation_read_before_a_rebooking_does_not_put_the_new_book
 /// a staff move and moves the booking back to 9:00.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_our_own_earlier_write_read_before_a_platform_move_does_not_move_the_booking_back() {
-    let (w, conn) = world(Cal::Google).await;
+    let (w, conn) = CalendarsWorld::with(Cal::Google).await;
     w.change("created", "s1", 9).await;
     google_list_answers_late(&w, 1500);
     tokio::join!(w.sync(Cal::Google, &conn), async {
@@ -255,7 +216,7 @@ async fn review_our_own_earlier_write_read_before_a_platform_move_does_not_move_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_an_unrecorded_create_deleted_by_the_staff_member_is_not_brought_back_by_a_platform_edit(
 ) {
-    let (w, conn) = world(Cal::Google).await;
+    let (w, conn) = CalendarsWorld::with(Cal::Google).await;
     // The first write fails, so nothing is mapped; the session is stored.
     google_fails_once(&w, "POST", "/events", 400);
     let out = w.change("created", "s1", 9).await;
@@ -299,7 +260,7 @@ async fn review_a_booking_given_to_another_staff_member_leaves_no_event_in_the_f
     w.connect(Cal::Google, "ann").await;
     w.connect(Cal::Google, "bob").await;
     w.change("created", "s1", 9).await;
-    let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(w.shown(Cal::Google, "bob", "s1").len(), 1, "{out}");
     assert!(
@@ -316,7 +277,7 @@ async fn review_a_booking_given_to_another_staff_member_leaves_no_event_in_the_f
 /// Malformed or extreme bodies are refused (4xx) or written (200), never a 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_bad_input_to_the_changes_route_never_answers_5xx() {
-    let (w, _e, _g) = both().await;
+    let (w, _e, _g) = CalendarsWorld::both().await;
     let with = |f: &dyn Fn(&mut Value)| {
         let mut b = change_body("created", "s9", "ann", 9);
         f(&mut b);
@@ -357,7 +318,7 @@ async fn review_bad_input_to_the_changes_route_never_answers_5xx() {
     ];
     let mut server_errors = Vec::new();
     for body in bodies {
-        let (status, out) = post_change(&w, body.clone()).await;
+        let (status, out) = w.post_change(body.clone()).await;
         if status >= 500 {
             server_errors.push(format!("{status} for {body}: {out}"));
         }
@@ -369,12 +330,12 @@ async fn review_bad_input_to_the_changes_route_never_answers_5xx() {
 /// either sync runs: the two calendars and the booking settle on one time, without a loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_conflicting_moves_in_both_calendars_settle_on_one_time_without_a_loop() {
-    let (w, exchange, google) = both().await;
+    let (w, exchange, google) = CalendarsWorld::both().await;
     w.change("created", "s1", 9).await;
     w.sync(Cal::Exchange, &exchange).await;
     w.sync(Cal::Google, &google).await;
-    let g = one_event(&w, Cal::Google, "s1");
-    let e = one_event(&w, Cal::Exchange, "s1");
+    let g = w.one_event(Cal::Google, "ann", "s1");
+    let e = w.one_event(Cal::Exchange, "ann", "s1");
     w.staff_move(Cal::Google, "ann", &g, 14);
     w.staff_move(Cal::Exchange, "ann", &e, 16);
     for _ in 0..3 {

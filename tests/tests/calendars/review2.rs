@@ -7,49 +7,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use voyage_core::model::SessionStatus;
 use voyage_simulators::Fault;
-use voyage_tests::calendars::{at, change_body, Cal, CalendarsWorld, COMPANY};
+use voyage_tests::calendars::{apply_change, at, change_body, fault, Cal, CalendarsWorld, COMPANY};
 use voyage_tests::graph::email;
 
 use std::sync::Arc;
 
 use voyage_core::google::api::{Channel, EventsPage, GoogleEvent, ListRequest, WatchRequest};
 use voyage_core::google::{GoogleApi, GoogleError, GoogleEventWrite, ServiceAccount};
-
-/// A world with both of `ann`'s calendars connected and seen: (world, exchange, google).
-async fn both() -> (CalendarsWorld, String, String) {
-    let w = CalendarsWorld::start().await;
-    let exchange = w.connect(Cal::Exchange, "ann").await;
-    let google = w.connect(Cal::Google, "ann").await;
-    (w, exchange, google)
-}
-
-/// The one live event of `session` in `staff`'s calendar of `cal`.
-fn one_event_of(w: &CalendarsWorld, cal: Cal, staff: &str, session: &str) -> String {
-    let shown = w.shown(cal, staff, session);
-    assert_eq!(shown.len(), 1, "{cal:?} of {staff}: {shown:?}");
-    shown[0].id.clone()
-}
-
-/// `POST /v1/sessions/changes` with any body; the status and answer.
-async fn post_change(w: &CalendarsWorld, body: Value) -> (u16, Value) {
-    let (status, out) = w
-        .app
-        .call("POST", "/v1/sessions/changes", &w.platform, Some(body))
-        .await;
-    (status.as_u16(), out)
-}
-
-fn fault(method: &str, path: &str, status: u16, count: u32) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path_contains: Some(path.into()),
-        status: Some(status),
-        retry_after: None,
-        latency_ms: None,
-        count,
-        after: 0,
-    }
-}
 
 /// The next `count` requests of `cal` matching `method` and `path` fail with `status` (400:
 /// refused, not retried by the clients).
@@ -102,10 +66,10 @@ async fn review2_a_booking_given_back_to_its_first_staff_member_is_written_to_th
     w.connect(Cal::Google, "ann").await;
     w.connect(Cal::Google, "bob").await;
     w.change("created", "s1", 9).await;
-    let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(w.shown(Cal::Google, "bob", "s1").len(), 1, "{out}");
-    let (status, out) = post_change(&w, change_body("updated", "s1", "ann", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "ann", 9)).await;
     assert_eq!(status, 200, "{out}");
     let s = w.session("s1").await;
     assert_eq!(
@@ -134,7 +98,7 @@ async fn review2_a_booking_given_to_another_staff_member_whose_calendar_write_fa
         w.sync(cal, &ann).await;
         // bob's calendar refuses the create.
         fails(&w, cal, "POST", "bob", 400, 1);
-        let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+        let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["calendars"][0]["outcome"], "failed", "{cal:?}: {out}");
         // Before the platform sends the change again, ann's calendar syncs.
@@ -164,12 +128,12 @@ async fn review2_a_booking_given_to_another_staff_member_leaves_no_event_with_an
     w.change("created", "s1", 9).await;
     w.sync(Cal::Google, &ann).await;
     fails(&w, Cal::Google, "DELETE", "ann", 400, 1);
-    let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["calendars"][0]["outcome"], "failed", "{out}");
     assert!(w.shown(Cal::Google, "bob", "s1").is_empty(), "{out}");
     // The platform sends the change again, as a `failed` outcome asks.
-    let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(w.shown(Cal::Google, "bob", "s1").len(), 1, "{out}");
     settle(&w, &[(Cal::Google, &ann), (Cal::Google, &bob)]).await;
@@ -194,7 +158,7 @@ async fn review2_a_booking_given_to_another_staff_member_leaves_no_event_with_an
 async fn review2_a_move_reaches_the_other_calendar_even_when_the_first_follow_up_write_failed() {
     let mut broken = Vec::new();
     for moved_in in Cal::BOTH {
-        let (w, exchange, google) = both().await;
+        let (w, exchange, google) = CalendarsWorld::both().await;
         let conns = [
             (Cal::Exchange, exchange.as_str()),
             (Cal::Google, google.as_str()),
@@ -208,7 +172,7 @@ async fn review2_a_move_reaches_the_other_calendar_even_when_the_first_follow_up
         };
         w.change("created", "s1", 9).await;
         settle(&w, &conns).await;
-        let e = one_event(&w, moved_in, "s1");
+        let e = w.one_event(moved_in, "ann", "s1");
         w.staff_move(moved_in, "ann", &e, 14);
         let follower = other(moved_in);
         let method = if follower == Cal::Exchange {
@@ -240,14 +204,14 @@ async fn review2_a_committed_cancellation_reaches_the_other_calendar_even_when_t
 ) {
     let mut broken = Vec::new();
     for deleted_in in Cal::BOTH {
-        let (w, exchange, google) = both().await;
+        let (w, exchange, google) = CalendarsWorld::both().await;
         let conns = [
             (Cal::Exchange, exchange.as_str()),
             (Cal::Google, google.as_str()),
         ];
         w.change("created", "s1", 9).await;
         settle(&w, &conns).await;
-        let e = one_event(&w, deleted_in, "s1");
+        let e = w.one_event(deleted_in, "ann", "s1");
         w.staff_delete(deleted_in, "ann", &e);
         let conn = if deleted_in == Cal::Exchange {
             &exchange
@@ -273,10 +237,6 @@ async fn review2_a_committed_cancellation_reaches_the_other_calendar_even_when_t
         }
     }
     assert!(broken.is_empty(), "{broken:#?}");
-}
-
-fn one_event(w: &CalendarsWorld, cal: Cal, session: &str) -> String {
-    one_event_of(w, cal, "ann", session)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -436,17 +396,6 @@ fn real_google_holding(
     deps
 }
 
-/// `POST /v1/sessions/changes`, as its handler does it, with `deps`.
-async fn apply_change(
-    deps: &voyage_core::deps::Deps,
-    body: Value,
-) -> voyage_core::calendar::changes::ChangesOutcome {
-    let input: voyage_core::calendar::SessionChangeInput = serde_json::from_value(body).unwrap();
-    voyage_core::calendar::changes::apply(deps, &input.validate().unwrap())
-        .await
-        .unwrap()
-}
-
 /// A cancelled booking is booked again a moment later. `booked_at` compares Google's clock
 /// (the deleted event's `updated`) with ours (the history's `platform.created`): with
 /// Google's clock two seconds ahead, our own cancellation looks like the staff member's
@@ -532,7 +481,7 @@ async fn review2_a_bare_cancellation_read_before_a_rebooking_does_not_put_the_ne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review2_a_booking_deleted_in_both_calendars_and_restored_in_the_other_one_is_cancelled_with_no_event_left(
 ) {
-    let (w, exchange, google) = both().await;
+    let (w, exchange, google) = CalendarsWorld::both().await;
     let conns = [
         (Cal::Exchange, exchange.as_str()),
         (Cal::Google, google.as_str()),
@@ -540,8 +489,8 @@ async fn review2_a_booking_deleted_in_both_calendars_and_restored_in_the_other_o
     w.change("created", "s1", 9).await;
     w.sync(Cal::Exchange, &exchange).await;
     w.sync(Cal::Google, &google).await;
-    let e = one_event(&w, Cal::Exchange, "s1");
-    let g = one_event(&w, Cal::Google, "s1");
+    let e = w.one_event(Cal::Exchange, "ann", "s1");
+    let g = w.one_event(Cal::Google, "ann", "s1");
     w.staff_delete(Cal::Exchange, "ann", &e);
     w.staff_delete(Cal::Google, "ann", &g);
     w.sync(Cal::Exchange, &exchange).await;
@@ -580,7 +529,7 @@ async fn review2_an_older_platform_change_written_to_google_last_does_not_move_t
         b["session"]["version"] = json!(v);
         b
     };
-    let (status, out) = post_change(&w, with_version("created", 9, 1)).await;
+    let (status, out) = w.post_change(with_version("created", 9, 1)).await;
     assert_eq!(status, 200, "{out}");
     w.sync(Cal::Google, &conn).await;
     let deps = real_google_holding(
@@ -592,7 +541,7 @@ async fn review2_an_older_platform_change_written_to_google_last_does_not_move_t
     let (older, (status, newer)) =
         tokio::join!(apply_change(&deps, with_version("updated", 10, 2)), async {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            post_change(&w, with_version("updated", 11, 3)).await
+            w.post_change(with_version("updated", 11, 3)).await
         });
     assert_eq!(status, 200, "{newer}");
     // v2 reached Google (its held write was answered), and was not written over v3.

@@ -8,17 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use voyage_core::model::SessionStatus;
 use voyage_simulators::Fault;
-use voyage_tests::calendars::{at, change_body, Cal, CalendarsWorld, COMPANY};
+use voyage_tests::calendars::{apply_change, at, change_body, fault, Cal, CalendarsWorld, COMPANY};
 use voyage_tests::graph::email;
-
-/// `POST /v1/sessions/changes` with any body; the status and answer.
-async fn post_change(w: &CalendarsWorld, body: Value) -> (u16, Value) {
-    let (status, out) = w
-        .app
-        .call("POST", "/v1/sessions/changes", &w.platform, Some(body))
-        .await;
-    (status.as_u16(), out)
-}
 
 /// Connects `staff`'s Google access to `calendar_id` (any calendar: a shared one, a
 /// delegated one); returns the connection id, after its first sync.
@@ -50,18 +41,6 @@ fn live_in(w: &CalendarsWorld, calendar_id: &str, session: &str) -> Vec<String> 
         .collect()
 }
 
-fn fault(method: &str, path: &str, status: u16, count: u32) -> Fault {
-    Fault {
-        method: Some(method.into()),
-        path_contains: Some(path.into()),
-        status: Some(status),
-        retry_after: None,
-        latency_ms: None,
-        count,
-        after: 0,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The orphan deletion (google::inbound::adopt)
 // ---------------------------------------------------------------------------------------
@@ -78,7 +57,7 @@ async fn review3_a_booking_in_a_calendar_two_connections_share_is_not_deleted_by
     let team = "team@contoso.example";
     let ann = connect_google_to(&w, "ann", team).await;
     let bob = connect_google_to(&w, "bob", team).await;
-    let (status, out) = post_change(&w, change_body("created", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("created", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(live_in(&w, team, "s1").len(), 1, "{out}");
     w.sync(Cal::Google, &ann).await;
@@ -139,10 +118,10 @@ async fn review3_a_booking_given_back_to_ann_after_bobs_calendar_failed_is_not_p
     w.connect(Cal::Google, "bob").await;
     w.change("created", "s1", 9).await;
     w.google.add_fault(fault("POST", "bob", 400, 5));
-    let (status, out) = post_change(&w, change_body("updated", "s1", "bob", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "bob", 9)).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["calendars"][0]["outcome"], "failed", "{out}");
-    let (status, out) = post_change(&w, change_body("updated", "s1", "ann", 9)).await;
+    let (status, out) = w.post_change(change_body("updated", "s1", "ann", 9)).await;
     assert_eq!(status, 200, "{out}");
     let s = w.session("s1").await;
     assert_eq!(
@@ -258,16 +237,6 @@ fn slow_insert(w: &CalendarsWorld, hold: Duration) -> voyage_core::deps::Deps {
         hold,
     }));
     deps
-}
-
-async fn apply_change(
-    deps: &voyage_core::deps::Deps,
-    body: Value,
-) -> voyage_core::calendar::changes::ChangesOutcome {
-    let input: voyage_core::calendar::SessionChangeInput = serde_json::from_value(body).unwrap();
-    voyage_core::calendar::changes::apply(deps, &input.validate().unwrap())
-        .await
-        .unwrap()
 }
 
 /// The booking is given to bob. Bob's new event is inserted; before the create's closing

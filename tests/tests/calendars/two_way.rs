@@ -6,35 +6,21 @@
 use voyage_core::model::SessionStatus;
 use voyage_tests::calendars::{at, Cal, CalendarsWorld};
 
-/// A world with `ann`'s calendar of `cal` connected; returns the connection id.
-async fn world(cal: Cal) -> (CalendarsWorld, String) {
-    let w = CalendarsWorld::start().await;
-    let conn = w.connect(cal, "ann").await;
-    (w, conn)
-}
-
-/// The one live event of `session`, asserting there is exactly one.
-fn one_event(w: &CalendarsWorld, cal: Cal, session: &str) -> String {
-    let shown = w.shown(cal, "ann", session);
-    assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
-    shown[0].id.clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_and_cancel_leave_one_tagged_event_then_none() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         let out = w.change("created", "s1", 9).await;
         assert_eq!(out["calendars"][0]["provider"], cal.name(), "{out}");
         assert_eq!(out["calendars"][0]["outcome"], "created", "{out}");
         assert_eq!(out["calendars"][0]["connection_id"], conn.as_str(), "{out}");
-        let first = one_event(&w, cal, "s1");
+        let first = w.one_event(cal, "ann", "s1");
         assert_eq!(out["calendars"][0]["event_id"], first.as_str());
         // A retried create makes no second event.
         w.change("created", "s1", 9).await;
         let out = w.change("updated", "s1", 11).await;
         assert_eq!(out["calendars"][0]["outcome"], "updated", "{cal:?}: {out}");
-        assert_eq!(one_event(&w, cal, "s1"), first);
+        assert_eq!(w.one_event(cal, "ann", "s1"), first);
         assert_eq!(w.shown(cal, "ann", "s1")[0].start, at(11), "{cal:?}");
         let out = w.change("cancelled", "s1", 11).await;
         assert_eq!(out["calendars"][0]["outcome"], "deleted", "{cal:?}: {out}");
@@ -46,7 +32,7 @@ async fn create_update_and_cancel_leave_one_tagged_event_then_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_own_writes_do_not_echo_as_booking_commands() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
         w.change("updated", "s1", 10).await;
         assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
@@ -63,9 +49,9 @@ async fn our_own_writes_do_not_echo_as_booking_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_event_starts_a_pending_cancellation_and_its_restore_ends_it() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_delete(cal, "ann", &event);
         w.sync(cal, &conn).await;
         assert_eq!(
@@ -84,9 +70,9 @@ async fn a_deleted_event_starts_a_pending_cancellation_and_its_restore_ends_it()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_event_cancels_the_booking_once_the_grace_has_passed() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_delete(cal, "ann", &event);
         w.sync(cal, &conn).await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -104,9 +90,9 @@ async fn a_deleted_event_cancels_the_booking_once_the_grace_has_passed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_event_reschedules_the_booking() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_move(cal, "ann", &event, 14);
         assert_eq!(w.sync(cal, &conn).await, 1, "{cal:?}");
         let s = w.session("s1").await;
@@ -120,10 +106,10 @@ async fn a_moved_event_reschedules_the_booking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_onto_another_booking_is_rejected_and_written_back() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
         w.change("created", "s2", 14).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_move(cal, "ann", &event, 14);
         w.sync(cal, &conn).await;
         let s = w.session("s1").await;
@@ -142,9 +128,9 @@ async fn a_move_onto_another_booking_is_rejected_and_written_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_event_flags_the_booking() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_decline(cal, "ann", &event);
         w.sync(cal, &conn).await;
         let s = w.session("s1").await;
@@ -156,9 +142,9 @@ async fn a_declined_event_flags_the_booking() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_platform_edit_after_the_staff_member_deleted_the_event_starts_the_cancellation() {
     for cal in Cal::BOTH {
-        let (w, _conn) = world(cal).await;
+        let (w, _conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
-        let event = one_event(&w, cal, "s1");
+        let event = w.one_event(cal, "ann", "s1");
         w.staff_delete(cal, "ann", &event);
         // No sync has seen the deletion when the platform moves the booking.
         let out = w.change("updated", "s1", 11).await;
@@ -176,13 +162,13 @@ async fn a_platform_edit_after_the_staff_member_deleted_the_event_starts_the_can
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_booking_booked_again_shows_one_event_again() {
     for cal in Cal::BOTH {
-        let (w, conn) = world(cal).await;
+        let (w, conn) = CalendarsWorld::with(cal).await;
         w.change("created", "s1", 9).await;
         w.change("cancelled", "s1", 9).await;
         let out = w.change("created", "s1", 10).await;
         assert_eq!(out["session_status"], "confirmed", "{cal:?}: {out}");
         assert_eq!(out["calendars"][0]["outcome"], "created", "{cal:?}: {out}");
-        one_event(&w, cal, "s1");
+        w.one_event(cal, "ann", "s1");
         // The old event's deletion, seen now, does not cancel the new booking.
         assert_eq!(w.sync(cal, &conn).await, 0, "{cal:?}");
         assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
@@ -216,7 +202,7 @@ mod both {
             .collect();
         assert_eq!(providers, ["exchange", "google"], "{out}");
         for cal in Cal::BOTH {
-            one_event(&w, cal, "s1");
+            w.one_event(cal, "ann", "s1");
         }
     }
 
@@ -230,7 +216,7 @@ mod both {
             ];
             let conn_of = |cal: Cal| conns.iter().find(|(c, _)| *c == cal).unwrap().1.clone();
             w.change("created", "s1", 9).await;
-            let event = one_event(&w, from, "s1");
+            let event = w.one_event(from, "ann", "s1");
             w.staff_delete(from, "ann", &event);
             w.sync(from, &conn_of(from)).await;
             assert_eq!(
@@ -239,7 +225,7 @@ mod both {
                 "{from:?}"
             );
             // Still in the other calendar during the grace.
-            one_event(&w, other, "s1");
+            w.one_event(other, "ann", "s1");
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
             w.commit_pending_cancellations().await;
             assert_eq!(w.session("s1").await.status, SessionStatus::Cancelled);
@@ -263,7 +249,7 @@ mod both {
                 Cal::Google => google.clone(),
             };
             w.change("created", "s1", 9).await;
-            let event = one_event(&w, from, "s1");
+            let event = w.one_event(from, "ann", "s1");
             w.staff_move(from, "ann", &event, 15);
             assert_eq!(w.sync(from, &conn_of(from)).await, 1, "{from:?}");
             assert_eq!(
@@ -343,7 +329,7 @@ async fn a_queued_follow_up_handled_after_a_newer_change_writes_the_newer_times(
     w.connect(Cal::Exchange, "ann").await;
     let google = w.connect(Cal::Google, "ann").await;
     w.change("created", "s1", 9).await;
-    let event = one_event(&w, Cal::Google, "s1");
+    let event = w.one_event(Cal::Google, "ann", "s1");
     w.staff_move(Cal::Google, "ann", &event, 14);
     // Outlook refuses the follow-up once.
     w.graph.add_fault(voyage_simulators::Fault {
@@ -368,7 +354,7 @@ async fn a_queued_follow_up_handled_after_a_newer_change_writes_the_newer_times(
 /// version again is stale and calls Google for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_versioned_change_written_to_google_is_stale_when_sent_again() {
-    let (w, _conn) = world(Cal::Google).await;
+    let (w, _conn) = CalendarsWorld::with(Cal::Google).await;
     let mut body = voyage_tests::calendars::change_body("created", "s1", "ann", 9);
     body["session"]["version"] = serde_json::json!(1);
     let send = |body: serde_json::Value| {
@@ -397,5 +383,5 @@ async fn a_versioned_change_written_to_google_is_stale_when_sent_again() {
         "{again}"
     );
     assert!(w.google.requests().is_empty(), "{:?}", w.google.requests());
-    one_event(&w, Cal::Google, "s1");
+    w.one_event(Cal::Google, "ann", "s1");
 }

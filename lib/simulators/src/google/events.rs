@@ -287,6 +287,14 @@ pub(super) async fn get_event(
     }
 }
 
+/// How a write changes an event: `PATCH` keeps the fields the body leaves out, `PUT`
+/// replaces them (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Patch,
+    Update,
+}
+
 pub(super) async fn patch_event(
     State(sim): State<GoogleSimulator>,
     Path((calendar, event)): Path<(String, String)>,
@@ -294,37 +302,7 @@ pub(super) async fn patch_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
-        return invalid("The body must be a JSON Event.");
-    };
-    if let Err(r) = check_request("events", "patch", &q, Some(&body)) {
-        return r;
-    }
-    let key = sim.calendar_key(&calendar, &headers);
-    let out = {
-        let mut state = sim.state();
-        state.seq += 1;
-        let seq = state.seq;
-        let Some(cal) = state.calendars.get_mut(&key) else {
-            return not_found();
-        };
-        let zone = cal.time_zone.clone();
-        let Some(e) = cal.events.get_mut(&event) else {
-            return not_found();
-        };
-        if let Err(r) = check_if_match(&headers, e) {
-            return r;
-        }
-        let mut next = e.clone();
-        if let Err(r) = apply_fields(&mut next, &body, zone.as_deref(), &key) {
-            return r;
-        }
-        stamp(&mut next, seq);
-        *e = next.clone();
-        Value::Object(next.json)
-    };
-    sim.push_all(&key, "exists");
-    Json(out).into_response()
+    write_event(sim, calendar, event, q, headers, body, Write::Patch)
 }
 
 /// `PUT`: a full update (see the module docs).
@@ -335,13 +313,30 @@ pub(super) async fn update_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    write_event(sim, calendar, event, q, headers, body, Write::Update)
+}
+
+/// `PATCH` or `PUT` of one event: `If-Match`, the fields, a new etag, a push.
+fn write_event(
+    sim: GoogleSimulator,
+    calendar: String,
+    event: String,
+    q: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    write: Write,
+) -> Response {
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&body) else {
         return invalid("The body must be a JSON Event.");
     };
-    if let Err(r) = check_request("events", "update", &q, Some(&body)) {
+    let method = match write {
+        Write::Patch => "patch",
+        Write::Update => "update",
+    };
+    if let Err(r) = check_request("events", method, &q, Some(&body)) {
         return r;
     }
-    if body.get("start").is_none() || body.get("end").is_none() {
+    if write == Write::Update && (body.get("start").is_none() || body.get("end").is_none()) {
         return google_error(StatusCode::BAD_REQUEST, "required", "Missing end time.");
     }
     let key = sim.calendar_key(&calendar, &headers);
@@ -359,7 +354,10 @@ pub(super) async fn update_event(
         if let Err(r) = check_if_match(&headers, e) {
             return r;
         }
-        let mut next = e.replaced();
+        let mut next = match write {
+            Write::Patch => e.clone(),
+            Write::Update => e.replaced(),
+        };
         if let Err(r) = apply_fields(&mut next, &body, zone.as_deref(), &key) {
             return r;
         }
