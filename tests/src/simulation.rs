@@ -171,8 +171,7 @@ impl FaultyTable {
         let maps = writes.iter().any(|w| match w {
             TxWrite::Put(item, _) => item.key.sk.starts_with("MAP"),
             TxWrite::Delete(key, _) => key.sk.starts_with("MAP"),
-            #[allow(unreachable_patterns)]
-            _ => false,
+            TxWrite::Check(..) => false,
         });
         if maps {
             WriteKind::MappingWrite

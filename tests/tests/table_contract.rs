@@ -19,10 +19,12 @@ macro_rules! every_case {
                     batch_get_reads_what_exists,
                     batch_write_puts_and_deletes_within_limits,
                     transactions_are_all_or_nothing,
+                    a_transactions_check_guards_its_writes_and_writes_nothing,
                     queries_are_ordered_paged_and_bounded,
                     queries_page_backwards_when_descending,
                     index_queries_are_ordered_and_paged,
                     index_entries_follow_the_item,
+                    a_conditional_rewrite_moves_its_index_entries_with_it,
                 ]
             );
             contract_tests!(

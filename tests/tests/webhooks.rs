@@ -912,11 +912,7 @@ async fn a_platform_event_on_the_local_bus_is_dispatched() {
 async fn metrics_show_a_delivered_webhook_in_prometheus_text() {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
-    let receiver = Receiver::start().await;
-    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
-    let tenant = app.key("acme", false).await;
-    let internal = app.key("platform", true).await;
-    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let (receiver, app, internal) = session_hook().await;
     dispatch(&app, &internal, "session.created", json!({})).await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     // The counter is recorded once the attempt is stored, just after the receiver answers.
@@ -1515,11 +1511,7 @@ mod endpoint_options {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_dispatches_of_one_session_each_take_their_own_sequence() {
-    let receiver = Receiver::start().await;
-    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
-    let tenant = app.key("acme", false).await;
-    let internal = app.key("platform", true).await;
-    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let (receiver, app, internal) = session_hook().await;
     // The counter's write commits with each event's deliveries: dispatches that race for one
     // session lose, draw again and still each get a value of their own.
     let answers = futures_util::future::join_all(
@@ -1539,13 +1531,138 @@ async fn concurrent_dispatches_of_one_session_each_take_their_own_sequence() {
     assert_eq!(sequences, (1..=20).collect::<Vec<u64>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dispatch_refused_by_its_schema_takes_no_sequence() {
+/// A local system with one endpoint subscribed to `session.*` events on a loopback
+/// receiver: the receiver, the system and the platform's internal key.
+async fn session_hook() -> (Receiver, TestApp, String) {
     let receiver = Receiver::start().await;
     let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
     let tenant = app.key("acme", false).await;
     let internal = app.key("platform", true).await;
     endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    (receiver, app, internal)
+}
+
+/// The sequence of the one `session.*` event `receiver` got with this dispatch's event id.
+async fn sequence_of(receiver: &Receiver, answer: &Value) -> u64 {
+    let id = answer["event_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = receiver.received();
+        if let Some(r) = got.iter().find(|r| r.body.contains(&id)) {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            return body["data"]["sequence"].as_u64().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{id} never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_created_event_of_a_session_with_a_counter_is_drawn_above_it() {
+    let (receiver, app, internal) = session_hook().await;
+    // The counter is at 3, written outside this engine: the local system's guess for a
+    // `session.created` event ("no counter yet") is wrong, and its commit must say so.
+    let store = &app.local.deps.store;
+    for _ in 0..3 {
+        store.next_session_sequence("acme", "s1").await.unwrap();
+    }
+    let answer = dispatch(&app, &internal, "session.created", json!({})).await;
+    assert_eq!(sequence_of(&receiver, &answer).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_counter_another_writer_moved_is_read_again() {
+    let (receiver, app, internal) = session_hook().await;
+    let first = dispatch(&app, &internal, "session.updated", json!({})).await;
+    assert_eq!(sequence_of(&receiver, &first).await, 1);
+    // Another writer takes 2 behind the engine's memory of the counter (at 1).
+    let store = &app.local.deps.store;
+    assert_eq!(store.next_session_sequence("acme", "s1").await.unwrap(), 2);
+    let second = dispatch(&app, &internal, "session.updated", json!({})).await;
+    assert_eq!(sequence_of(&receiver, &second).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_counter_is_checked_against_the_sessions_mirror() {
+    let (receiver, app, internal) = session_hook().await;
+    let first = dispatch(&app, &internal, "session.updated", json!({})).await;
+    assert_eq!(sequence_of(&receiver, &first).await, 1);
+    // The booking engine mirrors the session and moves it to version 2 (its events carry
+    // 2 * STRIDE): the engine remembers "no mirror", which the commit's check refuses.
+    let store = &app.local.deps.store;
+    let mut s = store
+        .create_session(&voyage_tests::contract::store::session(
+            "acme",
+            "s1",
+            "staff1",
+            chrono::Utc::now(),
+        ))
+        .await
+        .unwrap();
+    store.update_session(&mut s).await.unwrap();
+    assert_eq!(s.version, 2);
+    let second = dispatch(&app, &internal, "session.updated", json!({})).await;
+    assert_eq!(
+        sequence_of(&receiver, &second).await,
+        voyage_core::webhooks::sequence::dispatch_floor(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_beyond_what_json_readers_hold_exactly_is_refused_naming_the_field() {
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let internal = app.key("platform", true).await;
+    let (status, answer) = app
+        .call(
+            "POST",
+            "/v1/webhooks/dispatch",
+            &internal,
+            Some(json!({"company_id": "acme", "event": "session.updated",
+                "payload": {"session_id": "s1", "sequence": 1u64 << 53}})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), answer["error"]["field"].as_str()),
+        (422, Some("payload.sequence")),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_events_reached_the_largest_sequence_refuses_a_drawn_one() {
+    let (_receiver, app, internal) = session_hook().await;
+    let largest = voyage_core::webhooks::sequence::MAX_SEQUENCE;
+    dispatch(&app, &internal, "session.updated", json!({})).await;
+    let (status, answer) = app
+        .call(
+            "POST",
+            "/v1/webhooks/dispatch",
+            &internal,
+            Some(json!({"company_id": "acme", "event": "session.updated",
+                "payload": {"session_id": "s1", "sequence": largest}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    // No value above it exists: refused, not wrapped around to a lower one.
+    let (status, answer) = app
+        .call(
+            "POST",
+            "/v1/webhooks/dispatch",
+            &internal,
+            Some(json!({"company_id": "acme", "event": "session.updated",
+                "payload": {"session_id": "s1"}})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), answer["error"]["field"].as_str()),
+        (422, Some("payload.sequence")),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_refused_by_its_schema_takes_no_sequence() {
+    let (receiver, app, internal) = session_hook().await;
     // `session.rescheduled` requires more than `session_id`: refused before anything is stored.
     let (status, answer) = app
         .call(
@@ -1566,11 +1683,7 @@ async fn a_dispatch_refused_by_its_schema_takes_no_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_idempotency_key_delivers_a_session_event_once_with_one_sequence() {
-    let receiver = Receiver::start().await;
-    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
-    let tenant = app.key("acme", false).await;
-    let internal = app.key("platform", true).await;
-    endpoint(&app, &tenant, &receiver.url("/hook"), json!(["session.*"])).await;
+    let (receiver, app, internal) = session_hook().await;
     let key = json!({"idempotency_key": "k-1"});
     let first = dispatch(&app, &internal, "session.updated", key.clone()).await;
     let again = dispatch(&app, &internal, "session.updated", key).await;

@@ -530,6 +530,18 @@ impl Table for DynamoTable {
                         .map_err(build_error)?;
                     TransactWriteItem::builder().delete(del).build()
                 }
+                TxWrite::Check(k, c) => {
+                    let c = condition_parts(*c);
+                    let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(key_map(k)))
+                        .set_condition_expression(c.expression)
+                        .set_expression_attribute_names(non_empty(c.names))
+                        .set_expression_attribute_values(non_empty(c.values))
+                        .build()
+                        .map_err(build_error)?;
+                    TransactWriteItem::builder().condition_check(check).build()
+                }
             };
             items.push(item);
         }

@@ -165,15 +165,12 @@ impl Table for SqliteTable {
                 // The writer's transaction holds the write lock: no other process can change
                 // an item between this check and this write.
                 for w in &writes {
-                    let (key, cond) = match w {
-                        TxWrite::Put(i, c) => (&i.key, *c),
-                        TxWrite::Delete(k, c) => (k, *c),
-                    };
+                    let cond = w.condition();
                     // An unconditional write needs no read.
                     if cond == Condition::None {
                         continue;
                     }
-                    if !cond.holds(current_version(c, key)?) {
+                    if !cond.holds(current_version(c, w.key())?) {
                         return Err(StoreError::ConditionFailed);
                     }
                 }
@@ -181,6 +178,7 @@ impl Table for SqliteTable {
                     match w {
                         TxWrite::Put(i, _) => write_item(c, i)?,
                         TxWrite::Delete(k, _) => delete_item(c, k)?,
+                        TxWrite::Check(..) => {}
                     }
                 }
                 Ok(())

@@ -174,6 +174,58 @@ pub async fn transactions_are_all_or_nothing(f: &Fixture<dyn Table>) {
     assert_eq!(t.get(&Key::new("T", "exists")).await.unwrap(), None);
 }
 
+pub async fn a_transactions_check_guards_its_writes_and_writes_nothing(f: &Fixture<dyn Table>) {
+    let t = f.it.as_ref();
+    t.put(item("T", "guard", "g"), Condition::None)
+        .await
+        .unwrap();
+    // A failing check cancels the writes beside it.
+    for failing in [
+        TxWrite::Check(Key::new("T", "guard"), Condition::Version(2)),
+        TxWrite::Check(Key::new("T", "guard"), Condition::NotExists),
+        TxWrite::Check(Key::new("T", "absent"), Condition::Exists),
+    ] {
+        let r = t
+            .transact(vec![
+                TxWrite::Put(item("T", "guarded", "1"), Condition::None),
+                failing.clone(),
+            ])
+            .await;
+        assert_eq!(r, Err(StoreError::ConditionFailed), "{failing:?}");
+        assert_eq!(t.get(&Key::new("T", "guarded")).await.unwrap(), None);
+    }
+    // Holding checks: the writes land and the checked items are left as they were.
+    t.transact(vec![
+        TxWrite::Check(Key::new("T", "guard"), Condition::Version(1)),
+        TxWrite::Check(Key::new("T", "absent"), Condition::NotExists),
+        TxWrite::Put(item("T", "guarded", "1"), Condition::NotExists),
+    ])
+    .await
+    .unwrap();
+    assert!(t.get(&Key::new("T", "guarded")).await.unwrap().is_some());
+    assert_eq!(
+        t.get(&Key::new("T", "guard")).await.unwrap().unwrap().data,
+        "g"
+    );
+    assert_eq!(t.get(&Key::new("T", "absent")).await.unwrap(), None);
+    // A check without a condition, or of an item the transaction also writes, is refused,
+    // not sent (DynamoDB refuses two operations on one item in a transaction).
+    for refused in [
+        vec![TxWrite::Check(Key::new("T", "guard"), Condition::None)],
+        vec![
+            TxWrite::Check(Key::new("T", "guard"), Condition::Version(1)),
+            TxWrite::Put(item("T", "guard", "again"), Condition::None),
+        ],
+    ] {
+        let r = t.transact(refused).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    }
+    assert_eq!(
+        t.get(&Key::new("T", "guard")).await.unwrap().unwrap().data,
+        "g"
+    );
+}
+
 pub async fn queries_are_ordered_paged_and_bounded(f: &Fixture<dyn Table>) {
     let t = f.it.as_ref();
     let sks_in = ["A#3", "A#1", "A#5", "A#2", "A#4", "B#1", "A"];
@@ -295,4 +347,50 @@ pub async fn index_entries_follow_the_item(f: &Fixture<dyn Table>) {
     assert!(all(t, Some(Index::Gsi1), Query::prefix("CHAN#2", "", 5))
         .await
         .is_empty());
+}
+
+pub async fn a_conditional_rewrite_moves_its_index_entries_with_it(f: &Fixture<dyn Table>) {
+    let t = f.it.as_ref();
+    let index = |i: Index, pk: &'static str| async move {
+        all(t, Some(i), Query::prefix(pk, "", 5))
+            .await
+            .into_iter()
+            .map(|i| (i.data, i.version))
+            .collect::<Vec<_>>()
+    };
+    let mut it = item("X", "R", "v1");
+    it.gsi1 = Some(Key::new("OWNER#1", "R"));
+    it.gsi2 = Some(Key::new("DUE", "2026-01-01"));
+    it.expires_at = Some(100);
+    t.put(it.clone(), Condition::NotExists).await.unwrap();
+    // Versioned: the due entry moves, the owner entry and the expiry stay, the data changes.
+    it.version = 2;
+    it.data = "v2".into();
+    it.gsi2 = Some(Key::new("DUE", "2026-01-02"));
+    t.put(it.clone(), Condition::Version(1)).await.unwrap();
+    assert_eq!(t.get(&it.key).await.unwrap(), Some(it.clone()));
+    assert_eq!(
+        index(Index::Gsi1, "OWNER#1").await,
+        vec![("v2".to_string(), 2)]
+    );
+    let due = all(t, Some(Index::Gsi2), Query::prefix("DUE", "", 5)).await;
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].gsi2, Some(Key::new("DUE", "2026-01-02")));
+    // Only the index entries and the expiry change (data and version as they were).
+    it.version = 3;
+    it.gsi1 = Some(Key::new("OWNER#2", "R"));
+    it.gsi2 = None;
+    it.expires_at = Some(200);
+    t.put(it.clone(), Condition::Exists).await.unwrap();
+    assert_eq!(t.get(&it.key).await.unwrap(), Some(it.clone()));
+    assert!(index(Index::Gsi1, "OWNER#1").await.is_empty());
+    assert_eq!(
+        index(Index::Gsi1, "OWNER#2").await,
+        vec![("v2".to_string(), 3)]
+    );
+    assert!(index(Index::Gsi2, "DUE").await.is_empty());
+    // Nothing but the version: still read back whole.
+    it.version = 4;
+    t.put(it.clone(), Condition::Version(3)).await.unwrap();
+    assert_eq!(t.get(&it.key).await.unwrap(), Some(it));
 }

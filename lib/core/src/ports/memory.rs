@@ -94,11 +94,7 @@ impl Table for MemoryTable {
         check_transaction(&writes)?;
         let mut items = self.lock()?;
         for w in &writes {
-            let (key, cond) = match w {
-                TxWrite::Put(i, c) => (&i.key, *c),
-                TxWrite::Delete(k, c) => (k, *c),
-            };
-            if !cond.holds(items.get(key).map(|i| i.version)) {
+            if !w.condition().holds(items.get(w.key()).map(|i| i.version)) {
                 return Err(StoreError::ConditionFailed);
             }
         }
@@ -110,6 +106,7 @@ impl Table for MemoryTable {
                 TxWrite::Delete(k, _) => {
                     items.remove(&k);
                 }
+                TxWrite::Check(..) => {}
             }
         }
         Ok(())

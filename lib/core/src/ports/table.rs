@@ -156,6 +156,27 @@ pub struct Page {
 pub enum TxWrite {
     Put(Item, Condition),
     Delete(Key, Condition),
+    /// A condition on an item the transaction does not write (DynamoDB's `ConditionCheck`):
+    /// when it fails, nothing is written. Never [`Condition::None`]
+    /// ([`check_transaction`] refuses it).
+    Check(Key, Condition),
+}
+
+impl TxWrite {
+    /// The item this write names.
+    pub fn key(&self) -> &Key {
+        match self {
+            TxWrite::Put(i, _) => &i.key,
+            TxWrite::Delete(k, _) | TxWrite::Check(k, _) => k,
+        }
+    }
+
+    /// The condition the item must satisfy.
+    pub fn condition(&self) -> Condition {
+        match self {
+            TxWrite::Put(_, c) | TxWrite::Delete(_, c) | TxWrite::Check(_, c) => *c,
+        }
+    }
 }
 
 /// Most items a single `batch_get` / `batch_write` call accepts; callers chunk larger sets.
@@ -287,10 +308,13 @@ pub fn check_transaction(writes: &[TxWrite]) -> Result<(), StoreError> {
     }
     let mut seen = std::collections::HashSet::new();
     for w in writes {
-        let k = match w {
-            TxWrite::Put(i, _) => &i.key,
-            TxWrite::Delete(k, _) => k,
-        };
+        let k = w.key();
+        if matches!(w, TxWrite::Check(_, Condition::None)) {
+            return Err(StoreError::Unavailable(format!(
+                "transaction checks {}/{} without a condition",
+                k.pk, k.sk
+            )));
+        }
         if !seen.insert(k) {
             return Err(StoreError::Unavailable(format!(
                 "transaction names {}/{} twice",

@@ -58,6 +58,7 @@ pub use google_progress::{GoogleSyncProgress, PROGRESS_TTL_HOURS};
 pub use idempotency::Claim;
 pub use leases::{Lease, LeaseClaim, Released, LEASE_TTL_SECONDS};
 pub use outbound::{OutboundContext, OutboundWrite};
+pub use sequences::SequenceState;
 
 use crate::ports::{Clock, Item, Key, Page, StoreError, Table};
 use crate::{Error, Result};

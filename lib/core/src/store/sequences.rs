@@ -4,10 +4,13 @@
 //! mirror sets, so these values interleave with those of the events the booking engine
 //! emits ([`crate::webhooks::sequence`]).
 //!
-//! A dispatch draws its value ([`Store::draw_session_sequence`]: one batch read) and commits
-//! the counter's compare-and-set in the same transaction as the event's deliveries, so a
-//! value is taken exactly when the event is stored; a lost race writes nothing and is drawn
-//! again. [`Store::next_session_sequence`] takes a value on its own (a commit of its own).
+//! A dispatch draws its value from what it knows of the counter and the mirror
+//! ([`SequenceState`]: read in one batch read, or guessed, see
+//! [`crate::webhooks::sequence`]) and commits the counter's compare-and-set (for a guess,
+//! with a check that the mirror is still at the guessed version) in the same transaction as
+//! the event's deliveries: a value is taken exactly when the event is stored, and a lost race
+//! (or a wrong guess) writes nothing and is drawn again from a read.
+//! [`Store::next_session_sequence`] takes a value on its own (a commit of its own).
 
 use super::{company_pk, sessions, Store};
 use crate::ports::{Condition, Item, Key, StoreError, TxWrite};
@@ -50,16 +53,22 @@ fn counter_write(key: &Key, last: u64, stored_version: Option<u64>) -> Result<Tx
     Ok(TxWrite::Put(item, condition))
 }
 
+/// What a draw knows of a session's counter and mirror: their stored versions (`None`: no
+/// such record) and the counter's last value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SequenceState {
+    pub last: u64,
+    pub counter_version: Option<u64>,
+    pub mirror_version: Option<u64>,
+}
+
 impl Store {
-    /// Draws the next `sequence` for an event of `session` (one batch read, no write): above
-    /// every value handed out before for it, and above that of every event the session's
-    /// mirror has emitted so far (below that of the mirror's next one). The value is taken
-    /// only when the draw's write commits.
-    pub async fn draw_session_sequence(
+    /// The session's counter and mirror as stored (one batch read).
+    pub async fn read_session_sequence(
         &self,
         company: &str,
         session: &str,
-    ) -> Result<SequenceDraw> {
+    ) -> Result<SequenceState> {
         let counter_key = key_of(company, session);
         let mirror_key = sessions::key_of(company, session);
         let items = self
@@ -69,15 +78,74 @@ impl Store {
         let mirror_version = items
             .iter()
             .find(|i| i.key == mirror_key)
-            .map(|i| i.version)
-            .unwrap_or(0);
-        let (last, version) =
+            .map(|i| i.version);
+        let (last, counter_version) =
             read_counter(items.iter().find(|i| i.key == counter_key), &counter_key)?;
-        let value = (last + 1).max(sequence::dispatch_floor(mirror_version));
+        Ok(SequenceState {
+            last,
+            counter_version,
+            mirror_version,
+        })
+    }
+
+    /// Draws the next `sequence` for an event of `session` from `state` as just read (no
+    /// write): above every value handed out before for it, and above that of every event
+    /// the session's mirror has emitted so far (below that of the mirror's next one). The
+    /// value is taken only when the draw's write, the counter's compare-and-set, commits.
+    fn draw_from(
+        company: &str,
+        session: &str,
+        state: SequenceState,
+        mirror: Option<TxWrite>,
+    ) -> Result<SequenceDraw> {
+        let counter_key = key_of(company, session);
+        let value = sequence::after(state.last)?
+            .max(sequence::dispatch_floor(state.mirror_version.unwrap_or(0)));
+        let mut writes = vec![counter_write(&counter_key, value, state.counter_version)?];
+        writes.extend(mirror);
         Ok(SequenceDraw {
             value,
-            write: Some(counter_write(&counter_key, value, version)?),
+            writes,
+            after: Some(SequenceState {
+                last: value,
+                counter_version: Some(state.counter_version.map_or(1, |v| v + 1)),
+                mirror_version: state.mirror_version,
+            }),
         })
+    }
+
+    /// Draws the next `sequence` for an event of `session` from the stored state (one batch
+    /// read; see [`Store::draw_guessed_session_sequence`] for a draw without one). A mirror
+    /// written between the read and the commit is not checked: the event was decided
+    /// concurrently with that change, and on DynamoDB a check would make every booking
+    /// engine write of the mirror conflict with the dispatches in flight.
+    pub async fn draw_session_sequence(
+        &self,
+        company: &str,
+        session: &str,
+    ) -> Result<SequenceDraw> {
+        let state = self.read_session_sequence(company, session).await?;
+        Self::draw_from(company, session, state, None)
+    }
+
+    /// Draws the next `sequence` for an event of `session` from a guessed `state` (no read):
+    /// as [`Store::draw_session_sequence`], with a check that the mirror is still at the
+    /// guessed version beside the counter's compare-and-set, since a guess may be old. A
+    /// wrong guess fails the commit, which writes nothing.
+    pub fn draw_guessed_session_sequence(
+        &self,
+        company: &str,
+        session: &str,
+        state: SequenceState,
+    ) -> Result<SequenceDraw> {
+        let mirror = TxWrite::Check(
+            sessions::key_of(company, session),
+            match state.mirror_version {
+                Some(v) => Condition::Version(v),
+                None => Condition::NotExists,
+            },
+        );
+        Self::draw_from(company, session, state, Some(mirror))
     }
 
     /// Draws the write that records `value`, a `sequence` the platform chose itself, for
@@ -92,21 +160,25 @@ impl Store {
         let counter_key = key_of(company, session);
         let stored = self.table.get(&counter_key).await?;
         let (last, version) = read_counter(stored.as_ref(), &counter_key)?;
-        let write = if last >= value {
-            None
+        let writes = if last >= value {
+            Vec::new()
         } else {
-            Some(counter_write(&counter_key, value, version)?)
+            vec![counter_write(&counter_key, value, version)?]
         };
-        Ok(SequenceDraw { value, write })
+        Ok(SequenceDraw {
+            value,
+            writes,
+            after: None,
+        })
     }
 
     /// Commits a draw's write on its own. `Ok(false)`: the counter moved since the draw
     /// (nothing written; draw again).
     async fn take_draw(&self, draw: SequenceDraw) -> Result<bool> {
-        let Some(TxWrite::Put(item, condition)) = draw.write else {
+        if draw.writes.is_empty() {
             return Ok(true);
-        };
-        match self.table.put(item, condition).await {
+        }
+        match self.table.transact(draw.writes).await {
             Ok(()) => Ok(true),
             Err(StoreError::ConditionFailed) => Ok(false),
             Err(e) => Err(e.into()),

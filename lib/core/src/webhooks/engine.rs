@@ -175,6 +175,9 @@ pub struct WebhookEngine {
     pub deps: Arc<Deps>,
     pub transport: Arc<dyn Transport>,
     rate_locks: Arc<RateLocks>,
+    /// Session counters as this process's commits left them: the local system's dispatches
+    /// draw from them without a read ([`sequence::Guesses`]).
+    guesses: Arc<sequence::Guesses>,
     /// Set once an in-process worker consumes due deliveries (the local system): an immediate
     /// wake-up is then a channel send instead of a queue message. The delivery's record, with
     /// its entry in the due index, is written in the same commit as everything else about it,
@@ -195,6 +198,7 @@ impl WebhookEngine {
             deps,
             transport,
             rate_locks: Arc::default(),
+            guesses: Arc::default(),
             local: Arc::default(),
             inflight: Arc::default(),
             failures_recorded: Arc::default(),
@@ -242,8 +246,8 @@ impl WebhookEngine {
     /// Dispatches an event the platform sent (the internal dispatch route, platform events
     /// from the bus), as [`WebhookEngine::dispatch`] does, after [`sequence::plan`]: a
     /// `session.*` event gets its `sequence`, and the counter's compare-and-set commits in
-    /// the same transaction as the event's deliveries (one commit; a lost race writes
-    /// nothing and draws again). With `check_schema`, the payload (with its `sequence`) must
+    /// the same transaction as the event's deliveries (one commit; a lost race or a wrong
+    /// guess writes nothing and draws again). With `check_schema`, the payload (with its `sequence`) must
     /// match its type's published schema; checked before anything is stored or claimed.
     pub async fn dispatch_stamped(
         &self,
@@ -332,8 +336,10 @@ impl WebhookEngine {
     }
 
     /// [`WebhookEngine::fan_out`] for a session event: draws the session's `sequence` (read
-    /// beside the endpoints), stamps it, and stores the deliveries in one transaction with
-    /// the counter's compare-and-set; a lost race stores nothing and draws again.
+    /// beside the endpoints, or guessed in the local system), stamps it, and stores the
+    /// deliveries in one transaction with the counter's compare-and-set (and, for a guess,
+    /// the mirror's check); a lost race or a wrong guess stores nothing and draws again
+    /// from a read.
     async fn fan_out_sequenced(
         &self,
         d: &mut Dispatch,
@@ -342,13 +348,30 @@ impl WebhookEngine {
     ) -> Result<Dispatched> {
         let store = &self.deps.store;
         let company = d.company_id.clone();
-        let (endpoints, mut draw) = futures::try_join!(
-            store.all_endpoints(&company),
-            sequence::draw(store, &company, stamp)
-        )?;
-        for attempt in 0..sequence::ATTEMPTS {
+        let guess = match stamp {
+            Stamp::Next { .. } if self.local.get().is_some() => {
+                self.guesses.guess(&company, session, &d.event_type)
+            }
+            _ => None,
+        };
+        let first = async {
+            match guess {
+                Some(state) => store
+                    .draw_guessed_session_sequence(&company, session, state)
+                    .map(Some),
+                None => sequence::draw(store, &company, stamp).await,
+            }
+        };
+        let (endpoints, mut draw) = futures::try_join!(store.all_endpoints(&company), first)?;
+        // A wrong guess is no lost race: it is not counted, and the read after it comes at
+        // once.
+        let mut guessed = guess.is_some();
+        for attempt in 0..sequence::ATTEMPTS + usize::from(guessed) {
             if attempt > 0 {
-                sequence::contention_pause().await;
+                if !guessed {
+                    sequence::contention_pause().await;
+                }
+                guessed = false;
                 draw = sequence::draw(store, &company, stamp).await?;
             }
             let Some(taken) = draw.take() else {
@@ -356,10 +379,14 @@ impl WebhookEngine {
             };
             d.payload.insert("sequence".into(), json!(taken.value));
             let made = self.make_deliveries(d, &endpoints, None)?;
-            if store
-                .create_deliveries_with(&made.deliveries, taken.write.into_iter().collect())
-                .await?
-            {
+            let committed = store
+                .create_deliveries_with(&made.deliveries, taken.writes)
+                .await?;
+            if self.local.get().is_some() {
+                self.guesses
+                    .remember(&company, session, taken.after.filter(|_| committed));
+            }
+            if committed {
                 return Ok(self.announce(d, made).await);
             }
         }

@@ -17,12 +17,21 @@
 //! only by an event that is stored. A lost race writes nothing; the dispatch draws again.
 //!
 //! Values are not contiguous: compare them, never count them.
+//!
+//! The local system draws without a read when it can ([`Guesses`]): from what its own last
+//! commit left of the session's counter and mirror, or, for a `session.created` event of a
+//! session it has not seen, from "neither exists yet". The commit checks a guess (the
+//! counter's version and the mirror's), so a wrong one only costs a commit that writes
+//! nothing, then a read (it is not counted among the [`ATTEMPTS`]). A `session.created`
+//! event whose session was already mirrored (the booking engine saw the session first) is
+//! such a miss. Lambda functions always read: there a failed
+//! transaction is a round trip, and another function's writes make remembered state stale.
 
 use serde_json::Value;
 
 use super::engine::Dispatch;
 use crate::ports::TxWrite;
-use crate::store::Store;
+use crate::store::{SequenceState, Store};
 use crate::{validate, Error, Result};
 
 /// Lost races retried before giving up (each one means another dispatch took a value), with
@@ -30,16 +39,63 @@ use crate::{validate, Error, Result};
 /// session spreads out.
 pub const ATTEMPTS: usize = 40;
 
-/// A session's sequence as drawn from its counter: the value, and the conditional write that
-/// takes it (committed with whatever the value is used for; when that commit's condition
-/// fails, nothing was taken: draw again).
+/// A session's sequence as drawn from its counter: the value, and the conditional writes
+/// that take it (committed with whatever the value is used for; when a condition fails,
+/// nothing was taken: draw again).
 #[derive(Debug, Clone)]
 pub struct SequenceDraw {
     /// The value to stamp on the event.
     pub value: u64,
-    /// The counter's compare-and-set; `None` when the counter is already at or above a
-    /// value the platform sent (nothing to write).
-    pub write: Option<TxWrite>,
+    /// The counter's compare-and-set (and, for a guessed draw, the mirror's check); none
+    /// when the counter is already at or above a value the platform sent (nothing to
+    /// write).
+    pub writes: Vec<TxWrite>,
+    /// The counter and mirror once the writes committed (for [`Guesses`]); `None` for a
+    /// value the platform sent.
+    pub after: Option<SequenceState>,
+}
+
+/// Most sessions [`Guesses`] remembers; when full it starts again empty (a forgotten session
+/// is read, as it would be without a memory).
+pub const GUESSES_KEPT: usize = 10_000;
+
+/// What this process's commits left of session counters and mirrors (the local system's;
+/// see the module docs): a draw from it needs no read.
+#[derive(Debug, Default)]
+pub struct Guesses {
+    known: std::sync::Mutex<std::collections::HashMap<(String, String), SequenceState>>,
+}
+
+impl Guesses {
+    /// What to draw an event of `session` from without a read: the state this process's
+    /// last commit for it left, else for a `session.created` event "no counter, no
+    /// mirror"; `None`: read.
+    pub fn guess(&self, company: &str, session: &str, event_type: &str) -> Option<SequenceState> {
+        let known = self.known.lock().ok()?;
+        known
+            .get(&(company.to_string(), session.to_string()))
+            .copied()
+            .or_else(|| (event_type == "session.created").then(SequenceState::default))
+    }
+
+    /// Keeps the state a commit left (`None`: forgets it, as after a failed commit).
+    pub fn remember(&self, company: &str, session: &str, state: Option<SequenceState>) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        let key = (company.to_string(), session.to_string());
+        match state {
+            Some(state) => {
+                if known.len() >= GUESSES_KEPT && !known.contains_key(&key) {
+                    known.clear();
+                }
+                known.insert(key, state);
+            }
+            None => {
+                known.remove(&key);
+            }
+        }
+    }
 }
 
 /// The pause before drawing again after a lost race: 1-4 ms, random.
@@ -70,6 +126,23 @@ pub enum Stamp {
 /// The gap between the sequences of two successive session record versions: room for
 /// this many platform-dispatched events between two booking-engine events.
 pub const STRIDE: u64 = 1 << 20;
+
+/// The largest `sequence`: 2^53 - 1, the largest integer every JSON reader (JavaScript's
+/// numbers among them) holds exactly. A platform value above it is refused (422); a session
+/// whose counter reached it takes no further drawn value (422 too).
+pub const MAX_SEQUENCE: u64 = (1 << 53) - 1;
+
+/// The value after `last`, if there is one within [`MAX_SEQUENCE`].
+pub fn after(last: u64) -> Result<u64> {
+    last.checked_add(1)
+        .filter(|v| *v <= MAX_SEQUENCE)
+        .ok_or_else(|| {
+            Error::validation(
+                "payload.sequence",
+                "this session's events have reached the largest sequence (2^53 - 1): no later value exists",
+            )
+        })
+}
 
 /// The sequence of the event emitted by the write that creates session `version`.
 pub fn of_session_version(version: u64) -> u64 {
@@ -105,10 +178,10 @@ pub fn check(event_type: &str, payload: &serde_json::Map<String, Value>) -> Resu
     }
     match payload.get("sequence") {
         None => Ok(()),
-        Some(v) if v.as_u64().is_some() => Ok(()),
+        Some(v) if v.as_u64().is_some_and(|n| n <= MAX_SEQUENCE) => Ok(()),
         Some(_) => Err(Error::validation(
             "payload.sequence",
-            "must be a non-negative integer",
+            "must be an integer from 0 to 2^53 - 1",
         )),
     }
 }
@@ -183,6 +256,14 @@ mod tests {
                 json!({"session_id": "s1", "sequence": "7"}),
                 "payload.sequence",
             ),
+            (
+                json!({"session_id": "s1", "sequence": MAX_SEQUENCE + 1}),
+                "payload.sequence",
+            ),
+            (
+                json!({"session_id": "s1", "sequence": u64::MAX}),
+                "payload.sequence",
+            ),
         ] {
             let err = check("session.updated", &map(payload.clone())).unwrap_err();
             assert_eq!(err.field(), Some(field), "{payload}");
@@ -201,7 +282,7 @@ mod tests {
         let first = draw(&store, "acme", &next).await.unwrap().unwrap();
         let second = draw(&store, "acme", &next).await.unwrap().unwrap();
         assert_eq!((first.value, second.value), (1, 1));
-        let writes = |d: SequenceDraw| d.write.into_iter().collect::<Vec<_>>();
+        let writes = |d: SequenceDraw| d.writes;
         assert!(store
             .create_deliveries_with(&[], writes(first))
             .await
@@ -225,7 +306,7 @@ mod tests {
             .unwrap());
         let lower = draw(&store, "acme", &given(10)).await.unwrap().unwrap();
         assert_eq!(lower.value, 10);
-        assert!(lower.write.is_none());
+        assert!(lower.writes.is_empty());
         assert_eq!(
             draw(&store, "acme", &next).await.unwrap().unwrap().value,
             51
