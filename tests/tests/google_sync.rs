@@ -1162,3 +1162,7 @@ mod calendars_review2;
 
 #[path = "calendars/review3.rs"]
 mod calendars_review3;
+
+/// All-day events in the calendar's zone on every path.
+#[path = "calendars/zones.rs"]
+mod calendars_zones;

@@ -213,7 +213,7 @@ pub async fn a_conflicting_cursor_update_is_refused(f: &Fixture<dyn Table>) {
         token: CursorToken::GoogleSyncToken("t1".into()),
         updated_at: t0(),
         based_at: None,
-        mailbox_time_zone: None,
+        calendar_time_zone: None,
         version: 0,
     };
     // GIVEN two workers that both read "no cursor yet"

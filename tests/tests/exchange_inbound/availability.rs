@@ -159,7 +159,7 @@ async fn the_mailbox_zone_is_read_once_per_full_sync_and_kept_with_the_cursor() 
         .unwrap()
         .unwrap();
     assert_eq!(
-        cursor.mailbox_time_zone.as_deref(),
+        cursor.calendar_time_zone.as_deref(),
         Some("Tokyo Standard Time")
     );
     assert!(

@@ -183,7 +183,7 @@ async fn review_a_rebase_resumed_in_the_next_invocation_reads_all_day_events_in_
     let o = got.iter().find(|o| o.external_event_id == away).unwrap();
     let cursor = deps.store.get_cursor("acme", &conn).await.unwrap().unwrap();
     assert_eq!(
-        (o.start, cursor.mailbox_time_zone.as_deref()),
+        (o.start, cursor.calendar_time_zone.as_deref()),
         (midnight_la(first), Some("Pacific Standard Time")),
         "after {invocations} invocations"
     );

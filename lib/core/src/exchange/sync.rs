@@ -358,7 +358,7 @@ async fn round(
         creds,
         calendar: calendar_of(conn),
         settings,
-        zone: cursor.as_ref().and_then(|c| c.mailbox_time_zone.clone()),
+        zone: cursor.as_ref().and_then(|c| c.calendar_time_zone.clone()),
     };
     let graph = deps.graph()?;
     let mut report = RoundReport::default();
@@ -455,7 +455,7 @@ async fn round(
                     token: CursorToken::GraphDeltaLink(delta),
                     updated_at: deps.store.now(),
                     based_at: paging.based_at,
-                    mailbox_time_zone: ctx.zone.clone(),
+                    calendar_time_zone: ctx.zone.clone(),
                     version: cursor_version,
                 };
                 match deps.store.save_cursor(&mut next).await {

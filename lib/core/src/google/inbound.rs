@@ -186,12 +186,15 @@ pub async fn reconcile_page(
 /// After a full listing: the connection's mapped events that `listed` does not hold (all of
 /// them when `None`) are read one by one and reconciled, for sessions not over a day ago
 /// (cancelled ones included: a restore of their event is deleted again). A deleted event
-/// (404/410, or `cancelled`) plans a pending cancellation for a confirmed session.
+/// (404/410, or `cancelled`) plans a pending cancellation for a confirmed session. All-day
+/// events are read in `calendar_zone`, as the listing's pages read them (a single event's
+/// read does not name the calendar's zone).
 pub async fn reconcile_unlisted(
     deps: &Deps,
     conn: &Connection,
     account: &ServiceAccount,
     listed: Option<&std::collections::HashSet<String>>,
+    calendar_zone: Option<&str>,
 ) -> std::result::Result<Reconciled, Failure<GoogleError>> {
     let mut done = Reconciled::default();
     let history = deps.store.now() - chrono::Duration::days(1);
@@ -234,7 +237,7 @@ pub async fn reconcile_unlisted(
             )
             .await
         {
-            Ok(e) => match snapshot(&e, None) {
+            Ok(e) => match snapshot(&e, calendar_zone) {
                 Some(snap) => (snap, e.attendees.clone()),
                 None => continue,
             },
@@ -344,7 +347,8 @@ async fn adopt(
 
 /// Before a cancellation caused by a Google deletion is committed: reads the event, and if it
 /// is back (restored, its push lost or still queued), reconciles the session with it and
-/// says so. A missing mapping, connection or event means it is gone; Google being
+/// says so (an all-day event read in the calendar's zone that the last sync stored with its
+/// cursor). A missing mapping, connection or event means it is gone; Google being
 /// unreachable is an error (the commit waits for the next sweep).
 pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
     let Some((mapping, conn)) = engine::mapped_connection(deps, session, Provider::Google).await?
@@ -372,7 +376,12 @@ pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
     if event.is_cancelled() {
         return Ok(false);
     }
-    let Some(snap) = snapshot(&event, None) else {
+    let zone = deps
+        .store
+        .get_cursor(&conn.company_id, &conn.id)
+        .await?
+        .and_then(|c| c.calendar_time_zone);
+    let Some(snap) = snapshot(&event, zone.as_deref()) else {
         return Ok(false);
     };
     let writer = GoogleEventWriter {

@@ -312,6 +312,8 @@ async fn run(
     let mut report = SyncReport::default();
     let cursor = deps.store.get_cursor(company, id).await?;
     let cursor_version = cursor.as_ref().map_or(0, |c| c.version);
+    // The calendar's zone, for all-day events read outside a page (each page names it).
+    let mut zone = cursor.as_ref().and_then(|c| c.calendar_time_zone.clone());
     let sync_token = match cursor.as_ref().map(|c| &c.token) {
         Some(CursorToken::GoogleSyncToken(t)) => Some(t.clone()),
         _ => None,
@@ -398,6 +400,9 @@ async fn run(
         )
         .await?;
         listed_ours.extend(ours);
+        if page.time_zone.is_some() {
+            zone.clone_from(&page.time_zone);
+        }
         if let Some(next) = page.next_page_token {
             // Checkpoint after every applied page: an invocation that stops (its budget, a
             // crash) is resumed from here, and no page is applied twice.
@@ -450,7 +455,9 @@ async fn run(
             // the listing spanned invocations, this one knows only its own pages: all are
             // read.
             let listed = (!report.resumed).then_some(&listed_ours);
-            let done = super::inbound::reconcile_unlisted(deps, conn, account, listed).await?;
+            let done =
+                super::inbound::reconcile_unlisted(deps, conn, account, listed, zone.as_deref())
+                    .await?;
             report.commands += done.commands;
             report.calendar_writes += done.calendar_writes;
         }
@@ -460,7 +467,7 @@ async fn run(
             token: CursorToken::GoogleSyncToken(next_sync),
             updated_at: deps.store.now(),
             based_at: None,
-            mailbox_time_zone: None,
+            calendar_time_zone: zone,
             version: paging.cursor_version,
         };
         match deps.store.save_cursor(&mut next).await {

@@ -26,10 +26,17 @@ pub struct DeltaCursor {
     /// windows were re-based: they are re-based at the next round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub based_at: Option<DateTime<Utc>>,
-    /// Graph: the mailbox's time zone (`mailboxSettings.timeZone`) as read at the start of
-    /// the full sync this cursor continues, for all-day events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mailbox_time_zone: Option<String>,
+    /// The calendar's time zone, in which its all-day events are read: Graph's mailbox time
+    /// zone (`mailboxSettings.timeZone`) as read at the start of the full sync this cursor
+    /// continues; Google's calendar time zone (an events list's `timeZone`) as of the sync
+    /// that stored the cursor, for the events read one at a time, outside a listing.
+    /// (Stored as `mailbox_time_zone` before Google used it too.)
+    #[serde(
+        default,
+        alias = "mailbox_time_zone",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub calendar_time_zone: Option<String>,
     /// 0 for a cursor not stored yet.
     #[serde(default)]
     pub version: u64,
@@ -69,4 +76,29 @@ pub struct RoundProgress {
     /// Pages applied so far by the round.
     pub pages: usize,
     pub updated_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_stored_with_the_old_zone_field_name_keeps_its_zone() {
+        let stored = r#"{"company_id":"acme","connection_id":"c1",
+            "token":{"kind":"graph_delta_link","value":"https://x/delta"},
+            "updated_at":"2026-11-30T00:00:00Z","mailbox_time_zone":"Tokyo Standard Time",
+            "version":3}"#;
+        let cursor: DeltaCursor = serde_json::from_str(stored).unwrap();
+        assert_eq!(
+            cursor.calendar_time_zone.as_deref(),
+            Some("Tokyo Standard Time")
+        );
+        // Written back under the new name, and read again.
+        let again: DeltaCursor =
+            serde_json::from_str(&serde_json::to_string(&cursor).unwrap()).unwrap();
+        assert_eq!(again, cursor);
+        assert!(serde_json::to_string(&cursor)
+            .unwrap()
+            .contains("\"calendar_time_zone\""));
+    }
 }

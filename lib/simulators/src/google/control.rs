@@ -49,7 +49,7 @@ pub(super) async fn control_clear_requests(State(sim): State<GoogleSimulator>) -
 }
 
 pub(super) async fn control_expire(State(sim): State<GoogleSimulator>) -> StatusCode {
-    sim.state().epoch += 1;
+    sim.expire_sync_tokens();
     StatusCode::NO_CONTENT
 }
 

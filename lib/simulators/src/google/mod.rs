@@ -356,6 +356,52 @@ impl GoogleSimulator {
         })
     }
 
+    /// A staff member turns an event into an all-day one from `first` to `last` (both
+    /// included), as a `PATCH` of `start` and `end` with `date`s does. `false` when there is
+    /// no such live event or `last` is before `first`.
+    pub fn staff_make_all_day(
+        &self,
+        calendar: &str,
+        id: &str,
+        first: chrono::NaiveDate,
+        last: chrono::NaiveDate,
+    ) -> bool {
+        let key = calendar.to_ascii_lowercase();
+        let zone = self
+            .state()
+            .calendars
+            .get(&key)
+            .and_then(|c| c.time_zone.clone());
+        let Some(end) = last.succ_opt().filter(|_| last >= first) else {
+            return false;
+        };
+        self.staff_change(calendar, id, |e| {
+            if e.cancelled() {
+                return false;
+            }
+            let mut body = Map::new();
+            body.insert("start".into(), json!({"date": first.to_string()}));
+            body.insert("end".into(), json!({"date": end.to_string()}));
+            apply_fields(e, &body, zone.as_deref(), &key).is_ok()
+        })
+    }
+
+    /// Expires every sync token handed out so far (as `POST /_control/sync-tokens/expire`
+    /// does): the next incremental list answers 410 `fullSyncRequired`.
+    pub fn expire_sync_tokens(&self) {
+        self.state().epoch += 1;
+    }
+
+    /// Sets a calendar's time zone (as `POST /_control/calendars/{id}` does): its lists name
+    /// it, and its all-day events are read in it.
+    pub fn set_time_zone(&self, calendar: &str, zone: &str) {
+        self.state()
+            .calendars
+            .entry(calendar.to_ascii_lowercase())
+            .or_default()
+            .time_zone = Some(zone.to_string());
+    }
+
     /// A staff member declines an event on their calendar: their own attendee entry (the
     /// one marked `self`, added when the event has none) answers `declined`, as a `PATCH` of
     /// `attendees` does. `false` when there is no such live event.
