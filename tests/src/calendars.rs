@@ -184,7 +184,8 @@ impl CalendarsWorld {
             .unwrap()
     }
 
-    async fn connection(&self, id: &str) -> Connection {
+    /// The connection as stored.
+    pub async fn connection(&self, id: &str) -> Connection {
         self.app
             .local
             .deps

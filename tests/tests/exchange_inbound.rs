@@ -737,9 +737,13 @@ mod convergence {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_update_retried_after_its_cancellation_is_stale_and_writes_nothing() {
-        let (w, _receiver, _key, platform) = world().await;
+        let (w, _receiver, key, platform) = world().await;
         send(&w, &platform, versioned("created", "s1", 9, 1)).await;
         send(&w, &platform, versioned("cancelled", "s1", 9, 3)).await;
+        // A round started by the creation's push may still hold a page read before the
+        // cancellation, and delete the event again after it (a write, rightly: the session is
+        // cancelled). Wait until a later round ran: only what `updated` v2 causes is measured.
+        round_ran(&w, &key, 8).await;
         w.sim.clear_served();
         // The platform's `updated` v2, throttled and retried, arrives after `cancelled` v3.
         let out = send(&w, &platform, versioned("updated", "s1", 10, 2)).await;

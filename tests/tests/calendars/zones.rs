@@ -76,3 +76,31 @@ async fn a_restored_all_day_event_is_read_in_the_calendars_zone_before_a_cancell
     assert_eq!(after.status, SessionStatus::Confirmed);
     assert_eq!((after.start, after.end), (before.start, before.end));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_that_fails_after_a_410_leaves_the_calendars_zone_for_the_commit() {
+    let (w, conn, event) = all_day_booking().await;
+    let before = w.session("s1").await;
+    w.staff_delete(Cal::Google, "ann", &event);
+    w.sync(Cal::Google, &conn).await;
+    w.staff_restore(Cal::Google, "ann", &event);
+    // The next round meets a 410, starts a full sync, and fails on its first page.
+    w.google.expire_sync_tokens();
+    w.google.add_fault(voyage_simulators::Fault {
+        after: 1,
+        ..voyage_tests::calendars::fault("GET", "/events", 400, 1)
+    });
+    let mut c = w.connection(&conn).await;
+    let report = voyage_core::google::sync::sync_connection(&w.app.local.deps, &mut c)
+        .await
+        .unwrap();
+    assert!(
+        report.skipped.is_some(),
+        "the full sync was meant to fail: {report:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    w.commit_pending_cancellations().await;
+    let after = w.session("s1").await;
+    assert_eq!(after.status, SessionStatus::Confirmed);
+    assert_eq!((after.start, after.end), (before.start, before.end));
+}

@@ -349,7 +349,8 @@ async fn adopt(
 /// is back (restored, its push lost or still queued), reconciles the session with it and
 /// says so (an all-day event read in the calendar's zone that the last sync stored with its
 /// cursor). A missing mapping, connection or event means it is gone; Google being
-/// unreachable is an error (the commit waits for the next sweep).
+/// unreachable, or a live event whose times cannot be read, is an error (the commit waits
+/// for the next sweep).
 pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
     let Some((mapping, conn)) = engine::mapped_connection(deps, session, Provider::Google).await?
     else {
@@ -381,8 +382,20 @@ pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
         .get_cursor(&conn.company_id, &conn.id)
         .await?
         .and_then(|c| c.calendar_time_zone);
+    // A live event is never taken for gone: when its times cannot be read (an all-day event
+    // before any sync stored the calendar's zone, a zone or date this build cannot read),
+    // the commit waits for the next sweep.
+    let unreadable = || {
+        Error::Unavailable(format!(
+            "the times of google event {} cannot be read yet",
+            event.id
+        ))
+    };
+    if event.is_all_day() && zone.is_none() {
+        return Err(unreadable());
+    }
     let Some(snap) = snapshot(&event, zone.as_deref()) else {
-        return Ok(false);
+        return Err(unreadable());
     };
     let writer = GoogleEventWriter {
         google,

@@ -374,11 +374,13 @@ async fn run(
             Ok(p) => p,
             Err(GoogleError::FullSyncRequired) if !started_over => {
                 started_over = true;
-                // The sync token, or a saved page token, is no longer valid: start over.
+                // The sync token, or a saved page token, is no longer valid: start over. The
+                // cursor stays until the full sync replaces it (its version guards that
+                // write): what it keeps besides the token, the calendar's zone, is still
+                // true, and reads between now and then (`event_is_back`) need it.
                 tracing::info!(connection = %id, resumed = report.resumed, "google sync or page token expired; full sync");
-                deps.store.clear_cursor(company, id).await?;
                 deps.store.clear_google_sync_progress(company, id).await?;
-                paging = Paging::fresh(None, deps.store.now(), 0);
+                paging = Paging::fresh(None, deps.store.now(), cursor_version);
                 pages_before = 0;
                 report.resynced = true;
                 report.full = true;

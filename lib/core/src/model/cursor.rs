@@ -30,10 +30,11 @@ pub struct DeltaCursor {
     /// zone (`mailboxSettings.timeZone`) as read at the start of the full sync this cursor
     /// continues; Google's calendar time zone (an events list's `timeZone`) as of the sync
     /// that stored the cursor, for the events read one at a time, outside a listing.
-    /// (Stored as `mailbox_time_zone` before Google used it too.)
+    /// Stored as `mailbox_time_zone`, its name from before Google used it too, so cursors
+    /// written by either version of the code read the same in the other.
     #[serde(
         default,
-        alias = "mailbox_time_zone",
+        rename = "mailbox_time_zone",
         skip_serializing_if = "Option::is_none"
     )]
     pub calendar_time_zone: Option<String>,
@@ -83,7 +84,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cursor_stored_with_the_old_zone_field_name_keeps_its_zone() {
+    fn the_calendar_zone_is_stored_under_the_name_older_code_reads() {
         let stored = r#"{"company_id":"acme","connection_id":"c1",
             "token":{"kind":"graph_delta_link","value":"https://x/delta"},
             "updated_at":"2026-11-30T00:00:00Z","mailbox_time_zone":"Tokyo Standard Time",
@@ -93,12 +94,10 @@ mod tests {
             cursor.calendar_time_zone.as_deref(),
             Some("Tokyo Standard Time")
         );
-        // Written back under the new name, and read again.
-        let again: DeltaCursor =
-            serde_json::from_str(&serde_json::to_string(&cursor).unwrap()).unwrap();
+        // Written back under the same name, and read again.
+        let written = serde_json::to_string(&cursor).unwrap();
+        assert!(written.contains("\"mailbox_time_zone\":\"Tokyo Standard Time\""));
+        let again: DeltaCursor = serde_json::from_str(&written).unwrap();
         assert_eq!(again, cursor);
-        assert!(serde_json::to_string(&cursor)
-            .unwrap()
-            .contains("\"calendar_time_zone\""));
     }
 }
