@@ -15,8 +15,9 @@
 //!
 //! Run: `cargo bench -p voyage-tests --bench webhooks` (env BENCH_EVENTS, events per
 //! throughput round, default 2000; BENCH_ROUNDS, default 3; BENCH_DISPATCH_CONCURRENCY,
-//! dispatch requests at once, default 16; BENCH_PACED_EVENTS, default 2000). Under `cargo test` (a debug build) it runs a small
-//! smoke version instead, so the benchmark keeps working without slowing the test suite.
+//! dispatch requests at once, default 16; BENCH_PACED_EVENTS, default 2000; each at least
+//! 1). Under `cargo test` (a debug build) it runs a small smoke version instead, so the
+//! benchmark keeps working without slowing the test suite.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -352,6 +353,7 @@ async fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
+            .max(1)
     };
     let _ = peak_rss_mib();
     throughput(

@@ -1768,7 +1768,7 @@ impl World {
             .get_sessions(COMPANY, &ids)
             .await
             .expect("sessions")
-            .iter()
+            .values()
             .filter(|s| s.status == SessionStatus::PendingCancellation)
             .count()
     }
@@ -1843,14 +1843,14 @@ impl World {
         }
         // Every session the platform made reached the store (everything was delivered).
         for id in self.platform.keys() {
-            if !sessions.iter().any(|s| &s.id == id) {
+            if !sessions.contains_key(id) {
                 bad.push(format!("{id} was sent by the platform but is not stored"));
             }
         }
         // Sessions that ended before the sync window are history: their events are no longer
         // reconciled (a documented rule), so only their webhooks are checked.
         let history_before = self.clock.now() - Duration::days(sync::WINDOW_PAST_DAYS);
-        for s in &sessions {
+        for s in sessions.values() {
             let past = s.end <= history_before;
             let cancelled_hooks = published
                 .values()

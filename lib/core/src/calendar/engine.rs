@@ -220,10 +220,7 @@ pub async fn page_state(
     let sessions = deps
         .store
         .get_sessions(&conn.company_id, &session_ids)
-        .await?
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
+        .await?;
     Ok((mappings, sessions))
 }
 

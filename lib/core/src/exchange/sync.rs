@@ -1127,14 +1127,8 @@ async fn reconcile_vanished(
         return Ok(());
     }
     let ids: Vec<String> = vanished.iter().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = deps
-        .store
-        .get_sessions(&conn.company_id, &ids)
-        .await?
-        .into_iter()
-        .filter(|s| s.end > window_start)
-        .map(|s| (s.id.clone(), s))
-        .collect();
+    let mut sessions = deps.store.get_sessions(&conn.company_id, &ids).await?;
+    sessions.retain(|_, s| s.end > window_start);
     let wanted: Vec<String> = vanished
         .iter()
         .filter(|m| sessions.contains_key(&m.session_id))

@@ -14,8 +14,6 @@
 //!   cancelled (see `adopt`).
 //! - The platform's events never become availability overrides.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 
 use super::api::{Attendee, GoogleApi, GoogleError, GoogleEvent, ServiceAccount};
@@ -212,13 +210,7 @@ pub async fn reconcile_unlisted(
         return Ok(done);
     }
     let ids: Vec<String> = unlisted.iter().map(|m| m.session_id.clone()).collect();
-    let mut sessions: HashMap<String, Session> = deps
-        .store
-        .get_sessions(&conn.company_id, &ids)
-        .await?
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
+    let mut sessions = deps.store.get_sessions(&conn.company_id, &ids).await?;
     let google = deps.google()?;
     let calendar_id = conn.calendar_id.clone().unwrap_or_default();
     for mapping in unlisted {

@@ -110,14 +110,19 @@ impl Store {
     }
 
     /// Sessions by id, in one batch read per 100; missing ones are left out.
-    pub async fn get_sessions(&self, company: &str, ids: &[String]) -> Result<Vec<Session>> {
+    pub async fn get_sessions(
+        &self,
+        company: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Session>> {
         let mut keys: Vec<Key> = ids.iter().map(|id| key_of(company, id)).collect();
         keys.sort();
         keys.dedup();
-        let mut out = Vec::with_capacity(keys.len());
+        let mut out = std::collections::HashMap::with_capacity(keys.len());
         for chunk in keys.chunks(crate::ports::table::BATCH_GET_LIMIT) {
             for item in self.table.batch_get(chunk).await? {
-                out.push(decode(&item)?);
+                let session: Session = decode(&item)?;
+                out.insert(session.id.clone(), session);
             }
         }
         Ok(out)

@@ -247,8 +247,9 @@ impl WebhookEngine {
     /// from the bus), as [`WebhookEngine::dispatch`] does, after [`sequence::plan`]: a
     /// `session.*` event gets its `sequence`, and the counter's compare-and-set commits in
     /// the same transaction as the event's deliveries (one commit; a lost race or a wrong
-    /// guess writes nothing and draws again). With `check_schema`, the payload (with its `sequence`) must
-    /// match its type's published schema; checked before anything is stored or claimed.
+    /// guess writes nothing and draws again). With `check_schema`, the payload (with its
+    /// `sequence`) must match its type's published schema; checked before anything is
+    /// stored or claimed.
     pub async fn dispatch_stamped(
         &self,
         mut d: Dispatch,

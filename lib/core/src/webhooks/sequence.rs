@@ -24,8 +24,8 @@
 //! counter's version and the mirror's), so a wrong one only costs a commit that writes
 //! nothing, then a read (it is not counted among the [`ATTEMPTS`]). A `session.created`
 //! event whose session was already mirrored (the booking engine saw the session first) is
-//! such a miss. Lambda functions always read: there a failed
-//! transaction is a round trip, and another function's writes make remembered state stale.
+//! such a miss. Lambda functions always read: there a failed transaction is a round trip,
+//! and another function's writes make remembered state stale.
 
 use serde_json::Value;
 
