@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use voyage_tests::dates::date;
 
 use serde_json::{json, Value};
 use voyage_core::config::Config;
@@ -134,8 +135,8 @@ async fn main() {
     for i in 1..=n {
         let body = json!({
             "subject": "Consultation", "showAs": "busy", "transactionId": format!("bare-{i}"),
-            "start": {"dateTime": "2026-12-01T09:00:00.0000000", "timeZone": "UTC"},
-            "end": {"dateTime": "2026-12-01T10:00:00.0000000", "timeZone": "UTC"},
+            "start": {"dateTime": format!("{d0}T09:00:00.0000000", d0 = date(0)), "timeZone": "UTC"},
+            "end": {"dateTime": format!("{d0}T10:00:00.0000000", d0 = date(0)), "timeZone": "UTC"},
             "body": {"contentType": "text", "content": "Voyage session."},
             "singleValueExtendedProperties": [{"id": "String {x} Name y", "value": "v"}],
         });

@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use voyage_tests::dates::date;
 
 use serde_json::{json, Value};
 use voyage_core::calendar::changes;
@@ -365,8 +366,8 @@ async fn outbound(
     for i in 1..=n {
         let body = json!({
             "id": format!("bare{i:05}"), "summary": "Consultation", "description": "Voyage session.",
-            "start": {"dateTime": "2026-12-01T09:00:00Z", "timeZone": "UTC"},
-            "end": {"dateTime": "2026-12-01T10:00:00Z", "timeZone": "UTC"},
+            "start": {"dateTime": format!("{d0}T09:00:00Z", d0 = date(0)), "timeZone": "UTC"},
+            "end": {"dateTime": format!("{d0}T10:00:00Z", d0 = date(0)), "timeZone": "UTC"},
             "transparency": "opaque",
             "extendedProperties": {"private": {"voyageSessionId": format!("acme/bare{i}")}},
         });

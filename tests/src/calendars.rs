@@ -334,7 +334,7 @@ impl CalendarsWorld {
 
 /// `hour`:00 UTC on the scenarios' day.
 pub fn at(hour: u32) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(&format!("2026-12-01T{hour:02}:00:00Z"))
+    DateTime::parse_from_rfc3339(&format!("{}T{hour:02}:00:00Z", crate::dates::date(0)))
         .unwrap()
         .with_timezone(&Utc)
 }

@@ -270,9 +270,7 @@ pub fn invitation(staff: &str, response: &str, mut event: Value) -> Value {
 }
 
 /// `YYYY-MM-DD` of the day `n` days from today (tests stay inside the sync window whenever
-/// they run).
+/// they run; today as the test process first saw it, [`crate::dates`]).
 pub fn day(n: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::days(n))
-        .format("%Y-%m-%d")
-        .to_string()
+    crate::dates::date(n - 1)
 }

@@ -23,6 +23,34 @@ pub async fn serve(router: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// A server started by [`serve_owned`]: it stops serving (its listener closes) when dropped.
+pub struct Server {
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `router` on a fresh loopback port until the answered [`Server`] is dropped: for a
+/// harness that starts servers again and again in one process (the simulation, one set per
+/// seed), where [`serve`]'s servers, kept for the process's life, ran it out of file
+/// descriptors after a few thousand seeds.
+pub async fn serve_owned(router: axum::Router) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Server {
+        url: format!("http://{addr}"),
+        task,
+    }
+}
+
 pub struct GraphWorld {
     pub sim: GraphSimulator,
     pub sim_url: String,
@@ -294,8 +322,8 @@ pub fn change(action: &str, company: &str, session: &str, staff: &str, start_hou
             "id": session,
             "company_id": company,
             "staff_id": staff,
-            "start": format!("2026-12-01T{start_hour:02}:00:00Z"),
-            "end": format!("2026-12-01T{:02}:00:00Z", start_hour + 1),
+            "start": format!("{}T{start_hour:02}:00:00Z", crate::dates::date(0)),
+            "end": format!("{}T{:02}:00:00Z", crate::dates::date(0), start_hour + 1),
             "time_zone": "Europe/Berlin",
             "title": "Consultation",
             "location": "Room 4",

@@ -9,6 +9,7 @@ pub mod app;
 pub mod calendars;
 pub mod contract;
 pub mod counting;
+pub mod dates;
 pub mod fixtures;
 pub mod google;
 pub mod graph;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use voyage_tests::dates::date;
 
 use serde_json::{json, Value};
 use voyage_core::model::SessionStatus;
@@ -89,7 +90,7 @@ async fn the_event_types_route_serves_the_repository_schemas() {
 fn session(status: SessionStatus) -> voyage_core::model::Session {
     let mut s: voyage_core::model::Session = serde_json::from_value(json!({
         "id": "s1", "company_id": "acme", "staff_id": "ann",
-        "start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z",
+        "start": format!("{d0}T09:00:00Z", d0 = date(0)), "end": format!("{d0}T10:00:00Z", d0 = date(0)),
         "time_zone": "Europe/Berlin", "title": "Consultation",
         "status": "confirmed", "updated_at": "2026-11-30T09:00:00Z"
     }))
@@ -103,7 +104,7 @@ fn session(status: SessionStatus) -> voyage_core::model::Session {
 fn engine_payloads() -> Vec<(String, Value)> {
     use voyage_core::booking::{decide, Command};
     let t = |h: i64| {
-        chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+        chrono::DateTime::parse_from_rfc3339(&format!("{d0}T00:00:00Z", d0 = date(0)))
             .unwrap()
             .with_timezone(&chrono::Utc)
             + chrono::Duration::hours(h)
@@ -273,7 +274,7 @@ async fn until_status(w: &GraphWorld, status: SessionStatus) {
 }
 
 fn at(hour: u32) -> Value {
-    json!({"dateTime": format!("2026-12-01T{hour:02}:00:00.0000000"), "timeZone": "UTC"})
+    json!({"dateTime": format!("{d0}T{hour:02}:00:00.0000000", d0 = date(0)), "timeZone": "UTC"})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

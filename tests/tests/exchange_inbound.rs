@@ -3,6 +3,7 @@
 //! loopback HTTP; the system's delta rounds reconcile the bookings and send signed webhooks.
 
 use std::time::{Duration, Instant};
+use voyage_tests::dates::date;
 
 use serde_json::{json, Value};
 use voyage_core::model::{Provider, Session, SessionStatus};
@@ -106,7 +107,7 @@ async fn book(w: &GraphWorld, platform: &str, id: &str, hour: u32) -> String {
 }
 
 fn at(hour: u32) -> Value {
-    json!({"dateTime": format!("2026-12-01T{hour:02}:00:00.0000000"), "timeZone": "UTC"})
+    json!({"dateTime": format!("{d0}T{hour:02}:00:00.0000000", d0 = date(0)), "timeZone": "UTC"})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,7 +187,10 @@ async fn outlook_changes_reconcile_the_booking_without_looping() {
         .into_iter()
         .find(|e| e["id"] == event.as_str())
         .unwrap();
-    assert_eq!(back["start"]["dateTime"], "2026-12-01T14:00:00.0000000");
+    assert_eq!(
+        back["start"]["dateTime"],
+        format!("{d0}T14:00:00.0000000", d0 = date(0))
+    );
     assert_eq!(session(&w, "s1").await.start.format("%H").to_string(), "14");
 
     // Declined -> flagged.
@@ -264,8 +268,8 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
         .staff_creates(
             "ann",
             "Dentist",
-            "2026-12-01T11:00:00",
-            "2026-12-01T12:00:00",
+            &format!("{d0}T11:00:00", d0 = date(0)),
+            &format!("{d0}T12:00:00", d0 = date(0)),
             "busy",
         )
         .await;
@@ -273,8 +277,8 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
         .staff_creates(
             "ann",
             "Lunch (free)",
-            "2026-12-01T12:00:00",
-            "2026-12-01T13:00:00",
+            &format!("{d0}T12:00:00", d0 = date(0)),
+            &format!("{d0}T13:00:00", d0 = date(0)),
             "free",
         )
         .await;
@@ -282,15 +286,19 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
         .staff_creates(
             "ann",
             "Away",
-            "2026-12-02T00:00:00",
-            "2026-12-03T00:00:00",
+            &format!("{d1}T00:00:00", d1 = date(1)),
+            &format!("{d2}T00:00:00", d2 = date(2)),
             "oof",
         )
         .await;
-    let path = "/v1/staff/ann/overrides?from=2026-12-01T00:00:00Z&to=2026-12-04T00:00:00Z";
+    let path = format!(
+        "/v1/staff/ann/overrides?from={d0}T00:00:00Z&to={d3}T00:00:00Z",
+        d0 = date(0),
+        d3 = date(3)
+    );
     let deadline = Instant::now() + WITHIN;
     let ids = loop {
-        let (status, body) = w.app.call("GET", path, &key, None).await;
+        let (status, body) = w.app.call("GET", &path, &key, None).await;
         assert_eq!(status, 200, "{body}");
         let ids: Vec<String> = body["data"]
             .as_array()
@@ -320,7 +328,7 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
     assert_eq!(w.staff("DELETE", "ann", &oof, "", None).await, 204);
     let deadline = Instant::now() + WITHIN;
     loop {
-        let (_, body) = w.app.call("GET", path, &key, None).await;
+        let (_, body) = w.app.call("GET", &path, &key, None).await;
         if body["data"].as_array().unwrap().is_empty() {
             break;
         }
@@ -332,7 +340,11 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
         .app
         .call(
             "GET",
-            "/v1/staff/ann/overrides?from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+            &format!(
+                "/v1/staff/ann/overrides?from={d1}T00:00:00Z&to={d0}T00:00:00Z",
+                d1 = date(1),
+                d0 = date(0)
+            ),
             &key,
             None,
         )
@@ -345,7 +357,10 @@ async fn the_staff_members_own_busy_time_becomes_availability_overrides() {
         .app
         .call(
             "GET",
-            "/v1/staff/ann/overrides?from=soon&to=2026-12-01T00:00:00Z",
+            &format!(
+                "/v1/staff/ann/overrides?from=soon&to={d0}T00:00:00Z",
+                d0 = date(0)
+            ),
             &key,
             None,
         )
@@ -368,8 +383,8 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
             w.staff_creates(
                 "ann",
                 "Busy",
-                &format!("2026-12-01T{:02}:00:00", 8 + h),
-                &format!("2026-12-01T{:02}:30:00", 8 + h),
+                &format!("{d0}T{:02}:00:00", 8 + h, d0 = date(0)),
+                &format!("{d0}T{:02}:30:00", 8 + h, d0 = date(0)),
                 "busy",
             )
             .await,
@@ -393,8 +408,8 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
         w.staff_creates(
             "ann",
             "Busy",
-            "2026-12-01T15:00:00",
-            "2026-12-01T16:00:00",
+            &format!("{d0}T15:00:00", d0 = date(0)),
+            &format!("{d0}T16:00:00", d0 = date(0)),
             "busy",
         )
         .await,
@@ -421,7 +436,11 @@ async fn a_410_mid_round_resyncs_and_drops_vanished_busy_time() {
         .app
         .call(
             "GET",
-            "/v1/staff/ann/overrides?from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00Z",
+            &format!(
+                "/v1/staff/ann/overrides?from={d0}T00:00:00Z&to={d1}T00:00:00Z",
+                d0 = date(0),
+                d1 = date(1)
+            ),
             &key,
             None,
         )
@@ -591,8 +610,8 @@ mod convergence {
             .staff_creates(
                 "ann",
                 "Proof",
-                &format!("2026-12-03T{hour:02}:00:00"),
-                &format!("2026-12-03T{:02}:00:00", hour + 1),
+                &format!("{d2}T{hour:02}:00:00", d2 = date(2)),
+                &format!("{d2}T{:02}:00:00", hour + 1, d2 = date(2)),
                 "busy",
             )
             .await;
@@ -602,7 +621,11 @@ mod convergence {
                 .app
                 .call(
                     "GET",
-                    "/v1/staff/ann/overrides?from=2026-12-03T00:00:00Z&to=2026-12-04T00:00:00Z",
+                    &format!(
+                        "/v1/staff/ann/overrides?from={d2}T00:00:00Z&to={d3}T00:00:00Z",
+                        d2 = date(2),
+                        d3 = date(3)
+                    ),
                     key,
                     None,
                 )
@@ -637,8 +660,8 @@ mod convergence {
         let (w, receiver, _key, platform) = world().await;
         let event = book(&w, &platform, "s1", 9).await;
         // Graph reports an event moved out of the window as removed (reason "deleted").
-        let far = json!({"dateTime": "2027-08-02T09:00:00.0000000", "timeZone": "UTC"});
-        let far_end = json!({"dateTime": "2027-08-02T10:00:00.0000000", "timeZone": "UTC"});
+        let far = json!({"dateTime": format!("{d244}T09:00:00.0000000", d244 = date(244)), "timeZone": "UTC"});
+        let far_end = json!({"dateTime": format!("{d244}T10:00:00.0000000", d244 = date(244)), "timeZone": "UTC"});
         assert_eq!(
             w.staff(
                 "PATCH",
@@ -651,7 +674,7 @@ mod convergence {
             200
         );
         let s = until(&w, "s1", "rescheduled beyond the window", |s| {
-            s.start.format("%Y-%m-%d").to_string() == "2027-08-02"
+            s.start.format("%Y-%m-%d").to_string() == date(244)
         })
         .await;
         assert_eq!(s.status, SessionStatus::Confirmed);
@@ -665,14 +688,17 @@ mod convergence {
     async fn a_platform_move_beyond_the_sync_window_keeps_the_booking_and_its_event() {
         let (w, _receiver, key, platform) = world().await;
         book(&w, &platform, "s1", 9).await;
-        let out = send(&w, &platform, on_date("updated", "s1", "2027-08-02", 2)).await;
+        let out = send(&w, &platform, on_date("updated", "s1", &date(244), 2)).await;
         assert_eq!(out["outcome"], "updated", "{out}");
         round_ran(&w, &key, 8).await;
         let s = session(&w, "s1").await;
         assert_eq!(s.status, SessionStatus::Confirmed);
         let live = live_of(&w.live_events("ann").await, "s1");
         assert_eq!(live.len(), 1);
-        assert_eq!(live[0]["start"]["dateTime"], "2027-08-02T09:00:00.0000000");
+        assert_eq!(
+            live[0]["start"]["dateTime"],
+            format!("{d244}T09:00:00.0000000", d244 = date(244))
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,7 +727,9 @@ mod convergence {
         let deadline = Instant::now() + WITHIN;
         loop {
             let live = live_of(&w.live_events("ann").await, "s1");
-            if live.len() == 1 && live[0]["start"]["dateTime"] == "2026-12-01T11:00:00.0000000" {
+            if live.len() == 1
+                && live[0]["start"]["dateTime"] == format!("{d0}T11:00:00.0000000", d0 = date(0))
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "event not moved: {live:?}");
@@ -980,8 +1008,8 @@ mod convergence {
         w.staff_creates(
             "ann",
             "Dentist",
-            "2026-12-02T09:00:00",
-            "2026-12-02T10:00:00",
+            &format!("{d1}T09:00:00", d1 = date(1)),
+            &format!("{d1}T10:00:00", d1 = date(1)),
             "busy",
         )
         .await;

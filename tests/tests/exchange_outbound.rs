@@ -2,6 +2,7 @@
 //! events exactly once, through faults, with the tenant's errors readable.
 
 use std::time::Duration;
+use voyage_tests::dates::date;
 
 use serde_json::json;
 use voyage_core::deps::QueueName;
@@ -38,7 +39,10 @@ async fn create_update_cancel_keep_exactly_one_tagged_event() {
     let event = &events[0];
     assert_eq!(out["event_id"], event["id"]);
     assert_eq!(event["subject"], "Consultation");
-    assert_eq!(event["start"]["dateTime"], "2026-12-01T09:00:00.0000000");
+    assert_eq!(
+        event["start"]["dateTime"],
+        format!("{d0}T09:00:00.0000000", d0 = date(0))
+    );
     assert_eq!(event["location"]["displayName"], "Room 4");
     assert_eq!(event["showAs"], "busy");
     assert!(event["transactionId"]
@@ -100,7 +104,7 @@ async fn create_update_cancel_keep_exactly_one_tagged_event() {
     assert_eq!(events[0]["id"], event["id"]);
     assert_eq!(
         events[0]["start"]["dateTime"],
-        "2026-12-01T14:00:00.0000000"
+        format!("{d0}T14:00:00.0000000", d0 = date(0))
     );
     assert_eq!(w.graph_calls(), ["PATCH event 200"]);
 
@@ -277,7 +281,10 @@ async fn throttling_is_waited_out_within_the_budget() {
     assert_eq!(conn.status, ConnectionStatus::Error);
     assert!(conn.last_error.unwrap().contains("throttling"));
     let session = store.get_session("acme", "s3").await.unwrap();
-    assert_eq!(session.start.to_rfc3339(), "2026-12-01T11:00:00+00:00");
+    assert_eq!(
+        session.start.to_rfc3339(),
+        format!("{d0}T11:00:00+00:00", d0 = date(0))
+    );
     assert_eq!(session.history.last().unwrap().command, "exchange.failed");
 }
 
@@ -353,7 +360,11 @@ async fn a_validation_failure_stores_nothing_and_calls_nobody() {
     let platform = w.app.key(INTERNAL, true).await;
     w.sim.clear_served();
     let cases = [
-        ("/session/end", json!("2026-12-01T08:00:00Z"), "session.end"),
+        (
+            "/session/end",
+            json!(format!("{d0}T08:00:00Z", d0 = date(0))),
+            "session.end",
+        ),
         ("/session/start", json!("tomorrow"), "session.start"),
         (
             "/session/time_zone",

@@ -114,12 +114,23 @@ async fn full_then_incremental_sync_keeps_overrides_true() {
         .find(|o| o["external_event_id"] == holiday.as_str())
         .unwrap();
     assert_eq!(all_day["all_day"], true);
-    // Midnight in Berlin is 23:00 UTC the day before.
-    assert!(
+    // Midnight in Berlin, in UTC: 23:00 the day before in winter, 22:00 in summer.
+    let midnight = {
+        use chrono::TimeZone;
+        let local = chrono::NaiveDate::parse_from_str(&day(6), "%Y-%m-%d")
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        chrono_tz::Europe::Berlin
+            .from_local_datetime(&local)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    assert_eq!(
         all_day["start"]
             .as_str()
-            .unwrap()
-            .starts_with(&format!("{}T23:00:00", day(5))),
+            .map(|s| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap()),
+        Some(midnight),
         "{all_day}"
     );
     assert!(overrides.iter().all(|o| o["source"] == "google"));

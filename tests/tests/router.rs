@@ -809,7 +809,7 @@ mod deployed_shape {
         );
 
         // exchange-outbound: a valid session for a staff member without Exchange.
-        let session = json!({"action": "created", "session": {"id": "s1", "company_id": "acme", "staff_id": "ann", "start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z", "time_zone": "Europe/Berlin", "title": "Intro call"}});
+        let session = json!({"action": "created", "session": {"id": "s1", "company_id": "acme", "staff_id": "ann", "start": format!("{d0}T09:00:00Z", d0 = voyage_tests::dates::date(0)), "end": format!("{d0}T10:00:00Z", d0 = voyage_tests::dates::date(0)), "time_zone": "Europe/Berlin", "title": "Intro call"}});
         let (status, err) = http_answer(
             &outbound
                 .invoke(http_event(

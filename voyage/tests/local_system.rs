@@ -346,12 +346,13 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
         .await
         .unwrap();
     assert_eq!(conn["status"], "active", "{conn}");
+    let d0 = date(0);
     let out: Value = http
         .post(format!("{base}/v1/exchange/outbound"))
         .bearer_auth(&internal)
         .json(&json!({"action": "created", "session": {
             "id": "s1", "company_id": "acme", "staff_id": "ann",
-            "start": "2026-12-01T09:00:00Z", "end": "2026-12-01T10:00:00Z",
+            "start": format!("{d0}T09:00:00Z"), "end": format!("{d0}T10:00:00Z"),
             "time_zone": "Europe/Berlin", "title": "Intro call"}}))
         .send()
         .await
@@ -535,4 +536,12 @@ async fn every_accepted_event_is_delivered_across_a_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Tomorrow (UTC) as `YYYY-MM-DD`, moved by `days`: sessions sit inside the sync window
+/// whatever day the tests run on.
+fn date(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(1 + days))
+        .format("%Y-%m-%d")
+        .to_string()
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use voyage_tests::dates::date;
 
 use chrono::{Duration, NaiveDate, Utc};
 use serde_json::json;
@@ -509,7 +510,7 @@ async fn a_range_ending_within_a_second_finds_busy_time_and_sessions_starting_in
         Arc::new(voyage_core::ports::memory::MemoryTable::new()),
         Arc::new(voyage_core::ports::SystemClock),
     );
-    let t = "2026-12-01T10:00:00Z"
+    let t = format!("{d0}T10:00:00Z", d0 = date(0))
         .parse::<chrono::DateTime<Utc>>()
         .unwrap();
     let busy = AvailabilityOverride {
