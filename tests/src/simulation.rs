@@ -637,6 +637,9 @@ pub struct World {
     staff_log: BTreeMap<String, Vec<(DateTime<Utc>, Cal, StaffAct)>>,
     bus_seen: usize,
     trace: Vec<String>,
+    /// The simulators and the push sink, served until the world is dropped (the end of its
+    /// seed).
+    _servers: [crate::graph::Server; 3],
 }
 
 /// How a history's world is set up beyond its steps, drawn from a stream of its own (so the
@@ -712,13 +715,17 @@ impl World {
         let sim = GraphSimulator::seeded(seed);
         sim.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
         sim.capture_notifications(true);
-        let sim_url = crate::graph::serve(sim.router()).await;
+        let sim_server = crate::graph::serve_owned(sim.router()).await;
+        let sim_url = sim_server.url.clone();
         let gsim = GoogleSimulator::new();
         gsim.register_account(SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY)
             .expect("the sandbox account");
-        let gsim_url = crate::graph::serve(gsim.router()).await;
+        let gsim_server = crate::graph::serve_owned(gsim.router()).await;
+        let gsim_url = gsim_server.url.clone();
         // Our channels' address: it answers every push and keeps none.
-        let push_sink = crate::graph::serve(axum::Router::new().fallback(|| async { "" })).await;
+        let push_server =
+            crate::graph::serve_owned(axum::Router::new().fallback(|| async { "" })).await;
+        let push_sink = push_server.url.clone();
         let gqueue = Arc::new(ListQueue::default());
         let epoch = epoch();
         let clock = Arc::new(ManualClock::new(epoch));
@@ -766,6 +773,7 @@ impl World {
             staff_log: BTreeMap::new(),
             bus_seen: 0,
             trace: Vec::new(),
+            _servers: [sim_server, gsim_server, push_server],
         };
         w.connect().await;
         w.log(format!("variant: {variant:?}"));
@@ -1868,6 +1876,17 @@ impl World {
                 let live: Vec<_> = events.iter().filter(|(id, _, _)| *id == s.id).collect();
                 match s.status {
                     SessionStatus::Cancelled => {
+                        // An event the staff member restored in this calendar that ended
+                        // before the window is history as well, whatever its session's time
+                        // (a cancelled session's old event brought back days in the past).
+                        let restored = self.staff_log.get(&s.id).is_some_and(|log| {
+                            log.iter()
+                                .any(|(_, c, act)| c == cal && *act == StaffAct::Restore)
+                        });
+                        let live: Vec<_> = live
+                            .iter()
+                            .filter(|(_, _, end)| !restored || *end > history_before)
+                            .collect();
                         if !live.is_empty() && !past {
                             bad.push(format!(
                                 "{} is cancelled but has {} live{what} event(s)",

@@ -3,6 +3,7 @@
 //! does to it in Outlook or Google Calendar comes back as the same booking commands, and
 //! nothing echoes. Each scenario runs for Exchange and for Google.
 
+use serde_json::json;
 use voyage_core::model::SessionStatus;
 use voyage_tests::calendars::{at, Cal, CalendarsWorld};
 
@@ -384,4 +385,110 @@ async fn a_versioned_change_written_to_google_is_stale_when_sent_again() {
     );
     assert!(w.google.requests().is_empty(), "{:?}", w.google.requests());
     w.one_event(Cal::Google, "ann", "s1");
+}
+
+/// The five-minute sweep reads due pending cancellations a page
+/// ([`PENDING_PAGE`](voyage_core::exchange::sync::PENDING_PAGE)) at a time. One that cannot be
+/// committed now (its calendar unreachable) stays in the index; the sweep used to stop at the
+/// first page holding a failure, so a page of them, due first, held back every cancellation
+/// due after them for as long as they kept failing. An unreachable calendar is asked once per
+/// sweep, not once per booking (each ask can take the provider's whole retry budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_cancellations_that_cannot_commit_does_not_hold_back_the_ones_due_after_it() {
+    use voyage_core::exchange::sync::PENDING_PAGE;
+    use voyage_tests::calendars::{change_body, fault};
+    let (w, ann) = CalendarsWorld::with(Cal::Exchange).await;
+    let bob = w.connect(Cal::Google, "bob").await;
+    // More than a page of ann's bookings (Outlook), an hour apart, and one of bob's (Google).
+    let anns = PENDING_PAGE as i32 + 1;
+    let hour = chrono::Duration::hours(1);
+    for i in 0..anns {
+        let mut body = change_body("created", &format!("a{i}"), "ann", 0);
+        body["session"]["start"] = json!(at(0) + hour * i);
+        body["session"]["end"] = json!(at(0) + hour * (i + 1));
+        let (status, out) = w.post_change(body).await;
+        assert_eq!(status, 200, "{out}");
+    }
+    let (status, out) = w.post_change(change_body("created", "b1", "bob", 9)).await;
+    assert_eq!(status, 200, "{out}");
+    // Each staff member deletes their events; ann's cancellations are due first.
+    for i in 0..anns {
+        let event = w.one_event(Cal::Exchange, "ann", &format!("a{i}"));
+        w.staff_delete(Cal::Exchange, "ann", &event);
+    }
+    w.sync(Cal::Exchange, &ann).await;
+    let event = w.one_event(Cal::Google, "bob", "b1");
+    w.staff_delete(Cal::Google, "bob", &event);
+    w.sync(Cal::Google, &bob).await;
+    assert_eq!(
+        w.session("b1").await.status,
+        SessionStatus::PendingCancellation
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Outlook cannot be read: none of ann's can be committed (it may have been restored).
+    w.graph.add_fault(voyage_simulators::Fault {
+        retry_after: Some(0),
+        ..fault("GET", "/events/", 503, 100_000)
+    });
+    w.graph.clear_served();
+
+    w.commit_pending_cancellations().await;
+
+    assert_eq!(w.session("b1").await.status, SessionStatus::Cancelled);
+    assert_eq!(
+        w.session(&format!("a{}", anns - 1)).await.status,
+        SessionStatus::PendingCancellation
+    );
+    // One read of ann's calendar (its three tries), not one per booking.
+    let reads = w
+        .graph
+        .served()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/events/"))
+        .count();
+    assert!(reads <= 3, "{reads} reads of an unreachable calendar");
+    // Once Outlook answers again, the next sweep commits ann's too.
+    w.graph.clear_faults();
+    w.commit_pending_cancellations().await;
+    assert_eq!(w.session("a0").await.status, SessionStatus::Cancelled);
+    assert_eq!(
+        w.session(&format!("a{}", anns - 1)).await.status,
+        SessionStatus::Cancelled
+    );
+}
+
+/// A cancelled booking's event that the staff member restored is deleted again, and the
+/// session's history notes it. When the delete finds the event gone already (deleted again
+/// between the round's read and its delete), nothing came back: no note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_event_gone_again_before_its_delete_leaves_no_note() {
+    use voyage_tests::calendars::fault;
+    for cal in Cal::BOTH {
+        let (w, conn) = CalendarsWorld::with(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = w.one_event(cal, "ann", "s1");
+        w.change("cancelled", "s1", 9).await;
+        w.staff_restore(cal, "ann", &event);
+        // The provider answers the round's delete as if the event were gone already.
+        let gone = match cal {
+            Cal::Exchange => fault("DELETE", "/events/", 404, 1),
+            Cal::Google => fault("DELETE", "/events/", 410, 1),
+        };
+        match cal {
+            Cal::Exchange => w.graph.add_fault(gone),
+            Cal::Google => w.google.add_fault(gone),
+        }
+
+        w.sync(cal, &conn).await;
+
+        let s = w.session("s1").await;
+        assert_eq!(s.status, SessionStatus::Cancelled, "{cal:?}");
+        assert!(
+            s.history
+                .iter()
+                .all(|h| h.command != "delete_restored_event"),
+            "{cal:?}: {:?}",
+            s.history
+        );
+    }
 }

@@ -67,8 +67,20 @@ pub trait EventWriter: Send + Sync {
         note: &str,
     ) -> std::result::Result<Option<Written>, Self::Error>;
 
-    /// Deletes the event (already gone counts as done).
-    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), Self::Error>;
+    /// Deletes the event; already gone (404, or Google's 410) counts as done and says so.
+    async fn delete_event(
+        &self,
+        mapping: &EventMapping,
+    ) -> std::result::Result<Deleted, Self::Error>;
+}
+
+/// What [`EventWriter::delete_event`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// The event was live and is deleted now.
+    Now,
+    /// The event was gone already (deleted since it was read).
+    AlreadyGone,
 }
 
 /// Why carrying out a plan stopped.
@@ -433,10 +445,19 @@ async fn delete_again<W: EventWriter>(
     mapping: &EventMapping,
     session: &mut Session,
 ) -> std::result::Result<Carried, Failure<W::Error>> {
-    writer
+    let deleted = writer
         .delete_event(mapping)
         .await
         .map_err(Failure::Calendar)?;
+    if deleted == Deleted::AlreadyGone {
+        // Deleted again since it was read (the staff member, or another round): the calendar
+        // is as the session wants it, and nothing came back that the history should note.
+        // The snapshot is stale all the same, so planning stops.
+        return Ok(Carried {
+            changed: false,
+            wrote_calendar: true,
+        });
+    }
     let changed = booking::execute(
         deps,
         session,

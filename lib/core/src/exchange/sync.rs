@@ -1021,7 +1021,10 @@ impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
         }
     }
 
-    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), GraphError> {
+    async fn delete_event(
+        &self,
+        mapping: &EventMapping,
+    ) -> std::result::Result<crate::calendar::engine::Deleted, GraphError> {
         let graph = self
             .ctx
             .deps
@@ -1035,7 +1038,8 @@ impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
             )
             .await
         {
-            Ok(()) | Err(GraphError::NotFound) => Ok(()),
+            Ok(()) => Ok(crate::calendar::engine::Deleted::Now),
+            Err(GraphError::NotFound) => Ok(crate::calendar::engine::Deleted::AlreadyGone),
             Err(e) => Err(e),
         }
     }
@@ -1120,7 +1124,9 @@ async fn reconcile_vanished(
         .into_iter()
         // History is not read: a mapping whose event last ended before the window belongs to
         // a session that is over (this keeps the work a round does independent of how many
-        // sessions the staff member ever had).
+        // sessions the staff member ever had), or to an event left in the past: one the
+        // platform cancelled before its move reached the calendar, restored there by the
+        // staff member, stays where it is, days ago (simulation seed 715511).
         .filter(|m| m.last_end > window_start && !seen.contains(&m.external_event_id))
         .collect();
     if vanished.is_empty() {
@@ -1186,29 +1192,70 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
             }
         }
     }
-    let failed_before = report.failed;
+    // Page by cursor: a session that cannot be committed now (its calendar unreachable, say)
+    // stays where it is in the index and the sweep moves on past it, so however many fail,
+    // the ones due after them are still committed; the next sweep tries the failed again.
+    // A calendar that failed once is not asked again in the same sweep (each ask can take
+    // the provider's whole retry budget, seconds), and the sweep stops at its time budget
+    // (the scheduled function runs its jobs one after another).
+    // The bound stays that of the sweep's start, so every page is of the same query (a
+    // DynamoDB cursor must lie within its query's range); what falls due meanwhile waits for
+    // the next sweep.
+    let until = deps.store.now();
+    let started = std::time::Instant::now();
+    let mut unreachable: HashSet<(String, String, String)> = HashSet::new();
+    let mut cursor = None;
     loop {
+        let page = deps
+            .store
+            .due_pending_cancellations(until, PENDING_PAGE, cursor)
+            .await?;
         let now = deps.store.now();
-        let due = deps.store.due_pending_cancellations(now, 100).await?;
-        if due.is_empty() {
-            break;
-        }
-        let batch = due.len();
-        for mut session in due {
+        for mut session in page.items {
+            let calendar = (
+                session.company_id.clone(),
+                session.staff_id.clone(),
+                session
+                    .pending
+                    .as_ref()
+                    .map(|p| p.origin.clone())
+                    .unwrap_or_default(),
+            );
+            if unreachable.contains(&calendar) {
+                report.failed += 1;
+                continue;
+            }
             match commit_one(deps, &mut session, now).await {
                 Ok(()) => report.processed += 1,
                 Err(e) => {
                     tracing::warn!(session = %session.id, error = %e, "pending cancellation not committed");
+                    if matches!(e, Error::Provider { .. }) {
+                        unreachable.insert(calendar);
+                    }
                     report.failed += 1;
                 }
             }
         }
-        if batch < 100 || report.failed > failed_before {
-            break;
+        match page.next {
+            Some(next) if started.elapsed() < PENDING_SWEEP_BUDGET => cursor = Some(next),
+            Some(_) => {
+                tracing::warn!(
+                    "pending-cancellation sweep stopped at its time budget; the next sweep goes on"
+                );
+                break;
+            }
+            None => break,
         }
     }
     Ok(report)
 }
+
+/// How long one pending-cancellation sweep pages on before it leaves the rest to the next
+/// (the five-minute function runs its other jobs after it, within its 300 s timeout).
+const PENDING_SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Due pending cancellations read per page by [`commit_pending_cancellations`].
+pub const PENDING_PAGE: usize = 100;
 
 async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> Result<()> {
     // The cancellation's cause is its origin: a write back there is filtered.

@@ -96,7 +96,10 @@ impl EventWriter for GoogleEventWriter<'_> {
         }
     }
 
-    async fn delete_event(&self, mapping: &EventMapping) -> std::result::Result<(), GoogleError> {
+    async fn delete_event(
+        &self,
+        mapping: &EventMapping,
+    ) -> std::result::Result<crate::calendar::engine::Deleted, GoogleError> {
         match self
             .google
             .delete_event(
@@ -108,7 +111,8 @@ impl EventWriter for GoogleEventWriter<'_> {
             )
             .await
         {
-            Ok(()) | Err(GoogleError::NotFound) => Ok(()),
+            Ok(()) => Ok(crate::calendar::engine::Deleted::Now),
+            Err(GoogleError::NotFound) => Ok(crate::calendar::engine::Deleted::AlreadyGone),
             Err(e) => Err(e),
         }
     }

@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 
-use super::{classify_cas_failure, company_pk, decode, encode, Store};
+use super::{classify_cas_failure, company_pk, decode, encode, Listed, Store};
 use crate::model::Session;
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError};
 use crate::{Error, Result};
@@ -128,15 +128,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Sessions whose pending cancellation is due at `until`, oldest first, confirmed
-    /// against their records (the index may lag).
+    /// One page of the sessions whose pending cancellation is due at `until`, oldest first,
+    /// confirmed against their records (the index may lag); `cursor` is the `next` of the
+    /// page before, so a sweep moves past sessions it could not commit.
     pub async fn due_pending_cancellations(
         &self,
         until: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Session>> {
+        cursor: Option<String>,
+    ) -> Result<Listed<Session>> {
         let mut q = Query::prefix(PENDING_PK, "", limit.max(1));
         q.upper = Some(format!("{}~", until.format("%Y-%m-%dT%H:%M:%S%.3fZ")));
+        q.cursor = cursor;
         let page = self.table.query_index(Index::Gsi2, q).await?;
         let keys: Vec<Key> = page.items.into_iter().map(|i| i.key).collect();
         let mut out = Vec::with_capacity(keys.len());
@@ -151,7 +154,10 @@ impl Store {
             }
         }
         out.sort_by_key(|s| s.pending.as_ref().map(|p| p.due_at));
-        Ok(out)
+        Ok(Listed {
+            items: out,
+            next: page.next,
+        })
     }
 
     /// Sessions whose outbox holds events not yet on the bus, oldest change first,
