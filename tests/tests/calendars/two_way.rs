@@ -391,8 +391,9 @@ async fn a_versioned_change_written_to_google_is_stale_when_sent_again() {
 /// ([`PENDING_PAGE`](voyage_core::exchange::sync::PENDING_PAGE)) at a time. One that cannot be
 /// committed now (its calendar unreachable) stays in the index; the sweep used to stop at the
 /// first page holding a failure, so a page of them, due first, held back every cancellation
-/// due after them for as long as they kept failing. An unreachable calendar is asked once per
-/// sweep, not once per booking (each ask can take the provider's whole retry budget).
+/// due after them for as long as they kept failing. An unreachable calendar is asked three
+/// times per sweep, not once per booking (each ask can take the provider's whole retry
+/// budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_of_cancellations_that_cannot_commit_does_not_hold_back_the_ones_due_after_it() {
     use voyage_core::exchange::sync::PENDING_PAGE;
@@ -439,14 +440,14 @@ async fn a_page_of_cancellations_that_cannot_commit_does_not_hold_back_the_ones_
         w.session(&format!("a{}", anns - 1)).await.status,
         SessionStatus::PendingCancellation
     );
-    // One read of ann's calendar (its three tries), not one per booking.
+    // Three asks of ann's calendar (three tries each), not one per booking.
     let reads = w
         .graph
         .served()
         .iter()
         .filter(|r| r.method == "GET" && r.path.contains("/events/"))
         .count();
-    assert!(reads <= 3, "{reads} reads of an unreachable calendar");
+    assert!(reads <= 9, "{reads} reads of an unreachable calendar");
     // Once Outlook answers again, the next sweep commits ann's too.
     w.graph.clear_faults();
     w.commit_pending_cancellations().await;
@@ -489,6 +490,40 @@ async fn a_restored_event_gone_again_before_its_delete_leaves_no_note() {
                 .all(|h| h.command != "delete_restored_event"),
             "{cal:?}: {:?}",
             s.history
+        );
+    }
+}
+
+/// One event the provider refuses to read (a 400, not an outage) fails alone: the sweep goes
+/// on asking its calendar for the cancellations due after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_that_cannot_be_read_does_not_hold_back_its_calendars_other_cancellations() {
+    use voyage_tests::calendars::fault;
+    let (w, conn) = CalendarsWorld::with(Cal::Exchange).await;
+    let mut events = Vec::new();
+    for (i, hour) in [9, 11, 13, 15].into_iter().enumerate() {
+        w.change("created", &format!("s{i}"), hour).await;
+        events.push(w.one_event(Cal::Exchange, "ann", &format!("s{i}")));
+    }
+    for event in &events {
+        w.staff_delete(Cal::Exchange, "ann", event);
+    }
+    w.sync(Cal::Exchange, &conn).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // The first one due cannot be read, every time.
+    w.graph.add_fault(fault("GET", &events[0], 400, 1_000));
+
+    w.commit_pending_cancellations().await;
+
+    assert_eq!(
+        w.session("s0").await.status,
+        SessionStatus::PendingCancellation
+    );
+    for i in 1..4 {
+        assert_eq!(
+            w.session(&format!("s{i}")).await.status,
+            SessionStatus::Cancelled,
+            "s{i}"
         );
     }
 }

@@ -1195,59 +1195,93 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
     // Page by cursor: a session that cannot be committed now (its calendar unreachable, say)
     // stays where it is in the index and the sweep moves on past it, so however many fail,
     // the ones due after them are still committed; the next sweep tries the failed again.
-    // A calendar that failed once is not asked again in the same sweep (each ask can take
-    // the provider's whole retry budget, seconds), and the sweep stops at its time budget
-    // (the scheduled function runs its jobs one after another).
+    // A calendar (connection) whose provider was unreachable for three of its sessions in a
+    // row is not asked again in this sweep: each ask can take the provider's whole retry
+    // budget (seconds). A failure of one event (a refusal, not an outage) never counts, so
+    // one bad event cannot hold back its calendar's other cancellations. The sweep stops at
+    // its time budget (the scheduled function runs its jobs one after another).
     // The bound stays that of the sweep's start, so every page is of the same query (a
     // DynamoDB cursor must lie within its query's range); what falls due meanwhile waits for
     // the next sweep.
     let until = deps.store.now();
     let started = std::time::Instant::now();
-    let mut unreachable: HashSet<(String, String, String)> = HashSet::new();
+    let mut outages: HashMap<String, u32> = HashMap::new();
     let mut cursor = None;
-    loop {
+    'pages: loop {
         let page = deps
             .store
             .due_pending_cancellations(until, PENDING_PAGE, cursor)
             .await?;
         let now = deps.store.now();
         for mut session in page.items {
-            let calendar = (
-                session.company_id.clone(),
-                session.staff_id.clone(),
-                session
-                    .pending
-                    .as_ref()
-                    .map(|p| p.origin.clone())
-                    .unwrap_or_default(),
-            );
-            if unreachable.contains(&calendar) {
+            if started.elapsed() >= PENDING_SWEEP_BUDGET {
+                tracing::warn!(
+                    "pending-cancellation sweep stopped at its time budget; the next sweep goes on"
+                );
+                break 'pages;
+            }
+            // Unknown (the read failed): tried all the same, and not counted.
+            let calendar = calendar_of_pending(deps, &session).await.unwrap_or(None);
+            if calendar
+                .as_ref()
+                .is_some_and(|c| outages.get(c).copied().unwrap_or(0) >= OUTAGE_ASKS)
+            {
                 report.failed += 1;
                 continue;
             }
             match commit_one(deps, &mut session, now).await {
-                Ok(()) => report.processed += 1,
+                Ok(()) => {
+                    report.processed += 1;
+                    if let Some(c) = calendar {
+                        outages.remove(&c);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(session = %session.id, error = %e, "pending cancellation not committed");
-                    if matches!(e, Error::Provider { .. }) {
-                        unreachable.insert(calendar);
-                    }
                     report.failed += 1;
+                    if let (Some(c), true) = (calendar, is_outage(&e)) {
+                        *outages.entry(c).or_default() += 1;
+                    }
                 }
             }
         }
         match page.next {
-            Some(next) if started.elapsed() < PENDING_SWEEP_BUDGET => cursor = Some(next),
-            Some(_) => {
-                tracing::warn!(
-                    "pending-cancellation sweep stopped at its time budget; the next sweep goes on"
-                );
-                break;
-            }
+            Some(next) => cursor = Some(next),
             None => break,
         }
     }
     Ok(report)
+}
+
+/// Sessions of one calendar whose provider was unreachable, in a row, after which a sweep
+/// stops asking that calendar.
+const OUTAGE_ASKS: u32 = 3;
+
+/// The connection whose calendar decides whether a pending cancellation commits (the one its
+/// origin's event is mapped to), if any.
+async fn calendar_of_pending(deps: &Deps, session: &Session) -> Result<Option<String>> {
+    let Some(provider) = session
+        .pending
+        .as_ref()
+        .and_then(|p| booking::origin_provider(&p.origin))
+    else {
+        return Ok(None);
+    };
+    Ok(deps
+        .store
+        .mapping_for_session(&session.company_id, provider, &session.id)
+        .await?
+        .map(|m| m.connection_id))
+}
+
+/// A provider that could not be reached or asked us to wait (Graph's 503/429 and network
+/// errors; Google's answers, which its confirmation read reports as unavailable), not a
+/// refusal of one event.
+fn is_outage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Provider { status: 503, .. } | Error::Unavailable(_)
+    )
 }
 
 /// How long one pending-cancellation sweep pages on before it leaves the rest to the next
@@ -1283,7 +1317,7 @@ async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> R
 
 /// Reads the pending session's event. If it exists again, reconciles the session with it
 /// (a restore) and says so; a 404, a missing mapping or connection means it is gone. Graph
-/// being unreachable is an error (the commit waits).
+/// being unreachable, or an event whose times cannot be read, is an error (the commit waits).
 async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
     let Some((mapping, conn)) =
         engine::mapped_connection(deps, session, Provider::Exchange).await?
@@ -1304,7 +1338,13 @@ async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
     let mut report = RoundReport::default();
     let snap = match read_snapshot(&ctx, &mapping.external_event_id, &mut report).await {
         Ok(Some(snap)) => snap,
-        Ok(None) => return Ok(false),
+        // A live event whose times cannot be read is not taken for gone: the commit waits
+        // (as Google's does), rather than cancel a booking whose event may be back.
+        Ok(None) => {
+            return Err(Error::Unavailable(
+                "the event's times cannot be read; the cancellation waits".into(),
+            ))
+        }
         Err(RoundError::Graph(e)) => return Err(super::provider_error(&e)),
         Err(RoundError::Store(e)) => return Err(e),
     };
