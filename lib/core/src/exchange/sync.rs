@@ -1220,14 +1220,19 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
                 );
                 break 'pages;
             }
-            // Unknown (the read failed): tried all the same, and not counted.
-            let calendar = calendar_of_pending(deps, &session).await.unwrap_or(None);
-            if calendar
-                .as_ref()
-                .is_some_and(|c| outages.get(c).copied().unwrap_or(0) >= OUTAGE_ASKS)
-            {
-                report.failed += 1;
-                continue;
+            // The session's calendar is looked up only while some calendar has failed in
+            // this sweep (a healthy sweep reads nothing more than it did); a failed lookup
+            // leaves it unknown: tried all the same, and not counted.
+            let mut calendar = None;
+            if !outages.is_empty() {
+                calendar = calendar_of_pending(deps, &session).await.unwrap_or(None);
+                if calendar
+                    .as_ref()
+                    .is_some_and(|c| outages.get(c).copied().unwrap_or(0) >= OUTAGE_ASKS)
+                {
+                    report.failed += 1;
+                    continue;
+                }
             }
             match commit_one(deps, &mut session, now).await {
                 Ok(()) => {
@@ -1239,8 +1244,13 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
                 Err(e) => {
                     tracing::warn!(session = %session.id, error = %e, "pending cancellation not committed");
                     report.failed += 1;
-                    if let (Some(c), true) = (calendar, is_outage(&e)) {
-                        *outages.entry(c).or_default() += 1;
+                    if is_outage(&e) {
+                        if calendar.is_none() {
+                            calendar = calendar_of_pending(deps, &session).await.unwrap_or(None);
+                        }
+                        if let Some(c) = calendar {
+                            *outages.entry(c).or_default() += 1;
+                        }
                     }
                 }
             }
