@@ -59,8 +59,11 @@ enum Step {
     Skipped(String),
     /// The session's cancellation is pending: nothing is written.
     Pending,
-    /// The staff member deleted the event: the booking's cancellation starts pending.
-    EventGone,
+    /// The staff member deleted the event: the booking's cancellation starts pending. With
+    /// the event when no mapping knew it yet (a create whose answer was lost): it is mapped
+    /// now, so the commit of the cancellation reads it and a restore is seen (simulation
+    /// seed 740307: unmapped, restored beyond the window, the booking was cancelled).
+    EventGone(Option<Box<GoogleEvent>>),
     /// Written; `declined`: the event read before the write shows the staff member's own
     /// answer `declined` (the write keeps it, and its etag becomes ours: the decline is
     /// flagged here, or no sync would see it).
@@ -185,7 +188,7 @@ pub async fn apply_in(
         )
         .await?;
     }
-    if let Step::EventGone = step {
+    if let Step::EventGone(_) = step {
         let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
             .unwrap_or_else(|_| chrono::Duration::minutes(10));
         booking::execute(
@@ -372,17 +375,17 @@ impl Target<'_> {
             {
                 Ok(e) => return Step::Wrote(Box::new(e), "updated", false),
                 Err(GoogleError::PreconditionFailed) => {}
-                Err(GoogleError::NotFound) => return Step::EventGone,
+                Err(GoogleError::NotFound) => return Step::EventGone(None),
                 Err(e) => return Step::Failed(e.to_string()),
             }
         }
         let current = match self.read(event_id).await {
             Ok(current) => current,
-            Err(GoogleError::NotFound) => return Step::EventGone,
+            Err(GoogleError::NotFound) => return Step::EventGone(None),
             Err(e) => return Step::Failed(e.to_string()),
         };
         if current.is_cancelled() {
-            return Step::EventGone;
+            return Step::EventGone(None);
         }
         if crate::exchange::outbound::superseded(deps, change).await {
             return Step::Superseded;
@@ -404,7 +407,7 @@ impl Target<'_> {
             Err(e) => return Step::Failed(e.to_string()),
         };
         if current.is_cancelled() {
-            return Step::EventGone;
+            return Step::EventGone(Some(Box::new(current)));
         }
         let declined = current.self_response() == Some("declined");
         match self.write_over(session, event_id, &current).await {
@@ -477,14 +480,14 @@ fn closing_writes(
     if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
         s.calendar_version = Some(v);
     }
-    if matches!(step, Step::Wrote(..)) {
+    if matches!(step, Step::Wrote(..) | Step::EventGone(Some(_))) {
         // The placement's event exists and is mapped now.
         s.google_event = None;
     }
     if &s != session {
         writes.push(OutboundWrite::Session(s));
     }
-    if let Step::Wrote(event, ..) = step {
+    if let Step::Wrote(event, ..) | Step::EventGone(Some(event)) = step {
         // What the calendar shows now, as written (a write retried after a lost race is
         // recorded with the times it wrote, not the session's newer ones).
         let written = (
@@ -547,7 +550,7 @@ fn outcome_of(conn: &Connection, step: &Step) -> CalendarOutcome {
                 "the staff member deleted the event; the booking's cancellation is pending".into(),
             ),
         ),
-        Step::EventGone => (
+        Step::EventGone(_) => (
             "skipped",
             None,
             Some(
