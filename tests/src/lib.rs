@@ -14,5 +14,6 @@ pub mod fixtures;
 pub mod google;
 pub mod graph;
 pub mod lambda;
+pub mod races;
 pub mod receiver;
 pub mod simulation;

@@ -796,3 +796,45 @@ async fn the_lambda_routers_run_on_dynamodb() {
         "token, subscription, event"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Lost races. A delta round writing the same session (its mapping's change key, a pending
+// cancellation) makes the outbound write's conditional commit fail; under load that can
+// happen several times in a row. The write re-reads and tries again after a short random
+// pause; only a race lost on every try is an error, and then a 503 (retry), not a 409.
+
+fn session_change(body: serde_json::Value) -> voyage_core::exchange::outbound::SessionChange {
+    serde_json::from_value::<voyage_core::exchange::outbound::SessionChangeInput>(body)
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_loses_several_races_in_a_row_still_makes_its_one_event() {
+    let w = GraphWorld::start(&[]).await;
+    w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;
+    let deps = voyage_tests::races::losing_races(&w.app.local.deps, 5);
+    let change = session_change(change("created", "acme", "s1", "ann", 9));
+
+    let outcome = voyage_core::exchange::outbound::apply(&deps, &change)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.outcome, "created");
+    assert_eq!(w.live_events("ann").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_loses_every_race_is_unavailable_not_a_conflict() {
+    let w = GraphWorld::start(&[]).await;
+    w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;
+    let deps = voyage_tests::races::losing_races(&w.app.local.deps, usize::MAX);
+    let change = session_change(change("created", "acme", "s1", "ann", 9));
+
+    let error = voyage_core::exchange::outbound::apply(&deps, &change)
+        .await
+        .unwrap_err();
+
+    assert_eq!(error.status(), 503, "{error}");
+}

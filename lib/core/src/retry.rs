@@ -24,6 +24,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Tries of a conditional commit that keeps losing its race to another writer of the same
+/// records (a delta round writing the session's mapping, the sweep, a change for the same
+/// session) before the work is given up as contended. Each lost race re-reads what it
+/// writes, so a try is cheap; the pause between them ([`after_lost_race`]) spreads racing
+/// writers out.
+pub const LOST_RACE_ATTEMPTS: usize = 10;
+
+/// A short random pause (1-4 ms) after a lost race, before the re-read and the next try.
+pub async fn after_lost_race() {
+    let pause = rand::random::<u64>() % 4 + 1;
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+}
+
+/// The error once every try lost its race: nothing the caller did wrong, worth a retry
+/// (503), not a conflict the caller caused (409).
+pub fn contended(entity: &str, id: &str) -> crate::Error {
+    crate::Error::Unavailable(format!(
+        "the {entity} {id} is being changed by other writers; retry"
+    ))
+}
+
 /// How long to wait before each retry. `delays[0]` is the wait after the first failed
 /// attempt; when they run out the work has failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]

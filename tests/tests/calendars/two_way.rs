@@ -527,3 +527,39 @@ async fn one_event_that_cannot_be_read_does_not_hold_back_its_calendars_other_ca
         );
     }
 }
+
+/// A change whose commits lose races to other writers of the session (a delta round, the
+/// sweep) several times in a row: each try re-reads and waits a moment; the change lands,
+/// with one event. `skip`: the session writes let through first (1 passes the intent, so
+/// the calendar's closing commit is the one that loses).
+async fn change_losing_races(cal: Cal, skip: usize) {
+    let (w, _conn) = CalendarsWorld::with(cal).await;
+    let deps = voyage_tests::races::losing_races_after(&w.app.local.deps, skip, 5);
+    let change = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(
+        voyage_tests::calendars::change_body("created", "s1", "ann", 9),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+
+    let out = voyage_core::calendar::changes::apply(&deps, &change)
+        .await
+        .unwrap();
+
+    assert_eq!(out.calendars[0].outcome, "created", "{cal:?}: {out:?}");
+    w.one_event(cal, "ann", "s1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_intent_loses_five_races_in_a_row_still_makes_its_one_event() {
+    for cal in Cal::BOTH {
+        change_losing_races(cal, 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_closing_commit_loses_five_races_in_a_row_still_makes_its_one_event() {
+    for cal in Cal::BOTH {
+        change_losing_races(cal, 1).await;
+    }
+}

@@ -53,8 +53,9 @@ pub const TRANSACTION_PREFIX: &str = "voyage-";
 /// A session keeps its newest history entries only, so its record stays far below
 /// DynamoDB's 400 KB item limit however often it changes.
 pub const HISTORY_LIMIT: usize = 100;
-/// Store-conflict retries of the closing transaction (the Graph call is not repeated).
-const COMMIT_ATTEMPTS: usize = 3;
+/// Tries of the intent's and the closing transaction's commits (the Graph call is not
+/// repeated): [`crate::retry::LOST_RACE_ATTEMPTS`].
+const COMMIT_ATTEMPTS: usize = crate::retry::LOST_RACE_ATTEMPTS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -561,7 +562,11 @@ async fn write(
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
                 tracing::debug!(session = %change.id, "outbound commit lost a race; re-reading");
+                crate::retry::after_lost_race().await;
                 ctx = read().await?;
+            }
+            Err(Error::Conflict { .. }) => {
+                return Err(crate::retry::contended("session", &change.id))
             }
             Err(e) => return Err(e),
         }
@@ -674,15 +679,14 @@ where
                 });
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
+                crate::retry::after_lost_race().await;
                 *ctx = read().await?;
             }
+            Err(Error::Conflict { .. }) => break,
             Err(e) => return Err(e),
         }
     }
-    Err(Error::Conflict {
-        entity: "session",
-        id: change.id.clone(),
-    })
+    Err(crate::retry::contended("session", &change.id))
 }
 
 /// Whether the session, as `next`, needs a Google event created: the staff member has a

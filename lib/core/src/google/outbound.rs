@@ -42,8 +42,9 @@ use crate::model::{Connection, ConnectionStatus, EventMapping, Provider, Session
 use crate::store::{OutboundContext, OutboundWrite};
 use crate::{Error, Result};
 
-/// Store-conflict retries of the closing transaction (the Google call is not repeated).
-const COMMIT_ATTEMPTS: usize = 5;
+/// Tries of the closing transaction's commit (the Google call is not repeated):
+/// [`crate::retry::LOST_RACE_ATTEMPTS`].
+const COMMIT_ATTEMPTS: usize = crate::retry::LOST_RACE_ATTEMPTS;
 
 /// What writing one session to its staff member's Google calendar did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +174,11 @@ pub async fn apply_in(
                 break;
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
+                crate::retry::after_lost_race().await;
                 ctx = read(deps, change).await?;
+            }
+            Err(Error::Conflict { .. }) => {
+                return Err(crate::retry::contended("session", &change.id))
             }
             Err(e) => return Err(e),
         }

@@ -100,8 +100,7 @@ impl Guesses {
 
 /// The pause before drawing again after a lost race: 1-4 ms, random.
 pub async fn contention_pause() {
-    let pause = rand::random::<u64>() % 4 + 1;
-    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    crate::retry::after_lost_race().await
 }
 
 /// The error after [`ATTEMPTS`] lost races: a passing condition, worth a retry by the caller
