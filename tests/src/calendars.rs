@@ -27,6 +27,13 @@ impl Cal {
             Cal::Google => "google",
         }
     }
+
+    pub fn provider(self) -> voyage_core::model::Provider {
+        match self {
+            Cal::Exchange => voyage_core::model::Provider::Exchange,
+            Cal::Google => voyage_core::model::Provider::Google,
+        }
+    }
 }
 
 /// One of the platform's events as the staff member's calendar shows it.
@@ -380,5 +387,6 @@ pub fn fault(method: &str, path: &str, status: u16, count: u32) -> voyage_simula
         latency_ms: None,
         count,
         after: 0,
+        lose_answer: false,
     }
 }

@@ -1500,6 +1500,7 @@ impl World {
                     latency_ms: None,
                     count,
                     after: self.rng.gen_range(0..3),
+                    lose_answer: false,
                 });
                 self.log(format!("fault: Graph answers {status} x{count}"));
             }
@@ -1541,6 +1542,7 @@ impl World {
                     latency_ms: None,
                     count: 1,
                     after: 0,
+                    lose_answer: false,
                 });
                 self.log("fault: the next delta page answers 503".into());
             }
@@ -1562,6 +1564,7 @@ impl World {
                     latency_ms: None,
                     count,
                     after: self.rng.gen_range(0..3),
+                    lose_answer: false,
                 });
                 self.log(format!(
                     "fault: Google answers {status} x{count} to {method}"
@@ -1606,6 +1609,7 @@ impl World {
                     latency_ms: None,
                     count: 1,
                     after: 0,
+                    lose_answer: false,
                 });
                 self.log("fault: the next Google read answers 503".into());
             }

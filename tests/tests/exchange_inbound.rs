@@ -922,6 +922,7 @@ mod convergence {
             latency_ms: Some(1500),
             count: 1,
             after: 0,
+            lose_answer: false,
         });
         let rebook = send(&w, &platform, change("created", "acme", "s1", "ann", 10));
         let meanwhile = async {

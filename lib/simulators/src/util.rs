@@ -8,7 +8,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 /// One injected fault: the next `count` requests whose method and path match answer
-/// `status` (with `Retry-After` when given), or are answered after `latency_ms`.
+/// `status` (with `Retry-After` when given), or are answered after `latency_ms`. With
+/// `lose_answer`, the request is served first (a write takes effect) and its answer is then
+/// replaced by `status` (503 when not given): an answer lost after the write happened, as a
+/// timeout or a dropped connection shows it to the caller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fault {
     #[serde(default)]
@@ -27,6 +30,8 @@ pub struct Fault {
     /// page of a round: `after: 1`).
     #[serde(default)]
     pub after: u32,
+    #[serde(default)]
+    pub lose_answer: bool,
 }
 
 fn one() -> u32 {
@@ -40,6 +45,10 @@ pub enum FaultAction {
         retry_after: Option<u64>,
     },
     Delay(Duration),
+    /// Serve the request, then answer `status` instead.
+    LoseAnswer {
+        status: StatusCode,
+    },
 }
 
 /// Takes the first matching fault (spending one of its uses).
@@ -57,7 +66,11 @@ pub fn take_fault(faults: &mut Vec<Fault>, method: &Method, path: &str) -> Optio
         return None;
     }
     fault.count -= 1;
-    let action = match fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+    let status = fault.status.and_then(|s| StatusCode::from_u16(s).ok());
+    let action = match status {
+        _ if fault.lose_answer => FaultAction::LoseAnswer {
+            status: status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        },
         Some(status) => FaultAction::Fail {
             status,
             retry_after: fault.retry_after,

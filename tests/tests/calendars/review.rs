@@ -26,6 +26,7 @@ fn google_list_answers_late(w: &CalendarsWorld, ms: u64) {
         latency_ms: Some(ms),
         count: 1,
         after: 0,
+        lose_answer: false,
     });
 }
 

@@ -440,6 +440,7 @@ async fn review2_a_bare_cancellation_read_before_a_rebooking_does_not_put_the_ne
         latency_ms: Some(1500),
         count: 1,
         after: 0,
+        lose_answer: false,
     });
     let mut connection = w
         .app

@@ -304,6 +304,7 @@ async fn a_queued_change_whose_calendar_fails_is_offered_again_and_written_by_th
         latency_ms: None,
         count: 1,
         after: 0,
+        lose_answer: false,
     });
     // `session.changed` as EventBridge delivers it to the outbound queue.
     let message = serde_json::json!({
@@ -341,6 +342,7 @@ async fn a_queued_follow_up_handled_after_a_newer_change_writes_the_newer_times(
         latency_ms: None,
         count: 1,
         after: 0,
+        lose_answer: false,
     });
     assert_eq!(w.sync(Cal::Google, &google).await, 1);
     assert_eq!(w.shown(Cal::Exchange, "ann", "s1")[0].start, at(9));
@@ -535,16 +537,12 @@ async fn one_event_that_cannot_be_read_does_not_hold_back_its_calendars_other_ca
 async fn change_losing_races(cal: Cal, skip: usize) {
     let (w, _conn) = CalendarsWorld::with(cal).await;
     let deps = voyage_tests::races::losing_races_after(&w.app.local.deps, skip, 5);
-    let change = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(
+
+    let out = voyage_tests::calendars::apply_change(
+        &deps,
         voyage_tests::calendars::change_body("created", "s1", "ann", 9),
     )
-    .unwrap()
-    .validate()
-    .unwrap();
-
-    let out = voyage_core::calendar::changes::apply(&deps, &change)
-        .await
-        .unwrap();
+    .await;
 
     assert_eq!(out.calendars[0].outcome, "created", "{cal:?}: {out:?}");
     w.one_event(cal, "ann", "s1");
@@ -561,5 +559,84 @@ async fn a_change_whose_intent_loses_five_races_in_a_row_still_makes_its_one_eve
 async fn a_change_whose_closing_commit_loses_five_races_in_a_row_still_makes_its_one_event() {
     for cal in Cal::BOTH {
         change_losing_races(cal, 1).await;
+    }
+}
+
+/// Simulation seed 740307 as a scenario. A booking 200 days ahead (beyond the sync window:
+/// no listing shows its event) is created, and the calendar's answer to the create is lost;
+/// the staff member deletes the event; the same change sent again finds its own event
+/// deleted and starts a pending cancellation; the staff member restores the event. The sweep
+/// reads the event, sees it back and keeps the booking (Google's used to find no mapping,
+/// take the event for gone and cancel a booking whose event was live).
+///
+/// Exchange differs at the second send: Graph's idempotent create matches live events only,
+/// so it makes a new event, and the restored first copy is a duplicate until a delta round
+/// lists it (once its day is inside the sync window), which deletes it (the adopt rule for a
+/// tagged event whose session shows as another, live event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_was_lost_then_deleted_and_restored_keeps_its_booking() {
+    for cal in Cal::BOTH {
+        let (w, _conn) = CalendarsWorld::with(cal).await;
+        let mut body = voyage_tests::calendars::change_body("created", "s1", "ann", 9);
+        let later = |hour| (at(hour) + chrono::Duration::days(200)).to_rfc3339();
+        body["session"]["start"] = json!(later(9));
+        body["session"]["end"] = json!(later(10));
+        // Every try of the create is served and its answer lost (Google's client tries 4
+        // times on a 5xx; Graph's does not retry a 500).
+        let mut lost = match cal {
+            Cal::Exchange => voyage_tests::calendars::fault("POST", "/events", 500, 1),
+            Cal::Google => voyage_tests::calendars::fault("POST", "/events", 503, 4),
+        };
+        lost.lose_answer = true;
+        match cal {
+            Cal::Exchange => w.graph.add_fault(lost),
+            Cal::Google => w.google.add_fault(lost),
+        }
+        let (status, out) = w.post_change(body.clone()).await;
+        assert_eq!(status, 200, "{cal:?}: {out}");
+        assert_eq!(out["calendars"][0]["outcome"], "failed", "{cal:?}: {out}");
+        w.graph.clear_faults();
+        w.google.clear_faults();
+        let event = w.one_event(cal, "ann", "s1");
+        w.staff_delete(cal, "ann", &event);
+        let (status, out) = w.post_change(body).await;
+        assert_eq!(status, 200, "{cal:?}: {out}");
+        w.staff_restore(cal, "ann", &event);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+        w.commit_pending_cancellations().await;
+
+        let s = w.session("s1").await;
+        assert_eq!(
+            s.status,
+            SessionStatus::Confirmed,
+            "{cal:?}: {:?}",
+            s.history
+        );
+        let shown: Vec<String> = w
+            .shown(cal, "ann", "s1")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        let mapped = w
+            .app
+            .local
+            .deps
+            .store
+            .mapping_for_session("acme", cal.provider(), "s1")
+            .await
+            .unwrap()
+            .map(|m| m.external_event_id);
+        match cal {
+            Cal::Google => assert_eq!(shown, std::slice::from_ref(&event), "{cal:?}"),
+            Cal::Exchange => {
+                assert!(shown.contains(&event), "{shown:?}");
+                assert_eq!(shown.len(), 2, "{shown:?}");
+            }
+        }
+        assert!(
+            mapped.is_some_and(|m| shown.contains(&m)),
+            "{cal:?}: {shown:?}"
+        );
     }
 }

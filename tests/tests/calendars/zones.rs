@@ -88,6 +88,7 @@ async fn a_full_sync_that_fails_after_a_410_leaves_the_calendars_zone_for_the_co
     w.google.expire_sync_tokens();
     w.google.add_fault(voyage_simulators::Fault {
         after: 1,
+        lose_answer: false,
         ..voyage_tests::calendars::fault("GET", "/events", 400, 1)
     });
     let mut c = w.connection(&conn).await;

@@ -84,15 +84,26 @@ pub(super) async fn google_edge(
             resp
         }
         other => {
-            if let Some(FaultAction::Delay(d)) = other {
-                delay = Some(d);
+            let mut lost = None;
+            match other {
+                Some(FaultAction::Delay(d)) => delay = Some(d),
+                Some(FaultAction::LoseAnswer { status }) => lost = Some(status),
+                _ => {}
             }
             let authorised = path == "/token"
                 || bearer(req.headers())
                     .and_then(|t| sim.state().tokens.get(&t).cloned())
                     .is_some_and(|(_, exp)| exp > Utc::now());
             if authorised {
-                next.run(req).await
+                let served = next.run(req).await;
+                match lost {
+                    Some(status) => google_error(
+                        status,
+                        "backendError",
+                        "injected fault: the answer was lost after the request was served",
+                    ),
+                    None => served,
+                }
             } else {
                 google_error(StatusCode::UNAUTHORIZED, "authError", "Invalid Credentials")
             }

@@ -471,6 +471,11 @@ impl GoogleSimulator {
         self.state().faults.push(fault);
     }
 
+    /// Removes every injected fault (as `DELETE /_control/faults` does).
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// Inserts events into `calendar` at once, as `events.insert` would (the same checks and
     /// fields) but without pushes: for seeding large calendars in tests and benchmarks.
     /// Returns the new ids, or the first refusal's message.

@@ -57,8 +57,11 @@ pub(super) async fn graph_edge(
             resp
         }
         other => {
-            if let Some(FaultAction::Delay(d)) = other {
-                delay = Some(d);
+            let mut lost = None;
+            match other {
+                Some(FaultAction::Delay(d)) => delay = Some(d),
+                Some(FaultAction::LoseAnswer { status }) => lost = Some(status),
+                _ => {}
             }
             let authorised = path.ends_with("/oauth2/v2.0/token") || {
                 let bearer = req
@@ -73,7 +76,15 @@ pub(super) async fn graph_edge(
                     .is_some_and(|(_, exp)| exp > Utc::now())
             };
             if authorised {
-                next.run(req).await
+                let served = next.run(req).await;
+                match lost {
+                    Some(status) => graph_error(
+                        status,
+                        "ServiceUnavailable",
+                        "injected fault: the answer was lost after the request was served",
+                    ),
+                    None => served,
+                }
             } else {
                 graph_error(
                     StatusCode::UNAUTHORIZED,

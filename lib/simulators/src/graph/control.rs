@@ -30,6 +30,10 @@ pub(super) async fn control_register_app(
     StatusCode::NO_CONTENT
 }
 
+/// `POST /_control/faults` `{"method"?, "path_contains"?, "status"?, "retry_after"?,
+/// "latency_ms"?, "count"?, "after"?, "lose_answer"?}` (see [`Fault`]): the next `count`
+/// matching requests answer `status`, or are slowed by `latency_ms`; with `lose_answer`
+/// they are served first and then answered `status` (503 by default).
 pub(super) async fn control_add_fault(
     State(sim): State<GraphSimulator>,
     Json(f): Json<Fault>,

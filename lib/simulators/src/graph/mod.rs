@@ -16,7 +16,9 @@
 //! Control routes (what Graph has no route for; no token needed):
 //! - `POST /_control/apps` `{"tenant_id", "client_id", "client_secret"}`: register an app;
 //! - `POST /_control/faults` `{"method"?, "path_contains"?, "status"?, "retry_after"?,
-//!   "latency_ms"?, "count"?, "after"?}`; `DELETE /_control/faults`;
+//!   "latency_ms"?, "count"?, "after"?, "lose_answer"?}`; `DELETE /_control/faults`
+//!   (`lose_answer`: the request is served, then answered `status`, 503 by default: an
+//!   answer lost after the write happened);
 //! - `GET /_control/requests` (every Graph request served), `DELETE` to clear;
 //! - `GET /_control/users/{user}/events`: every event, deleted ones included, with their
 //!   extended properties and transaction ids;
