@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod google;
 pub mod graph;
 pub mod lambda;
+pub mod quirks;
 pub mod races;
 pub mod receiver;
 pub mod simulation;

@@ -876,6 +876,37 @@ mod convergence {
         assert_eq!(s.history.last().unwrap().command, "restore");
     }
 
+    /// A restored event whose times Graph serves in a zone this build cannot read is not
+    /// taken for gone: the sweep leaves the cancellation pending, and the next sweep that can
+    /// read the event sees it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_commit_sweep_waits_while_a_restored_events_times_cannot_be_read() {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        let event = book(&w, &platform, "s1", 9).await;
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        round(&w, &conn).await;
+        assert_eq!(
+            session(&w, "s1").await.status,
+            SessionStatus::PendingCancellation
+        );
+        assert_eq!(w.restore("ann", &event).await, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let odd = voyage_tests::quirks::unreadable_times(&w.app.local.deps, &event);
+
+        sync::commit_pending_cancellations(&odd).await.unwrap();
+
+        assert_eq!(
+            session(&w, "s1").await.status,
+            SessionStatus::PendingCancellation
+        );
+        sync::commit_pending_cancellations(&w.app.local.deps)
+            .await
+            .unwrap();
+        let s = session(&w, "s1").await;
+        assert_eq!(s.status, SessionStatus::Confirmed, "{:?}", s.history);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_platform_edit_that_finds_the_event_deleted_starts_the_cancellation_instead_of_a_second_event(
     ) {
