@@ -876,6 +876,49 @@ mod convergence {
         assert_eq!(s.history.last().unwrap().command, "restore");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sweep_past_its_time_budget_leaves_the_rest_to_the_next_sweep() {
+        let (w, _key, platform, conn) = idle_world().await;
+        round(&w, &conn).await;
+        for (session, hour) in [("s1", 9), ("s2", 11), ("s3", 13)] {
+            let event = book(&w, &platform, session, hour).await;
+            assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        }
+        round(&w, &conn).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Each confirming read of a deleted event takes 300 ms; the budget is 100 ms.
+        w.sim.add_fault(voyage_simulators::Fault {
+            method: Some("GET".into()),
+            path_contains: Some("/events/".into()),
+            status: None,
+            retry_after: None,
+            latency_ms: Some(300),
+            count: 10,
+            after: 0,
+            lose_answer: false,
+        });
+
+        let first = sync::commit_pending_cancellations_within(
+            &w.app.local.deps,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(first.processed, 1, "{first:?}");
+        w.sim.clear_faults();
+        let next = sync::commit_pending_cancellations(&w.app.local.deps)
+            .await
+            .unwrap();
+        assert_eq!(next.processed, 2, "{next:?}");
+        for session_id in ["s1", "s2", "s3"] {
+            assert_eq!(
+                session(&w, session_id).await.status,
+                SessionStatus::Cancelled
+            );
+        }
+    }
+
     /// A restored event whose times Graph serves in a zone this build cannot read is not
     /// taken for gone: the sweep leaves the cancellation pending, and the next sweep that can
     /// read the event sees it back.

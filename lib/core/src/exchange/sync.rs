@@ -1164,7 +1164,17 @@ async fn reconcile_vanished(
 /// cancellation caused by an Exchange deletion is confirmed first: the event is read, and if
 /// it is back (a restore whose notification was lost or is still queued) the session is
 /// reconciled with it instead; if Graph cannot be reached, it waits for the next sweep.
+/// Stops at [`PENDING_SWEEP_BUDGET`].
 pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::JobReport> {
+    commit_pending_cancellations_within(deps, PENDING_SWEEP_BUDGET).await
+}
+
+/// [`commit_pending_cancellations`] with another time budget: no booking is begun once
+/// `budget` has passed since the sweep started (the one in hand is finished).
+pub async fn commit_pending_cancellations_within(
+    deps: &Deps,
+    budget: std::time::Duration,
+) -> Result<crate::jobs::JobReport> {
     let mut report = crate::jobs::JobReport {
         job: "commit-pending-cancellations".into(),
         ..Default::default()
@@ -1214,7 +1224,7 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
             .await?;
         let now = deps.store.now();
         for mut session in page.items {
-            if started.elapsed() >= PENDING_SWEEP_BUDGET {
+            if started.elapsed() >= budget {
                 tracing::warn!(
                     "pending-cancellation sweep stopped at its time budget; the next sweep goes on"
                 );
@@ -1296,7 +1306,7 @@ fn is_outage(e: &Error) -> bool {
 
 /// How long one pending-cancellation sweep pages on before it leaves the rest to the next
 /// (the five-minute function runs its other jobs after it, within its 300 s timeout).
-const PENDING_SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+pub const PENDING_SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Due pending cancellations read per page by [`commit_pending_cancellations`].
 pub const PENDING_PAGE: usize = 100;
