@@ -31,6 +31,14 @@ const REGRESSIONS: &[u64] = &[
     // restored beyond the window: the commit found no mapping and cancelled the booking
     // while its event was live (740307).
     740307,
+    // A cancelled session's event restored and moved 200 days ahead after its removal was
+    // seen: nothing reports it until the window reaches it (an invariant that ignored that
+    // rule; 750328).
+    750328,
+    // A follow-up to Google refused (429) after an Exchange move: the harness had no outbound
+    // queue, so the follow-up was dropped and the Google event stayed at the old time; the
+    // queue is simulated now, delivered late, retried (760622).
+    760622,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
