@@ -1,9 +1,13 @@
-//! Lost races on demand: a table that forwards to a world's and refuses the next `n`
-//! transactions writing a session record as a lost race (the condition failed), as a delta
-//! round or another change writing the same session at that moment would make them fail.
+//! Lost races on demand, through a table that forwards to a world's:
+//! - [`losing_races`]: the next `n` transactions writing a session record are refused as a
+//!   lost race (the condition failed), as a delta round or another change writing the same
+//!   session at that moment would make them fail;
+//! - [`overtaken_at_mapping`]: other work runs to its end just before the first transaction
+//!   writing a mapping (another writer finishing first), which that transaction then loses
+//!   for real if the work wrote the same records.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use voyage_core::deps::Deps;
@@ -12,16 +16,28 @@ use voyage_core::ports::{
 };
 use voyage_core::store::Store;
 
-/// Forwards to `world`'s table; after `skip` session-writing transactions pass, the next
-/// `left` lose.
-pub struct LosesRaces {
+/// Work run to its end just before a transaction, as another writer would finish first.
+pub type Meanwhile = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Forwards to `world`'s table. After `skip` session-writing transactions pass, the next
+/// `left` lose; the first mapping-writing transaction first runs `meanwhile`.
+pub struct Racing {
     world: Arc<Deps>,
     skip: AtomicUsize,
     left: AtomicUsize,
+    meanwhile: Mutex<Option<Meanwhile>>,
+}
+
+impl Racing {
+    fn deps(world: &Arc<Deps>, racing: Racing) -> Deps {
+        let mut deps: Deps = (**world).clone();
+        deps.store = Store::new(Arc::new(racing), Arc::new(SystemClock));
+        deps
+    }
 }
 
 #[async_trait]
-impl Table for LosesRaces {
+impl Table for Racing {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         self.world.store.table().get(key).await
     }
@@ -38,25 +54,31 @@ impl Table for LosesRaces {
         self.world.store.table().batch_write(puts, deletes).await
     }
     async fn transact(&self, writes: Vec<TxWrite>) -> Result<(), StoreError> {
-        let writes_session = writes
-            .iter()
-            .any(|w| matches!(w, TxWrite::Put(item, _) if item.key.sk.starts_with("SESS#")));
-        let take = |n: usize| n.checked_sub(1);
-        if writes_session
-            && self
+        let writes_a = |prefix: &str| {
+            writes
+                .iter()
+                .any(|w| matches!(w, TxWrite::Put(item, _) if item.key.sk.starts_with(prefix)))
+        };
+        if writes_a("MAP#") {
+            let meanwhile = self.meanwhile.lock().ok().and_then(|mut m| m.take());
+            if let Some(work) = meanwhile {
+                work.await;
+            }
+        }
+        if writes_a("SESS#") {
+            let take = |n: usize| n.checked_sub(1);
+            let skipped = self
                 .skip
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
-                .is_ok()
-        {
-            return self.world.store.table().transact(writes).await;
-        }
-        if writes_session
-            && self
-                .left
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
-                .is_ok()
-        {
-            return Err(StoreError::ConditionFailed);
+                .is_ok();
+            if !skipped
+                && self
+                    .left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+                    .is_ok()
+            {
+                return Err(StoreError::ConditionFailed);
+            }
         }
         self.world.store.table().transact(writes).await
     }
@@ -78,14 +100,27 @@ pub fn losing_races(world: &Arc<Deps>, races: usize) -> Deps {
 
 /// [`losing_races`] once `skip` session writes have passed.
 pub fn losing_races_after(world: &Arc<Deps>, skip: usize, races: usize) -> Deps {
-    let mut deps: Deps = (**world).clone();
-    deps.store = Store::new(
-        Arc::new(LosesRaces {
+    Racing::deps(
+        world,
+        Racing {
             world: world.clone(),
             skip: AtomicUsize::new(skip),
             left: AtomicUsize::new(races),
-        }),
-        Arc::new(SystemClock),
-    );
-    deps
+            meanwhile: Mutex::new(None),
+        },
+    )
+}
+
+/// `world`'s dependencies over its table, running `meanwhile` before the first mapping
+/// write.
+pub fn overtaken_at_mapping(world: &Arc<Deps>, meanwhile: Meanwhile) -> Deps {
+    Racing::deps(
+        world,
+        Racing {
+            world: world.clone(),
+            skip: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
+            meanwhile: Mutex::new(Some(meanwhile)),
+        },
+    )
 }

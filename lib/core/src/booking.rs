@@ -24,10 +24,11 @@ use crate::{Error, Result};
 pub const ORIGIN_EXCHANGE_INBOUND: &str = "exchange-inbound";
 /// Changes made because of a Google Calendar change.
 pub const ORIGIN_GOOGLE_INBOUND: &str = "google-inbound";
-/// Store-conflict retries of one command. Several delta rounds of one connection may carry
-/// out the same command at once (a burst of notifications): each lost race re-reads and, the
-/// command being idempotent, usually finds nothing left to do.
-const ATTEMPTS: usize = 10;
+/// Tries of one command against lost races ([`crate::retry::LOST_RACE_ATTEMPTS`]). Several
+/// delta rounds of one connection may carry out the same command at once (a burst of
+/// notifications): each lost race pauses ([`crate::retry::after_lost_race`]), re-reads and,
+/// the command being idempotent, usually finds nothing left to do.
+const ATTEMPTS: usize = crate::retry::LOST_RACE_ATTEMPTS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -244,7 +245,7 @@ pub fn decide(
 /// Carries out `command` on the stored session: decide, conditional write (re-reading and
 /// deciding again after a lost race: every command re-checks its precondition on the fresh
 /// state), then publish the outbox. Returns whether the session changed; `session` is left
-/// as stored.
+/// as stored. A race lost on every try is [`crate::retry::contended`] (503).
 pub async fn execute(
     deps: &Deps,
     session: &mut Session,
@@ -254,18 +255,18 @@ pub async fn execute(
     for attempt in 1..=ATTEMPTS {
         match try_execute(deps, session, command, origin).await {
             Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {
+                crate::retry::after_lost_race().await;
                 *session = deps
                     .store
                     .get_session(&session.company_id, &session.id)
                     .await?;
             }
+            Err(Error::Conflict { .. }) => break,
             other => return other,
         }
     }
-    Err(Error::Conflict {
-        entity: "session",
-        id: session.id.clone(),
-    })
+    // Every try lost: the caller retries (503), it caused no conflict (409).
+    Err(crate::retry::contended("session", &session.id))
 }
 
 /// One attempt: decide from `session` as given and write with a compare-and-set on its

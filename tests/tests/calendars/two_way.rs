@@ -640,3 +640,74 @@ async fn a_create_whose_answer_was_lost_then_deleted_and_restored_keeps_its_book
         );
     }
 }
+
+/// A change (v2, a move) whose closing commit is overtaken: while its calendar write was in
+/// flight, the booking was cancelled (v3) and booked again (v4, a new event). Its commit
+/// loses the race, re-reads, and is superseded: the session stays mapped to the new event,
+/// and the next change (v5) moves that event (it used to map the session back to the
+/// deleted event, and v5 then started a pending cancellation beside a live, unmapped
+/// event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_overtaken_by_a_cancellation_and_a_re_booking_leaves_the_new_event_mapped() {
+    for cal in Cal::BOTH {
+        let (w, _conn) = CalendarsWorld::with(cal).await;
+        let world = w.app.local.deps.clone();
+        let versioned = |action: &str, hour: u32, version: u64| {
+            let mut body = voyage_tests::calendars::change_body(action, "s1", "ann", hour);
+            body["session"]["version"] = json!(version);
+            body
+        };
+        voyage_tests::calendars::apply_change(&world, versioned("created", 9, 1)).await;
+        let other = world.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            voyage_tests::calendars::apply_change(&other, versioned("cancelled", 10, 3)).await;
+            voyage_tests::calendars::apply_change(&other, versioned("created", 11, 4)).await;
+        });
+        let deps = voyage_tests::races::overtaken_at_mapping(&world, meanwhile);
+
+        let out = voyage_tests::calendars::apply_change(&deps, versioned("updated", 10, 2)).await;
+
+        assert_eq!(out.calendars[0].outcome, "superseded", "{cal:?}: {out:?}");
+        let event = w.one_event(cal, "ann", "s1");
+        let mapped = world
+            .store
+            .mapping_for_session("acme", cal.provider(), "s1")
+            .await
+            .unwrap()
+            .map(|m| m.external_event_id);
+        assert_eq!(mapped.as_deref(), Some(event.as_str()), "{cal:?}");
+        let out = voyage_tests::calendars::apply_change(&world, versioned("updated", 12, 5)).await;
+        assert_eq!(out.calendars[0].outcome, "updated", "{cal:?}: {out:?}");
+        assert_eq!(out.session_status, SessionStatus::Confirmed, "{cal:?}");
+        assert_eq!(w.shown(cal, "ann", "s1")[0].start, at(12), "{cal:?}");
+    }
+}
+
+/// The calendar was written but the closing commit lost every race (another writer kept
+/// changing the session): a 503 the platform retries, and the retry finds the event the
+/// first try made (no second one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_closing_commit_loses_every_race_is_a_503_and_its_retry_makes_no_second_event(
+) {
+    for cal in Cal::BOTH {
+        let (w, _conn) = CalendarsWorld::with(cal).await;
+        let world = w.app.local.deps.clone();
+        let body = voyage_tests::calendars::change_body("created", "s1", "ann", 9);
+        let change =
+            serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(body.clone())
+                .unwrap()
+                .validate()
+                .unwrap();
+        let deps = voyage_tests::races::losing_races_after(&world, 1, usize::MAX);
+
+        let error = voyage_core::calendar::changes::apply(&deps, &change)
+            .await
+            .unwrap_err();
+
+        assert_eq!(error.status(), 503, "{cal:?}: {error}");
+        let first = w.one_event(cal, "ann", "s1");
+        let out = voyage_tests::calendars::apply_change(&world, body).await;
+        assert_eq!(out.calendars[0].outcome, "created", "{cal:?}: {out:?}");
+        assert_eq!(w.one_event(cal, "ann", "s1"), first, "{cal:?}");
+    }
+}

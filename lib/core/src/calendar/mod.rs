@@ -29,6 +29,7 @@
 
 pub mod changes;
 pub mod engine;
+pub mod placement;
 
 /// The sync window of every provider's full listing: from a day back to 180 days ahead of
 /// the listing's start (the window moves: see each provider's `sync`).

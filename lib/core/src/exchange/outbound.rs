@@ -39,6 +39,7 @@ use super::api::{
 };
 use super::channels::calendar_of;
 use super::{credentials, provider_error, GraphApi, GraphCredentials, GraphError};
+use crate::calendar::placement::Placement;
 use crate::deps::Deps;
 use crate::model::{
     Connection, ConnectionStatus, EventMapping, HistoryEntry, Provider, Session, SessionClient,
@@ -543,7 +544,8 @@ async fn write(
             }
         }
     }
-    let step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
+    let mut step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
+    let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -564,6 +566,7 @@ async fn write(
                 tracing::debug!(session = %change.id, "outbound commit lost a race; re-reading");
                 crate::retry::after_lost_race().await;
                 ctx = read().await?;
+                step = still_ours(deps, &ctx, &placed, step).await;
             }
             Err(Error::Conflict { .. }) => {
                 return Err(crate::retry::contended("session", &change.id))
@@ -1048,6 +1051,37 @@ fn closing_writes(
         }
     }
     (writes, outcome)
+}
+
+/// The placement (mapped event, pending `transactionId`) a step was decided on.
+fn placement_of(ctx: &OutboundContext) -> Placement {
+    Placement::of(
+        ctx.mapping.as_ref(),
+        ctx.session.as_ref().and_then(|s| s.event_txn.as_deref()),
+    )
+}
+
+/// After a lost race and a re-read: `step` as it was, or [`Step::Superseded`] when another
+/// write moved the session to another placement meanwhile ([`Placement::moved_on`]): then
+/// nothing of this step is recorded (no mapping back to a replaced event, the newer
+/// placement's `transactionId` kept, no pending cancellation for an event that is no longer
+/// the session's), and an event this step created is deleted rather than left behind.
+async fn still_ours(deps: &Deps, ctx: &OutboundContext, placed: &Placement, step: Step) -> Step {
+    let event = match &step {
+        Step::Wrote(e, _) | Step::Deleted(Some(e)) => Some(e.id.clone()),
+        Step::EventGone => placed.mapped.clone(),
+        _ => return step,
+    };
+    if !placed.moved_on(&placement_of(ctx), event.as_deref()) {
+        return step;
+    }
+    tracing::info!(session = ?ctx.session.as_ref().map(|s| &s.id), "a newer placement was recorded while this write was in flight: superseded");
+    if let Step::Wrote(e, _) = &step {
+        if placed.mapped.as_deref() != Some(e.id.as_str()) {
+            delete_overtaken(deps, ctx, e).await;
+        }
+    }
+    Step::Superseded
 }
 
 /// Deletes an event written for a session that was cancelled meanwhile (best effort: if

@@ -36,6 +36,7 @@ use super::api::{
 };
 use super::credentials;
 use crate::booking::{self, Command, ORIGIN_GOOGLE_INBOUND};
+use crate::calendar::placement::Placement;
 use crate::calendar::{CalendarOutcome, SessionChange};
 use crate::deps::Deps;
 use crate::model::{Connection, ConnectionStatus, EventMapping, Provider, Session, SessionStatus};
@@ -155,7 +156,8 @@ pub async fn apply_in(
         // The session is gone (read with the context, or never recorded): nothing to write.
         return Ok(None);
     };
-    let step = google_step(deps, &ctx, &conn, &session, change).await?;
+    let mut step = google_step(deps, &ctx, &conn, &session, change).await?;
+    let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -176,6 +178,7 @@ pub async fn apply_in(
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
                 crate::retry::after_lost_race().await;
                 ctx = read(deps, change).await?;
+                step = still_ours(deps, &ctx, &conn, &placed, step).await;
             }
             Err(Error::Conflict { .. }) => {
                 return Err(crate::retry::contended("session", &change.id))
@@ -208,6 +211,69 @@ pub async fn apply_in(
         calendar: outcome_of(&conn, &step),
         session_status: session.status,
     }))
+}
+
+/// The placement (mapped event, the id of a placement still to be inserted) a step was
+/// decided on.
+fn placement_of(ctx: &OutboundContext) -> Placement {
+    Placement::of(
+        ctx.mapping.as_ref(),
+        ctx.session.as_ref().and_then(|s| s.google_event.as_deref()),
+    )
+}
+
+/// After a lost race and a re-read: `step` as it was, or [`Step::Superseded`] when another
+/// write moved the session to another placement meanwhile ([`Placement::moved_on`]): then
+/// nothing of this step is recorded (no mapping back to a replaced event, the newer
+/// placement's event id kept, no pending cancellation for an event that is no longer the
+/// session's), and an event this step inserted is deleted rather than left behind.
+async fn still_ours(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    conn: &Connection,
+    placed: &Placement,
+    step: Step,
+) -> Step {
+    let event = match &step {
+        Step::Wrote(e, ..) | Step::EventGone(Some(e)) => Some(e.id.clone()),
+        Step::EventGone(None) => placed.mapped.clone(),
+        _ => return step,
+    };
+    if !placed.moved_on(&placement_of(ctx), event.as_deref()) {
+        return step;
+    }
+    tracing::info!(session = ?ctx.session.as_ref().map(|s| &s.id), "a newer placement was recorded while this write was in flight: superseded");
+    if let Step::Wrote(e, ..) = &step {
+        if placed.mapped.as_deref() != Some(e.id.as_str()) {
+            delete_overtaken(deps, ctx, conn, &e.id).await;
+        }
+    }
+    Step::Superseded
+}
+
+/// Deletes an event this write inserted for a placement that was replaced meanwhile (best
+/// effort: one left behind is a tagged duplicate, which a sync that lists it deletes).
+async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, conn: &Connection, event_id: &str) {
+    let (Some(record), Some(calendar_id)) = (&ctx.credentials, conn.calendar_id.as_deref()) else {
+        return;
+    };
+    let result = match (credentials::open(deps, record), deps.google()) {
+        (Ok(account), Ok(google)) => google
+            .delete_event(&account, &conn.staff_email, calendar_id, event_id, None)
+            .await
+            .or_else(|e| match e {
+                GoogleError::NotFound => Ok(()),
+                e => Err(e),
+            })
+            .map_err(|e| e.to_string()),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => tracing::info!(event = %event_id, "google event of a replaced placement deleted"),
+        Err(e) => {
+            tracing::warn!(event = %event_id, error = %e, "google event of a replaced placement not deleted")
+        }
+    }
 }
 
 /// Deletes the event `old` maps, in the calendar of the connection it was written through.
