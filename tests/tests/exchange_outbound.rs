@@ -838,3 +838,30 @@ async fn a_write_that_loses_every_race_is_unavailable_not_a_conflict() {
 
     assert_eq!(error.status(), 503, "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_different_sessions_within_a_minute_leave_the_connection_record_alone() {
+    let w = GraphWorld::start(&[]).await;
+    let (_key, conn) = w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;
+    let id = conn["id"].as_str().unwrap().to_string();
+    let store = &w.app.local.deps.store;
+    let deps = &w.app.local.deps;
+    voyage_core::exchange::outbound::apply(
+        deps,
+        &session_change(change("created", "acme", "s1", "ann", 9)),
+    )
+    .await
+    .unwrap();
+    let before = store.get_connection("acme", &id).await.unwrap();
+
+    voyage_core::exchange::outbound::apply(
+        deps,
+        &session_change(change("created", "acme", "s2", "ann", 11)),
+    )
+    .await
+    .unwrap();
+
+    let after = store.get_connection("acme", &id).await.unwrap();
+    assert_eq!(after.version, before.version);
+    assert!(after.last_sync_at.is_some());
+}

@@ -54,6 +54,10 @@ pub const TRANSACTION_PREFIX: &str = "voyage-";
 /// A session keeps its newest history entries only, so its record stays far below
 /// DynamoDB's 400 KB item limit however often it changes.
 pub const HISTORY_LIMIT: usize = 100;
+/// A successful write refreshes a healthy connection's `last_sync_at` only when it is at
+/// least this old (every write rewriting the connection record made writes of different
+/// sessions of one staff member race on it).
+const SYNC_TIME_REFRESH_SECS: i64 = 60;
 /// Tries of the intent's and the closing transaction's commits (the Graph call is not
 /// repeated): [`crate::retry::LOST_RACE_ATTEMPTS`].
 const COMMIT_ATTEMPTS: usize = crate::retry::LOST_RACE_ATTEMPTS;
@@ -974,6 +978,14 @@ fn closing_writes(
                 c.last_error = Some(message);
             }
             None => {
+                // A healthy connection's sync time is refreshed at most once a minute, so
+                // writes of different sessions of one staff member do not all race on it.
+                let fresh = c
+                    .last_sync_at
+                    .is_some_and(|t| now - t < chrono::Duration::seconds(SYNC_TIME_REFRESH_SECS));
+                if c.status == ConnectionStatus::Active && c.last_error.is_none() && fresh {
+                    return None;
+                }
                 c.status = ConnectionStatus::Active;
                 c.last_error = None;
                 c.last_sync_at = Some(now);
