@@ -2,6 +2,8 @@
 //! - [`losing_races`]: the next `n` transactions writing a session record are refused as a
 //!   lost race (the condition failed), as a delta round or another change writing the same
 //!   session at that moment would make them fail;
+//! - [`losing_every_session_put`]: every single conditional write of a session record loses
+//!   (the booking commands' writes);
 //! - [`overtaken_at_mapping`]: other work runs to its end just before the first transaction
 //!   writing a mapping (another writer finishing first), which that transaction then loses
 //!   for real if the work wrote the same records.
@@ -26,6 +28,7 @@ pub struct Racing {
     skip: AtomicUsize,
     left: AtomicUsize,
     meanwhile: Mutex<Option<Meanwhile>>,
+    session_puts_lose: bool,
 }
 
 impl Racing {
@@ -45,6 +48,9 @@ impl Table for Racing {
         self.world.store.table().batch_get(keys).await
     }
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
+        if self.session_puts_lose && item.key.sk.starts_with("SESS#") {
+            return Err(StoreError::ConditionFailed);
+        }
         self.world.store.table().put(item, condition).await
     }
     async fn delete(&self, key: &Key, condition: Condition) -> Result<(), StoreError> {
@@ -107,6 +113,7 @@ pub fn losing_races_after(world: &Arc<Deps>, skip: usize, races: usize) -> Deps 
             skip: AtomicUsize::new(skip),
             left: AtomicUsize::new(races),
             meanwhile: Mutex::new(None),
+            session_puts_lose: false,
         },
     )
 }
@@ -121,6 +128,21 @@ pub fn overtaken_at_mapping(world: &Arc<Deps>, meanwhile: Meanwhile) -> Deps {
             skip: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
             meanwhile: Mutex::new(Some(meanwhile)),
+            session_puts_lose: false,
+        },
+    )
+}
+
+/// `world`'s dependencies over its table, where every put of a session record loses.
+pub fn losing_every_session_put(world: &Arc<Deps>) -> Deps {
+    Racing::deps(
+        world,
+        Racing {
+            world: world.clone(),
+            skip: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
+            meanwhile: Mutex::new(None),
+            session_puts_lose: true,
         },
     )
 }

@@ -1915,6 +1915,13 @@ impl World {
                 .to_string();
             published.entry(key).or_insert(e);
         }
+        // Every follow-up was written (settling offers each again until it is).
+        if !self.oqueue.is_empty() {
+            bad.push(format!(
+                "{} follow-up(s) still queued after settling",
+                self.oqueue.len()
+            ));
+        }
         // Every session the platform made reached the store (everything was delivered).
         for id in self.platform.keys() {
             if !sessions.contains_key(id) {

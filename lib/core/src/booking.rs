@@ -245,7 +245,7 @@ pub fn decide(
 /// Carries out `command` on the stored session: decide, conditional write (re-reading and
 /// deciding again after a lost race: every command re-checks its precondition on the fresh
 /// state), then publish the outbox. Returns whether the session changed; `session` is left
-/// as stored. A race lost on every try is [`crate::retry::contended`] (503).
+/// as stored. A race lost on every try is [`Error::Conflict`].
 pub async fn execute(
     deps: &Deps,
     session: &mut Session,
@@ -265,8 +265,12 @@ pub async fn execute(
             other => return other,
         }
     }
-    // Every try lost: the caller retries (503), it caused no conflict (409).
-    Err(crate::retry::contended("session", &session.id))
+    // Every try lost: a conflict still, so a round's re-plan loop sees it as one (a caller
+    // answering the platform turns it into a 503: [`crate::retry::lost_every_race`]).
+    Err(Error::Conflict {
+        entity: "session",
+        id: session.id.clone(),
+    })
 }
 
 /// One attempt: decide from `session` as given and write with a compare-and-set on its

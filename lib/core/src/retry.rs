@@ -45,6 +45,15 @@ pub fn contended(entity: &str, id: &str) -> crate::Error {
     ))
 }
 
+/// `e`, with a lost race turned into [`contended`]: for the callers that answer the platform
+/// (a round re-plans on a [`crate::Error::Conflict`] instead).
+pub fn lost_every_race(e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Conflict { entity, id } => contended(entity, &id),
+        e => e,
+    }
+}
+
 /// How long to wait before each retry. `delays[0]` is the wait after the first failed
 /// attempt; when they run out the work has failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]

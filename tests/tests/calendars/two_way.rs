@@ -711,3 +711,223 @@ async fn a_change_whose_closing_commit_loses_every_race_is_a_503_and_its_retry_m
         assert_eq!(w.one_event(cal, "ann", "s1"), first, "{cal:?}");
     }
 }
+
+fn versioned_for(action: &str, staff: &str, hour: u32, version: u64) -> serde_json::Value {
+    let mut body = voyage_tests::calendars::change_body(action, "s1", staff, hour);
+    body["session"]["version"] = json!(version);
+    body
+}
+
+/// v1's create was made but its commit lost every race (unmapped, its `transactionId`
+/// pending). The cancellation v3 finds that event by it and deletes it; while v3 is at its
+/// closing commit, the re-booking v4 records its intent and creates a new event, and is held
+/// at its own commit. Both commits then lose a race and re-read. The re-booking must keep its
+/// event: it gets a `transactionId` of its own (it used to keep v1's, so the two placements
+/// could not be told apart, and v4 was called superseded and its event deleted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_booking_overtaken_by_the_older_cancellations_commit_keeps_its_event() {
+    let cal = Cal::Exchange;
+    let (w, _conn) = CalendarsWorld::with(cal).await;
+    let world = w.app.local.deps.clone();
+    let v1 = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(versioned_for(
+        "created", "ann", 9, 1,
+    ))
+    .unwrap()
+    .validate()
+    .unwrap();
+    let losing = voyage_tests::races::losing_races_after(&world, 1, usize::MAX);
+    let error = voyage_core::calendar::changes::apply(&losing, &v1)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), 503);
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let held: voyage_tests::races::Meanwhile = Box::pin(async move {
+        let _ = reached_tx.send(());
+        let _ = go_rx.await;
+    });
+    let rebook_deps = voyage_tests::races::overtaken_at_mapping(&world, held);
+    let (out_tx, out_rx) = tokio::sync::oneshot::channel();
+    let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+        tokio::spawn(async move {
+            let out = voyage_tests::calendars::apply_change(
+                &rebook_deps,
+                versioned_for("created", "ann", 11, 4),
+            )
+            .await;
+            let _ = out_tx.send(out);
+        });
+        let _ = reached_rx.await;
+    });
+    let cancel_deps = voyage_tests::races::overtaken_at_mapping(&world, meanwhile);
+
+    voyage_tests::calendars::apply_change(&cancel_deps, versioned_for("cancelled", "ann", 9, 3))
+        .await;
+    let _ = go_tx.send(());
+    out_rx.await.unwrap();
+
+    let session = w.session("s1").await;
+    assert_eq!(session.status, SessionStatus::Confirmed);
+    let shown = w.shown(cal, "ann", "s1");
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    let mapped = world
+        .store
+        .mapping_for_session("acme", cal.provider(), "s1")
+        .await
+        .unwrap()
+        .map(|m| m.external_event_id);
+    assert_eq!(mapped.as_deref(), Some(shown[0].id.as_str()));
+}
+
+/// The same move to another staff member (ann to bob) delivered twice at once. A deletes
+/// ann's event (slowly); B finds it gone, removes the mapping, creates bob's event and is
+/// held at its commit; A's own removal of the mapping loses (it is gone), its create returns
+/// bob's event (same id), and its commit loses. A must not take the retired mapping for a
+/// newer placement (it used to be called superseded and delete bob's event, which B then
+/// mapped): one live event in bob's calendar, mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_another_staff_member_delivered_twice_leaves_one_live_mapped_event() {
+    for cal in Cal::BOTH {
+        let (w, _ann) = CalendarsWorld::with(cal).await;
+        w.connect(cal, "bob").await;
+        let world = w.app.local.deps.clone();
+        voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 9, 1)).await;
+        let mut slow_delete = voyage_tests::calendars::fault("DELETE", "/events/", 200, 1);
+        slow_delete.status = None;
+        slow_delete.latency_ms = Some(1500);
+        match cal {
+            Cal::Exchange => w.graph.add_fault(slow_delete),
+            Cal::Google => w.google.add_fault(slow_delete),
+        }
+        let a = tokio::spawn({
+            let world = world.clone();
+            let body = versioned_for("updated", "bob", 10, 2);
+            async move { voyage_tests::calendars::apply_change(&world, body).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let held: voyage_tests::races::Meanwhile = Box::pin(async move {
+            let _ = go_rx.await;
+        });
+        let b_deps = voyage_tests::races::overtaken_at_mapping(&world, held);
+        let b = tokio::spawn(async move {
+            voyage_tests::calendars::apply_change(&b_deps, versioned_for("updated", "bob", 10, 2))
+                .await
+        });
+
+        a.await.unwrap();
+        let _ = go_tx.send(());
+        b.await.unwrap();
+
+        assert!(w.shown(cal, "ann", "s1").is_empty(), "{cal:?}");
+        let shown = w.shown(cal, "bob", "s1");
+        assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
+        let mapped = world
+            .store
+            .mapping_for_session("acme", cal.provider(), "s1")
+            .await
+            .unwrap()
+            .map(|m| m.external_event_id);
+        assert_eq!(mapped.as_deref(), Some(shown[0].id.as_str()), "{cal:?}");
+    }
+}
+
+/// The cancellation v3 deletes the event (slowly); the re-booking v4 records a new
+/// `transactionId` and creates an event whose answer is lost; v3's commit then loses to v4's
+/// intent and re-reads. v3 must leave v4's `transactionId` alone, so v4 sent again finds its
+/// event instead of making a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_cancellations_commit_keeps_the_re_bookings_pending_transaction_id() {
+    let cal = Cal::Exchange;
+    let (w, _conn) = CalendarsWorld::with(cal).await;
+    let world = w.app.local.deps.clone();
+    voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 9, 1)).await;
+    let mut slow_delete = voyage_tests::calendars::fault("DELETE", "/events/", 200, 1);
+    slow_delete.status = None;
+    slow_delete.latency_ms = Some(1500);
+    w.graph.add_fault(slow_delete);
+    let v3 = tokio::spawn({
+        let world = world.clone();
+        async move {
+            voyage_tests::calendars::apply_change(&world, versioned_for("cancelled", "ann", 9, 3))
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut lost = voyage_tests::calendars::fault("POST", "/events", 500, 1);
+    lost.lose_answer = true;
+    w.graph.add_fault(lost);
+    voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 11, 4)).await;
+    v3.await.unwrap();
+
+    voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 11, 4)).await;
+
+    let shown = w.shown(cal, "ann", "s1");
+    assert_eq!(shown.len(), 1, "{shown:?}");
+}
+
+/// A restored event of a cancelled booking is deleted again by a round, and the history note
+/// (a booking command) loses every race: the round still ends (the note is a conflict its
+/// re-plan absorbs, not a failure that makes the whole round run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_note_that_loses_every_race_does_not_fail_the_round() {
+    for cal in Cal::BOTH {
+        let (w, conn) = CalendarsWorld::with(cal).await;
+        w.change("created", "s1", 9).await;
+        let event = w.one_event(cal, "ann", "s1");
+        w.change("cancelled", "s1", 9).await;
+        w.staff_restore(cal, "ann", &event);
+        let deps = voyage_tests::races::losing_every_session_put(&w.app.local.deps);
+
+        let result = match cal {
+            Cal::Exchange => {
+                let req = voyage_core::exchange::push::SyncRequest {
+                    company_id: "acme".into(),
+                    connection_id: conn.clone(),
+                    subscription_id: String::new(),
+                    reason: "notification".into(),
+                };
+                voyage_core::exchange::sync::handle(&deps, &req)
+                    .await
+                    .map(|_| ())
+            }
+            Cal::Google => {
+                let mut c = w.connection(&conn).await;
+                voyage_core::google::sync::sync_connection(&deps, &mut c)
+                    .await
+                    .map(|_| ())
+            }
+        };
+
+        assert!(result.is_ok(), "{cal:?}: {:?}", result.err());
+        assert!(w.shown(cal, "ann", "s1").is_empty(), "{cal:?}");
+    }
+}
+
+/// A create still in flight when its connection is deleted records no mapping through the
+/// deleted connection (its commit is conditioned on the connection existing, also when it
+/// does not rewrite it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_finishing_after_its_connection_was_deleted_records_no_mapping() {
+    for cal in Cal::BOTH {
+        let (w, conn) = CalendarsWorld::with(cal).await;
+        let world = w.app.local.deps.clone();
+        let other = world.clone();
+        let id = conn.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            voyage_core::connections::delete(&other, "acme", &id)
+                .await
+                .unwrap();
+        });
+        let deps = voyage_tests::races::overtaken_at_mapping(&world, meanwhile);
+
+        voyage_tests::calendars::apply_change(&deps, versioned_for("created", "ann", 9, 1)).await;
+
+        let mapping = world
+            .store
+            .mapping_for_session("acme", cal.provider(), "s1")
+            .await
+            .unwrap();
+        assert!(mapping.is_none(), "{cal:?}: {mapping:?}");
+    }
+}

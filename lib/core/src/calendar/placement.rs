@@ -9,7 +9,13 @@
 //! superseded: its mapping would point the session back at an event the newer placement
 //! replaced, and clearing the pending id would make the newer placement's create
 //! unfindable. [`Placement::moved_on`] tells that case from the harmless ones (the same
-//! change written twice, a round updating the mapped event's change key).
+//! change written twice, a round updating the mapped event's change key, the mapping in a
+//! previous staff member's calendar that a move removes). A superseded write records
+//! nothing. An event it made that is none of the session's is deleted when no twin write of
+//! the same change can be about to map it: for Exchange, when its `transactionId` is no
+//! longer the pending one; for Google, when its id (a placement's own) is neither mapped nor
+//! pending. (Deleting more eagerly deleted a twin's event: the same move to another staff
+//! member delivered twice.)
 
 use crate::model::EventMapping;
 
@@ -18,13 +24,24 @@ use crate::model::EventMapping;
 pub struct Placement {
     pub mapped: Option<String>,
     pub pending: Option<String>,
+    /// A mapping through another connection (the session given to another staff member):
+    /// the write removes it, it is not the write's placement.
+    pub elsewhere: Option<String>,
 }
 
 impl Placement {
-    pub fn of(mapping: Option<&EventMapping>, pending: Option<&str>) -> Placement {
+    pub fn of(
+        mapping: Option<&EventMapping>,
+        pending: Option<&str>,
+        connection: Option<&str>,
+    ) -> Placement {
+        let here = |m: &&EventMapping| Some(m.connection_id.as_str()) == connection;
         Placement {
-            mapped: mapping.map(|m| m.external_event_id.clone()),
+            mapped: mapping.filter(here).map(|m| m.external_event_id.clone()),
             pending: pending.map(str::to_string),
+            elsewhere: mapping
+                .filter(|m| !here(m))
+                .map(|m| m.external_event_id.clone()),
         }
     }
 
@@ -34,8 +51,14 @@ impl Placement {
     /// another placement is waiting to be created. The same event mapped meanwhile is no
     /// move (the same change written twice).
     pub fn moved_on(&self, fresh: &Placement, event: Option<&str>) -> bool {
-        let remapped = match &fresh.mapped {
-            Some(now) => fresh.mapped != self.mapped && Some(now.as_str()) != event,
+        // The mapping elsewhere this write saw (and removes) still there is no move.
+        let now = fresh
+            .mapped
+            .as_ref()
+            .or(fresh.elsewhere.as_ref())
+            .filter(|m| Some(*m) != self.elsewhere.as_ref());
+        let remapped = match now {
+            Some(now) => Some(now) != self.mapped.as_ref() && Some(now.as_str()) != event,
             None => self.mapped.is_some(),
         };
         remapped || (fresh.pending.is_some() && fresh.pending != self.pending)
@@ -50,6 +73,7 @@ mod tests {
         Placement {
             mapped: mapped.map(str::to_string),
             pending: pending.map(str::to_string),
+            elsewhere: None,
         }
     }
 
@@ -78,6 +102,17 @@ mod tests {
     #[test]
     fn another_placement_waiting_to_be_created_is_a_move() {
         assert!(p(None, Some("t2")).moved_on(&p(None, Some("t4")), Some("e1")));
+    }
+
+    #[test]
+    fn the_mapping_elsewhere_a_move_to_another_staff_member_saw_is_no_move_gone_or_not() {
+        let seen = Placement {
+            elsewhere: Some("ann-event".into()),
+            ..p(None, Some("t2"))
+        };
+        assert!(!seen.moved_on(&seen.clone(), Some("bob-event")));
+        assert!(!seen.moved_on(&p(None, Some("t2")), Some("bob-event")));
+        assert!(!seen.moved_on(&p(Some("bob-event"), None), Some("bob-event")));
     }
 
     #[test]

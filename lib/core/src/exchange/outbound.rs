@@ -580,6 +580,12 @@ async fn write(
     }
 }
 
+/// A cancelled session confirmed again: a new placement (a new `transactionId`).
+fn rebooked_now(previous: Option<&Session>, next: &Session) -> bool {
+    next.status == SessionStatus::Confirmed
+        && previous.is_some_and(|p| p.status == SessionStatus::Cancelled)
+}
+
 /// What recording a change's intent found.
 enum Intent {
     /// The change is older than what the session reflects: nothing was stored.
@@ -632,7 +638,7 @@ where
                 || previous
                     .as_ref()
                     .is_some_and(|p| p.status == SessionStatus::Cancelled));
-        if may_create && next.event_txn.is_none() {
+        if may_create && (rebooked_now(previous.as_ref(), &next) || next.event_txn.is_none()) {
             // Recorded before the create, so a create whose answer is lost can be found.
             next.event_txn = Some(transaction_id(
                 &change.company_id,
@@ -970,7 +976,7 @@ fn closing_writes(
     let mut session = ctx.session.clone();
     let mut writes = Vec::new();
     let conn = ctx.connection.clone();
-    let mark = |conn: Option<Connection>, error: Option<String>| -> Option<Connection> {
+    let mark = |conn: Option<Connection>, error: Option<String>| -> Option<OutboundWrite> {
         let mut c = conn?;
         match error {
             Some(message) => {
@@ -983,15 +989,17 @@ fn closing_writes(
                 let fresh = c
                     .last_sync_at
                     .is_some_and(|t| now - t < chrono::Duration::seconds(SYNC_TIME_REFRESH_SECS));
+                // Still conditioned on the connection existing: a write that finishes after
+                // its connection was deleted records no mapping through it.
                 if c.status == ConnectionStatus::Active && c.last_error.is_none() && fresh {
-                    return None;
+                    return Some(OutboundWrite::ConnectionExists(c));
                 }
                 c.status = ConnectionStatus::Active;
                 c.last_error = None;
                 c.last_sync_at = Some(now);
             }
         }
-        Some(c)
+        Some(OutboundWrite::Connection(c))
     };
     let mut note = |command: &str, detail: String| {
         if let Some(s) = session.as_mut() {
@@ -1007,15 +1015,12 @@ fn closing_writes(
         Step::Pending | Step::EventGone => "skipped",
         Step::Superseded => "superseded",
         Step::NoCredentials => {
-            writes.extend(
-                mark(conn, Some(credentials::MISSING.into())).map(OutboundWrite::Connection),
-            );
+            writes.extend(mark(conn, Some(credentials::MISSING.into())));
             "failed"
         }
         Step::Failed(e) => {
             note("exchange.failed", e.to_string());
-            writes
-                .extend(mark(conn, Some(format!("outbound: {e}"))).map(OutboundWrite::Connection));
+            writes.extend(mark(conn, Some(format!("outbound: {e}"))));
             "failed"
         }
         Step::Deleted(found) => {
@@ -1031,7 +1036,7 @@ fn closing_writes(
                     previous: ctx.mapping.clone(),
                 });
             }
-            writes.extend(mark(conn, None).map(OutboundWrite::Connection));
+            writes.extend(mark(conn, None));
             "deleted"
         }
         Step::NothingToDelete => "no_event",
@@ -1045,7 +1050,7 @@ fn closing_writes(
                     previous: ctx.mapping.clone(),
                 });
             }
-            writes.extend(mark(conn, None).map(OutboundWrite::Connection));
+            writes.extend(mark(conn, None));
             what
         }
     };
@@ -1070,6 +1075,7 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
     Placement::of(
         ctx.mapping.as_ref(),
         ctx.session.as_ref().and_then(|s| s.event_txn.as_deref()),
+        ctx.connection.as_ref().map(|c| c.id.as_str()),
     )
 }
 
@@ -1077,19 +1083,26 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
 /// write moved the session to another placement meanwhile ([`Placement::moved_on`]): then
 /// nothing of this step is recorded (no mapping back to a replaced event, the newer
 /// placement's `transactionId` kept, no pending cancellation for an event that is no longer
-/// the session's), and an event this step created is deleted rather than left behind.
+/// the session's). An event this step created is deleted when it is none of the session's
+/// (not mapped, before or now) and its placement's `transactionId` is no longer the one
+/// pending (a twin write of the same change, about to map the same event, still has it);
+/// one left behind is a tagged duplicate, which a delta round that lists it deletes.
 async fn still_ours(deps: &Deps, ctx: &OutboundContext, placed: &Placement, step: Step) -> Step {
     let event = match &step {
         Step::Wrote(e, _) | Step::Deleted(Some(e)) => Some(e.id.clone()),
-        Step::EventGone => placed.mapped.clone(),
+        Step::EventGone | Step::Deleted(None) => placed.mapped.clone(),
         _ => return step,
     };
-    if !placed.moved_on(&placement_of(ctx), event.as_deref()) {
+    let fresh = placement_of(ctx);
+    if !placed.moved_on(&fresh, event.as_deref()) {
         return step;
     }
     tracing::info!(session = ?ctx.session.as_ref().map(|s| &s.id), "a newer placement was recorded while this write was in flight: superseded");
     if let Step::Wrote(e, _) = &step {
-        if placed.mapped.as_deref() != Some(e.id.as_str()) {
+        let known = [&fresh.mapped, &placed.mapped, &placed.elsewhere];
+        let stray = known.iter().all(|id| id.as_deref() != Some(e.id.as_str()))
+            && fresh.pending != placed.pending;
+        if stray {
             delete_overtaken(deps, ctx, e).await;
         }
     }
@@ -1203,7 +1216,8 @@ async fn finish_step(
             &crate::booking::Command::PendingCancellation { grace },
             crate::booking::ORIGIN_EXCHANGE_INBOUND,
         )
-        .await?;
+        .await
+        .map_err(crate::retry::lost_every_race)?;
     }
     let status = ctx
         .session

@@ -194,7 +194,8 @@ pub async fn apply_in(
             &Command::FlagDecline,
             ORIGIN_GOOGLE_INBOUND,
         )
-        .await?;
+        .await
+        .map_err(crate::retry::lost_every_race)?;
     }
     if let Step::EventGone(_) = step {
         let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
@@ -205,7 +206,8 @@ pub async fn apply_in(
             &Command::PendingCancellation { grace },
             ORIGIN_GOOGLE_INBOUND,
         )
-        .await?;
+        .await
+        .map_err(crate::retry::lost_every_race)?;
     }
     Ok(Some(Written {
         calendar: outcome_of(&conn, &step),
@@ -219,6 +221,7 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
     Placement::of(
         ctx.mapping.as_ref(),
         ctx.session.as_ref().and_then(|s| s.google_event.as_deref()),
+        ctx.connection.as_ref().map(|c| c.id.as_str()),
     )
 }
 
@@ -226,7 +229,9 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
 /// write moved the session to another placement meanwhile ([`Placement::moved_on`]): then
 /// nothing of this step is recorded (no mapping back to a replaced event, the newer
 /// placement's event id kept, no pending cancellation for an event that is no longer the
-/// session's), and an event this step inserted is deleted rather than left behind.
+/// session's). An event this step inserted for a placement that is neither mapped nor
+/// pending now is deleted: its id is that placement's own, so no newer write can be about to
+/// map it (a Google sync leaves a tagged event of a confirmed session alone, so it would stay).
 async fn still_ours(
     deps: &Deps,
     ctx: &OutboundContext,
@@ -236,15 +241,25 @@ async fn still_ours(
 ) -> Step {
     let event = match &step {
         Step::Wrote(e, ..) | Step::EventGone(Some(e)) => Some(e.id.clone()),
-        Step::EventGone(None) => placed.mapped.clone(),
+        Step::EventGone(None) | Step::Deleted => placed.mapped.clone(),
         _ => return step,
     };
-    if !placed.moved_on(&placement_of(ctx), event.as_deref()) {
+    let fresh = placement_of(ctx);
+    if !placed.moved_on(&fresh, event.as_deref()) {
         return step;
     }
     tracing::info!(session = ?ctx.session.as_ref().map(|s| &s.id), "a newer placement was recorded while this write was in flight: superseded");
     if let Step::Wrote(e, ..) = &step {
-        if placed.mapped.as_deref() != Some(e.id.as_str()) {
+        let current = [
+            &fresh.mapped,
+            &fresh.pending,
+            &placed.mapped,
+            &placed.elsewhere,
+        ];
+        if current
+            .iter()
+            .all(|id| id.as_deref() != Some(e.id.as_str()))
+        {
             delete_overtaken(deps, ctx, conn, &e.id).await;
         }
     }
@@ -252,7 +267,7 @@ async fn still_ours(
 }
 
 /// Deletes an event this write inserted for a placement that was replaced meanwhile (best
-/// effort: one left behind is a tagged duplicate, which a sync that lists it deletes).
+/// effort: one left behind is a tagged duplicate of the session).
 async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, conn: &Connection, event_id: &str) {
     let (Some(record), Some(calendar_id)) = (&ctx.credentials, conn.calendar_id.as_deref()) else {
         return;
@@ -605,6 +620,14 @@ fn closing_writes(
             c.status = ConnectionStatus::Active;
             c.last_error = None;
             writes.push(OutboundWrite::Connection(c));
+        }
+        // A mapping is recorded only while its connection exists (a write that finishes
+        // after its connection was deleted records none through it).
+        _ if writes
+            .iter()
+            .any(|w| matches!(w, OutboundWrite::Mapping { .. })) =>
+        {
+            writes.push(OutboundWrite::ConnectionExists(c));
         }
         _ => {}
     }

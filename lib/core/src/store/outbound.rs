@@ -49,6 +49,8 @@ impl OutboundContext {
 pub enum OutboundWrite {
     Session(Session),
     Connection(Connection),
+    /// Writes nothing; the transaction holds only while the connection exists.
+    ConnectionExists(Connection),
     Mapping {
         next: EventMapping,
         previous: Option<EventMapping>,
@@ -127,6 +129,10 @@ impl Store {
                     let (primary, copy) = connection_items(c, c.version)?;
                     tx.push(TxWrite::Put(primary, Condition::Version(expected)));
                     tx.push(TxWrite::Put(copy, Condition::None));
+                }
+                OutboundWrite::ConnectionExists(c) => {
+                    let (primary, _) = connection_items(c, c.version)?;
+                    tx.push(TxWrite::Check(primary.key, Condition::Exists));
                 }
                 OutboundWrite::Mapping { next, previous } => {
                     let expected = next.version;
