@@ -70,6 +70,18 @@ impl CalendarsWorld {
         (w, exchange, google)
     }
 
+    /// The event `session`'s mapping in `cal` names, if any.
+    pub async fn mapped_event(&self, cal: Cal, session: &str) -> Option<String> {
+        self.app
+            .local
+            .deps
+            .store
+            .mapping_for_session(COMPANY, cal.provider(), session)
+            .await
+            .expect("the mapping read")
+            .map(|m| m.external_event_id)
+    }
+
     /// The one live event of `session` in `staff`'s calendar of `cal`, asserting there is
     /// exactly one.
     pub fn one_event(&self, cal: Cal, staff: &str, session: &str) -> String {

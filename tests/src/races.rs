@@ -32,6 +32,17 @@ pub struct Racing {
 }
 
 impl Racing {
+    /// Forwards everything, loses nothing.
+    fn new(world: &Arc<Deps>) -> Racing {
+        Racing {
+            world: world.clone(),
+            skip: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
+            meanwhile: Mutex::new(None),
+            session_puts_lose: false,
+        }
+    }
+
     fn deps(world: &Arc<Deps>, racing: Racing) -> Deps {
         let mut deps: Deps = (**world).clone();
         deps.store = Store::new(Arc::new(racing), Arc::new(SystemClock));
@@ -109,11 +120,9 @@ pub fn losing_races_after(world: &Arc<Deps>, skip: usize, races: usize) -> Deps 
     Racing::deps(
         world,
         Racing {
-            world: world.clone(),
             skip: AtomicUsize::new(skip),
             left: AtomicUsize::new(races),
-            meanwhile: Mutex::new(None),
-            session_puts_lose: false,
+            ..Racing::new(world)
         },
     )
 }
@@ -124,11 +133,8 @@ pub fn overtaken_at_mapping(world: &Arc<Deps>, meanwhile: Meanwhile) -> Deps {
     Racing::deps(
         world,
         Racing {
-            world: world.clone(),
-            skip: AtomicUsize::new(0),
-            left: AtomicUsize::new(0),
             meanwhile: Mutex::new(Some(meanwhile)),
-            session_puts_lose: false,
+            ..Racing::new(world)
         },
     )
 }
@@ -138,11 +144,8 @@ pub fn losing_every_session_put(world: &Arc<Deps>) -> Deps {
     Racing::deps(
         world,
         Racing {
-            world: world.clone(),
-            skip: AtomicUsize::new(0),
-            left: AtomicUsize::new(0),
-            meanwhile: Mutex::new(None),
             session_puts_lose: true,
+            ..Racing::new(world)
         },
     )
 }

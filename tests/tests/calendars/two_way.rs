@@ -618,15 +618,7 @@ async fn a_create_whose_answer_was_lost_then_deleted_and_restored_keeps_its_book
             .into_iter()
             .map(|e| e.id)
             .collect();
-        let mapped = w
-            .app
-            .local
-            .deps
-            .store
-            .mapping_for_session("acme", cal.provider(), "s1")
-            .await
-            .unwrap()
-            .map(|m| m.external_event_id);
+        let mapped = w.mapped_event(cal, "s1").await;
         match cal {
             Cal::Google => assert_eq!(shown, std::slice::from_ref(&event), "{cal:?}"),
             Cal::Exchange => {
@@ -669,12 +661,7 @@ async fn a_write_overtaken_by_a_cancellation_and_a_re_booking_leaves_the_new_eve
 
         assert_eq!(out.calendars[0].outcome, "superseded", "{cal:?}: {out:?}");
         let event = w.one_event(cal, "ann", "s1");
-        let mapped = world
-            .store
-            .mapping_for_session("acme", cal.provider(), "s1")
-            .await
-            .unwrap()
-            .map(|m| m.external_event_id);
+        let mapped = w.mapped_event(cal, "s1").await;
         assert_eq!(mapped.as_deref(), Some(event.as_str()), "{cal:?}");
         let out = voyage_tests::calendars::apply_change(&world, versioned("updated", 12, 5)).await;
         assert_eq!(out.calendars[0].outcome, "updated", "{cal:?}: {out:?}");
@@ -770,12 +757,7 @@ async fn a_re_booking_overtaken_by_the_older_cancellations_commit_keeps_its_even
     assert_eq!(session.status, SessionStatus::Confirmed);
     let shown = w.shown(cal, "ann", "s1");
     assert_eq!(shown.len(), 1, "{shown:?}");
-    let mapped = world
-        .store
-        .mapping_for_session("acme", cal.provider(), "s1")
-        .await
-        .unwrap()
-        .map(|m| m.external_event_id);
+    let mapped = w.mapped_event(cal, "s1").await;
     assert_eq!(mapped.as_deref(), Some(shown[0].id.as_str()));
 }
 
@@ -822,12 +804,7 @@ async fn a_move_to_another_staff_member_delivered_twice_leaves_one_live_mapped_e
         assert!(w.shown(cal, "ann", "s1").is_empty(), "{cal:?}");
         let shown = w.shown(cal, "bob", "s1");
         assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
-        let mapped = world
-            .store
-            .mapping_for_session("acme", cal.provider(), "s1")
-            .await
-            .unwrap()
-            .map(|m| m.external_event_id);
+        let mapped = w.mapped_event(cal, "s1").await;
         assert_eq!(mapped.as_deref(), Some(shown[0].id.as_str()), "{cal:?}");
     }
 }
