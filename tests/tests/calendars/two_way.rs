@@ -908,3 +908,69 @@ async fn a_create_finishing_after_its_connection_was_deleted_records_no_mapping(
         assert!(mapping.is_none(), "{cal:?}: {mapping:?}");
     }
 }
+
+/// The same overtaking without versions (a platform that sends none, and every follow-up
+/// write): the move's closing commit rewrites no session record, so it is conditioned on
+/// the session being unchanged; it loses to the re-booking, re-reads and is superseded (it
+/// used to commit, mapping the session back to the deleted event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unversioned_write_overtaken_by_a_cancellation_and_a_re_booking_leaves_the_new_event_mapped(
+) {
+    for cal in Cal::BOTH {
+        let (w, _conn) = CalendarsWorld::with(cal).await;
+        let world = w.app.local.deps.clone();
+        let body = |action: &str, hour: u32| {
+            voyage_tests::calendars::change_body(action, "s1", "ann", hour)
+        };
+        voyage_tests::calendars::apply_change(&world, body("created", 9)).await;
+        let other = world.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            voyage_tests::calendars::apply_change(&other, body("cancelled", 10)).await;
+            voyage_tests::calendars::apply_change(&other, body("created", 11)).await;
+        });
+        let deps = voyage_tests::races::overtaken_at_mapping(&world, meanwhile);
+
+        let out = voyage_tests::calendars::apply_change(&deps, body("updated", 10)).await;
+
+        assert_eq!(out.calendars[0].outcome, "superseded", "{cal:?}: {out:?}");
+        let event = w.one_event(cal, "ann", "s1");
+        assert_eq!(w.mapped_event(cal, "s1").await, Some(event), "{cal:?}");
+        assert_eq!(w.shown(cal, "ann", "s1")[0].start, at(11), "{cal:?}");
+    }
+}
+
+/// A change that finds its event deleted starts the pending cancellation after its closing
+/// commit; when that command fails (here: every session write loses), the platform gets a
+/// 503 and sends the change again, and the retry starts it (the version is not recorded as
+/// written while the cancellation has not started: the retry used to be stale, and the
+/// booking stayed confirmed with no event; simulation seed 780985).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_finding_its_event_deleted_whose_pending_cancellation_failed_starts_it_when_sent_again(
+) {
+    for cal in Cal::BOTH {
+        let (w, _conn) = CalendarsWorld::with(cal).await;
+        let world = w.app.local.deps.clone();
+        voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 9, 1)).await;
+        let event = w.one_event(cal, "ann", "s1");
+        w.staff_delete(cal, "ann", &event);
+        let change = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(
+            versioned_for("updated", "ann", 10, 2),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let failing = voyage_tests::races::losing_every_session_put(&world);
+        let error = voyage_core::calendar::changes::apply(&failing, &change)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), 503, "{cal:?}: {error}");
+
+        voyage_tests::calendars::apply_change(&world, versioned_for("updated", "ann", 10, 2)).await;
+
+        assert_eq!(
+            w.session("s1").await.status,
+            SessionStatus::PendingCancellation,
+            "{cal:?}"
+        );
+    }
+}

@@ -433,15 +433,14 @@ enum Step {
 
 impl Step {
     /// Whether the calendar shows what the change asked for (or needs nothing more). A change
-    /// skipped for a pending or disabled connection does not: its retry must still write.
+    /// skipped for a pending or disabled connection does not: its retry must still write. Nor
+    /// does a gone event: its pending cancellation is started after the commit, and if that
+    /// fails, the same change sent again must find the event gone again and start it (a
+    /// settled version would make the retry stale).
     fn settles_calendar(&self) -> bool {
         matches!(
             self,
-            Step::Pending
-                | Step::EventGone
-                | Step::Wrote(..)
-                | Step::Deleted(_)
-                | Step::NothingToDelete
+            Step::Pending | Step::Wrote(..) | Step::Deleted(_) | Step::NothingToDelete
         )
     }
 }
@@ -1065,6 +1064,11 @@ fn closing_writes(
     if let Some(s) = session {
         if ctx.session.as_ref() != Some(&s) {
             writes.insert(0, OutboundWrite::Session(s));
+        } else if !writes.is_empty() || matches!(step, Step::EventGone) {
+            // Not rewritten: still conditioned on it, so a newer change's intent (or a
+            // round's command) since the read makes this commit lose, re-read and check
+            // its placement ([`still_ours`]); a gone event's pending cancellation too.
+            writes.insert(0, OutboundWrite::SessionUnchanged(s));
         }
     }
     (writes, outcome)

@@ -561,7 +561,12 @@ fn closing_writes(
     let (Some(conn), Some(session)) = (&ctx.connection, &ctx.session) else {
         return writes;
     };
-    let settles = !matches!(step, Step::Skipped(_) | Step::Failed(_));
+    // A gone event does not settle the version: its pending cancellation is started after
+    // this commit, and if that fails, the change sent again must not be stale.
+    let settles = !matches!(
+        step,
+        Step::Skipped(_) | Step::Failed(_) | Step::EventGone(_)
+    );
     let mut s = session.clone();
     if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
         s.calendar_version = Some(v);
@@ -570,7 +575,8 @@ fn closing_writes(
         // The placement's event exists and is mapped now.
         s.google_event = None;
     }
-    if &s != session {
+    let rewrites_session = &s != session;
+    if rewrites_session {
         writes.push(OutboundWrite::Session(s));
     }
     if let Step::Wrote(event, ..) | Step::EventGone(Some(event)) = step {
@@ -630,6 +636,12 @@ fn closing_writes(
             writes.push(OutboundWrite::ConnectionExists(c));
         }
         _ => {}
+    }
+    if !rewrites_session && (!writes.is_empty() || matches!(step, Step::EventGone(_))) {
+        // Not rewritten: still conditioned on it, so a newer change's intent (or a sync's
+        // command) since the read makes this commit lose, re-read and check its placement
+        // ([`still_ours`]); a gone event's pending cancellation too.
+        writes.insert(0, OutboundWrite::SessionUnchanged(session.clone()));
     }
     writes
 }

@@ -48,6 +48,10 @@ impl OutboundContext {
 #[derive(Debug, Clone)]
 pub enum OutboundWrite {
     Session(Session),
+    /// Writes nothing; the transaction holds only while the session is at this version (a
+    /// write whose transaction does not rewrite the session still loses to any change of it
+    /// since it was read: a newer platform change's intent, a round's command).
+    SessionUnchanged(Session),
     Connection(Connection),
     /// Writes nothing; the transaction holds only while the connection exists.
     ConnectionExists(Connection),
@@ -130,6 +134,12 @@ impl Store {
                     tx.push(TxWrite::Put(primary, Condition::Version(expected)));
                     tx.push(TxWrite::Put(copy, Condition::None));
                 }
+                OutboundWrite::SessionUnchanged(s) => {
+                    tx.push(TxWrite::Check(
+                        session_key(&s.company_id, &s.id),
+                        Condition::Version(s.version),
+                    ));
+                }
                 OutboundWrite::ConnectionExists(c) => {
                     let (primary, _) = connection_items(c, c.version)?;
                     tx.push(TxWrite::Check(primary.key, Condition::Exists));
@@ -149,7 +159,9 @@ impl Store {
                 id: writes
                     .iter()
                     .find_map(|w| match w {
-                        OutboundWrite::Session(s) => Some(s.id.clone()),
+                        OutboundWrite::Session(s) | OutboundWrite::SessionUnchanged(s) => {
+                            Some(s.id.clone())
+                        }
                         _ => None,
                     })
                     .unwrap_or_default(),
