@@ -740,6 +740,10 @@ impl World {
         let oqueue = Arc::new(ListQueue::default());
         let epoch = epoch();
         let clock = Arc::new(ManualClock::new(epoch));
+        // Google stamps events' `updated` on the simulation's clock, as the real Google's
+        // clock and ours agree (the system compares them).
+        let event_clock = clock.clone();
+        gsim.set_event_clock(Arc::new(move || event_clock.now()));
         let table = Arc::new(FaultyTable::new());
         let bus = Arc::new(RecordingBus::default());
         let queue = Arc::new(ListQueue::default());

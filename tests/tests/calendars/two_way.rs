@@ -974,3 +974,34 @@ async fn a_change_finding_its_event_deleted_whose_pending_cancellation_failed_st
         );
     }
 }
+
+/// Google: the staff member deletes the event (the cancellation starts pending), restores it
+/// with no sync seeing it, and after the grace deletes it again. The sweep that then finds
+/// it deleted waits for that deletion's own grace (Google stamps it in `updated`), so a
+/// restore within it keeps the booking (it used to commit the first, old cancellation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_google_event_deleted_again_after_an_unseen_restore_gets_a_grace_of_its_own() {
+    let cal = Cal::Google;
+    let (w, conn) = CalendarsWorld::with(cal).await;
+    w.change("created", "s1", 9).await;
+    let event = w.one_event(cal, "ann", "s1");
+    w.staff_delete(cal, "ann", &event);
+    w.sync(cal, &conn).await;
+    assert_eq!(
+        w.session("s1").await.status,
+        SessionStatus::PendingCancellation
+    );
+    w.staff_restore(cal, "ann", &event);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    w.staff_delete(cal, "ann", &event);
+
+    w.commit_pending_cancellations().await;
+
+    assert_eq!(
+        w.session("s1").await.status,
+        SessionStatus::PendingCancellation
+    );
+    w.staff_restore(cal, "ann", &event);
+    w.commit_pending_cancellations().await;
+    assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
+}

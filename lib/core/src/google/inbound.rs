@@ -341,6 +341,25 @@ async fn adopt(
     Ok(Some((mapping, session)))
 }
 
+/// Whether `event`, found deleted by the commit of `session`'s pending cancellation, was
+/// deleted after that cancellation began and less than a grace ago: restored meanwhile (no
+/// sync saw it) and deleted again. That deletion gets its grace too, so the commit waits
+/// (the pending cancellation stays due; the next sweep reads the event again). Google stamps
+/// a deletion in the event's `updated` (simulation seed 790533: the old cancellation was
+/// committed nine minutes after the second deletion, which the staff member then undid).
+fn deleted_again_within_grace(deps: &Deps, session: &Session, event: &GoogleEvent) -> bool {
+    let (Some(pending), Some(deleted)) = (session.pending.as_ref(), event.updated_at()) else {
+        return false;
+    };
+    let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
+        .unwrap_or_else(|_| chrono::Duration::minutes(10));
+    let waits = deleted > pending.created_at && deps.store.now() < deleted + grace;
+    if waits {
+        tracing::info!(session = %session.id, event = %event.id, "the event was restored and deleted again; the cancellation waits for that deletion's grace");
+    }
+    waits
+}
+
 /// Before a cancellation caused by a Google deletion is committed: reads the event, and if it
 /// is back (restored, its push lost or still queued), reconciles the session with it and
 /// says so (an all-day event read in the calendar's zone that the last sync stored with its
@@ -371,7 +390,7 @@ pub async fn event_is_back(deps: &Deps, session: &mut Session) -> Result<bool> {
         Err(e) => return Err(Error::Unavailable(e.to_string())),
     };
     if event.is_cancelled() {
-        return Ok(false);
+        return Ok(deleted_again_within_grace(deps, session, &event));
     }
     let zone = deps
         .store

@@ -199,7 +199,7 @@ pub(super) fn apply_fields(
     Ok(())
 }
 
-pub(super) fn stamp(event: &mut SimEvent, seq: u64) {
+pub(super) fn stamp(event: &mut SimEvent, seq: u64, updated: DateTime<Utc>) {
     event.seq = seq;
     event.json.insert(
         "etag".into(),
@@ -207,7 +207,7 @@ pub(super) fn stamp(event: &mut SimEvent, seq: u64) {
     );
     event
         .json
-        .insert("updated".into(), json!(Utc::now().to_rfc3339()));
+        .insert("updated".into(), json!(updated.to_rfc3339()));
 }
 
 pub(super) async fn insert_event(
@@ -231,6 +231,7 @@ pub(super) async fn insert_event(
         let mut state = sim.state();
         state.seq += 1;
         let seq = state.seq;
+        let updated = state.next_updated();
         let cal = state.calendars.entry(key.clone()).or_default();
         let id = match body.get("id") {
             None | Some(Value::Null) => new_event_id(),
@@ -261,7 +262,7 @@ pub(super) async fn insert_event(
         if let Err(r) = apply_fields(&mut event, &body, cal.time_zone.as_deref(), &key) {
             return r;
         }
-        stamp(&mut event, seq);
+        stamp(&mut event, seq, updated);
         let out = Value::Object(event.json.clone());
         cal.events.insert(id, event);
         out
@@ -344,6 +345,7 @@ fn write_event(
         let mut state = sim.state();
         state.seq += 1;
         let seq = state.seq;
+        let updated = state.next_updated();
         let Some(cal) = state.calendars.get_mut(&key) else {
             return not_found();
         };
@@ -361,7 +363,7 @@ fn write_event(
         if let Err(r) = apply_fields(&mut next, &body, zone.as_deref(), &key) {
             return r;
         }
-        stamp(&mut next, seq);
+        stamp(&mut next, seq, updated);
         *e = next.clone();
         Value::Object(next.json)
     };
@@ -383,6 +385,7 @@ pub(super) async fn delete_event(
         let mut state = sim.state();
         state.seq += 1;
         let seq = state.seq;
+        let updated = state.next_updated();
         let Some(e) = state
             .calendars
             .get_mut(&key)
@@ -397,7 +400,7 @@ pub(super) async fn delete_event(
             return r;
         }
         e.json.insert("status".into(), json!("cancelled"));
-        stamp(e, seq);
+        stamp(e, seq, updated);
     }
     sim.push_all(&key, "exists");
     StatusCode::NO_CONTENT.into_response()

@@ -163,6 +163,28 @@ struct SimState {
     requests: Vec<GoogleRequest>,
     epoch: u64,
     seq: u64,
+    /// What events' `updated` is read from (the real clock unless set: see
+    /// [`GoogleSimulator::set_event_clock`]), and the last value stamped.
+    event_clock: Option<EventClock>,
+    last_updated: Option<DateTime<Utc>>,
+}
+
+/// A clock for events' `updated` stamps.
+pub type EventClock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+impl SimState {
+    /// The next `updated` stamp: the event clock's now, and always after the last stamp (as
+    /// Google's are, to the millisecond), so two changes at one instant of a manual clock
+    /// still come in order.
+    fn next_updated(&mut self) -> DateTime<Utc> {
+        let now = self.event_clock.as_ref().map_or_else(Utc::now, |c| c());
+        let next = match self.last_updated {
+            Some(last) if now <= last => last + chrono::Duration::milliseconds(1),
+            _ => now,
+        };
+        self.last_updated = Some(next);
+        next
+    }
 }
 
 #[derive(Default)]
@@ -448,6 +470,7 @@ impl GoogleSimulator {
         {
             let mut state = self.state();
             let seq = state.seq + 1;
+            let updated = state.next_updated();
             let Some(event) = state
                 .calendars
                 .get_mut(&key)
@@ -459,7 +482,7 @@ impl GoogleSimulator {
             if !change(&mut next) {
                 return false;
             }
-            stamp(&mut next, seq);
+            stamp(&mut next, seq, updated);
             *event = next;
             state.seq = seq;
         }
@@ -469,6 +492,12 @@ impl GoogleSimulator {
 
     pub fn add_fault(&self, fault: Fault) {
         self.state().faults.push(fault);
+    }
+
+    /// Stamps events' `updated` from `clock` instead of the real clock (a simulation that
+    /// runs on a manual clock, so Google's times and the system's agree).
+    pub fn set_event_clock(&self, clock: EventClock) {
+        self.state().event_clock = Some(clock);
     }
 
     /// Removes every injected fault (as `DELETE /_control/faults` does).
@@ -491,6 +520,7 @@ impl GoogleSimulator {
             check_request("events", "insert", &HashMap::new(), Some(&body)).map_err(refused)?;
             state.seq += 1;
             let seq = state.seq;
+            let updated = state.next_updated();
             let cal = state.calendars.entry(key.clone()).or_default();
             let id = new_event_id();
             let mut json = Map::new();
@@ -508,7 +538,7 @@ impl GoogleSimulator {
                 end: None,
             };
             apply_fields(&mut event, &body, cal.time_zone.as_deref(), &key).map_err(refused)?;
-            stamp(&mut event, seq);
+            stamp(&mut event, seq, updated);
             cal.events.insert(id.clone(), event);
             ids.push(id);
         }
