@@ -558,6 +558,20 @@ mod deployed_shape {
             .collect()
     }
 
+    /// The function's EMF lines once one satisfies `wanted`, or as they are after 5 s: its
+    /// stdout is collected as the process writes it, so a line printed just before the
+    /// answer can be read just after it (a CI run once checked too early).
+    async fn emf_lines_with(f: &Function, wanted: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let lines = emf_lines(f);
+            if lines.iter().any(&wanted) || std::time::Instant::now() >= deadline {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_walks_the_deployed_path_from_authorizer_to_a_receiver() {
         let stack = Stack::create().await;
@@ -651,10 +665,11 @@ mod deployed_shape {
         assert_eq!(body["type"], "session.created");
         assert_eq!(body["data"], json!({"session_id": "s1", "sequence": 1}));
         // 6. The worker logged the invocation's metrics as EMF on stdout.
-        let emf = emf_lines(&worker);
+        let delivered =
+            |l: &Value| l["webhook_attempts"] == json!(1.0) && l["outcome"] == "delivered";
+        let emf = emf_lines_with(&worker, delivered).await;
         assert!(
-            emf.iter()
-                .any(|l| l["webhook_attempts"] == json!(1.0) && l["outcome"] == "delivered"),
+            emf.iter().any(delivered),
             "no EMF line for the attempt in:\n{}",
             worker.stdout()
         );
@@ -800,10 +815,13 @@ mod deployed_shape {
             answer,
             json!({"batchItemFailures": [{"itemIdentifier": "2e1424d4-f796-459a-8184-9c92662be6da"}]})
         );
+        let skipped =
+            |l: &Value| l["exchange_delta_rounds"] == json!(1.0) && l["outcome"] == "skipped";
         assert!(
-            emf_lines(&inbound_worker)
+            emf_lines_with(&inbound_worker, skipped)
+                .await
                 .iter()
-                .any(|l| l["exchange_delta_rounds"] == json!(1.0) && l["outcome"] == "skipped"),
+                .any(skipped),
             "{}",
             inbound_worker.stdout()
         );
