@@ -376,17 +376,32 @@ pub fn change_body(action: &str, session: &str, staff: &str, hour: u32) -> Value
     })
 }
 
+/// [`change_body`] of session `s1` for `staff`, with the platform's `version`.
+pub fn versioned_body(action: &str, staff: &str, hour: u32, version: u64) -> Value {
+    let mut body = change_body(action, "s1", staff, hour);
+    body["session"]["version"] = json!(version);
+    body
+}
+
 /// `POST /v1/sessions/changes`, as its handler does it, with `deps` (a client wrapped for a
 /// race, say).
 pub async fn apply_change(
     deps: &voyage_core::deps::Deps,
     body: Value,
 ) -> voyage_core::calendar::changes::ChangesOutcome {
-    let input: voyage_core::calendar::SessionChangeInput =
-        serde_json::from_value(body).expect("a change body");
-    voyage_core::calendar::changes::apply(deps, &input.validate().expect("a valid change"))
+    try_apply_change(deps, body)
         .await
         .expect("the change applied")
+}
+
+/// [`apply_change`], its error answered rather than asserted away.
+pub async fn try_apply_change(
+    deps: &voyage_core::deps::Deps,
+    body: Value,
+) -> voyage_core::Result<voyage_core::calendar::changes::ChangesOutcome> {
+    let input: voyage_core::calendar::SessionChangeInput =
+        serde_json::from_value(body).expect("a change body");
+    voyage_core::calendar::changes::apply(deps, &input.validate().expect("a valid change")).await
 }
 
 /// A simulator fault: the next `count` requests matching `method` and `path` answer `status`.

@@ -851,20 +851,27 @@ mod convergence {
         sync::handle(&w.app.local.deps, &req).await.unwrap()
     }
 
+    /// `s1` booked, its event deleted in Outlook (a round starts the pending cancellation),
+    /// restored with no round seeing it, and the grace over: the event's id.
+    async fn restored_past_the_grace(w: &GraphWorld, platform: &str, conn: &str) -> String {
+        round(w, conn).await;
+        let event = book(w, platform, "s1", 9).await;
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        round(w, conn).await;
+        assert_eq!(
+            session(w, "s1").await.status,
+            SessionStatus::PendingCancellation
+        );
+        assert_eq!(w.restore("ann", &event).await, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        event
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_commit_sweep_never_cancels_a_booking_whose_event_came_back() {
         let (w, _key, platform, conn) = idle_world().await;
-        round(&w, &conn).await;
-        let event = book(&w, &platform, "s1", 9).await;
-        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
-        round(&w, &conn).await;
-        assert_eq!(
-            session(&w, "s1").await.status,
-            SessionStatus::PendingCancellation
-        );
         // Restored, but its notification has not been handled when the grace ends.
-        assert_eq!(w.restore("ann", &event).await, 200);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        restored_past_the_grace(&w, &platform, &conn).await;
         voyage_fn_scheduled::run(
             voyage_fn_scheduled::Job::CommitPendingCancellations,
             &w.app.local.deps,
@@ -925,16 +932,7 @@ mod convergence {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_commit_sweep_waits_while_a_restored_events_times_cannot_be_read() {
         let (w, _key, platform, conn) = idle_world().await;
-        round(&w, &conn).await;
-        let event = book(&w, &platform, "s1", 9).await;
-        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
-        round(&w, &conn).await;
-        assert_eq!(
-            session(&w, "s1").await.status,
-            SessionStatus::PendingCancellation
-        );
-        assert_eq!(w.restore("ann", &event).await, 200);
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let event = restored_past_the_grace(&w, &platform, &conn).await;
         let odd = voyage_tests::quirks::unreadable_times(&w.app.local.deps, &event);
 
         sync::commit_pending_cancellations(&odd).await.unwrap();

@@ -80,6 +80,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// [`Config::pending_cancellation_grace`] as the booking commands take it (one too long
+    /// for a date counts as the default 10 minutes).
+    pub fn pending_grace(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.pending_cancellation_grace)
+            .unwrap_or_else(|_| chrono::Duration::minutes(10))
+    }
+
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_lookup(|k| std::env::var(k).ok())
     }

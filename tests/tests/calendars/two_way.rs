@@ -645,9 +645,7 @@ async fn a_write_overtaken_by_a_cancellation_and_a_re_booking_leaves_the_new_eve
         let (w, _conn) = CalendarsWorld::with(cal).await;
         let world = w.app.local.deps.clone();
         let versioned = |action: &str, hour: u32, version: u64| {
-            let mut body = voyage_tests::calendars::change_body(action, "s1", "ann", hour);
-            body["session"]["version"] = json!(version);
-            body
+            voyage_tests::calendars::versioned_body(action, "ann", hour, version)
         };
         voyage_tests::calendars::apply_change(&world, versioned("created", 9, 1)).await;
         let other = world.clone();
@@ -680,14 +678,9 @@ async fn a_change_whose_closing_commit_loses_every_race_is_a_503_and_its_retry_m
         let (w, _conn) = CalendarsWorld::with(cal).await;
         let world = w.app.local.deps.clone();
         let body = voyage_tests::calendars::change_body("created", "s1", "ann", 9);
-        let change =
-            serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(body.clone())
-                .unwrap()
-                .validate()
-                .unwrap();
         let deps = voyage_tests::races::losing_races_after(&world, 1, usize::MAX);
 
-        let error = voyage_core::calendar::changes::apply(&deps, &change)
+        let error = voyage_tests::calendars::try_apply_change(&deps, body.clone())
             .await
             .unwrap_err();
 
@@ -699,11 +692,7 @@ async fn a_change_whose_closing_commit_loses_every_race_is_a_503_and_its_retry_m
     }
 }
 
-fn versioned_for(action: &str, staff: &str, hour: u32, version: u64) -> serde_json::Value {
-    let mut body = voyage_tests::calendars::change_body(action, "s1", staff, hour);
-    body["session"]["version"] = json!(version);
-    body
-}
+use voyage_tests::calendars::versioned_body as versioned_for;
 
 /// v1's create was made but its commit lost every race (unmapped, its `transactionId`
 /// pending). The cancellation v3 finds that event by it and deletes it; while v3 is at its
@@ -716,16 +705,11 @@ async fn a_re_booking_overtaken_by_the_older_cancellations_commit_keeps_its_even
     let cal = Cal::Exchange;
     let (w, _conn) = CalendarsWorld::with(cal).await;
     let world = w.app.local.deps.clone();
-    let v1 = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(versioned_for(
-        "created", "ann", 9, 1,
-    ))
-    .unwrap()
-    .validate()
-    .unwrap();
     let losing = voyage_tests::races::losing_races_after(&world, 1, usize::MAX);
-    let error = voyage_core::calendar::changes::apply(&losing, &v1)
-        .await
-        .unwrap_err();
+    let error =
+        voyage_tests::calendars::try_apply_change(&losing, versioned_for("created", "ann", 9, 1))
+            .await
+            .unwrap_err();
     assert_eq!(error.status(), 503);
     let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
@@ -953,16 +937,13 @@ async fn a_change_finding_its_event_deleted_whose_pending_cancellation_failed_st
         voyage_tests::calendars::apply_change(&world, versioned_for("created", "ann", 9, 1)).await;
         let event = w.one_event(cal, "ann", "s1");
         w.staff_delete(cal, "ann", &event);
-        let change = serde_json::from_value::<voyage_core::calendar::SessionChangeInput>(
+        let failing = voyage_tests::races::losing_every_session_put(&world);
+        let error = voyage_tests::calendars::try_apply_change(
+            &failing,
             versioned_for("updated", "ann", 10, 2),
         )
-        .unwrap()
-        .validate()
-        .unwrap();
-        let failing = voyage_tests::races::losing_every_session_put(&world);
-        let error = voyage_core::calendar::changes::apply(&failing, &change)
-            .await
-            .unwrap_err();
+        .await
+        .unwrap_err();
         assert_eq!(error.status(), 503, "{cal:?}: {error}");
 
         voyage_tests::calendars::apply_change(&world, versioned_for("updated", "ann", 10, 2)).await;

@@ -294,8 +294,7 @@ async fn carry_out<W: EventWriter>(
     session: &mut Session,
     step: &PlanStep,
 ) -> std::result::Result<Carried, Failure<W::Error>> {
-    let grace = Duration::from_std(deps.config.pending_cancellation_grace)
-        .unwrap_or_else(|_| Duration::minutes(10));
+    let grace = deps.config.pending_grace();
     let origin = writer.origin();
     match step {
         PlanStep::Reschedule { start, end } => {

@@ -579,12 +579,6 @@ async fn write(
     }
 }
 
-/// A cancelled session confirmed again: a new placement (a new `transactionId`).
-fn rebooked_now(previous: Option<&Session>, next: &Session) -> bool {
-    next.status == SessionStatus::Confirmed
-        && previous.is_some_and(|p| p.status == SessionStatus::Cancelled)
-}
-
 /// What recording a change's intent found.
 enum Intent {
     /// The change is older than what the session reflects: nothing was stored.
@@ -631,13 +625,15 @@ where
             && ctx.connection.as_ref().is_some_and(|c| {
                 matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Error)
             });
-        let may_create = writable
-            && next.status == SessionStatus::Confirmed
-            && (!mapped
-                || previous
-                    .as_ref()
-                    .is_some_and(|p| p.status == SessionStatus::Cancelled));
-        if may_create && (rebooked_now(previous.as_ref(), &next) || next.event_txn.is_none()) {
+        // A cancelled session confirmed again: a new placement (a new `transactionId`, a
+        // new Google event id).
+        let rebooked = next.status == SessionStatus::Confirmed
+            && previous
+                .as_ref()
+                .is_some_and(|p| p.status == SessionStatus::Cancelled);
+        let may_create =
+            writable && next.status == SessionStatus::Confirmed && (!mapped || rebooked);
+        if may_create && (rebooked || next.event_txn.is_none()) {
             // Recorded before the create, so a create whose answer is lost can be found.
             next.event_txn = Some(transaction_id(
                 &change.company_id,
@@ -645,10 +641,6 @@ where
                 next.version + 1,
             ));
         }
-        let rebooked = next.status == SessionStatus::Confirmed
-            && previous
-                .as_ref()
-                .is_some_and(|p| p.status == SessionStatus::Cancelled);
         if google_create_owed(ctx, &next, rebooked) && (rebooked || next.google_event.is_none()) {
             // A new placement gets a new Google event id (see `Session::google_event`).
             next.google_event = Some(crate::google::api::event_id_for_placement(
@@ -1113,8 +1105,10 @@ async fn still_ours(deps: &Deps, ctx: &OutboundContext, placed: &Placement, step
     Step::Superseded
 }
 
-/// Deletes an event written for a session that was cancelled meanwhile (best effort: if
-/// Graph fails now, the event is mapped, and the next delta round deletes it again).
+/// Deletes an event written for a session that was cancelled meanwhile, or for a placement
+/// replaced meanwhile ([`still_ours`]). Best effort: if Graph fails now, the first is mapped
+/// and the next delta round deletes it again; the second is a tagged duplicate, which a
+/// round that lists it deletes.
 async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, event: &GraphEvent) {
     let (Some(conn), Some(record)) = (&ctx.connection, &ctx.credentials) else {
         return;
@@ -1212,8 +1206,7 @@ async fn finish_step(
         }
     }
     if let (Step::EventGone, Some(session)) = (step, ctx.session.as_mut()) {
-        let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
-            .unwrap_or_else(|_| chrono::Duration::minutes(10));
+        let grace = deps.config.pending_grace();
         crate::booking::execute(
             deps,
             session,

@@ -351,8 +351,7 @@ fn deleted_again_within_grace(deps: &Deps, session: &Session, event: &GoogleEven
     let (Some(pending), Some(deleted)) = (session.pending.as_ref(), event.updated_at()) else {
         return false;
     };
-    let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
-        .unwrap_or_else(|_| chrono::Duration::minutes(10));
+    let grace = deps.config.pending_grace();
     let waits = deleted > pending.created_at && deps.store.now() < deleted + grace;
     if waits {
         tracing::info!(session = %session.id, event = %event.id, "the event was restored and deleted again; the cancellation waits for that deletion's grace");

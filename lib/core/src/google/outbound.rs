@@ -198,8 +198,7 @@ pub async fn apply_in(
         .map_err(crate::retry::lost_every_race)?;
     }
     if let Step::EventGone(_) = step {
-        let grace = chrono::Duration::from_std(deps.config.pending_cancellation_grace)
-            .unwrap_or_else(|_| chrono::Duration::minutes(10));
+        let grace = deps.config.pending_grace();
         booking::execute(
             deps,
             &mut session,
@@ -269,25 +268,36 @@ async fn still_ours(
 /// Deletes an event this write inserted for a placement that was replaced meanwhile (best
 /// effort: one left behind is a tagged duplicate of the session).
 async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, conn: &Connection, event_id: &str) {
-    let (Some(record), Some(calendar_id)) = (&ctx.credentials, conn.calendar_id.as_deref()) else {
-        return;
-    };
-    let result = match (credentials::open(deps, record), deps.google()) {
-        (Ok(account), Ok(google)) => google
-            .delete_event(&account, &conn.staff_email, calendar_id, event_id, None)
-            .await
-            .or_else(|e| match e {
-                GoogleError::NotFound => Ok(()),
-                e => Err(e),
-            })
-            .map_err(|e| e.to_string()),
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-    };
-    match result {
+    match delete_in(deps, ctx, conn, event_id).await {
         Ok(()) => tracing::info!(event = %event_id, "google event of a replaced placement deleted"),
         Err(e) => {
             tracing::warn!(event = %event_id, error = %e, "google event of a replaced placement not deleted")
         }
+    }
+}
+
+/// Deletes `event_id` from `conn`'s calendar with the company's credentials; done when it
+/// is deleted or already gone (or the connection names no calendar).
+async fn delete_in(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    conn: &Connection,
+    event_id: &str,
+) -> std::result::Result<(), String> {
+    let Some(calendar_id) = conn.calendar_id.as_deref() else {
+        return Ok(());
+    };
+    let Some(record) = &ctx.credentials else {
+        return Err(credentials::MISSING.into());
+    };
+    let account = credentials::open(deps, record).map_err(|e| e.to_string())?;
+    let google = deps.google().map_err(|e| e.to_string())?;
+    match google
+        .delete_event(&account, &conn.staff_email, calendar_id, event_id, None)
+        .await
+    {
+        Ok(()) | Err(GoogleError::NotFound) => Ok(()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -307,30 +317,9 @@ async fn remove_elsewhere(
     else {
         return Ok(());
     };
-    let Some(calendar_id) = conn.calendar_id.as_deref() else {
-        return Ok(());
-    };
-    let Some(record) = &ctx.credentials else {
-        return Err(credentials::MISSING.into());
-    };
-    let account = credentials::open(deps, record).map_err(|e| e.to_string())?;
-    let google = deps.google().map_err(|e| e.to_string())?;
-    match google
-        .delete_event(
-            &account,
-            &conn.staff_email,
-            calendar_id,
-            &old.external_event_id,
-            None,
-        )
-        .await
-    {
-        Ok(()) | Err(GoogleError::NotFound) => {
-            tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar");
-            Ok(())
-        }
-        Err(e) => Err(e.to_string()),
-    }
+    delete_in(deps, ctx, &conn, &old.external_event_id).await?;
+    tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar");
+    Ok(())
 }
 
 /// The Google calls for the session's state.

@@ -6,7 +6,7 @@ use crate::model::{Connection, ConnectionStatus, Provider};
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError, TxWrite};
 use crate::{Error, Result};
 
-fn primary_key(company: &str, id: &str) -> Key {
+pub(crate) fn primary_key(company: &str, id: &str) -> Key {
     Key::new(company_pk(company), format!("CONN#{id}"))
 }
 

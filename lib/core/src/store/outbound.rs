@@ -1,7 +1,7 @@
 //! The two store round trips of an outbound calendar write: one batch read of everything
 //! the write depends on, one transaction that records its result.
 
-use super::connections::{items_of as connection_items, staff_key};
+use super::connections::{items_of as connection_items, primary_key as connection_key, staff_key};
 use super::credentials::credentials_key;
 use super::mappings::{by_session, mapping_deletes, mapping_writes};
 use super::sessions::{item_of as session_item, key_of as session_key};
@@ -141,8 +141,10 @@ impl Store {
                     ));
                 }
                 OutboundWrite::ConnectionExists(c) => {
-                    let (primary, _) = connection_items(c, c.version)?;
-                    tx.push(TxWrite::Check(primary.key, Condition::Exists));
+                    tx.push(TxWrite::Check(
+                        connection_key(&c.company_id, &c.id),
+                        Condition::Exists,
+                    ));
                 }
                 OutboundWrite::Mapping { next, previous } => {
                     let expected = next.version;

@@ -14,7 +14,8 @@
 
 use super::{company_pk, sessions, Store};
 use crate::ports::{Condition, Item, Key, StoreError, TxWrite};
-use crate::webhooks::sequence::{self, contended, contention_pause, SequenceDraw, ATTEMPTS};
+use crate::retry::after_lost_race;
+use crate::webhooks::sequence::{self, contended, SequenceDraw, ATTEMPTS};
 use crate::{Error, Result};
 
 fn key_of(company: &str, session: &str) -> Key {
@@ -194,7 +195,7 @@ impl Store {
             if self.take_draw(draw).await? {
                 return Ok(value);
             }
-            contention_pause().await;
+            after_lost_race().await;
         }
         Err(contended(session))
     }
@@ -212,7 +213,7 @@ impl Store {
             if self.take_draw(draw).await? {
                 return Ok(());
             }
-            contention_pause().await;
+            after_lost_race().await;
         }
         Err(contended(session))
     }

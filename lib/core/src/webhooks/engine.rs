@@ -370,7 +370,7 @@ impl WebhookEngine {
         for attempt in 0..sequence::ATTEMPTS + usize::from(guessed) {
             if attempt > 0 {
                 if !guessed {
-                    sequence::contention_pause().await;
+                    crate::retry::after_lost_race().await;
                 }
                 guessed = false;
                 draw = sequence::draw(store, &company, stamp).await?;

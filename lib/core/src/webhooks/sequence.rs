@@ -35,7 +35,7 @@ use crate::store::{SequenceState, Store};
 use crate::{validate, Error, Result};
 
 /// Lost races retried before giving up (each one means another dispatch took a value), with
-/// a short random pause between them ([`contention_pause`]) so a burst of dispatches for one
+/// a short random pause between them ([`crate::retry::after_lost_race`]) so a burst of dispatches for one
 /// session spreads out.
 pub const ATTEMPTS: usize = 40;
 
@@ -96,11 +96,6 @@ impl Guesses {
             }
         }
     }
-}
-
-/// The pause before drawing again after a lost race: 1-4 ms, random.
-pub async fn contention_pause() {
-    crate::retry::after_lost_race().await
 }
 
 /// The error after [`ATTEMPTS`] lost races: a passing condition, worth a retry by the caller
