@@ -207,6 +207,7 @@ fn plans_per_second() -> f64 {
         calendar_version: None,
         event_txn: None,
         google_event: None,
+        retired: vec![],
         updated_at: t(0),
         version: 1,
     };

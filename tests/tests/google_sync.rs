@@ -953,7 +953,7 @@ mod writes {
             end: GoogleDateTime::utc(start + chrono::Duration::hours(1)),
             transparency: "opaque".into(),
             status: None,
-            extended_properties: ExtendedProperties::session("acme", "s1"),
+            extended_properties: ExtendedProperties::session("acme", "s1", "ann"),
             attendees: None,
         }
     }
@@ -1173,6 +1173,9 @@ mod calendars_review2;
 
 #[path = "calendars/review3.rs"]
 mod calendars_review3;
+
+#[path = "calendars/review4.rs"]
+mod calendars_review4;
 
 /// All-day events in the calendar's zone on every path.
 #[path = "calendars/zones.rs"]

@@ -235,6 +235,7 @@ mod tests {
             calendar_version: None,
             event_txn: None,
             google_event: None,
+            retired: vec![],
             updated_at: t(0),
             version: 1,
         }

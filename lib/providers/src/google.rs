@@ -577,7 +577,7 @@ mod tests {
             end: GoogleDateTime::utc(t),
             transparency: "opaque".into(),
             status: Some("confirmed".into()),
-            extended_properties: ExtendedProperties::session("acme", "s1"),
+            extended_properties: ExtendedProperties::session("acme", "s1", "ann"),
             attendees: None,
         };
         let insert = write_body(&event, true).unwrap();

@@ -64,6 +64,7 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         calendar_version: None,
         event_txn: None,
         google_event: None,
+        retired: vec![],
         updated_at: t0(),
         version: 0,
     }

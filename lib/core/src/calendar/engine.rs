@@ -184,6 +184,12 @@ pub async fn reconcile_event<W: EventWriter>(
                     .store
                     .get_session(&session.company_id, &session.id)
                     .await?;
+                if session.staff_id != owner {
+                    // Given to another staff member meanwhile: this calendar's event plans
+                    // nothing for it any more (its removal is the outbound writer's).
+                    tracing::debug!(session = %session.id, event = %snap.event_id, "given to another staff member meanwhile; nothing to reconcile");
+                    return Ok(done);
+                }
                 verified = false;
             }
             Err(e) => return Err(e),

@@ -27,6 +27,10 @@ pub struct Placement {
     /// A mapping through another connection (the session given to another staff member):
     /// the write removes it, it is not the write's placement.
     pub elsewhere: Option<String>,
+    /// The staff member the session is given to: a write for one staff member is overtaken
+    /// once the session is given to another (a move back recorded while a move was in
+    /// flight), whatever the mapping says.
+    pub staff: Option<String>,
 }
 
 impl Placement {
@@ -34,6 +38,7 @@ impl Placement {
         mapping: Option<&EventMapping>,
         pending: Option<&str>,
         connection: Option<&str>,
+        staff: Option<&str>,
     ) -> Placement {
         let here = |m: &&EventMapping| Some(m.connection_id.as_str()) == connection;
         Placement {
@@ -42,14 +47,16 @@ impl Placement {
             elsewhere: mapping
                 .filter(|m| !here(m))
                 .map(|m| m.external_event_id.clone()),
+            staff: staff.map(str::to_string),
         }
     }
 
     /// Whether `fresh` (read after a lost race) shows the session moved to another placement
     /// than this one (read when the step was decided), for a step that wrote or found
     /// `event`: another event is mapped now, the mapping this step saw was retired, or
-    /// another placement is waiting to be created. The same event mapped meanwhile is no
-    /// move (the same change written twice).
+    /// another placement is waiting to be created, or the session was given to another
+    /// staff member. The same event mapped meanwhile is no move (the same change written
+    /// twice).
     pub fn moved_on(&self, fresh: &Placement, event: Option<&str>) -> bool {
         // The mapping elsewhere this write saw (and removes) still there is no move.
         let now = fresh
@@ -61,7 +68,9 @@ impl Placement {
             Some(now) => Some(now) != self.mapped.as_ref() && Some(now.as_str()) != event,
             None => self.mapped.is_some(),
         };
-        remapped || (fresh.pending.is_some() && fresh.pending != self.pending)
+        remapped
+            || (fresh.pending.is_some() && fresh.pending != self.pending)
+            || fresh.staff != self.staff
     }
 }
 
@@ -74,6 +83,7 @@ mod tests {
             mapped: mapped.map(str::to_string),
             pending: pending.map(str::to_string),
             elsewhere: None,
+            staff: Some("ann".into()),
         }
     }
 
@@ -113,6 +123,16 @@ mod tests {
         assert!(!seen.moved_on(&seen.clone(), Some("bob-event")));
         assert!(!seen.moved_on(&p(None, Some("t2")), Some("bob-event")));
         assert!(!seen.moved_on(&p(Some("bob-event"), None), Some("bob-event")));
+    }
+
+    #[test]
+    fn the_session_given_to_another_staff_member_since_is_a_move() {
+        let seen = p(None, Some("t2"));
+        let fresh = Placement {
+            staff: Some("bob".into()),
+            ..p(None, Some("t2"))
+        };
+        assert!(seen.moved_on(&fresh, Some("e1")));
     }
 
     #[test]

@@ -42,8 +42,8 @@ use super::{credentials, provider_error, GraphApi, GraphCredentials, GraphError}
 use crate::calendar::placement::Placement;
 use crate::deps::Deps;
 use crate::model::{
-    Connection, ConnectionStatus, EventMapping, HistoryEntry, Provider, Session, SessionClient,
-    SessionStatus,
+    Connection, ConnectionStatus, EventMapping, HistoryEntry, Provider, RetiredEvent, Session,
+    SessionClient, SessionStatus,
 };
 use crate::store::{OutboundContext, OutboundWrite};
 use crate::{validate, Error, Result};
@@ -306,6 +306,15 @@ fn merged_session(
         // platform made before it learnt of the cancellation) is stored but does not bring
         // it back. Only `created` books it again.
         (Action::Updated, Some(SessionStatus::Cancelled)) => SessionStatus::Cancelled,
+        // A booking given to another staff member while the first one's deletion of its
+        // event waits for its grace: that deletion was about the first staff member's
+        // calendar; the platform has placed the booking elsewhere, so it is confirmed (the
+        // pending cancellation ends, the new staff member's calendar gets the event).
+        (_, Some(SessionStatus::PendingCancellation))
+            if existing.is_some_and(|s| s.staff_id != change.staff_id) =>
+        {
+            SessionStatus::Confirmed
+        }
         // A staff member's deletion awaiting its grace period is not undone by a platform
         // edit of the same session: the pending cancellation keeps running.
         (_, Some(SessionStatus::PendingCancellation)) => SessionStatus::PendingCancellation,
@@ -335,6 +344,7 @@ fn merged_session(
         calendar_version: existing.and_then(|s| s.calendar_version),
         event_txn: existing.and_then(|s| s.event_txn.clone()),
         google_event: existing.and_then(|s| s.google_event.clone()),
+        retired: existing.map(|s| s.retired.clone()).unwrap_or_default(),
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };
@@ -499,12 +509,12 @@ async fn write(
         )
     };
     let mut ctx = read().await?;
-    let (previous, retired) = match record_intent(deps, &mut ctx, change, &read).await? {
+    let previous = match record_intent(deps, &mut ctx, change, &read).await? {
         Intent::Stale => {
             let outcome = stale(change, &ctx);
             return Ok((outcome, None, ctx));
         }
-        Intent::Recorded { previous, retired } => (previous.map(|p| *p), retired),
+        Intent::Recorded { previous } => previous.map(|p| *p),
     };
     // An event written through another connection (the session was given to another staff
     // member): it goes from that calendar.
@@ -547,13 +557,14 @@ async fn write(
             }
         }
     }
-    let mut step = graph_step(deps, &ctx, change, previous.as_ref(), retired.as_ref()).await?;
+    let mut step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
+    let cleared = delete_retired(deps, &ctx, &step).await;
     let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let now = deps.store.now();
-        let (mut writes, outcome) = closing_writes(&ctx, change, &step, now);
+        let (mut writes, outcome) = closing_writes(&ctx, change, &step, &cleared, now);
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
                 for w in writes {
@@ -585,12 +596,7 @@ enum Intent {
     Stale,
     /// The session as the change makes it is stored (`ctx.session`); `previous` is the
     /// session as it was before (`None`: there was none).
-    Recorded {
-        previous: Option<Box<Session>>,
-        /// A cancelled session booked again: its old event's mapping, deleted with the
-        /// intent (see [`record_intent`]); the write may still reuse that event if it is there.
-        retired: Option<EventMapping>,
-    },
+    Recorded { previous: Option<Box<Session>> },
 }
 
 /// Stores the session as the change makes it, before any Graph call (re-reading after a lost
@@ -631,55 +637,104 @@ where
             && previous
                 .as_ref()
                 .is_some_and(|p| p.status == SessionStatus::Cancelled);
-        let may_create =
-            writable && next.status == SessionStatus::Confirmed && (!mapped || rebooked);
-        if may_create && (rebooked || next.event_txn.is_none()) {
+        // A new placement gets new create ids: booked again, or given to another staff
+        // member (a move and a move back both in flight must not share one: the write
+        // overtaken by the other tells it has been by the pending id, see
+        // [`crate::calendar::placement`]). A twin of the same change finds the staff member
+        // already recorded and keeps the ids.
+        let staff_changed = previous
+            .as_ref()
+            .is_some_and(|p| p.staff_id != next.staff_id);
+        let new_placement = rebooked || staff_changed;
+        // The session given back to a staff member whose event is still mapped: the move
+        // away may be deleting that event right now (or failed to), so it is not written
+        // over in place; its mapping is retired with the intent, as a re-booking's is, and a
+        // new event is made (the retired one is deleted after it, see [`delete_retired`]).
+        let reclaimed = staff_changed && mapped && next.status == SessionStatus::Confirmed;
+        let retire = rebooked || reclaimed;
+        let may_create = writable && next.status == SessionStatus::Confirmed && (!mapped || retire);
+        if may_create && (new_placement || next.event_txn.is_none()) {
             // Recorded before the create, so a create whose answer is lost can be found.
             next.event_txn = Some(transaction_id(
                 &change.company_id,
                 &change.id,
                 next.version + 1,
             ));
+        } else if staff_changed && !may_create {
+            // Given to a staff member with no event to make here: an older placement's
+            // pending id is no longer the session's (its write, overtaken, sees that).
+            next.event_txn = None;
         }
-        if google_create_owed(ctx, &next, rebooked) && (rebooked || next.google_event.is_none()) {
+        // The other calendars' mappings retired with the intent, by the same rules: all of
+        // them for a re-booking; for a session given back, one still mapped in the staff
+        // member's own calendar (its event may be being deleted by the move away).
+        let confirmed = next.status == SessionStatus::Confirmed;
+        let retired_others: Vec<Provider> = ctx
+            .others
+            .iter()
+            .filter(|(_, o)| {
+                let own = o
+                    .mapping
+                    .as_ref()
+                    .zip(o.connection.as_ref())
+                    .is_some_and(|(m, c)| m.connection_id == c.id);
+                o.mapping.is_some() && (rebooked || (staff_changed && confirmed && own))
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        let google_retired = retired_others.contains(&Provider::Google);
+        let google_owed = google_create_owed(ctx, &next, rebooked || google_retired);
+        if google_owed && (new_placement || next.google_event.is_none()) {
             // A new placement gets a new Google event id (see `Session::google_event`).
             next.google_event = Some(crate::google::api::event_id_for_placement(
                 &change.company_id,
                 &change.id,
                 next.version + 1,
             ));
+        } else if staff_changed && !google_owed {
+            next.google_event = None;
+        }
+        // The retired mappings go in this commit; their events are remembered in the
+        // session until a write of their provider deletes them ([`delete_retired`]).
+        let own = ctx.mapping.clone().filter(|_| retire);
+        let retired: Vec<EventMapping> = own
+            .into_iter()
+            .chain(
+                ctx.others
+                    .iter()
+                    .filter(|(p, _)| retired_others.contains(p))
+                    .filter_map(|(_, o)| o.mapping.clone()),
+            )
+            .collect();
+        for m in &retired {
+            let event = RetiredEvent::of(m);
+            if !next.retired.contains(&event) {
+                next.retired.push(event);
+            }
         }
         if previous.as_ref() == Some(&next) {
             return Ok(Intent::Recorded {
                 previous: previous.map(Box::new),
-                retired: None,
             });
         }
-        let retired = if rebooked { ctx.mapping.clone() } else { None };
         let mut writes = vec![OutboundWrite::Session(next)];
-        writes.extend(retired.clone().map(OutboundWrite::DeleteMapping));
-        if rebooked {
-            writes.extend(
-                ctx.other_mappings()
-                    .into_iter()
-                    .map(OutboundWrite::DeleteMapping),
-            );
-        }
+        writes.extend(retired.into_iter().map(OutboundWrite::DeleteMapping));
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
                 let Some(OutboundWrite::Session(written)) = writes.into_iter().next() else {
                     return Err(Error::Internal("intent write lost its session".into()));
                 };
                 ctx.session = Some(written);
-                if rebooked {
+                if retire {
                     ctx.mapping = None;
-                    for (_, other) in &mut ctx.others {
+                }
+                for (p, other) in &mut ctx.others {
+                    if retired_others.contains(p) {
                         other.mapping = None;
                     }
                 }
                 return Ok(Intent::Recorded {
                     previous: previous.map(Box::new),
-                    retired,
                 });
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
@@ -697,7 +752,7 @@ where
 /// writable Google connection and no event of this session in it (none mapped, one mapped
 /// through another connection: the session was given to another staff member, or it is
 /// booked again after a cancellation: its old event's mapping is retired).
-fn google_create_owed(ctx: &OutboundContext, next: &Session, rebooked: bool) -> bool {
+fn google_create_owed(ctx: &OutboundContext, next: &Session, retiring: bool) -> bool {
     if next.status != SessionStatus::Confirmed {
         return false;
     }
@@ -708,7 +763,7 @@ fn google_create_owed(ctx: &OutboundContext, next: &Session, rebooked: bool) -> 
             g.credentials.is_some()
                 && g.connection.as_ref().is_some_and(|c| {
                     matches!(c.status, ConnectionStatus::Active | ConnectionStatus::Error)
-                        && (rebooked || g.mapping.as_ref().is_none_or(|m| m.connection_id != c.id))
+                        && (retiring || g.mapping.as_ref().is_none_or(|m| m.connection_id != c.id))
                 })
         })
 }
@@ -741,7 +796,6 @@ async fn graph_step(
     ctx: &OutboundContext,
     change: &SessionChange,
     previous: Option<&Session>,
-    retired: Option<&EventMapping>,
 ) -> Result<Step> {
     let Some(conn) = &ctx.connection else {
         return Ok(Step::NoConnection);
@@ -773,11 +827,7 @@ async fn graph_step(
     let calendar = calendar_of(conn);
     // A mapping made through an older connection points into a calendar we may no longer
     // reach; only a mapping of this connection is updated in place.
-    let mapping = ctx
-        .mapping
-        .as_ref()
-        .or(retired)
-        .filter(|m| m.connection_id == conn.id);
+    let mapping = ctx.mapping.as_ref().filter(|m| m.connection_id == conn.id);
     let txn = session
         .event_txn
         .clone()
@@ -812,6 +862,57 @@ async fn graph_step(
             }
         },
     })
+}
+
+/// Deletes the session's retired Exchange events ([`Session::retired`]) once this write has
+/// put the calendar right (written, deleted, nothing to delete, or no Exchange calendar for
+/// the staff member: a retired event may be in another staff member's): the ones gone now, or
+/// whose connection is gone, which the closing commit clears. An event the session maps
+/// again (adopted since), or that this write wrote, is cleared without being deleted. Best
+/// effort: one that could not be deleted stays for the next write.
+async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<RetiredEvent> {
+    let written = match step {
+        Step::Wrote(e, _) | Step::Deleted(Some(e)) => Some(e.id.as_str()),
+        Step::Deleted(None) | Step::NothingToDelete | Step::NoConnection => None,
+        _ => return Vec::new(),
+    };
+    let Some(session) = &ctx.session else {
+        return Vec::new();
+    };
+    let mut cleared = Vec::new();
+    for r in session
+        .retired
+        .iter()
+        .filter(|r| r.provider == Provider::Exchange)
+    {
+        let ours = written == Some(r.event_id.as_str())
+            || ctx
+                .mapping
+                .as_ref()
+                .is_some_and(|m| m.external_event_id == r.event_id);
+        if ours {
+            cleared.push(r.clone());
+            continue;
+        }
+        match remove_from(
+            deps,
+            ctx,
+            &session.company_id,
+            &r.connection_id,
+            &r.event_id,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::debug!(event = %r.event_id, "retired event deleted");
+                cleared.push(r.clone());
+            }
+            Err(e) => {
+                tracing::warn!(event = %r.event_id, error = %e, "retired event not deleted yet")
+            }
+        }
+    }
+    cleared
 }
 
 async fn create(
@@ -962,9 +1063,13 @@ fn closing_writes(
     ctx: &OutboundContext,
     change: &SessionChange,
     step: &Step,
+    cleared: &[RetiredEvent],
     now: DateTime<Utc>,
 ) -> (Vec<OutboundWrite>, &'static str) {
     let mut session = ctx.session.clone();
+    if let Some(s) = session.as_mut() {
+        s.retired.retain(|r| !cleared.contains(r));
+    }
     let mut writes = Vec::new();
     let conn = ctx.connection.clone();
     let mark = |conn: Option<Connection>, error: Option<String>| -> Option<OutboundWrite> {
@@ -1072,6 +1177,7 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
         ctx.mapping.as_ref(),
         ctx.session.as_ref().and_then(|s| s.event_txn.as_deref()),
         ctx.connection.as_ref().map(|c| c.id.as_str()),
+        ctx.session.as_ref().map(|s| s.staff_id.as_str()),
     )
 }
 
@@ -1138,9 +1244,31 @@ async fn remove_elsewhere(
     ctx: &OutboundContext,
     old: &EventMapping,
 ) -> std::result::Result<(), GraphError> {
+    remove_from(
+        deps,
+        ctx,
+        &old.company_id,
+        &old.connection_id,
+        &old.external_event_id,
+    )
+    .await?;
+    tracing::info!(session = %old.session_id, "event removed from the previous staff member's mailbox");
+    Ok(())
+}
+
+/// Deletes `event` from the mailbox of `connection`. Done when it is deleted or already
+/// gone, or when that connection no longer exists (its deletion took its events' mappings
+/// with it).
+async fn remove_from(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    company: &str,
+    connection: &str,
+    event: &str,
+) -> std::result::Result<(), GraphError> {
     let Some(conn) = deps
         .store
-        .find_connection(&old.company_id, &old.connection_id)
+        .find_connection(company, connection)
         .await
         .map_err(|e| GraphError::Unavailable(e.to_string()))?
     else {
@@ -1153,14 +1281,8 @@ async fn remove_elsewhere(
     let graph = deps
         .graph()
         .map_err(|e| GraphError::Unavailable(e.to_string()))?;
-    match graph
-        .delete_event(&creds, &calendar_of(&conn), &old.external_event_id)
-        .await
-    {
-        Ok(()) | Err(GraphError::NotFound) => {
-            tracing::info!(session = %old.session_id, "event removed from the previous staff member's mailbox");
-            Ok(())
-        }
+    match graph.delete_event(&creds, &calendar_of(&conn), event).await {
+        Ok(()) | Err(GraphError::NotFound) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -906,10 +906,36 @@ async fn adopt(
         .store
         .mapping_for_session(company, Provider::Exchange, session_id)
         .await?;
-    if let Some(m) = &existing {
-        if m.external_event_id == event.id {
-            return Ok(());
+    if existing
+        .as_ref()
+        .is_some_and(|m| m.external_event_id == event.id)
+    {
+        return Ok(());
+    }
+    let retired = session
+        .retired
+        .iter()
+        .any(|r| r.provider == Provider::Exchange && r.event_id == event.id);
+    if retired || session.staff_id != ctx.conn.staff_id {
+        // The session was given to another staff member, or retired this event (booked
+        // again, given back): it is what an earlier placement left (restored by the staff
+        // member, or a create whose answer was lost): it goes, and it never takes the place
+        // of the session's event.
+        if !event.is_cancelled.unwrap_or(false) {
+            match deps
+                .graph()?
+                .delete_event(ctx.creds, &ctx.calendar, &event.id)
+                .await
+            {
+                Ok(()) | Err(GraphError::NotFound) => {}
+                Err(e) => return Err(RoundError::Graph(e)),
+            }
+            tracing::info!(session = %session_id, event = %event.id, "event of a session given to another staff member deleted");
+            report.calendar_writes += 1;
         }
+        return Ok(());
+    }
+    if let Some(m) = &existing {
         // The session shows as another event. If that one is live, this is a duplicate
         // (a create retried after its answer was lost, the first copy restored since): it
         // goes. If that one is gone, this one takes its place.

@@ -19,6 +19,10 @@ use sha2::{Digest, Sha256};
 /// The private extended property that tags the platform's own events; its value is
 /// `<company>/<session>`.
 pub const SESSION_PROPERTY: &str = "voyageSessionId";
+/// The private property naming the staff member an event was written for: an event of ours
+/// left by an earlier placement (the session given to another staff member since) is told
+/// from the session's event in a calendar two staff members share.
+pub const STAFF_PROPERTY: &str = "voyageStaffId";
 
 /// The id of the Google event written for a session: the lowercase hex SHA-256 of
 /// `<company>/<session>` (64 characters, all within Google's base32hex alphabet `a-v0-9`,
@@ -156,13 +160,17 @@ pub struct ExtendedProperties {
 }
 
 impl ExtendedProperties {
-    /// The private properties of the platform's event for a session: its tag only.
-    pub fn session(company: &str, session: &str) -> ExtendedProperties {
+    /// The private properties of the platform's event for a session: its tag, and the staff
+    /// member it was written for.
+    pub fn session(company: &str, session: &str, staff: &str) -> ExtendedProperties {
         ExtendedProperties {
-            private: Some(std::collections::BTreeMap::from([(
-                SESSION_PROPERTY.to_string(),
-                session_tag_value(company, session),
-            )])),
+            private: Some(std::collections::BTreeMap::from([
+                (
+                    SESSION_PROPERTY.to_string(),
+                    session_tag_value(company, session),
+                ),
+                (STAFF_PROPERTY.to_string(), staff.to_string()),
+            ])),
         }
     }
 }
@@ -237,6 +245,17 @@ impl GoogleEvent {
             .private
             .as_ref()?
             .get(SESSION_PROPERTY)
+            .map(String::as_str)
+    }
+
+    /// The staff member this event was written for ([`STAFF_PROPERTY`]; events written
+    /// before it was recorded have none).
+    pub fn staff_tag(&self) -> Option<&str> {
+        self.extended_properties
+            .as_ref()?
+            .private
+            .as_ref()?
+            .get(STAFF_PROPERTY)
             .map(String::as_str)
     }
 
@@ -523,7 +542,7 @@ mod tests {
             end: GoogleDateTime::utc(t + chrono::Duration::hours(1)),
             transparency: "opaque".into(),
             status: None,
-            extended_properties: ExtendedProperties::session("acme", "s1"),
+            extended_properties: ExtendedProperties::session("acme", "s1", "ann"),
             attendees: None,
         };
         let json = serde_json::to_value(&write).unwrap();

@@ -266,8 +266,28 @@ pub async fn reconcile_unlisted(
 /// here beyond doubt: the session is this calendar owner's and not cancelled, has no Google
 /// event mapped anywhere, and no create of another placement is owed (`google_event` names
 /// this event or nothing). A live one of a cancelled session in its owner's calendar is
-/// deleted. Anything else is left alone: the same calendar may be reached by another
-/// connection (a shared calendar), and a create of a new placement may be about to map it.
+/// deleted. So is one that is neither the session's mapped event (which another connection
+/// to the same calendar, a shared one, sees unmapped: it is left alone) nor the placement a
+/// create is about to map (`google_event`): what an earlier placement left behind (the
+/// session given to another staff member or booked again; an old event restored).
+/// Deletes an unmapped event of ours from `conn`'s calendar (done if it is gone already).
+async fn delete_unmapped(
+    deps: &Deps,
+    conn: &Connection,
+    account: &ServiceAccount,
+    event: &GoogleEvent,
+) -> std::result::Result<(), Failure<GoogleError>> {
+    let google = deps.google()?;
+    let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+    match google
+        .delete_event(account, &conn.staff_email, &calendar_id, &event.id, None)
+        .await
+    {
+        Ok(()) | Err(GoogleError::NotFound) => Ok(()),
+        Err(e) => Err(Failure::Calendar(e)),
+    }
+}
+
 async fn adopt(
     deps: &Deps,
     conn: &Connection,
@@ -291,17 +311,8 @@ async fn adopt(
         // A live event of a cancelled booking in its owner's calendar (a create whose answer
         // was lost, deleted by the staff member and restored after the cancellation): it
         // goes, as a mapped one would.
-        let google = deps.google()?;
-        let calendar_id = conn.calendar_id.clone().unwrap_or_default();
-        match google
-            .delete_event(account, &conn.staff_email, &calendar_id, &event.id, None)
-            .await
-        {
-            Ok(()) | Err(GoogleError::NotFound) => {
-                tracing::info!(session = %session_id, event = %event.id, "unmapped event of a cancelled booking deleted");
-            }
-            Err(e) => return Err(Failure::Calendar(e)),
-        }
+        delete_unmapped(deps, conn, account, event).await?;
+        tracing::info!(session = %session_id, event = %event.id, "unmapped event of a cancelled booking deleted");
         return Ok(None);
     }
     let ours_here = session.staff_id == conn.staff_id
@@ -309,13 +320,33 @@ async fn adopt(
             .google_event
             .as_deref()
             .is_none_or(|id| id == event.id);
-    if !ours_here
-        || deps
-            .store
-            .mapping_for_session(company, Provider::Google, session_id)
-            .await?
-            .is_some()
-    {
+    let mapped = deps
+        .store
+        .mapping_for_session(company, Provider::Google, session_id)
+        .await?;
+    let retired = session
+        .retired
+        .iter()
+        .any(|r| r.provider == Provider::Google && r.event_id == event.id);
+    if retired || !ours_here || mapped.is_some() {
+        // Not to be adopted. It goes when it is known to be what an earlier placement left
+        // (the session given to another staff member, booked again, or given back; an old
+        // event restored from the bin, or inserted by a write that was overtaken): the
+        // session retired it, maps another event or is about to create another, or it was
+        // written for this calendar's owner and the session is someone else's now. Else it
+        // stays: in a calendar two staff members share, the other one's connection sees the
+        // session's own event unmapped (even with the session's mapping gone with its
+        // connection).
+        let pending = session.google_event.as_deref() == Some(event.id.as_str());
+        let the_mapped =
+            mapped.as_ref().map(|m| m.external_event_id.as_str()) == Some(event.id.as_str());
+        let replaced = mapped.is_some() || session.google_event.is_some();
+        let left_here =
+            event.staff_tag() == Some(conn.staff_id.as_str()) && session.staff_id != conn.staff_id;
+        if !pending && !the_mapped && !event.is_cancelled() && (retired || replaced || left_here) {
+            delete_unmapped(deps, conn, account, event).await?;
+            tracing::info!(session = %session_id, event = %event.id, "event of an earlier placement deleted");
+        }
         return Ok(None);
     }
     let mut mapping = EventMapping {

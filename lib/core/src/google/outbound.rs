@@ -39,7 +39,9 @@ use crate::booking::{self, Command, ORIGIN_GOOGLE_INBOUND};
 use crate::calendar::placement::Placement;
 use crate::calendar::{CalendarOutcome, SessionChange};
 use crate::deps::Deps;
-use crate::model::{Connection, ConnectionStatus, EventMapping, Provider, Session, SessionStatus};
+use crate::model::{
+    Connection, ConnectionStatus, EventMapping, Provider, RetiredEvent, Session, SessionStatus,
+};
 use crate::store::{OutboundContext, OutboundWrite};
 use crate::{Error, Result};
 
@@ -106,6 +108,21 @@ pub async fn apply_in(
     mut ctx: OutboundContext,
     others_settled: bool,
 ) -> Result<Option<Written>> {
+    // Given to another staff member since this change's intent (a newer change, recorded
+    // while this one's first calendar write was in flight, and written to this calendar by
+    // that change): nothing of this change is written, nor removed as "elsewhere" (the
+    // mapping read is the newer placement's).
+    if let Some(session) = ctx
+        .session
+        .as_ref()
+        .filter(|s| s.staff_id != change.staff_id)
+    {
+        tracing::info!(session = %change.id, "given to another staff member meanwhile: superseded");
+        return Ok(ctx.connection.as_ref().map(|c| Written {
+            calendar: outcome_of(c, &Step::Superseded),
+            session_status: session.status,
+        }));
+    }
     // An event written through another connection (the session was given to another staff
     // member, or the connection was replaced): it goes from that calendar.
     if let Some(old) = ctx.mapping.clone().filter(|m| {
@@ -150,6 +167,9 @@ pub async fn apply_in(
         }
     }
     let Some(conn) = ctx.connection.clone() else {
+        // No Google calendar for the staff member: events a retired placement left in
+        // another one's still go.
+        forget_retired(deps, &ctx).await;
         return Ok(None);
     };
     let Some(session) = ctx.session.clone() else {
@@ -157,12 +177,13 @@ pub async fn apply_in(
         return Ok(None);
     };
     let mut step = google_step(deps, &ctx, &conn, &session, change).await?;
+    let cleared = delete_retired(deps, &ctx, &step).await;
     let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let settle = others_settled.then_some(change.version).flatten();
-        let mut writes = closing_writes(&ctx, &step, settle, deps.store.now());
+        let mut writes = closing_writes(&ctx, &step, &cleared, settle, deps.store.now());
         if writes.is_empty() {
             break;
         }
@@ -221,6 +242,7 @@ fn placement_of(ctx: &OutboundContext) -> Placement {
         ctx.mapping.as_ref(),
         ctx.session.as_ref().and_then(|s| s.google_event.as_deref()),
         ctx.connection.as_ref().map(|c| c.id.as_str()),
+        ctx.session.as_ref().map(|s| s.staff_id.as_str()),
     )
 }
 
@@ -276,6 +298,74 @@ async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, conn: &Connection,
     }
 }
 
+/// Deletes the session's retired Google events ([`Session::retired`]) once this write has
+/// put the calendar right (written, deleted, or nothing to delete): the ones gone now, or
+/// whose connection is gone, which the closing commit clears. An event the session maps
+/// again, or that this write wrote, is cleared without being deleted. Best effort: one that
+/// could not be deleted stays for the next write.
+async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<RetiredEvent> {
+    let written = match step {
+        Step::Wrote(e, ..) => Some(e.id.as_str()),
+        Step::Deleted | Step::NothingToDelete => None,
+        _ => return Vec::new(),
+    };
+    let Some(session) = &ctx.session else {
+        return Vec::new();
+    };
+    let mut cleared = Vec::new();
+    for r in session
+        .retired
+        .iter()
+        .filter(|r| r.provider == Provider::Google)
+    {
+        let ours = written == Some(r.event_id.as_str())
+            || ctx
+                .mapping
+                .as_ref()
+                .is_some_and(|m| m.external_event_id == r.event_id);
+        if ours {
+            cleared.push(r.clone());
+            continue;
+        }
+        match remove_from(
+            deps,
+            ctx,
+            &session.company_id,
+            &r.connection_id,
+            &r.event_id,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::debug!(event = %r.event_id, "retired google event deleted");
+                cleared.push(r.clone());
+            }
+            Err(e) => {
+                tracing::warn!(event = %r.event_id, error = %e, "retired google event not deleted yet")
+            }
+        }
+    }
+    cleared
+}
+
+/// [`delete_retired`] for a staff member without a Google connection, and its own commit of
+/// the session without them (best effort: a lost race leaves them for the next write).
+async fn forget_retired(deps: &Deps, ctx: &OutboundContext) {
+    let Some(session) = &ctx.session else {
+        return;
+    };
+    let cleared = delete_retired(deps, ctx, &Step::NothingToDelete).await;
+    if cleared.is_empty() {
+        return;
+    }
+    let mut s = session.clone();
+    s.retired.retain(|r| !cleared.contains(r));
+    let mut writes = [OutboundWrite::Session(s)];
+    if let Err(e) = deps.store.commit_outbound(&mut writes).await {
+        tracing::debug!(session = %session.id, error = %e, "retired google events deleted, not yet cleared");
+    }
+}
+
 /// Deletes `event_id` from `conn`'s calendar with the company's credentials; done when it
 /// is deleted or already gone (or the connection names no calendar).
 async fn delete_in(
@@ -309,17 +399,37 @@ async fn remove_elsewhere(
     ctx: &OutboundContext,
     old: &EventMapping,
 ) -> std::result::Result<(), String> {
+    remove_from(
+        deps,
+        ctx,
+        &old.company_id,
+        &old.connection_id,
+        &old.external_event_id,
+    )
+    .await?;
+    tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar");
+    Ok(())
+}
+
+/// Deletes `event` from the calendar of `connection`. Done when it is deleted or already
+/// gone, or when that connection no longer exists (its deletion took its events' mappings
+/// with it).
+async fn remove_from(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    company: &str,
+    connection: &str,
+    event: &str,
+) -> std::result::Result<(), String> {
     let Some(conn) = deps
         .store
-        .find_connection(&old.company_id, &old.connection_id)
+        .find_connection(company, connection)
         .await
         .map_err(|e| e.to_string())?
     else {
         return Ok(());
     };
-    delete_in(deps, ctx, &conn, &old.external_event_id).await?;
-    tracing::info!(session = %old.session_id, "event removed from the previous staff member's google calendar");
-    Ok(())
+    delete_in(deps, ctx, &conn, event).await
 }
 
 /// The Google calls for the session's state.
@@ -533,7 +643,11 @@ pub fn event_body(
         end: GoogleDateTime::utc(session.end),
         transparency: "opaque".into(),
         status: Some("confirmed".into()),
-        extended_properties: ExtendedProperties::session(&session.company_id, &session.id),
+        extended_properties: ExtendedProperties::session(
+            &session.company_id,
+            &session.id,
+            &session.staff_id,
+        ),
         attendees,
     }
 }
@@ -543,6 +657,7 @@ pub fn event_body(
 fn closing_writes(
     ctx: &OutboundContext,
     step: &Step,
+    cleared: &[RetiredEvent],
     settle: Option<u64>,
     now: DateTime<Utc>,
 ) -> Vec<OutboundWrite> {
@@ -557,6 +672,7 @@ fn closing_writes(
         Step::Skipped(_) | Step::Failed(_) | Step::EventGone(_)
     );
     let mut s = session.clone();
+    s.retired.retain(|r| !cleared.contains(r));
     if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
         s.calendar_version = Some(v);
     }

@@ -17,7 +17,7 @@ pub use credentials::CredentialRecord;
 pub use cursor::{CursorToken, DeltaCursor, RoundProgress};
 pub use mapping::EventMapping;
 pub use pending::{PendingChange, PendingKind};
-pub use session::{HistoryEntry, OutboxEvent, Session, SessionClient, SessionStatus};
+pub use session::{HistoryEntry, OutboxEvent, RetiredEvent, Session, SessionClient, SessionStatus};
 pub use tenant::{ApiKey, Principal};
 pub use webhook::{
     Attempt, Delivery, DeliveryStatus, EndpointStatus, SigningSecret, WebhookEndpoint,

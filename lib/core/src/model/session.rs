@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::PendingChange;
+use super::{EventMapping, PendingChange, Provider};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -79,9 +79,35 @@ pub struct Session {
     /// given to another staff member) gets a new id, never an old deleted event's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub google_event: Option<String>,
+    /// Events that are no longer the session's but may still be in a calendar: their
+    /// mappings were retired by a platform write (a re-booking, or the session given back to
+    /// a staff member whose event was still mapped, which the move away may have been
+    /// deleting): never written over, deleted by the next write of their provider that puts
+    /// the calendar right, and cleared in its commit. Recorded with the intent, so a write
+    /// that fails or dies before the deletion leaves the duty to its retry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredEvent>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,
+}
+
+/// An event of a retired mapping (see [`Session::retired`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredEvent {
+    pub provider: Provider,
+    pub connection_id: String,
+    pub event_id: String,
+}
+
+impl RetiredEvent {
+    pub fn of(m: &EventMapping) -> RetiredEvent {
+        RetiredEvent {
+            provider: m.provider,
+            connection_id: m.connection_id.clone(),
+            event_id: m.external_event_id.clone(),
+        }
+    }
 }
 
 /// A webhook event waiting in a session's outbox.

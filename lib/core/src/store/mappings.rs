@@ -180,6 +180,11 @@ impl Store {
     }
 }
 
+/// The writes that remove `m` and its by-event copy, both as they were read. The copy's
+/// version is checked too: a session's mapping made again after a removal starts again at
+/// version 1, so the version alone would let a removal read before that (a twin of the same
+/// move, held up) remove the new event's mapping; the new mapping's copy has another key, and
+/// the old copy, removed already, fails the check.
 pub(crate) fn mapping_deletes(m: &EventMapping) -> Vec<TxWrite> {
     vec![
         TxWrite::Delete(
@@ -188,7 +193,7 @@ pub(crate) fn mapping_deletes(m: &EventMapping) -> Vec<TxWrite> {
         ),
         TxWrite::Delete(
             by_event(&m.company_id, &m.connection_id, &m.external_event_id),
-            Condition::None,
+            Condition::Version(m.version),
         ),
     ]
 }

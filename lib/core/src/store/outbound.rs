@@ -25,14 +25,6 @@ pub struct OutboundContext {
 }
 
 impl OutboundContext {
-    /// The session's mappings in the other providers' calendars.
-    pub fn other_mappings(&self) -> Vec<EventMapping> {
-        self.others
-            .iter()
-            .filter_map(|(_, o)| o.mapping.clone())
-            .collect()
-    }
-
     /// The context of `provider`, read with this one, with this one's session (the freshest
     /// this process knows).
     pub fn take_other(&mut self, provider: Provider) -> Option<OutboundContext> {
