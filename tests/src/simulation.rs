@@ -762,6 +762,10 @@ pub struct World {
     /// write at once (durable too).
     oqueue: Arc<ListQueue>,
     mode: Mode,
+    /// Interleavings also hold a sync round or the pending-cancellation sweep at its first
+    /// calendar write ([`World::interleave_round`]), and half the sync rounds are held so;
+    /// off in the histories of [`run_with`], whose draws stay as they were.
+    rounds_held: bool,
     /// The staff members: ann first (her calendars the variant's), then bob in two-staff
     /// mode. Each holds its Google connection, pushes' numbering and last look.
     members: Vec<Member>,
@@ -918,6 +922,7 @@ impl World {
             gqueue,
             oqueue,
             mode,
+            rounds_held: false,
             members,
             gpushes: Vec::new(),
             deps,
@@ -1272,6 +1277,118 @@ impl World {
         if retry {
             self.outbox.push(change);
         }
+    }
+
+    /// Two operations at once, the other way round from [`World::interleave`]: a sync round
+    /// (Exchange's or Google's) or the pending-cancellation sweep is held at its first
+    /// calendar write (a write-back, a deletion, or the write of a booking command's change
+    /// to the staff member's other calendar: the follow-up), and meanwhile the platform
+    /// delivers a change (made now if none waits), the staff member acts, or the sweep runs.
+    /// A round that fails is offered again by its queue, as after any failure.
+    async fn interleave_round(&mut self) {
+        let graph = self.graph.clone();
+        let deps = self.deps.clone();
+        let (reached_tx, reached_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+        // Which: among the rounds queued, and the sweep.
+        let kinds: Vec<u8> = [
+            (0, !self.queue.is_empty()),
+            (1, !self.gqueue.is_empty()),
+            (2, true),
+        ]
+        .into_iter()
+        .filter_map(|(k, queued)| queued.then_some(k))
+        .collect();
+        let held: std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> =
+            match kinds[self.rng.gen_range(0..kinds.len())] {
+                0 => {
+                    let i = self.rng.gen_range(0..self.queue.len());
+                    let Some(body) = self.queue.remove(i) else {
+                        return;
+                    };
+                    let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
+                    let req: SyncRequest =
+                        serde_json::from_value(envelope.payload).expect("a sync request");
+                    let queue = self.queue.clone();
+                    Box::pin(async move {
+                        match sync::handle(&deps, &req).await {
+                            Ok(r) => format!("a round: {} commands", r.commands),
+                            Err(e) => {
+                                queue.push(body);
+                                format!("a failed round: {e}")
+                            }
+                        }
+                    })
+                }
+                1 => {
+                    let i = self.rng.gen_range(0..self.gqueue.len());
+                    let Some(body) = self.gqueue.remove(i) else {
+                        return;
+                    };
+                    self.clock.advance(Duration::seconds(
+                        voyage_core::google::push::COALESCE_SECONDS + 1,
+                    ));
+                    let envelope: Envelope = serde_json::from_str(&body).expect("an envelope");
+                    let req: voyage_core::google::push::SyncRequest =
+                        serde_json::from_value(envelope.payload).expect("a google sync request");
+                    let gqueue = self.gqueue.clone();
+                    Box::pin(async move {
+                        let synced = match deps
+                            .store
+                            .get_connection(&req.company_id, &req.connection_id)
+                            .await
+                        {
+                            Ok(mut conn) => {
+                                voyage_core::google::sync::sync_connection(&deps, &mut conn).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        match synced {
+                            Ok(r) => format!("a google round: {} commands", r.commands),
+                            Err(e) => {
+                                gqueue.push(body);
+                                format!("a failed google round: {e}")
+                            }
+                        }
+                    })
+                }
+                2 => Box::pin(async move {
+                    match sync::commit_pending_cancellations(&deps).await {
+                        Ok(r) => format!("the sweep: {} processed", r.processed),
+                        Err(e) => format!("a failed sweep: {e}"),
+                    }
+                }),
+                _ => return,
+            };
+        if let Ok(mut g) = self.graph.gate.lock() {
+            *g = Some(Gate {
+                reached: reached_tx,
+                release: release_rx,
+            });
+        }
+        self.log("interleave: a round held at its first calendar write".into());
+        let held = async move {
+            let what = held.await;
+            // Never reached the gate (nothing to write): let the other side go.
+            disarm(&graph.gate);
+            what
+        };
+        let other = async {
+            let _ = reached_rx.await;
+            match self.rng.gen_range(0..3) {
+                0 => {
+                    if self.outbox.is_empty() {
+                        self.platform_acts();
+                    }
+                    self.deliver_platform(None).await;
+                }
+                1 => self.staff_acts().await,
+                _ => self.run_job(0).await,
+            }
+            let _ = release_tx.send(());
+        };
+        let (what, ()) = tokio::join!(held, other);
+        self.log(format!("interleave: the held round ends: {what}"));
     }
 
     /// A sync round of one calendar: Exchange's delta round or Google's sync (which one,
@@ -2094,10 +2211,20 @@ impl World {
                 }
             }
             60..=74 => {
-                self.round_of_some_calendar().await;
+                if self.rounds_held && self.rng.gen_bool(0.5) {
+                    self.interleave_round().await;
+                } else {
+                    self.round_of_some_calendar().await;
+                }
             }
             75..=77 => self.inject_fault().await,
-            78..=79 => self.interleave().await,
+            78..=79 => {
+                if self.rounds_held && self.rng.gen_bool(0.5) {
+                    self.interleave_round().await;
+                } else {
+                    self.interleave().await;
+                }
+            }
             80..=84 => {
                 // With Google: its five-minute job too (a sync without a push).
                 let jobs = if self.any_google() { 4 } else { 3 };
@@ -2580,7 +2707,15 @@ pub async fn run(seed: u64, steps: usize) -> Outcome {
 
 /// Runs one history of `steps` steps on `seed` in `mode` and checks the invariants.
 pub async fn run_with(seed: u64, steps: usize, mode: Mode) -> Outcome {
+    run_held(seed, steps, mode, false).await
+}
+
+/// [`run_with`], with `rounds_held`: interleavings also hold a sync round or the sweep at
+/// its first calendar write while another actor runs ([`World::interleave_round`]). Another
+/// history than [`run_with`]'s for the same seed.
+pub async fn run_held(seed: u64, steps: usize, mode: Mode, rounds_held: bool) -> Outcome {
     let mut w = World::new(seed, mode).await;
+    w.rounds_held = rounds_held;
     for _ in 0..steps {
         w.step().await;
     }

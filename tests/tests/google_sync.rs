@@ -1177,6 +1177,19 @@ mod calendars_review3;
 #[path = "calendars/review4.rs"]
 mod calendars_review4;
 
+/// A booking command's follow-up that runs after a newer change of the session.
+#[path = "calendars/review5.rs"]
+mod calendars_review5;
+
+/// A booking command's follow-up overtaken by a platform change while it is being written.
+#[path = "calendars/review6.rs"]
+mod calendars_review6;
+
+/// Retired events that are not what they seem: an unrecorded create come back, a leftover
+/// whose deletion failed.
+#[path = "calendars/review7.rs"]
+mod calendars_review7;
+
 /// All-day events in the calendar's zone on every path.
 #[path = "calendars/zones.rs"]
 mod calendars_zones;

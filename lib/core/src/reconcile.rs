@@ -206,7 +206,7 @@ fn started_here(session: &Session, mapping: &EventMapping) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::Provider;
     use chrono::{Duration, TimeZone};

@@ -59,7 +59,8 @@ pub struct CalendarOutcome {
 }
 
 /// The change a booking command's result amounts to for a calendar that did not cause it:
-/// the session as it now is (`cancelled` for a committed cancellation, `updated` otherwise).
+/// the session as it now is (`cancelled` for a committed cancellation, `updated` otherwise),
+/// marked [`SessionChange::as_stored`]: written only while the store still says the same.
 pub fn change_of(session: &Session) -> SessionChange {
     SessionChange {
         action: match session.status {
@@ -76,6 +77,7 @@ pub fn change_of(session: &Session) -> SessionChange {
         location: session.location.clone(),
         client: session.client.clone(),
         version: None,
+        as_stored: true,
     }
 }
 

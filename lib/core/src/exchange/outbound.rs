@@ -131,6 +131,13 @@ pub struct SessionChange {
     pub client: Option<SessionClient>,
     /// The platform's version of the session, when it sends one.
     pub version: Option<u64>,
+    /// The session as stored, not a platform change: a booking command's follow-up
+    /// ([`crate::calendar::follow`], [`crate::calendar::change_of`]). It is written only
+    /// while the stored session still says the same; once another change has been stored
+    /// since (a platform move, a re-booking), that change's own write puts it into every
+    /// calendar, and this copy, older, writes nothing (`superseded`), so it never reverts
+    /// the newer change in the store or in the calendar.
+    pub as_stored: bool,
 }
 
 /// The largest `version`: 2^53 - 1, the largest integer every JSON client keeps exact (a
@@ -227,6 +234,7 @@ impl SessionChangeInput {
             location: s.location,
             client,
             version,
+            as_stored: false,
         })
     }
 }
@@ -418,6 +426,12 @@ pub fn is_stale(session: Option<&Session>, change: &SessionChange) -> bool {
     }
 }
 
+/// Whether `change` is a follow-up's copy of the session ([`SessionChange::as_stored`])
+/// that the stored session no longer matches (changed since, or gone).
+fn overtaken(session: Option<&Session>, change: &SessionChange) -> bool {
+    change.as_stored && session.is_none_or(|s| crate::calendar::change_of(s) != *change)
+}
+
 /// What the Graph step decided or did.
 #[derive(Debug, Clone)]
 enum Step {
@@ -514,6 +528,15 @@ async fn write(
             let outcome = stale(change, &ctx);
             return Ok((outcome, None, ctx));
         }
+        Intent::Overtaken => {
+            tracing::debug!(session = %change.id, "follow-up overtaken by a newer change of the session: superseded");
+            let outcome = Outcome {
+                outcome: "superseded",
+                reason: Some("the session changed again since: that change is written".into()),
+                ..stale(change, &ctx)
+            };
+            return Ok((outcome, None, ctx));
+        }
         Intent::Recorded { previous } => previous.map(|p| *p),
     };
     // An event written through another connection (the session was given to another staff
@@ -546,7 +569,13 @@ async fn write(
                         .session
                         .as_ref()
                         .map_or(SessionStatus::Confirmed, |s| s.status),
-                    connection_id: ctx.connection.as_ref().map(|c| c.id.clone()),
+                    // The mailbox that still shows the booking, when the staff member has
+                    // none now: the failure is reported (and the change retried) all the same.
+                    connection_id: Some(
+                        ctx.connection
+                            .as_ref()
+                            .map_or_else(|| old.connection_id.clone(), |c| c.id.clone()),
+                    ),
                     event_id: None,
                     reason: Some(format!(
                         "the event in the previous staff member's mailbox could not be removed: {e}"
@@ -558,7 +587,7 @@ async fn write(
         }
     }
     let mut step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
-    let cleared = delete_retired(deps, &ctx, &step).await;
+    let cleared = delete_retired(deps, &ctx, change, &step).await;
     let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
@@ -594,6 +623,9 @@ async fn write(
 enum Intent {
     /// The change is older than what the session reflects: nothing was stored.
     Stale,
+    /// A follow-up's copy of the session ([`SessionChange::as_stored`]) that the stored
+    /// session no longer matches: a newer change was stored since; nothing is written.
+    Overtaken,
     /// The session as the change makes it is stored (`ctx.session`); `previous` is the
     /// session as it was before (`None`: there was none).
     Recorded { previous: Option<Box<Session>> },
@@ -619,6 +651,9 @@ where
     for attempt in 1..=COMMIT_ATTEMPTS {
         if is_stale(ctx.session.as_ref(), change) {
             return Ok(Intent::Stale);
+        }
+        if overtaken(ctx.session.as_ref(), change) {
+            return Ok(Intent::Overtaken);
         }
         let previous = ctx.session.clone();
         let mut next = merged_session(previous.as_ref(), change, deps.store.now());
@@ -706,8 +741,11 @@ where
                     .filter_map(|(_, o)| o.mapping.clone()),
             )
             .collect();
-        for m in &retired {
-            let event = RetiredEvent::of(m);
+        let unrecorded = match previous.as_ref().filter(|_| staff_changed) {
+            Some(p) => unrecorded_creates(deps, ctx, p).await?,
+            None => Vec::new(),
+        };
+        for event in retired.iter().map(RetiredEvent::of).chain(unrecorded) {
             if !next.retired.contains(&event) {
                 next.retired.push(event);
             }
@@ -746,6 +784,59 @@ where
         }
     }
     Err(crate::retry::contended("session", &change.id))
+}
+
+/// The creates of `previous`'s placement that may have happened without being recorded, now
+/// that the session is given to another staff member: a pending create id (Exchange's
+/// `transactionId`, Google's event id) that no mapping names, in the previous staff member's
+/// calendar of that provider. A write that failed after the provider made the event leaves
+/// it so; its retry is stale once the session has moved on, so the event is retired here
+/// (simulation seed 2054, two-staff with rounds held: an Exchange event made for ann, its
+/// commit refused, stayed in her calendar after the booking went to bob).
+async fn unrecorded_creates(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    previous: &Session,
+) -> Result<Vec<RetiredEvent>> {
+    let google_mapped = ctx
+        .others
+        .iter()
+        .find(|(p, _)| *p == Provider::Google)
+        .and_then(|(_, o)| o.mapping.as_ref())
+        .map(|m| m.external_event_id.as_str());
+    let pending = [
+        (
+            Provider::Exchange,
+            previous.event_txn.clone().filter(|_| ctx.mapping.is_none()),
+            true,
+        ),
+        (
+            Provider::Google,
+            previous
+                .google_event
+                .clone()
+                .filter(|id| google_mapped != Some(id.as_str())),
+            false,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (provider, id, by_transaction) in pending {
+        let Some(id) = id else { continue };
+        let Some(conn) = deps
+            .store
+            .connection_for_staff(&previous.company_id, &previous.staff_id, provider)
+            .await?
+        else {
+            continue;
+        };
+        out.push(RetiredEvent {
+            provider,
+            connection_id: conn.id,
+            event_id: id,
+            by_transaction,
+        });
+    }
+    Ok(out)
 }
 
 /// Whether the session, as `next`, needs a Google event created: the staff member has a
@@ -870,7 +961,12 @@ async fn graph_step(
 /// whose connection is gone, which the closing commit clears. An event the session maps
 /// again (adopted since), or that this write wrote, is cleared without being deleted. Best
 /// effort: one that could not be deleted stays for the next write.
-async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<RetiredEvent> {
+async fn delete_retired(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    change: &SessionChange,
+    step: &Step,
+) -> Vec<RetiredEvent> {
     let written = match step {
         Step::Wrote(e, _) | Step::Deleted(Some(e)) => Some(e.id.as_str()),
         Step::Deleted(None) | Step::NothingToDelete | Step::NoConnection => None,
@@ -879,33 +975,26 @@ async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<
     let Some(session) = &ctx.session else {
         return Vec::new();
     };
-    let mut cleared = Vec::new();
-    for r in session
-        .retired
-        .iter()
-        .filter(|r| r.provider == Provider::Exchange)
-    {
-        let ours = written == Some(r.event_id.as_str())
-            || ctx
-                .mapping
-                .as_ref()
-                .is_some_and(|m| m.external_event_id == r.event_id);
-        if ours {
-            cleared.push(r.clone());
-            continue;
-        }
-        match remove_from(
-            deps,
-            ctx,
-            &session.company_id,
-            &r.connection_id,
-            &r.event_id,
-        )
-        .await
-        {
+    let mapped = ctx.mapping.as_ref().map(|m| m.external_event_id.as_str());
+    let (mut cleared, to_delete) = session.retired_in(Provider::Exchange, [written, mapped]);
+    for r in to_delete {
+        let removed = if r.by_transaction {
+            let current = [written, mapped];
+            remove_created(deps, ctx, change, &r.connection_id, &r.event_id, current).await
+        } else {
+            remove_from(
+                deps,
+                ctx,
+                &session.company_id,
+                &r.connection_id,
+                &r.event_id,
+            )
+            .await
+        };
+        match removed {
             Ok(()) => {
                 tracing::debug!(event = %r.event_id, "retired event deleted");
-                cleared.push(r.clone());
+                cleared.push(r);
             }
             Err(e) => {
                 tracing::warn!(event = %r.event_id, error = %e, "retired event not deleted yet")
@@ -980,8 +1069,10 @@ async fn find_and_delete(
 }
 
 /// Whether the stored session has moved past `change` since its intent was recorded: a newer
-/// `version`, or (without versions) other times or another status. Read only on the rare
-/// paths that would overwrite what the calendar shows now.
+/// `version`, or (without versions) other times or another status; for a follow-up's copy
+/// ([`SessionChange::as_stored`]), any difference (a platform change that kept the times,
+/// a new title, was written meanwhile). Read only on the rare paths that would overwrite what
+/// the calendar shows now.
 pub(crate) async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
     let Ok(Some(now)) = deps
         .store
@@ -990,6 +1081,9 @@ pub(crate) async fn superseded(deps: &Deps, change: &SessionChange) -> bool {
     else {
         return false;
     };
+    if change.as_stored {
+        return overtaken(Some(&now), change);
+    }
     let newer = match (now.platform_version, change.version) {
         (Some(stored), Some(mine)) => stored > mine,
         _ => false,
@@ -1282,6 +1376,56 @@ async fn remove_from(
         .graph()
         .map_err(|e| GraphError::Unavailable(e.to_string()))?;
     match graph.delete_event(&creds, &calendar_of(&conn), event).await {
+        Ok(()) | Err(GraphError::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the event a create with `txn` made in `connection`'s mailbox, if it made one: the
+/// same idempotent create returns it (or makes one, deleted at once). Done when it is
+/// deleted, when that connection or its mailbox no longer exists, or when the event found is
+/// the session's own now (`current`: written by this write, or mapped; it is left alone, and
+/// the entry is done).
+async fn remove_created(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    change: &SessionChange,
+    connection: &str,
+    txn: &str,
+    current: [Option<&str>; 2],
+) -> std::result::Result<(), GraphError> {
+    let Some(conn) = deps
+        .store
+        .find_connection(&change.company_id, connection)
+        .await
+        .map_err(|e| GraphError::Unavailable(e.to_string()))?
+    else {
+        return Ok(());
+    };
+    let Some(record) = &ctx.credentials else {
+        return Err(GraphError::Auth(credentials::MISSING.into()));
+    };
+    let creds = credentials::open(deps, record).map_err(|e| GraphError::Auth(e.to_string()))?;
+    let graph = deps
+        .graph()
+        .map_err(|e| GraphError::Unavailable(e.to_string()))?;
+    let calendar = calendar_of(&conn);
+    let found = match graph
+        .create_event(
+            &creds,
+            &calendar,
+            &event_body(change, Some(txn.to_string())),
+        )
+        .await
+    {
+        Ok(e) => e,
+        Err(GraphError::NotFound) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if current.contains(&Some(found.id.as_str())) {
+        return Ok(());
+    }
+    match graph.delete_event(&creds, &calendar, &found.id).await {
         Ok(()) | Err(GraphError::NotFound) => Ok(()),
         Err(e) => Err(e),
     }

@@ -912,10 +912,17 @@ async fn adopt(
     {
         return Ok(());
     }
-    let retired = session
-        .retired
-        .iter()
-        .any(|r| r.provider == Provider::Exchange && r.event_id == event.id);
+    // Retired by id, or by the `transactionId` of a create that was never recorded (the
+    // event that create made is an earlier placement's too, and its deletion may be under
+    // way: it never becomes the session's event again).
+    let retired = session.retired.iter().any(|r| {
+        r.provider == Provider::Exchange
+            && if r.by_transaction {
+                event.transaction_id.as_deref() == Some(r.event_id.as_str())
+            } else {
+                r.event_id == event.id
+            }
+    });
     if retired || session.staff_id != ctx.conn.staff_id {
         // The session was given to another staff member, or retired this event (booked
         // again, given back): it is what an earlier placement left (restored by the staff

@@ -328,6 +328,33 @@ async fn adopt(
         .retired
         .iter()
         .any(|r| r.provider == Provider::Google && r.event_id == event.id);
+    if let Some(mut m) = mapped
+        .clone()
+        .filter(|m| !retired && restores_pending(&session, conn, m, event))
+    {
+        // The staff member restored a copy of the booking from the bin while its
+        // cancellation (the deletion of its mapped event here) is pending: the bin shows the
+        // booking's events alike (an earlier placement's, the one just deleted), and either
+        // one restored brings the booking back. It becomes the session's event in place of
+        // the deleted one; its times as found are taken as where the calendar last showed
+        // it, so the plan restores the booking and puts the event at the booked times (a
+        // copy's old times are no move).
+        m.external_event_id = event.id.clone();
+        m.change_key = None;
+        m.last_start = start;
+        m.last_end = end;
+        m.modified = None;
+        m.updated_at = deps.store.now();
+        return match deps.store.save_mapping(&mut m).await {
+            Ok(()) => {
+                tracing::info!(session = %session_id, event = %event.id, "a restored copy of a booking whose cancellation is pending: now its event");
+                Ok(Some((m, session)))
+            }
+            // Another sync changed the mapping meanwhile: the round fails and is tried again
+            // from the same sync token, so the event is listed (and judged) again.
+            Err(e) => Err(e.into()),
+        };
+    }
     if retired || !ours_here || mapped.is_some() {
         // Not to be adopted. It goes when it is known to be what an earlier placement left
         // (the session given to another staff member, booked again, or given back; an old
@@ -370,6 +397,29 @@ async fn adopt(
     }
     tracing::info!(session = %session_id, event = %event.id, "unmapped platform event adopted");
     Ok(Some((mapping, session)))
+}
+
+/// Whether the live unmapped `event` of `session`, in `conn`'s calendar, is a copy of the
+/// booking restored while its cancellation is pending: the session is its staff member's
+/// (`conn`'s), its cancellation was started by a Google deletion, and `mapped`, the deleted
+/// event, is in this calendar too. (The caller also rules out a retired event: one whose
+/// deletion failed never left the calendar, so seeing it live is no restore; it goes.)
+fn restores_pending(
+    session: &Session,
+    conn: &Connection,
+    mapped: &EventMapping,
+    event: &GoogleEvent,
+) -> bool {
+    session.status == SessionStatus::PendingCancellation
+        && session.staff_id == conn.staff_id
+        && session
+            .pending
+            .as_ref()
+            .and_then(|p| crate::booking::origin_provider(&p.origin))
+            == Some(Provider::Google)
+        && mapped.connection_id == conn.id
+        && mapped.external_event_id != event.id
+        && !event.is_cancelled()
 }
 
 /// Whether `event`, found deleted by the commit of `session`'s pending cancellation, was

@@ -151,9 +151,14 @@ pub async fn apply_in(
                     .session
                     .as_ref()
                     .map_or(SessionStatus::Confirmed, |s| s.status);
-                return Ok(ctx.connection.as_ref().map(|c| Written {
+                // A failure even when the staff member has no Google calendar now (it names
+                // the calendar that still shows the booking then): the change is retried.
+                return Ok(Some(Written {
                     calendar: CalendarOutcome {
-                        connection_id: c.id.clone(),
+                        connection_id: ctx
+                            .connection
+                            .as_ref()
+                            .map_or_else(|| old.connection_id.clone(), |c| c.id.clone()),
                         provider: Provider::Google,
                         outcome: "failed",
                         event_id: None,
@@ -312,21 +317,9 @@ async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<
     let Some(session) = &ctx.session else {
         return Vec::new();
     };
-    let mut cleared = Vec::new();
-    for r in session
-        .retired
-        .iter()
-        .filter(|r| r.provider == Provider::Google)
-    {
-        let ours = written == Some(r.event_id.as_str())
-            || ctx
-                .mapping
-                .as_ref()
-                .is_some_and(|m| m.external_event_id == r.event_id);
-        if ours {
-            cleared.push(r.clone());
-            continue;
-        }
+    let mapped = ctx.mapping.as_ref().map(|m| m.external_event_id.as_str());
+    let (mut cleared, to_delete) = session.retired_in(Provider::Google, [written, mapped]);
+    for r in to_delete {
         match remove_from(
             deps,
             ctx,
@@ -338,7 +331,7 @@ async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<
         {
             Ok(()) => {
                 tracing::debug!(event = %r.event_id, "retired google event deleted");
-                cleared.push(r.clone());
+                cleared.push(r);
             }
             Err(e) => {
                 tracing::warn!(event = %r.event_id, error = %e, "retired google event not deleted yet")
@@ -488,7 +481,7 @@ async fn google_step(
     Ok(match session.status {
         SessionStatus::Cancelled => target.delete(&event_id).await,
         _ => match mapping {
-            None => target.create(session, &event_id).await,
+            None => target.create(deps, session, &event_id, change).await,
             Some(m) => target.update(deps, session, m, change).await,
         },
     })
@@ -519,7 +512,13 @@ impl Target<'_> {
     /// Inserts the event with its own id; a taken id is ours (a retried create, or the event
     /// of a cancelled session booked again): it is read and written over, restored if it was
     /// deleted.
-    async fn create(&self, session: &Session, event_id: &str) -> Step {
+    async fn create(
+        &self,
+        deps: &Deps,
+        session: &Session,
+        event_id: &str,
+        change: &SessionChange,
+    ) -> Step {
         let body = event_body(session, event_id, None);
         match self
             .google
@@ -527,7 +526,7 @@ impl Target<'_> {
             .await
         {
             Ok(e) => Step::Wrote(Box::new(e), "created", false),
-            Err(GoogleError::Duplicate) => self.overwrite(session, event_id).await,
+            Err(GoogleError::Duplicate) => self.overwrite(deps, session, event_id, change).await,
             Err(e) => Step::Failed(e.to_string()),
         }
     }
@@ -583,16 +582,27 @@ impl Target<'_> {
     }
 
     /// The id is taken: it is this placement's own event (the id is chosen per placement and
-    /// recorded before the insert), made by an earlier try whose answer was lost. Read, then
-    /// written over - unless it is deleted: the staff member deleted it before any mapping
-    /// knew it, and it is not brought back ([`Step::EventGone`]).
-    async fn overwrite(&self, session: &Session, event_id: &str) -> Step {
+    /// recorded before the insert), made by an earlier try whose answer was lost, or by a
+    /// newer change of the session written meanwhile. Read, then written over - unless it is
+    /// deleted: the staff member deleted it before any mapping knew it, and it is not
+    /// brought back ([`Step::EventGone`]); or unless the stored session has moved past what
+    /// this write carries: the newer change's event stands ([`Step::Superseded`]).
+    async fn overwrite(
+        &self,
+        deps: &Deps,
+        session: &Session,
+        event_id: &str,
+        change: &SessionChange,
+    ) -> Step {
         let current = match self.read(event_id).await {
             Ok(current) => current,
             Err(e) => return Step::Failed(e.to_string()),
         };
         if current.is_cancelled() {
             return Step::EventGone(Some(Box::new(current)));
+        }
+        if crate::exchange::outbound::superseded(deps, change).await {
+            return Step::Superseded;
         }
         let declined = current.self_response() == Some("declined");
         match self.write_over(session, event_id, &current).await {

@@ -82,9 +82,12 @@ pub struct Session {
     /// Events that are no longer the session's but may still be in a calendar: their
     /// mappings were retired by a platform write (a re-booking, or the session given back to
     /// a staff member whose event was still mapped, which the move away may have been
-    /// deleting): never written over, deleted by the next write of their provider that puts
-    /// the calendar right, and cleared in its commit. Recorded with the intent, so a write
-    /// that fails or dies before the deletion leaves the duty to its retry.
+    /// deleting), or the session was given to another staff member while the previous
+    /// placement's create was unrecorded (the write failed after the provider made the
+    /// event, and its retry is stale now): never written over, deleted by the next write of
+    /// their provider that puts the calendar right, and cleared in its commit. Recorded with
+    /// the intent, so a write that fails or dies before the deletion leaves the duty to its
+    /// retry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredEvent>,
     pub updated_at: DateTime<Utc>,
@@ -92,12 +95,19 @@ pub struct Session {
     pub version: u64,
 }
 
-/// An event of a retired mapping (see [`Session::retired`]).
+/// An event of a retired mapping, or of a placement given up before its create was recorded
+/// (see [`Session::retired`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredEvent {
     pub provider: Provider,
     pub connection_id: String,
+    /// The event's id; with `by_transaction`, the `transactionId` of an Exchange create that
+    /// may have made it (its id was never recorded).
     pub event_id: String,
+    /// `event_id` is a `transactionId`: the event, if the create made it, is found by the
+    /// same idempotent create, then deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_transaction: bool,
 }
 
 impl RetiredEvent {
@@ -106,7 +116,26 @@ impl RetiredEvent {
             provider: m.provider,
             connection_id: m.connection_id.clone(),
             event_id: m.external_event_id.clone(),
+            by_transaction: false,
         }
+    }
+}
+
+impl Session {
+    /// The session's retired events of `provider`, in two parts: the ones that are its own
+    /// again (`current`: the event a write just wrote, the one mapped now), cleared without
+    /// being deleted; and the ones still to delete. Each provider's outbound writer deletes
+    /// the second part its own way.
+    pub fn retired_in(
+        &self,
+        provider: Provider,
+        current: [Option<&str>; 2],
+    ) -> (Vec<RetiredEvent>, Vec<RetiredEvent>) {
+        self.retired
+            .iter()
+            .filter(|r| r.provider == provider)
+            .cloned()
+            .partition(|r| current.contains(&Some(r.event_id.as_str())))
     }
 }
 
@@ -117,4 +146,37 @@ pub struct OutboxEvent {
     pub payload: serde_json::Map<String, serde_json::Value>,
     /// Stable across retries, so a re-published event is delivered once.
     pub idempotency_key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retired(provider: Provider, event: &str) -> RetiredEvent {
+        RetiredEvent {
+            provider,
+            connection_id: "c1".into(),
+            event_id: event.into(),
+            by_transaction: false,
+        }
+    }
+
+    #[test]
+    fn a_sessions_retired_events_of_a_provider_are_split_into_its_own_again_and_the_ones_to_delete()
+    {
+        // Arrange: two retired Exchange events (one written again), one Google event.
+        let mut s = crate::reconcile::tests::session(SessionStatus::Confirmed, false);
+        s.retired = vec![
+            retired(Provider::Exchange, "e-old"),
+            retired(Provider::Google, "g-old"),
+            retired(Provider::Exchange, "e-again"),
+        ];
+
+        // Act
+        let (own, to_delete) = s.retired_in(Provider::Exchange, [Some("e-again"), None]);
+
+        // Assert: the Google event belongs to neither part.
+        assert_eq!(own, vec![retired(Provider::Exchange, "e-again")]);
+        assert_eq!(to_delete, vec![retired(Provider::Exchange, "e-old")]);
+    }
 }
