@@ -151,3 +151,134 @@ async fn review7_a_google_booking_held_back_by_a_calendar_refusing_its_removal_i
 ) {
     refused_for_good_until_the_connection_is_deleted(Cal::Google).await;
 }
+
+/// ann's event G1/E1, still mapped when the booking comes back to her from bob (whose
+/// removal of it failed), is retired; its deletion fails too.
+async fn a_retired_event_whose_deletion_failed_is_reported_and_removed_by_the_retry(cal: Cal) {
+    // Arrange: booked with ann (v1); her calendar fails the next deletes for a while.
+    let (w, conn) = CalendarsWorld::with(cal).await;
+    let world = w.app.local.deps.clone();
+    apply_change(&world, versioned_body("created", "ann", 9, 1)).await;
+    let first = w.one_event(cal, "ann", "s1");
+    w.sync(cal, &conn).await;
+    // (Google's client tries a 5xx four times; two writes meet the failure.)
+    match cal {
+        Cal::Exchange => w.graph.add_fault(fault("DELETE", "ann", 500, 2)),
+        Cal::Google => w.google.add_fault(fault("DELETE", "ann", 500, 8)),
+    }
+    let _ = try_apply_change(&world, versioned_body("updated", "bob", 9, 2)).await;
+
+    // Act: given back to ann (v3): a new event, the old one retired and not deleted.
+    let back = try_apply_change(&world, versioned_body("updated", "ann", 9, 3))
+        .await
+        .expect("the change applied");
+    assert_eq!(w.shown(cal, "ann", "s1").len(), 2, "{cal:?}: both, for now");
+    let retry = apply_change(&world, versioned_body("updated", "ann", 9, 3)).await;
+
+    // Assert: the first answer asked for a retry; after it, ann's calendar shows the
+    // booking once, not as the old event.
+    assert!(back.any_failed(), "{cal:?}: {back:?}");
+    assert!(!retry.any_failed(), "{cal:?}: {retry:?}");
+    let shown = w.shown(cal, "ann", "s1");
+    assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
+    assert_ne!(shown[0].id, first, "{cal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_a_retired_google_event_whose_deletion_failed_is_reported_and_deleted_by_the_retry()
+{
+    a_retired_event_whose_deletion_failed_is_reported_and_removed_by_the_retry(Cal::Google).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_a_retired_exchange_event_whose_deletion_failed_is_reported_and_deleted_by_the_retry(
+) {
+    a_retired_event_whose_deletion_failed_is_reported_and_removed_by_the_retry(Cal::Exchange).await;
+}
+
+async fn an_unrecorded_create_whose_deletion_failed_is_reported(cal: Cal) {
+    // Arrange: booked with ann (v1), the event made but never recorded; her calendar then
+    // fails the next deletes for a while.
+    let (w, _) = CalendarsWorld::with(cal).await;
+    let world = w.app.local.deps.clone();
+    let refusing = voyage_tests::races::losing_races_after(&world, 1, 1000);
+    let _ = try_apply_change(&refusing, versioned_body("created", "ann", 9, 1)).await;
+    assert_eq!(w.shown(cal, "ann", "s1").len(), 1, "{cal:?}: made");
+    match cal {
+        Cal::Exchange => w.graph.add_fault(fault("DELETE", "ann", 500, 1)),
+        Cal::Google => w.google.add_fault(fault("DELETE", "ann", 500, 4)),
+    }
+
+    // Act: given to bob, who has no calendar (v2); the platform retries what failed.
+    let given = try_apply_change(&world, versioned_body("updated", "bob", 9, 2))
+        .await
+        .expect("the change applied");
+    let retry = apply_change(&world, versioned_body("updated", "bob", 9, 2)).await;
+
+    // Assert: the first answer named ann's calendar as failed; after the retry it is empty.
+    assert!(given.any_failed(), "{cal:?}: {given:?}");
+    assert!(!retry.any_failed(), "{cal:?}: {retry:?}");
+    assert_eq!(w.shown(cal, "ann", "s1"), vec![], "{cal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_an_unrecorded_google_create_whose_deletion_failed_when_the_booking_went_to_a_staff_member_without_a_calendar_is_reported_and_retried(
+) {
+    an_unrecorded_create_whose_deletion_failed_is_reported(Cal::Google).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_an_unrecorded_exchange_create_whose_deletion_failed_when_the_booking_went_to_a_staff_member_without_a_calendar_is_reported_and_retried(
+) {
+    an_unrecorded_create_whose_deletion_failed_is_reported(Cal::Exchange).await;
+}
+
+async fn a_retired_event_refused_for_good_is_not_reported_and_goes_with_a_later_write(cal: Cal) {
+    // Arrange: booked with ann (v1); her calendar fails the removal of v2 (given to bob)
+    // passingly, then refuses deletes for good (Graph 403, Google 400).
+    let (w, conn) = CalendarsWorld::with(cal).await;
+    let world = w.app.local.deps.clone();
+    apply_change(&world, versioned_body("created", "ann", 9, 1)).await;
+    let first = w.one_event(cal, "ann", "s1");
+    w.sync(cal, &conn).await;
+    match cal {
+        Cal::Exchange => w.graph.add_fault(fault("DELETE", "ann", 500, 1)),
+        Cal::Google => w.google.add_fault(fault("DELETE", "ann", 500, 4)),
+    }
+    let _ = try_apply_change(&world, versioned_body("updated", "bob", 9, 2)).await;
+    match cal {
+        Cal::Exchange => w.graph.add_fault(fault("DELETE", "ann", 403, 1000)),
+        Cal::Google => w.google.add_fault(fault("DELETE", "ann", 400, 1000)),
+    }
+
+    // Act: given back to ann (v3); later the refusal ends and the platform moves it (v4).
+    let back = try_apply_change(&world, versioned_body("updated", "ann", 9, 3))
+        .await
+        .expect("the change applied");
+    match cal {
+        Cal::Exchange => w.graph.clear_faults(),
+        Cal::Google => w.google.clear_faults(),
+    }
+    apply_change(&world, versioned_body("updated", "ann", 10, 4)).await;
+
+    // Assert: v3 was not answered `failed` (no retry would fare better); v4's write deleted
+    // the old event: one event, at 10:00.
+    assert!(!back.any_failed(), "{cal:?}: {back:?}");
+    let shown = w.shown(cal, "ann", "s1");
+    assert_eq!(shown.len(), 1, "{cal:?}: {shown:?}");
+    assert_ne!(shown[0].id, first, "{cal:?}");
+    assert_eq!(shown[0].start, at(10), "{cal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_a_retired_exchange_event_whose_mailbox_refuses_for_good_is_not_reported_and_goes_with_a_later_write(
+) {
+    a_retired_event_refused_for_good_is_not_reported_and_goes_with_a_later_write(Cal::Exchange)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review7_a_retired_google_event_whose_calendar_refuses_for_good_is_not_reported_and_goes_with_a_later_write(
+) {
+    a_retired_event_refused_for_good_is_not_reported_and_goes_with_a_later_write(Cal::Google).await;
+}

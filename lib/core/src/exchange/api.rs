@@ -103,6 +103,21 @@ pub enum GraphError {
     },
 }
 
+impl GraphError {
+    /// A refusal that retrying the same call will not change until someone acts: the
+    /// credentials or permissions refused, or a 4xx other than a timeout, a conflict, a stale
+    /// etag or throttling (403 for a mailbox the app may no longer reach, a disabled account).
+    pub fn refused_for_good(&self) -> bool {
+        match self {
+            GraphError::Auth(_) => true,
+            GraphError::Rejected { status, .. } => {
+                (400..500).contains(status) && ![408, 409, 412, 429].contains(status)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Graph's `dateTimeTimeZone`: local digits (often seven fractional digits) and a zone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphDateTime {

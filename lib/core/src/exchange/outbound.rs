@@ -421,7 +421,10 @@ pub fn is_stale(session: Option<&Session>, change: &SessionChange) -> bool {
     };
     match s.platform_version {
         Some(p) if v < p => true,
-        Some(p) if v == p => s.calendar_version == Some(p),
+        // (Not while an earlier placement's event is left to delete: a write that could not
+        // delete it answered `failed`, and its retry deletes it, whatever marked the version
+        // done since: a pending cancellation's write, the commit of a cancellation.)
+        Some(p) if v == p => s.calendar_version == Some(p) && s.retired.is_empty(),
         _ => false,
     }
 }
@@ -501,7 +504,7 @@ pub async fn apply_to_calendars(
             } => "no_connection",
             _ => "failed",
         };
-        if outcome.outcome == "failed" {
+        if outcome.outcome == "failed" && outcome.reason.is_none() {
             outcome.reason = Some(e.to_string());
         }
     }
@@ -587,13 +590,14 @@ async fn write(
         }
     }
     let mut step = graph_step(deps, &ctx, change, previous.as_ref()).await?;
-    let cleared = delete_retired(deps, &ctx, change, &step).await;
+    let (cleared, undeleted) = delete_retired(deps, &ctx, change, &step).await;
     let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let now = deps.store.now();
-        let (mut writes, outcome) = closing_writes(&ctx, change, &step, &cleared, now);
+        let settles = undeleted.is_none();
+        let (mut writes, outcome) = closing_writes(&ctx, change, &step, &cleared, settles, now);
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
                 for w in writes {
@@ -603,6 +607,13 @@ async fn write(
                 }
                 let (outcome, failure) =
                     finish_step(deps, change, outcome, &step, &mut ctx).await?;
+                // Its own part done, an earlier placement's event left behind: retried.
+                let (outcome, failure) = match undeleted {
+                    Some(u) if !matches!(outcome.outcome, "failed" | "superseded") => {
+                        u.fail(outcome)
+                    }
+                    _ => (outcome, failure),
+                };
                 break Ok((outcome, failure, ctx));
             }
             Err(Error::Conflict { .. }) if attempt < COMMIT_ATTEMPTS => {
@@ -960,21 +971,25 @@ async fn graph_step(
 /// the staff member: a retired event may be in another staff member's): the ones gone now, or
 /// whose connection is gone, which the closing commit clears. An event the session maps
 /// again (adopted since), or that this write wrote, is cleared without being deleted. Best
-/// effort: one that could not be deleted stays for the next write.
+/// effort: one that could not be deleted stays in the session, and the first failure is
+/// returned with the connection that holds the event ([`Undeleted`]): the write then
+/// answers `failed`, so the change is retried (a retired event nobody touches is never
+/// listed by an incremental sync again, and no later write of the session may come).
 async fn delete_retired(
     deps: &Deps,
     ctx: &OutboundContext,
     change: &SessionChange,
     step: &Step,
-) -> Vec<RetiredEvent> {
+) -> (Vec<RetiredEvent>, Option<Undeleted>) {
     let written = match step {
         Step::Wrote(e, _) | Step::Deleted(Some(e)) => Some(e.id.as_str()),
         Step::Deleted(None) | Step::NothingToDelete | Step::NoConnection => None,
-        _ => return Vec::new(),
+        _ => return (Vec::new(), None),
     };
     let Some(session) = &ctx.session else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
+    let mut undeleted = None;
     let mapped = ctx.mapping.as_ref().map(|m| m.external_event_id.as_str());
     let (mut cleared, to_delete) = session.retired_in(Provider::Exchange, [written, mapped]);
     for r in to_delete {
@@ -996,12 +1011,48 @@ async fn delete_retired(
                 tracing::debug!(event = %r.event_id, "retired event deleted");
                 cleared.push(r);
             }
+            // Refused for good (a mailbox the app may no longer reach, the credentials
+            // gone): kept for later writes, but no retry of this change would fare better,
+            // so it is not reported (every change of the booking would fail for it).
+            Err(e) if e.refused_for_good() => {
+                tracing::warn!(event = %r.event_id, error = %e, "retired event refused its deletion")
+            }
             Err(e) => {
-                tracing::warn!(event = %r.event_id, error = %e, "retired event not deleted yet")
+                tracing::warn!(event = %r.event_id, error = %e, "retired event not deleted yet");
+                undeleted.get_or_insert(Undeleted {
+                    connection_id: r.connection_id.clone(),
+                    error: e,
+                });
             }
         }
     }
-    cleared
+    (cleared, undeleted)
+}
+
+/// A retired event [`delete_retired`] could not delete: the connection whose calendar
+/// still shows it, and why.
+struct Undeleted {
+    connection_id: String,
+    error: GraphError,
+}
+
+impl Undeleted {
+    /// `outcome`, a write that did its own part, made `failed` for this event: not settled,
+    /// so the same change sent again is no stale retry and deletes it.
+    fn fail(self, outcome: Outcome) -> (Outcome, Option<Error>) {
+        let failure = provider_error(&self.error);
+        let outcome = Outcome {
+            outcome: "failed",
+            connection_id: outcome.connection_id.or(Some(self.connection_id)),
+            reason: Some(format!(
+                "an earlier placement's event could not be deleted from the calendar: {}",
+                self.error
+            )),
+            settled: false,
+            ..outcome
+        };
+        (outcome, Some(failure))
+    }
 }
 
 async fn create(
@@ -1152,12 +1203,14 @@ async fn update(
 }
 
 /// The closing transaction for `step`, built from the freshest read so it can be retried
-/// after a lost race without repeating the Graph call.
+/// after a lost race without repeating the Graph call. `settles`: no retired event was left
+/// behind (one was: the change's version is not marked done, so its retry is no stale one).
 fn closing_writes(
     ctx: &OutboundContext,
     change: &SessionChange,
     step: &Step,
     cleared: &[RetiredEvent],
+    settles: bool,
     now: DateTime<Utc>,
 ) -> (Vec<OutboundWrite>, &'static str) {
     let mut session = ctx.session.clone();
@@ -1244,11 +1297,15 @@ fn closing_writes(
             what
         }
     };
-    // The version is done once every calendar shows it: with another calendar connected,
-    // the calendar seam marks it after that one's write ([`crate::google::outbound`]).
-    let alone = ctx.others.iter().all(|(_, o)| o.connection.is_none());
+    // The version is done once every calendar shows it: with another calendar connected, or
+    // another provider's retired events still to delete, the calendar seam marks it after
+    // that provider's write ([`crate::google::outbound`]).
+    let alone = ctx.others.iter().all(|(_, o)| o.connection.is_none())
+        && session
+            .as_ref()
+            .is_none_or(|s| s.retired.iter().all(|r| r.provider == Provider::Exchange));
     if let (Some(s), Some(v)) = (session.as_mut(), change.version) {
-        if alone && step.settles_calendar() && s.calendar_version < Some(v) {
+        if alone && settles && step.settles_calendar() && s.calendar_version < Some(v) {
             s.calendar_version = Some(v);
         }
     }

@@ -108,6 +108,21 @@ pub enum GoogleError {
     },
 }
 
+impl GoogleError {
+    /// A refusal that retrying the same call will not change until someone acts: the
+    /// service account refused for this user (a suspended account, delegation withdrawn), or
+    /// a 4xx other than a timeout, a conflict, a stale etag or rate limiting.
+    pub fn refused_for_good(&self) -> bool {
+        match self {
+            GoogleError::Auth(_) => true,
+            GoogleError::Rejected { status, .. } => {
+                (400..500).contains(status) && ![408, 409, 412, 429].contains(status)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `start`/`end`: `date` for all-day events, `dateTime` (+ `timeZone`) for timed ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EventTime {

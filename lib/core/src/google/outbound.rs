@@ -173,21 +173,41 @@ pub async fn apply_in(
     }
     let Some(conn) = ctx.connection.clone() else {
         // No Google calendar for the staff member: events a retired placement left in
-        // another one's still go.
-        forget_retired(deps, &ctx).await;
-        return Ok(None);
+        // another one's still go; one that could not be deleted is reported (naming the
+        // calendar that still shows it), so the change is retried.
+        let settle = others_settled.then_some(change.version).flatten();
+        let Some(u) = forget_retired(deps, &ctx, settle).await else {
+            return Ok(None);
+        };
+        let status = ctx
+            .session
+            .as_ref()
+            .map_or(SessionStatus::Confirmed, |s| s.status);
+        let calendar = CalendarOutcome {
+            connection_id: u.connection_id.clone(),
+            provider: Provider::Google,
+            outcome: "no_connection",
+            event_id: None,
+            reason: None,
+        };
+        return Ok(Some(Written {
+            calendar: u.fail(calendar),
+            session_status: status,
+        }));
     };
     let Some(session) = ctx.session.clone() else {
         // The session is gone (read with the context, or never recorded): nothing to write.
         return Ok(None);
     };
     let mut step = google_step(deps, &ctx, &conn, &session, change).await?;
-    let cleared = delete_retired(deps, &ctx, &step).await;
+    let (cleared, undeleted) = delete_retired(deps, &ctx, &step).await;
     let placed = placement_of(&ctx);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let settle = others_settled.then_some(change.version).flatten();
+        let settle = (others_settled && undeleted.is_none())
+            .then_some(change.version)
+            .flatten();
         let mut writes = closing_writes(&ctx, &step, &cleared, settle, deps.store.now());
         if writes.is_empty() {
             break;
@@ -234,8 +254,12 @@ pub async fn apply_in(
         .await
         .map_err(crate::retry::lost_every_race)?;
     }
+    let calendar = outcome_of(&conn, &step);
     Ok(Some(Written {
-        calendar: outcome_of(&conn, &step),
+        calendar: match undeleted {
+            Some(u) => u.fail(calendar),
+            None => calendar,
+        },
         session_status: session.status,
     }))
 }
@@ -306,17 +330,24 @@ async fn delete_overtaken(deps: &Deps, ctx: &OutboundContext, conn: &Connection,
 /// Deletes the session's retired Google events ([`Session::retired`]) once this write has
 /// put the calendar right (written, deleted, or nothing to delete): the ones gone now, or
 /// whose connection is gone, which the closing commit clears. An event the session maps
-/// again, or that this write wrote, is cleared without being deleted. Best effort: one that
-/// could not be deleted stays for the next write.
-async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<RetiredEvent> {
+/// again, or that this write wrote, is cleared without being deleted. One that could not be
+/// deleted stays in the session, and the first failure is returned ([`Undeleted`]): the
+/// write then answers `failed`, so the change is retried (a retired event nobody touches is
+/// never listed by an incremental sync again, and no later write of the session may come).
+async fn delete_retired(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    step: &Step,
+) -> (Vec<RetiredEvent>, Option<Undeleted>) {
     let written = match step {
         Step::Wrote(e, ..) => Some(e.id.as_str()),
         Step::Deleted | Step::NothingToDelete => None,
-        _ => return Vec::new(),
+        _ => return (Vec::new(), None),
     };
     let Some(session) = &ctx.session else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
+    let mut undeleted = None;
     let mapped = ctx.mapping.as_ref().map(|m| m.external_event_id.as_str());
     let (mut cleared, to_delete) = session.retired_in(Provider::Google, [written, mapped]);
     for r in to_delete {
@@ -333,29 +364,106 @@ async fn delete_retired(deps: &Deps, ctx: &OutboundContext, step: &Step) -> Vec<
                 tracing::debug!(event = %r.event_id, "retired google event deleted");
                 cleared.push(r);
             }
+            // Refused for good (an account suspended, the credentials gone): kept for later
+            // writes, but no retry of this change would fare better, so it is not reported
+            // (every change of the booking would fail for it).
+            Err(e) if e.refused_for_good() => {
+                tracing::warn!(event = %r.event_id, error = %e, "retired google event refused its deletion")
+            }
             Err(e) => {
-                tracing::warn!(event = %r.event_id, error = %e, "retired google event not deleted yet")
+                tracing::warn!(event = %r.event_id, error = %e, "retired google event not deleted yet");
+                undeleted.get_or_insert(Undeleted {
+                    connection_id: r.connection_id.clone(),
+                    reason: e.to_string(),
+                });
             }
         }
     }
-    cleared
+    (cleared, undeleted)
+}
+
+/// A retired event [`delete_retired`] could not delete: the connection whose calendar
+/// still shows it, and why.
+struct Undeleted {
+    connection_id: String,
+    reason: String,
+}
+
+impl Undeleted {
+    /// `calendar`, a write that did its own part, made `failed` for this event (the change
+    /// is retried; its version is not marked done, so the retry is no stale one).
+    fn fail(self, calendar: CalendarOutcome) -> CalendarOutcome {
+        if matches!(calendar.outcome, "failed" | "superseded") {
+            return calendar;
+        }
+        CalendarOutcome {
+            outcome: "failed",
+            reason: Some(format!(
+                "an earlier placement's event could not be deleted from the calendar: {}",
+                self.reason
+            )),
+            ..calendar
+        }
+    }
 }
 
 /// [`delete_retired`] for a staff member without a Google connection, and its own commit of
-/// the session without them (best effort: a lost race leaves them for the next write).
-async fn forget_retired(deps: &Deps, ctx: &OutboundContext) {
-    let Some(session) = &ctx.session else {
-        return;
-    };
-    let cleared = delete_retired(deps, ctx, &Step::NothingToDelete).await;
-    if cleared.is_empty() {
-        return;
+/// the session without them (best effort: a lost race leaves them for the next write), with
+/// the change's version marked done (`settle`) once none is left. The first one that could
+/// not be deleted is returned.
+async fn forget_retired(
+    deps: &Deps,
+    ctx: &OutboundContext,
+    settle: Option<u64>,
+) -> Option<Undeleted> {
+    let session = ctx.session.as_ref()?;
+    let has_retired = session
+        .retired
+        .iter()
+        .any(|r| r.provider == Provider::Google);
+    if !has_retired {
+        return None;
     }
+    let (cleared, undeleted) = delete_retired(deps, ctx, &Step::NothingToDelete).await;
     let mut s = session.clone();
     s.retired.retain(|r| !cleared.contains(r));
-    let mut writes = [OutboundWrite::Session(s)];
-    if let Err(e) = deps.store.commit_outbound(&mut writes).await {
-        tracing::debug!(session = %session.id, error = %e, "retired google events deleted, not yet cleared");
+    if let Some(v) = settle.filter(|_| undeleted.is_none()) {
+        if s.calendar_version < Some(v) {
+            s.calendar_version = Some(v);
+        }
+    }
+    if s != *session {
+        let mut writes = [OutboundWrite::Session(s)];
+        if let Err(e) = deps.store.commit_outbound(&mut writes).await {
+            tracing::debug!(session = %session.id, error = %e, "retired google events deleted, not yet cleared");
+        }
+    }
+    undeleted
+}
+
+/// Why an event could not be deleted from a Google calendar.
+#[derive(Debug, thiserror::Error)]
+enum RemovalError {
+    /// Google refused or failed the call.
+    #[error(transparent)]
+    Calendar(#[from] GoogleError),
+    /// No call was made: credentials missing or unreadable, no client.
+    #[error("{0}")]
+    Setup(String),
+    /// The connection could not be read.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl RemovalError {
+    /// Google refused for good ([`GoogleError::refused_for_good`]), or the credentials are
+    /// missing or unreadable: no retry fares better until someone acts.
+    fn refused_for_good(&self) -> bool {
+        match self {
+            RemovalError::Calendar(e) => e.refused_for_good(),
+            RemovalError::Setup(_) => true,
+            RemovalError::Store(_) => false,
+        }
     }
 }
 
@@ -366,21 +474,24 @@ async fn delete_in(
     ctx: &OutboundContext,
     conn: &Connection,
     event_id: &str,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), RemovalError> {
     let Some(calendar_id) = conn.calendar_id.as_deref() else {
         return Ok(());
     };
     let Some(record) = &ctx.credentials else {
-        return Err(credentials::MISSING.into());
+        return Err(RemovalError::Setup(credentials::MISSING.into()));
     };
-    let account = credentials::open(deps, record).map_err(|e| e.to_string())?;
-    let google = deps.google().map_err(|e| e.to_string())?;
+    let account =
+        credentials::open(deps, record).map_err(|e| RemovalError::Setup(e.to_string()))?;
+    let google = deps
+        .google()
+        .map_err(|e| RemovalError::Setup(e.to_string()))?;
     match google
         .delete_event(&account, &conn.staff_email, calendar_id, event_id, None)
         .await
     {
         Ok(()) | Err(GoogleError::NotFound) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -391,7 +502,7 @@ async fn remove_elsewhere(
     deps: &Deps,
     ctx: &OutboundContext,
     old: &EventMapping,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), RemovalError> {
     remove_from(
         deps,
         ctx,
@@ -413,12 +524,12 @@ async fn remove_from(
     company: &str,
     connection: &str,
     event: &str,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), RemovalError> {
     let Some(conn) = deps
         .store
         .find_connection(company, connection)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| RemovalError::Store(e.to_string()))?
     else {
         return Ok(());
     };
