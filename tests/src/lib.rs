@@ -13,6 +13,7 @@ pub mod dates;
 pub mod fixtures;
 pub mod google;
 pub mod graph;
+pub mod hooked;
 pub mod lambda;
 pub mod quirks;
 pub mod races;

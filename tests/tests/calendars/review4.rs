@@ -11,255 +11,27 @@
 //! the calendar of the staff member it is assigned to (the one its mapping names), none in
 //! the other staff member's calendar.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use voyage_core::deps::Deps;
-use voyage_core::exchange::api::{
-    CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphEvent, GraphSubscription,
-    NewSubscription,
-};
-use voyage_core::exchange::{GraphApi, GraphCredentials, GraphError};
-use voyage_core::google::api::{Channel, EventsPage, GoogleEvent, ListRequest, WatchRequest};
-use voyage_core::google::{GoogleApi, GoogleError, GoogleEventWrite, ServiceAccount};
 use voyage_core::model::SessionStatus;
 use voyage_tests::calendars::{apply_change, at, fault, versioned_body, Cal, CalendarsWorld};
+use voyage_tests::hooked::{held, hooked, Gate, Write};
 use voyage_tests::races::{overtaken_at_mapping, Meanwhile};
 
 // ---------------------------------------------------------------------------------------
 // Tools: a provider delete held on demand, settling, the end state
 // ---------------------------------------------------------------------------------------
 
-/// The first delete through a held client: it says it was reached, then waits to be let go.
-struct Hold {
-    reached: Mutex<Option<oneshot::Sender<()>>>,
-    go: Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-impl Hold {
-    async fn here(&self) {
-        let reached = self.reached.lock().unwrap().take();
-        let Some(reached) = reached else {
-            return;
-        };
-        let _ = reached.send(());
-        let go = self.go.lock().unwrap().take();
-        if let Some(go) = go {
-            let _ = go.await;
-        }
-    }
-}
-
-/// The test's side of a [`Hold`]: `reached` once the delete is about to be sent, `go` sends
-/// it.
-struct Gate {
-    reached: oneshot::Receiver<()>,
-    go: oneshot::Sender<()>,
-}
-
-/// The world's Graph client, its first delete held.
-struct HeldGraph {
-    inner: Arc<dyn GraphApi>,
-    hold: Hold,
-}
-
-#[async_trait::async_trait]
-impl GraphApi for HeldGraph {
-    async fn create_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        event: &EventWrite,
-    ) -> Result<GraphEvent, GraphError> {
-        self.inner.create_event(creds, calendar, event).await
-    }
-    async fn update_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-        etag: Option<&str>,
-        event: &EventWrite,
-    ) -> Result<GraphEvent, GraphError> {
-        self.inner
-            .update_event(creds, calendar, id, etag, event)
-            .await
-    }
-    async fn get_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-    ) -> Result<GraphEvent, GraphError> {
-        self.inner.get_event(creds, calendar, id).await
-    }
-    async fn get_events(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        ids: &[String],
-    ) -> Result<Vec<Result<GraphEvent, GraphError>>, GraphError> {
-        self.inner.get_events(creds, calendar, ids).await
-    }
-    async fn mailbox_time_zone(
-        &self,
-        creds: &GraphCredentials,
-        user: &str,
-    ) -> Result<String, GraphError> {
-        self.inner.mailbox_time_zone(creds, user).await
-    }
-    async fn delete_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-    ) -> Result<(), GraphError> {
-        self.hold.here().await;
-        self.inner.delete_event(creds, calendar, id).await
-    }
-    async fn create_subscription(
-        &self,
-        creds: &GraphCredentials,
-        sub: &NewSubscription,
-    ) -> Result<GraphSubscription, GraphError> {
-        self.inner.create_subscription(creds, sub).await
-    }
-    async fn renew_subscription(
-        &self,
-        creds: &GraphCredentials,
-        id: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<GraphSubscription, GraphError> {
-        self.inner.renew_subscription(creds, id, expires_at).await
-    }
-    async fn delete_subscription(
-        &self,
-        creds: &GraphCredentials,
-        id: &str,
-    ) -> Result<(), GraphError> {
-        self.inner.delete_subscription(creds, id).await
-    }
-    async fn delta_page(
-        &self,
-        creds: &GraphCredentials,
-        request: &DeltaRequest,
-    ) -> Result<DeltaPage, GraphError> {
-        self.inner.delta_page(creds, request).await
-    }
-}
-
-/// The world's Google client, its first delete held.
-struct HeldGoogle {
-    inner: Arc<dyn GoogleApi>,
-    hold: Hold,
-}
-
-#[async_trait::async_trait]
-impl GoogleApi for HeldGoogle {
-    async fn list_events(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &ListRequest,
-    ) -> Result<EventsPage, GoogleError> {
-        self.inner.list_events(account, subject, request).await
-    }
-    async fn watch(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &WatchRequest,
-    ) -> Result<Channel, GoogleError> {
-        self.inner.watch(account, subject, request).await
-    }
-    async fn stop_channel(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        channel_id: &str,
-        resource_id: &str,
-    ) -> Result<(), GoogleError> {
-        self.inner
-            .stop_channel(account, subject, channel_id, resource_id)
-            .await
-    }
-    async fn insert_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .insert_event(account, subject, calendar_id, event)
-            .await
-    }
-    async fn update_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .update_event(account, subject, calendar_id, event_id, etag, event)
-            .await
-    }
-    async fn get_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .get_event(account, subject, calendar_id, event_id)
-            .await
-    }
-    async fn delete_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-    ) -> Result<(), GoogleError> {
-        self.hold.here().await;
-        self.inner
-            .delete_event(account, subject, calendar_id, event_id, etag)
-            .await
-    }
-}
-
 /// The world's dependencies, whose first delete in `cal`'s calendars is held until the
 /// returned gate lets it go.
 fn deletes_held(w: &CalendarsWorld, cal: Cal) -> (Deps, Gate) {
-    let (reached_tx, reached) = oneshot::channel();
-    let (go, go_rx) = oneshot::channel();
-    let hold = Hold {
-        reached: Mutex::new(Some(reached_tx)),
-        go: Mutex::new(Some(go_rx)),
-    };
-    let mut deps = (*w.app.local.deps).clone();
-    match cal {
-        Cal::Exchange => {
-            deps.graph = Some(Arc::new(HeldGraph {
-                inner: w.app.local.deps.graph.clone().unwrap(),
-                hold,
-            }));
-        }
-        Cal::Google => {
-            deps.google = Some(Arc::new(HeldGoogle {
-                inner: w.app.local.deps.google.clone().unwrap(),
-                hold,
-            }));
-        }
-    }
-    (deps, Gate { reached, go })
+    let (hook, gate) = held();
+    (
+        hooked(&w.app.local.deps, cal.provider(), Write::Delete, hook),
+        gate,
+    )
 }
 
 /// Lets the system settle: every sync of `connections` twice, the commit job (after the

@@ -20,230 +20,16 @@
 
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use voyage_core::calendar::changes::ChangesOutcome;
 use voyage_core::deps::Deps;
-use voyage_core::exchange::api::{
-    CalendarRef, DeltaPage, DeltaRequest, EventWrite, GraphEvent, GraphSubscription,
-    NewSubscription,
-};
-use voyage_core::exchange::{GraphApi, GraphCredentials, GraphError};
-use voyage_core::google::api::{Channel, EventsPage, GoogleEvent, ListRequest, WatchRequest};
-use voyage_core::google::{GoogleApi, GoogleError, GoogleEventWrite, ServiceAccount};
 use voyage_tests::calendars::{apply_change, at, versioned_body, Cal, CalendarsWorld, COMPANY};
 use voyage_tests::graph::email;
+use voyage_tests::hooked::{hooked, once, Write};
 use voyage_tests::races::Meanwhile;
 
 /// The platform's new title for `s1`.
 const NEW_TITLE: &str = "Follow-up consultation";
-
-// ---------------------------------------------------------------------------------------
-// Tools: a provider client that lets other work finish just before its first update
-// ---------------------------------------------------------------------------------------
-
-/// Work run to its end just before the first event update sent through a client.
-struct FirstUpdate {
-    meanwhile: Mutex<Option<Meanwhile>>,
-}
-
-impl FirstUpdate {
-    async fn here(&self) {
-        let work = self.meanwhile.lock().unwrap().take();
-        if let Some(work) = work {
-            work.await;
-        }
-    }
-}
-
-/// The world's Graph client, with work run before its first `update_event`.
-struct GraphFirstUpdate {
-    inner: Arc<dyn GraphApi>,
-    first: FirstUpdate,
-}
-
-#[async_trait::async_trait]
-impl GraphApi for GraphFirstUpdate {
-    async fn create_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        event: &EventWrite,
-    ) -> Result<GraphEvent, GraphError> {
-        self.inner.create_event(creds, calendar, event).await
-    }
-    async fn update_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-        etag: Option<&str>,
-        event: &EventWrite,
-    ) -> Result<GraphEvent, GraphError> {
-        self.first.here().await;
-        self.inner
-            .update_event(creds, calendar, id, etag, event)
-            .await
-    }
-    async fn get_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-    ) -> Result<GraphEvent, GraphError> {
-        self.inner.get_event(creds, calendar, id).await
-    }
-    async fn get_events(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        ids: &[String],
-    ) -> Result<Vec<Result<GraphEvent, GraphError>>, GraphError> {
-        self.inner.get_events(creds, calendar, ids).await
-    }
-    async fn mailbox_time_zone(
-        &self,
-        creds: &GraphCredentials,
-        user: &str,
-    ) -> Result<String, GraphError> {
-        self.inner.mailbox_time_zone(creds, user).await
-    }
-    async fn delete_event(
-        &self,
-        creds: &GraphCredentials,
-        calendar: &CalendarRef,
-        id: &str,
-    ) -> Result<(), GraphError> {
-        self.inner.delete_event(creds, calendar, id).await
-    }
-    async fn create_subscription(
-        &self,
-        creds: &GraphCredentials,
-        sub: &NewSubscription,
-    ) -> Result<GraphSubscription, GraphError> {
-        self.inner.create_subscription(creds, sub).await
-    }
-    async fn renew_subscription(
-        &self,
-        creds: &GraphCredentials,
-        id: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<GraphSubscription, GraphError> {
-        self.inner.renew_subscription(creds, id, expires_at).await
-    }
-    async fn delete_subscription(
-        &self,
-        creds: &GraphCredentials,
-        id: &str,
-    ) -> Result<(), GraphError> {
-        self.inner.delete_subscription(creds, id).await
-    }
-    async fn delta_page(
-        &self,
-        creds: &GraphCredentials,
-        request: &DeltaRequest,
-    ) -> Result<DeltaPage, GraphError> {
-        self.inner.delta_page(creds, request).await
-    }
-}
-
-/// Which Google write the work runs before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GoogleCall {
-    Insert,
-    Update,
-}
-
-/// The world's Google client, with work run before its first write of one kind.
-struct GoogleFirstWrite {
-    inner: Arc<dyn GoogleApi>,
-    at: GoogleCall,
-    first: FirstUpdate,
-}
-
-#[async_trait::async_trait]
-impl GoogleApi for GoogleFirstWrite {
-    async fn list_events(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &ListRequest,
-    ) -> Result<EventsPage, GoogleError> {
-        self.inner.list_events(account, subject, request).await
-    }
-    async fn watch(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &WatchRequest,
-    ) -> Result<Channel, GoogleError> {
-        self.inner.watch(account, subject, request).await
-    }
-    async fn stop_channel(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        channel_id: &str,
-        resource_id: &str,
-    ) -> Result<(), GoogleError> {
-        self.inner
-            .stop_channel(account, subject, channel_id, resource_id)
-            .await
-    }
-    async fn insert_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        if self.at == GoogleCall::Insert {
-            self.first.here().await;
-        }
-        self.inner
-            .insert_event(account, subject, calendar_id, event)
-            .await
-    }
-    async fn update_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        if self.at == GoogleCall::Update {
-            self.first.here().await;
-        }
-        self.inner
-            .update_event(account, subject, calendar_id, event_id, etag, event)
-            .await
-    }
-    async fn get_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .get_event(account, subject, calendar_id, event_id)
-            .await
-    }
-    async fn delete_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-    ) -> Result<(), GoogleError> {
-        self.inner
-            .delete_event(account, subject, calendar_id, event_id, etag)
-            .await
-    }
-}
 
 /// What the platform's change answered, once it ran.
 type Answer = Arc<Mutex<Option<ChangesOutcome>>>;
@@ -267,32 +53,13 @@ fn platform_renames(w: &CalendarsWorld, hour: u32) -> (Meanwhile, Answer) {
 /// The world's dependencies, with `meanwhile` run just before the first event update sent
 /// to `cal`'s calendars.
 fn before_first_update(w: &CalendarsWorld, cal: Cal, meanwhile: Meanwhile) -> Deps {
-    before_first(w, cal, GoogleCall::Update, meanwhile)
+    before_first(w, cal, Write::Update, meanwhile)
 }
 
 /// The world's dependencies, with `meanwhile` run just before the first write of kind `at`
-/// sent to `cal`'s calendars (Graph: always its first update).
-fn before_first(w: &CalendarsWorld, cal: Cal, at: GoogleCall, meanwhile: Meanwhile) -> Deps {
-    let first = FirstUpdate {
-        meanwhile: Mutex::new(Some(meanwhile)),
-    };
-    let mut deps = (*w.app.local.deps).clone();
-    match cal {
-        Cal::Exchange => {
-            deps.graph = Some(Arc::new(GraphFirstUpdate {
-                inner: w.app.local.deps.graph.clone().unwrap(),
-                first,
-            }));
-        }
-        Cal::Google => {
-            deps.google = Some(Arc::new(GoogleFirstWrite {
-                inner: w.app.local.deps.google.clone().unwrap(),
-                at,
-                first,
-            }));
-        }
-    }
-    deps
+/// sent to `cal`'s calendars.
+fn before_first(w: &CalendarsWorld, cal: Cal, at: Write, meanwhile: Meanwhile) -> Deps {
+    hooked(&w.app.local.deps, cal.provider(), at, once(meanwhile))
 }
 
 /// ann's Exchange and Google calendars connected, `s1` booked with her at 9:00 (version 1,
@@ -448,7 +215,7 @@ async fn review6_an_older_platform_change_whose_google_insert_finds_the_newer_ch
     // Google event mapped, inserts the event under the id the intent recorded, and maps it).
     let (w, exchange, google) = CalendarsWorld::both().await;
     let (rename, answer) = platform_renames(&w, 9);
-    let racing = before_first(&w, Cal::Google, GoogleCall::Insert, rename);
+    let racing = before_first(&w, Cal::Google, Write::Create, rename);
 
     // Act: the booking is written with the race, then every round settles.
     let booking = apply_change(&racing, versioned_body("created", "ann", 9, 1)).await;
