@@ -426,24 +426,30 @@ impl Stack {
             .await
             .unwrap();
         let parameter = format!("/{}/public-base-url", crate::fixtures::unique("voyage"));
-        aws_sdk_ssm::Client::new(&sdk)
-            .put_parameter()
-            .name(&parameter)
-            .value("https://api.voyage.example")
-            .r#type(aws_sdk_ssm::types::ParameterType::String)
-            .send()
-            .await
-            .unwrap();
+        use voyage_aws::aws_json::{call, SECRETS_MANAGER, SSM};
+        call(
+            &sdk,
+            SSM,
+            "PutParameter",
+            &json!({ "Name": parameter, "Value": "https://api.voyage.example", "Type": "String" }),
+        )
+        .await
+        .unwrap();
         let key = voyage_core::sealing::generate_key().unwrap();
-        let secret_arn = aws_sdk_secretsmanager::Client::new(&sdk)
-            .create_secret()
-            .name(crate::fixtures::unique("voyage-credentials-key"))
-            .secret_string(json!({ "current": key }).to_string())
-            .send()
-            .await
-            .unwrap()
-            .arn
-            .unwrap();
+        let created = call(
+            &sdk,
+            SECRETS_MANAGER,
+            "CreateSecret",
+            &json!({
+                "Name": crate::fixtures::unique("voyage-credentials-key"),
+                // The SDK fills it in: a retried create is then the same create.
+                "ClientRequestToken": crate::fixtures::unique("voyage-dry-run-credentials-key"),
+                "SecretString": json!({ "current": key }).to_string(),
+            }),
+        )
+        .await
+        .unwrap();
+        let secret_arn = created["ARN"].as_str().unwrap().to_string();
         Stack {
             table,
             webhooks: stack_queue(&sqs).await,

@@ -7,6 +7,7 @@
 //! `AWS_ENDPOINT_URL_DYNAMODB`, `_SQS`, `_EVENTBRIDGE`), so the same code talks to moto in
 //! tests and to AWS in production. Build clients once per process and share them.
 
+pub mod aws_json;
 mod dynamodb;
 mod eventbridge;
 pub mod redrive;

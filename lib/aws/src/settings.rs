@@ -2,9 +2,13 @@
 //! environment: the public base URL (an SSM parameter the stack writes after the HTTP API
 //! exists, so the functions need not depend on the API) and the credentials key ring (a
 //! Secrets Manager secret the stack generates). A value given in the environment wins, so local
-//! runs and tests need neither service.
+//! runs and tests need neither service. Both are read with one signed call each
+//! ([`crate::aws_json`]), not through their SDK crates.
 
+use serde_json::json;
 use voyage_core::config::{base_url, Config, ConfigError};
+
+use crate::aws_json;
 use voyage_core::sealing::KeyRing;
 
 const PARAMETER_VAR: &str = "VOYAGE_PUBLIC_BASE_URL_PARAMETER";
@@ -51,20 +55,15 @@ pub async fn resolve(
 }
 
 async fn read_parameter(sdk: &aws_config::SdkConfig, name: &str) -> Result<String, ConfigError> {
-    let out = aws_sdk_ssm::Client::new(sdk)
-        .get_parameter()
-        .name(name)
-        .send()
+    let out = aws_json::call(sdk, aws_json::SSM, "GetParameter", &json!({ "Name": name }))
         .await
         .map_err(|e| ConfigError {
             var: PARAMETER_VAR,
-            message: format!(
-                "reading SSM parameter {name}: {}",
-                aws_sdk_ssm::error::DisplayErrorContext(&e)
-            ),
+            message: format!("reading SSM parameter {name}: {e}"),
         })?;
-    out.parameter
-        .and_then(|p| p.value)
+    out.pointer("/Parameter/Value")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
         .ok_or_else(|| ConfigError {
             var: PARAMETER_VAR,
             message: format!("SSM parameter {name} has no value"),
@@ -72,22 +71,24 @@ async fn read_parameter(sdk: &aws_config::SdkConfig, name: &str) -> Result<Strin
 }
 
 async fn read_secret(sdk: &aws_config::SdkConfig, arn: &str) -> Result<String, ConfigError> {
-    let out = aws_sdk_secretsmanager::Client::new(sdk)
-        .get_secret_value()
-        .secret_id(arn)
-        .send()
-        .await
-        .map_err(|e| ConfigError {
-            var: SECRET_VAR,
-            message: format!(
-                "reading secret {arn}: {}",
-                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
-            ),
-        })?;
-    out.secret_string.ok_or_else(|| ConfigError {
+    let out = aws_json::call(
+        sdk,
+        aws_json::SECRETS_MANAGER,
+        "GetSecretValue",
+        &json!({ "SecretId": arn }),
+    )
+    .await
+    .map_err(|e| ConfigError {
         var: SECRET_VAR,
-        message: format!("secret {arn} has no string value"),
-    })
+        message: format!("reading secret {arn}: {e}"),
+    })?;
+    out.get("SecretString")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| ConfigError {
+            var: SECRET_VAR,
+            message: format!("secret {arn} has no string value"),
+        })
 }
 
 /// Sets the public base URL read from the parameter, checked like `VOYAGE_PUBLIC_BASE_URL`.
