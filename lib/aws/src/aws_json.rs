@@ -308,6 +308,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn fips_is_chosen_when_the_configuration_asks_for_it() {
+        let sdk = SdkConfig::builder().use_fips(true).build();
+        assert_eq!(
+            endpoint(&sdk, SSM, "us-east-1"),
+            "https://ssm-fips.us-east-1.amazonaws.com"
+        );
+    }
+
+    /// Answers an endpoint for one service id only, as `AWS_ENDPOINT_URL_<SERVICE>` would.
+    #[derive(Debug)]
+    struct OneService(&'static str);
+
+    impl aws_types::service_config::LoadServiceConfig for OneService {
+        fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+            (key.service_id() == self.0 && key.env() == "AWS_ENDPOINT_URL")
+                .then(|| "http://secrets.local:4566/".to_string())
+        }
+    }
+
+    #[test]
+    fn a_service_endpoint_wins_over_the_global_one_for_that_service_only() {
+        let sdk = SdkConfig::builder()
+            .endpoint_url("http://everything.local:5599")
+            .service_config(OneService("Secrets Manager"))
+            .build();
+        assert_eq!(
+            endpoint(&sdk, SECRETS_MANAGER, "us-east-1"),
+            "http://secrets.local:4566"
+        );
+        assert_eq!(
+            endpoint(&sdk, SSM, "us-east-1"),
+            "http://everything.local:5599"
+        );
+    }
+
     #[tokio::test]
     async fn an_endpoint_without_a_scheme_is_refused_not_signed() {
         let sdk = SdkConfig::builder()
