@@ -29,12 +29,15 @@ impl Received {
     }
 }
 
-/// One scripted answer: status, extra headers, and a delay before answering.
+/// One scripted answer: status, extra headers, a delay before answering, and a gate the
+/// answer waits at until the test lets it go (an order of events set by the test, not by
+/// timing).
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    pub gate: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Answer {
@@ -43,6 +46,16 @@ impl Answer {
             status,
             headers: vec![],
             delay: Duration::ZERO,
+            gate: None,
+        }
+    }
+
+    /// `status`, answered only once `gate` is notified (`notify_one`, before or after the
+    /// request arrives).
+    pub fn held(status: u16, gate: &Arc<tokio::sync::Notify>) -> Self {
+        Answer {
+            gate: Some(Arc::clone(gate)),
+            ..Answer::status(status)
         }
     }
 }
@@ -82,6 +95,9 @@ async fn handle(
     };
     if !answer.delay.is_zero() {
         tokio::time::sleep(answer.delay).await;
+    }
+    if let Some(gate) = &answer.gate {
+        gate.notified().await;
     }
     let mut response = (
         StatusCode::from_u16(answer.status).unwrap(),

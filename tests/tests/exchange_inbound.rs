@@ -15,7 +15,10 @@ mod availability;
 #[path = "exchange_inbound/review.rs"]
 mod review;
 
-const WITHIN: Duration = Duration::from_secs(5);
+/// How long a poll waits for a multi-hop chain (push, queue, round, dispatch, receiver) to
+/// settle: polls return as soon as it has, so only a failing run waits this long; a loaded
+/// machine and one retried handler error (2 s of back-off) must fit in it.
+const WITHIN: Duration = Duration::from_secs(30);
 
 async fn world() -> (GraphWorld, Receiver, String, String) {
     let w = GraphWorld::start_running(&[

@@ -861,7 +861,7 @@ async fn retry_after_is_honoured_over_a_shorter_schedule() {
     receiver.script([Answer {
         status: 429,
         headers: vec![("retry-after".into(), "3".into())],
-        delay: Duration::ZERO,
+        ..Answer::status(429)
     }]);
     let app = TestApp::start(&[PRIVATE_OK, HTTP_OK, ("VOYAGE_WEBHOOK_RETRY_DELAYS", "1s")]);
     let tenant = app.key("acme", false).await;

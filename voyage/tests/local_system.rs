@@ -73,8 +73,9 @@ async fn me(base: &str, key: &str) -> reqwest::Response {
 async fn serve_starts_fast_says_where_data_lives_and_accepts_keys_made_while_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (server, ready) = serve(dir.path());
-    // Startup: measured here only as a sanity bound (the figure is in docs/PERFORMANCE.md).
-    assert!(ready < Duration::from_secs(5), "took {ready:?}");
+    // Startup: a guard against a hang only (about 100 ms here; the figure, measured, is in
+    // docs/PERFORMANCE.md), generous for a loaded machine and a debug build.
+    assert!(ready < Duration::from_secs(20), "took {ready:?}");
     let text = server.banner.join("\n");
     assert!(text.contains("voyage.db"), "{text}");
     assert!(text.contains("voyage keys create --company"), "{text}");

@@ -139,106 +139,6 @@ async fn review3_a_booking_given_back_to_ann_after_bobs_calendar_failed_is_not_p
 
 use std::sync::Arc;
 
-use voyage_core::google::api::{Channel, EventsPage, GoogleEvent, ListRequest, WatchRequest};
-use voyage_core::google::{GoogleApi, GoogleError, GoogleEventWrite, ServiceAccount};
-
-/// The world's Google client, whose insert answers only `hold` after the event is made (the
-/// closing commit comes that much later).
-struct SlowInsert {
-    inner: Arc<dyn GoogleApi>,
-    hold: Duration,
-}
-
-#[async_trait::async_trait]
-impl GoogleApi for SlowInsert {
-    async fn list_events(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &ListRequest,
-    ) -> Result<EventsPage, GoogleError> {
-        self.inner.list_events(account, subject, request).await
-    }
-    async fn watch(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        request: &WatchRequest,
-    ) -> Result<Channel, GoogleError> {
-        self.inner.watch(account, subject, request).await
-    }
-    async fn stop_channel(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        channel_id: &str,
-        resource_id: &str,
-    ) -> Result<(), GoogleError> {
-        self.inner
-            .stop_channel(account, subject, channel_id, resource_id)
-            .await
-    }
-    async fn insert_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        let e = self
-            .inner
-            .insert_event(account, subject, calendar_id, event)
-            .await;
-        tokio::time::sleep(self.hold).await;
-        e
-    }
-    async fn update_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-        event: &GoogleEventWrite,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .update_event(account, subject, calendar_id, event_id, etag, event)
-            .await
-    }
-    async fn get_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-    ) -> Result<GoogleEvent, GoogleError> {
-        self.inner
-            .get_event(account, subject, calendar_id, event_id)
-            .await
-    }
-    async fn delete_event(
-        &self,
-        account: &ServiceAccount,
-        subject: &str,
-        calendar_id: &str,
-        event_id: &str,
-        etag: Option<&str>,
-    ) -> Result<(), GoogleError> {
-        self.inner
-            .delete_event(account, subject, calendar_id, event_id, etag)
-            .await
-    }
-}
-
-fn slow_insert(w: &CalendarsWorld, hold: Duration) -> voyage_core::deps::Deps {
-    let mut deps = (*w.app.local.deps).clone();
-    deps.google = Some(Arc::new(SlowInsert {
-        inner: w.app.local.deps.google.clone().unwrap(),
-        hold,
-    }));
-    deps
-}
-
 /// The booking is given to bob. Bob's new event is inserted; before the create's closing
 /// commit maps it, bob's sync (a push of that very insert) lists it. `adopt` finds the
 /// placement's id but the session's Google mapping still names ann's event (`mapped` is
@@ -252,17 +152,34 @@ async fn review3_a_sync_between_the_insert_and_the_closing_commit_of_a_booking_g
     w.connect(Cal::Google, "ann").await;
     let bob = w.connect(Cal::Google, "bob").await;
     w.change("created", "s1", 9).await;
-    let deps = slow_insert(&w, Duration::from_millis(1000));
-    let (out, _race) = tokio::join!(
-        apply_change(&deps, change_body("updated", "s1", "bob", 9)),
-        async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            // The race as described: the insert is in bob's calendar, its commit not yet.
-            let inserted = w.shown(Cal::Google, "bob", "s1").len();
-            (inserted, w.sync(Cal::Google, &bob).await)
-        }
+    // Bob's sync runs right before the create's closing commit (its first mapping write),
+    // by construction rather than by timing.
+    let world = w.app.local.deps.clone();
+    let inserted = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let meanwhile: voyage_tests::races::Meanwhile = {
+        let (deps, google, inserted) = (world.clone(), w.google.clone(), inserted.clone());
+        let mut conn = w.connection(&bob).await;
+        Box::pin(async move {
+            let tag = format!("{COMPANY}/s1");
+            let shown = google
+                .events_of(&email("bob"))
+                .into_iter()
+                .filter(|e| e.session_tag.as_deref() == Some(&tag) && e.status != "cancelled")
+                .count();
+            inserted.store(shown, std::sync::atomic::Ordering::SeqCst);
+            voyage_core::google::sync::sync_connection(&deps, &mut conn)
+                .await
+                .unwrap();
+        })
+    };
+    let deps = voyage_tests::races::overtaken_at_mapping(&world, meanwhile);
+    let out = apply_change(&deps, change_body("updated", "s1", "bob", 9)).await;
+    // The race as described: the insert is in bob's calendar, its commit not yet.
+    assert_eq!(
+        inserted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "bob's sync did not run between the insert and its commit: no race"
     );
-    assert_eq!(_race.0, 1, "the sync ran before the insert: no race");
     assert_eq!(
         w.shown(Cal::Google, "bob", "s1").len(),
         1,

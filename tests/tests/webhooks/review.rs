@@ -2,6 +2,7 @@
 //! They fail while the finding stands.
 
 use super::*;
+use std::sync::Arc;
 
 /// An endpoint with no retries (a 5xx fails the delivery at once); answers its id.
 async fn no_retry_endpoint(app: &TestApp, key: &str, url: &str, events: Value) -> String {
@@ -152,14 +153,9 @@ async fn review_a_platform_sequence_does_not_make_later_events_look_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review_a_slow_success_after_a_failure_sends_recovered() {
     let bad = Receiver::start().await;
-    bad.script([
-        Answer {
-            status: 200,
-            headers: vec![],
-            delay: Duration::from_millis(1500),
-        },
-        Answer::status(500),
-    ]);
+    // The first send's answer waits until the second delivery has failed.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    bad.script([Answer::held(200, &gate), Answer::status(500)]);
     let ops = Receiver::start().await;
     let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
     let tenant = app.key("acme", false).await;
@@ -178,6 +174,7 @@ async fn review_a_slow_success_after_a_failure_sends_recovered() {
     let d = failing["deliveries"][0]["id"].as_str().unwrap();
     assert_eq!(settled(&app, &tenant, d).await["status"], "failed");
     // Then the slow one succeeds: the first success after the failure.
+    gate.notify_one();
     let d = slow["deliveries"][0]["id"].as_str().unwrap();
     assert_eq!(settled(&app, &tenant, d).await["status"], "succeeded");
     let got = ops.wait_for(1, Duration::from_secs(10)).await;

@@ -1250,6 +1250,9 @@ pub async fn commit_pending_cancellations_within(
     let started = std::time::Instant::now();
     let mut outages: HashMap<String, u32> = HashMap::new();
     let mut cursor = None;
+    // At least one session is tried whatever the budget, so a sweep whose first read alone
+    // outlasts it (a loaded machine, a slow store) still makes progress.
+    let mut tried = 0usize;
     'pages: loop {
         let page = deps
             .store
@@ -1257,7 +1260,7 @@ pub async fn commit_pending_cancellations_within(
             .await?;
         let now = deps.store.now();
         for mut session in page.items {
-            if started.elapsed() >= budget {
+            if tried > 0 && started.elapsed() >= budget {
                 tracing::warn!(
                     "pending-cancellation sweep stopped at its time budget; the next sweep goes on"
                 );
@@ -1266,6 +1269,7 @@ pub async fn commit_pending_cancellations_within(
             // The session's calendar is looked up only while some calendar has failed in
             // this sweep (a healthy sweep reads nothing more than it did); a failed lookup
             // leaves it unknown: tried all the same, and not counted.
+            tried += 1;
             let mut calendar = None;
             if !outages.is_empty() {
                 calendar = calendar_of_pending(deps, &session).await.unwrap_or(None);
