@@ -97,9 +97,7 @@ pub async fn call(
         }
     };
     // Credentials once per call, not once per attempt (the SDK caches them likewise).
-    let identity = identity(sdk).await.map_err(|e| match e {
-        Failure::Passing(m, c) | Failure::ForGood(m, c) => fail(m, c),
-    })?;
+    let identity = identity(sdk).await.map_err(|m| fail(m, None))?;
     let body = serde_json::to_vec(body).map_err(|e| fail(e.to_string(), None))?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -230,14 +228,14 @@ async fn attempt(
 }
 
 /// The caller's identity from the SDK configuration's credentials provider.
-async fn identity(sdk: &SdkConfig) -> Result<Identity, Failure> {
+async fn identity(sdk: &SdkConfig) -> Result<Identity, String> {
     let provider = sdk
         .credentials_provider()
-        .ok_or_else(|| Failure::ForGood("no AWS credentials are configured".into(), None))?;
+        .ok_or("no AWS credentials are configured")?;
     let credentials = provider
         .provide_credentials()
         .await
-        .map_err(|e| Failure::ForGood(format!("loading AWS credentials: {e}"), None))?;
+        .map_err(|e| format!("loading AWS credentials: {e}"))?;
     Ok(Identity::from(credentials))
 }
 

@@ -1203,7 +1203,8 @@ pub async fn commit_pending_cancellations(deps: &Deps) -> Result<crate::jobs::Jo
 }
 
 /// [`commit_pending_cancellations`] with another time budget: no booking is begun once
-/// `budget` has passed since the sweep started (the one in hand is finished).
+/// `budget` has passed since the sweep started (the one in hand is finished), except the
+/// first, which is always tried, so every sweep makes progress.
 pub async fn commit_pending_cancellations_within(
     deps: &Deps,
     budget: std::time::Duration,
