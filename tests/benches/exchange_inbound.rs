@@ -208,6 +208,7 @@ fn plans_per_second() -> f64 {
         event_txn: None,
         google_event: None,
         retired: vec![],
+        unsettled_times: vec![],
         updated_at: t(0),
         version: 1,
     };

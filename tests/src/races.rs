@@ -6,7 +6,9 @@
 //!   (the booking commands' writes);
 //! - [`overtaken_at_mapping`]: other work runs to its end just before the first transaction
 //!   writing a mapping (another writer finishing first), which that transaction then loses
-//!   for real if the work wrote the same records.
+//!   for real if the work wrote the same records;
+//! - [`overtaken_at_session_put`]: the same, just before the first single write of a session
+//!   record (a booking command's compare-and-set).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,8 @@ pub struct Racing {
     skip: AtomicUsize,
     left: AtomicUsize,
     meanwhile: Mutex<Option<Meanwhile>>,
+    /// Run before the first put of a session record.
+    meanwhile_at_put: Mutex<Option<Meanwhile>>,
     session_puts_lose: bool,
 }
 
@@ -39,6 +43,7 @@ impl Racing {
             skip: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
             meanwhile: Mutex::new(None),
+            meanwhile_at_put: Mutex::new(None),
             session_puts_lose: false,
         }
     }
@@ -59,8 +64,14 @@ impl Table for Racing {
         self.world.store.table().batch_get(keys).await
     }
     async fn put(&self, item: Item, condition: Condition) -> Result<(), StoreError> {
-        if self.session_puts_lose && item.key.sk.starts_with("SESS#") {
-            return Err(StoreError::ConditionFailed);
+        if item.key.sk.starts_with("SESS#") {
+            if self.session_puts_lose {
+                return Err(StoreError::ConditionFailed);
+            }
+            let meanwhile = self.meanwhile_at_put.lock().ok().and_then(|mut m| m.take());
+            if let Some(work) = meanwhile {
+                work.await;
+            }
         }
         self.world.store.table().put(item, condition).await
     }
@@ -134,6 +145,18 @@ pub fn overtaken_at_mapping(world: &Arc<Deps>, meanwhile: Meanwhile) -> Deps {
         world,
         Racing {
             meanwhile: Mutex::new(Some(meanwhile)),
+            ..Racing::new(world)
+        },
+    )
+}
+
+/// `world`'s dependencies over its table, running `meanwhile` before the first single put
+/// of a session record.
+pub fn overtaken_at_session_put(world: &Arc<Deps>, meanwhile: Meanwhile) -> Deps {
+    Racing::deps(
+        world,
+        Racing {
+            meanwhile_at_put: Mutex::new(Some(meanwhile)),
             ..Racing::new(world)
         },
     )

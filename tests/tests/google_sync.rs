@@ -1190,6 +1190,12 @@ mod calendars_review6;
 #[path = "calendars/review7.rs"]
 mod calendars_review7;
 
+/// A cold review's findings: a retried re-booking, a follow-up's command on a session given
+/// to another staff member, a write's echo after its commit failed, a decline of another
+/// placement.
+#[path = "calendars/review8.rs"]
+mod calendars_review8;
+
 /// All-day events in the calendar's zone on every path.
 #[path = "calendars/zones.rs"]
 mod calendars_zones;

@@ -164,7 +164,9 @@ pub fn decide(
             next.pending = None;
             // The platform's newest change is now answered by this cancellation: a retry of
             // it (a `created` whose answer was lost, say) is stale, not a re-booking.
-            next.calendar_version = next.platform_version.max(next.calendar_version);
+            if let Some(v) = next.platform_version.max(next.calendar_version) {
+                next.settle(v);
+            }
             None
         }
         Command::Reschedule { start, end } => {
@@ -252,6 +254,38 @@ pub async fn execute(
     command: &Command,
     origin: &str,
 ) -> Result<bool> {
+    execute_while(deps, session, command, origin, None).await
+}
+
+/// [`execute`] of a command a platform write's calendar call found (the event gone: the
+/// staff member's deletion; the event declined), about `event` in `provider`'s calendar of
+/// the staff member the write was for. After a lost race the command is decided again only
+/// while the session is still that placement: the same staff member, `event` still its
+/// mapped one. Given to another staff member or booked again meanwhile (its mapping
+/// retired), the finding is about an event that is no longer the booking's, and nothing is
+/// done (review 8, finding 2: a re-decided pending cancellation put the new staff member's
+/// booking into cancellation). `Ok(false)`: nothing changed.
+pub async fn execute_for_event(
+    deps: &Deps,
+    session: &mut Session,
+    command: &Command,
+    origin: &str,
+    provider: Provider,
+    event: &str,
+) -> Result<bool> {
+    execute_while(deps, session, command, origin, Some((provider, event))).await
+}
+
+/// The tries of [`execute`]; with `placement`, the re-read after a lost race also checks
+/// the placement ([`execute_for_event`]).
+async fn execute_while(
+    deps: &Deps,
+    session: &mut Session,
+    command: &Command,
+    origin: &str,
+    placement: Option<(Provider, &str)>,
+) -> Result<bool> {
+    let staff = session.staff_id.clone();
     for attempt in 1..=ATTEMPTS {
         match try_execute(deps, session, command, origin).await {
             Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {
@@ -260,6 +294,18 @@ pub async fn execute(
                     .store
                     .get_session(&session.company_id, &session.id)
                     .await?;
+                if let Some((provider, event)) = placement {
+                    let mapped = deps
+                        .store
+                        .mapping_for_session(&session.company_id, provider, &session.id)
+                        .await?;
+                    let same = session.staff_id == staff
+                        && mapped.is_some_and(|m| m.external_event_id == event);
+                    if !same {
+                        tracing::info!(session = %session.id, command = command.name(), "the event is no longer the booking's (given away or booked again meanwhile): not applied");
+                        return Ok(false);
+                    }
+                }
             }
             Err(Error::Conflict { .. }) => break,
             other => return other,
@@ -429,6 +475,7 @@ mod tests {
             event_txn: None,
             google_event: None,
             retired: vec![],
+            unsettled_times: vec![],
             updated_at: t(0),
             version: 3,
         }

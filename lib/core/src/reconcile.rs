@@ -173,7 +173,11 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
                 steps.push(PlanStep::FlagDecline);
             }
             if (*start, *end) != (session.start, session.end) {
-                if (*start, *end) == (mapping.last_start, mapping.last_end) {
+                // Where we last saw it, or where an unsettled platform change may have put
+                // it (a write whose commit was lost, [`Session::unsettled_times`]): ours.
+                let ours = (*start, *end) == (mapping.last_start, mapping.last_end)
+                    || session.unsettled_times.contains(&(*start, *end));
+                if ours {
                     steps.push(PlanStep::WriteBack);
                 } else {
                     steps.push(PlanStep::Reschedule {
@@ -236,6 +240,7 @@ pub(crate) mod tests {
             event_txn: None,
             google_event: None,
             retired: vec![],
+            unsettled_times: vec![],
             updated_at: t(0),
             version: 1,
         }
@@ -330,6 +335,17 @@ pub(crate) mod tests {
             plan(&s, &m, &session(Confirmed, false)),
             vec![PlanStep::WriteBack]
         );
+    }
+
+    #[test]
+    fn an_event_at_the_times_of_an_unsettled_platform_change_is_written_back_not_read_as_a_move() {
+        // The platform moved the session to 11:00 (its write's commit lost) and then to
+        // 13:00; the event shows 11:00 under a change key we never recorded.
+        let mut s = session(Confirmed, false);
+        (s.start, s.end) = (t(13), t(14));
+        s.unsettled_times = vec![(t(11), t(12))];
+        let snapshot = snap("k", live(11, 12, false, false));
+        assert_eq!(plan(&snapshot, &mapping(), &s), vec![PlanStep::WriteBack]);
     }
 
     #[test]

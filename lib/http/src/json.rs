@@ -74,6 +74,20 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let inner = e.into_inner();
             return Err(match inner.classify() {
                 serde_json::error::Category::Data => data_error(&path, &inner),
+                // Valid JSON all the same: serde_json's enum reader answers a `null`, a
+                // number or a boolean where a variant's name belongs as a syntax error
+                // ("expected value"); it is a bad value of that field.
+                _ if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+                    let field = if path.is_empty() || path == "." {
+                        "body".to_string()
+                    } else {
+                        path
+                    };
+                    ApiError(Error::validation(
+                        field,
+                        "has the wrong type or is not one of the accepted values",
+                    ))
+                }
                 _ => bad(
                     400,
                     "malformed_json",
@@ -257,6 +271,36 @@ mod tests {
         let e = decode_json::<Outer>(br#"{"inner":{"name":"a","tags":[],"zz":0}}"#).unwrap_err();
         assert_eq!(e.0.field(), Some("inner.zz"));
         assert!(decode_json::<Body>(br#"{"name":"a","tags":[1]}"#).is_ok());
+    }
+
+    #[test]
+    fn an_enum_field_given_null_a_number_or_a_boolean_is_a_bad_field_not_malformed_json() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            Busy,
+            Free,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct WithKind {
+            kind: Kind,
+        }
+        for body in [
+            &br#"{"kind":null}"#[..],
+            br#"{"kind":1}"#,
+            br#"{"kind":true}"#,
+        ] {
+            let e = decode_json::<WithKind>(body).unwrap_err().0;
+            assert_eq!(
+                (e.code(), e.field()),
+                ("validation_failed", Some("kind")),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let e = decode_json::<WithKind>(br#"{"kind":nul"#).unwrap_err().0;
+        assert_eq!(e.code(), "malformed_json");
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         event_txn: None,
         google_event: None,
         retired: vec![],
+        unsettled_times: vec![],
         updated_at: t0(),
         version: 0,
     }

@@ -38,7 +38,10 @@ impl ChangesOutcome {
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome> {
     // Exchange's writer also records the intent (once, for every calendar), from one batch
     // read of every provider's connection, credentials and mapping.
-    let (exchange, mut ctx) = crate::exchange::outbound::apply_to_calendars(deps, change).await?;
+    let (exchange, mut ctx, instead) =
+        crate::exchange::outbound::apply_to_calendars(deps, change).await?;
+    // A retry that only clears leftovers writes the session as stored, in every calendar.
+    let written = instead.as_ref().unwrap_or(change);
     let mut out = ChangesOutcome {
         session_id: change.id.clone(),
         session_status: exchange.session_status,
@@ -71,7 +74,7 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<ChangesOutcome
     // (The batch read always holds every provider's context.)
     let google = match ctx.take_other(Provider::Google) {
         Some(google_ctx) => {
-            crate::google::outbound::apply_in(deps, change, google_ctx, exchange.settled).await?
+            crate::google::outbound::apply_in(deps, written, google_ctx, exchange.settled).await?
         }
         None => None,
     };

@@ -339,7 +339,14 @@ fn merged_session(
         location: change.location.clone(),
         client: change.client.clone(),
         status,
-        declined: existing.is_some_and(|s| s.declined),
+        // A staff member's decline is of their placement: the booking given to another
+        // staff member, or booked again, is not declined until that placement is (and that
+        // decline is flagged and sent again, review 8, finding 5).
+        declined: existing.is_some_and(|s| {
+            let rebooked =
+                s.status == SessionStatus::Cancelled && status != SessionStatus::Cancelled;
+            s.declined && s.staff_id == change.staff_id && !rebooked
+        }),
         history: existing.map(|s| s.history.clone()).unwrap_or_default(),
         pending: match status {
             SessionStatus::PendingCancellation => existing.and_then(|s| s.pending.clone()),
@@ -353,11 +360,15 @@ fn merged_session(
         event_txn: existing.and_then(|s| s.event_txn.clone()),
         google_event: existing.and_then(|s| s.google_event.clone()),
         retired: existing.map(|s| s.retired.clone()).unwrap_or_default(),
+        unsettled_times: existing
+            .map(|s| unsettled_times(s, change))
+            .unwrap_or_default(),
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };
     let unchanged = existing.is_some_and(|s| {
         (
+            &s.staff_id,
             s.start,
             s.end,
             &s.time_zone,
@@ -367,6 +378,7 @@ fn merged_session(
             s.status,
             s.platform_version,
         ) == (
+            &next.staff_id,
             next.start,
             next.end,
             &next.time_zone,
@@ -392,6 +404,25 @@ fn merged_session(
         );
     }
     next
+}
+
+/// `existing`'s [`Session::unsettled_times`] once `change` replaces its times: with them
+/// added while its own change is unsettled (a write of it may have moved an event with its
+/// commit lost).
+fn unsettled_times(
+    existing: &Session,
+    change: &SessionChange,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut times = existing.unsettled_times.clone();
+    let before = (existing.start, existing.end);
+    let unsettled = existing.calendar_version < existing.platform_version;
+    if unsettled && before != (change.start, change.end) && !times.contains(&before) {
+        times.push(before);
+        if times.len() > crate::model::session::UNSETTLED_TIMES {
+            times.remove(0);
+        }
+    }
+    times
 }
 
 pub fn push_history(
@@ -427,6 +458,22 @@ pub fn is_stale(session: Option<&Session>, change: &SessionChange) -> bool {
         Some(p) if v == p => s.calendar_version == Some(p) && s.retired.is_empty(),
         _ => false,
     }
+}
+
+/// What a retry of the platform's newest change amounts to once that change is answered
+/// (its calendar write done, `calendar_version` says so) while an earlier placement's event
+/// is still left to delete (so [`is_stale`] lets it through): the session as stored
+/// ([`crate::calendar::change_of`]), not the change. What answered the change since stands (a
+/// cancellation committed after the staff member deleted the booking's event, a move made
+/// in the calendar), and only the leftover goes; merged again, a `created` would book a
+/// cancelled session again after `session.cancelled` was sent (review 8, finding 1).
+pub fn leftovers_only(session: Option<&Session>, change: &SessionChange) -> Option<SessionChange> {
+    let s = session?;
+    let answered = change.version.is_some()
+        && s.platform_version == change.version
+        && s.calendar_version == change.version;
+    (answered && !s.retired.is_empty() && s.staff_id == change.staff_id)
+        .then(|| crate::calendar::change_of(s))
 }
 
 /// Whether `change` is a follow-up's copy of the session ([`SessionChange::as_stored`])
@@ -474,7 +521,7 @@ impl Step {
 
 /// Applies a validated change: the session mirror (first), the Graph event, the mapping.
 pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
-    let (outcome, failure, _) = write(deps, change).await?;
+    let (outcome, failure, _, _) = write(deps, change).await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(outcome),
@@ -485,17 +532,19 @@ pub async fn apply(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
 /// be written is an outcome, not an error: `no_connection` (the staff member has no
 /// Exchange connection) or `failed` with the reason (the same change retried writes it).
 pub async fn apply_to_calendar(deps: &Deps, change: &SessionChange) -> Result<Outcome> {
-    apply_to_calendars(deps, change).await.map(|(o, _)| o)
+    apply_to_calendars(deps, change).await.map(|(o, _, _)| o)
 }
 
 /// [`apply_to_calendar`], also returning what the write read and wrote last: the session as
 /// stored, and the other providers' connections, credentials and mappings (read in the same
-/// batch), for the calendar seam to write the other calendars without reading again.
+/// batch), for the calendar seam to write the other calendars without reading again; and
+/// the change written instead of `change`, when it was a retry that only clears leftovers
+/// ([`leftovers_only`]): the other calendars write that one too.
 pub async fn apply_to_calendars(
     deps: &Deps,
     change: &SessionChange,
-) -> Result<(Outcome, OutboundContext)> {
-    let (mut outcome, failure, ctx) = write(deps, change).await?;
+) -> Result<(Outcome, OutboundContext, Option<SessionChange>)> {
+    let (mut outcome, failure, ctx, instead) = write(deps, change).await?;
     if let Some(e) = failure {
         outcome.outcome = match e {
             Error::BadRequest {
@@ -508,24 +557,50 @@ pub async fn apply_to_calendars(
             outcome.reason = Some(e.to_string());
         }
     }
-    Ok((outcome, ctx))
+    Ok((outcome, ctx, instead))
 }
 
-/// Records the change and writes the event: the outcome, and the error the Exchange route
-/// answers with when the calendar could not be written.
+/// Records the change and writes the event: the outcome, the error the Exchange route
+/// answers with when the calendar could not be written, the context read and written last,
+/// and the change written instead of `change` ([`leftovers_only`]).
 async fn write(
     deps: &Deps,
     change: &SessionChange,
-) -> Result<(Outcome, Option<Error>, OutboundContext)> {
-    let read = || {
-        deps.store.outbound_context(
+) -> Result<(
+    Outcome,
+    Option<Error>,
+    OutboundContext,
+    Option<SessionChange>,
+)> {
+    let ctx = read_context(deps, change).await?;
+    let instead = leftovers_only(ctx.session.as_ref(), change);
+    if instead.is_some() {
+        tracing::info!(session = %change.id, "a retry of an answered change: the session as stored is written, its leftover events deleted");
+    }
+    let (mut outcome, failure, ctx) =
+        write_from(deps, instead.as_ref().unwrap_or(change), ctx).await?;
+    outcome.action = change.action;
+    Ok((outcome, failure, ctx, instead))
+}
+
+async fn read_context(deps: &Deps, change: &SessionChange) -> Result<OutboundContext> {
+    deps.store
+        .outbound_context(
             &change.company_id,
             &change.staff_id,
             &change.id,
             Provider::Exchange,
         )
-    };
-    let mut ctx = read().await?;
+        .await
+}
+
+/// [`write`] of `change` from `ctx`, read for it.
+async fn write_from(
+    deps: &Deps,
+    change: &SessionChange,
+    mut ctx: OutboundContext,
+) -> Result<(Outcome, Option<Error>, OutboundContext)> {
+    let read = || read_context(deps, change);
     let previous = match record_intent(deps, &mut ctx, change, &read).await? {
         Intent::Stale => {
             let outcome = stale(change, &ctx);
@@ -1306,7 +1381,7 @@ fn closing_writes(
             .is_none_or(|s| s.retired.iter().all(|r| r.provider == Provider::Exchange));
     if let (Some(s), Some(v)) = (session.as_mut(), change.version) {
         if alone && settles && step.settles_calendar() && s.calendar_version < Some(v) {
-            s.calendar_version = Some(v);
+            s.settle(v);
         }
     }
     if let Some(s) = session {
@@ -1528,13 +1603,16 @@ async fn finish_step(
             delete_overtaken(deps, ctx, event).await;
         }
     }
-    if let (Step::EventGone, Some(session)) = (step, ctx.session.as_mut()) {
+    let gone = ctx.mapping.as_ref().map(|m| m.external_event_id.clone());
+    if let (Step::EventGone, Some(session), Some(gone)) = (step, ctx.session.as_mut(), gone) {
         let grace = deps.config.pending_grace();
-        crate::booking::execute(
+        crate::booking::execute_for_event(
             deps,
             session,
             &crate::booking::Command::PendingCancellation { grace },
             crate::booking::ORIGIN_EXCHANGE_INBOUND,
+            Provider::Exchange,
+            &gone,
         )
         .await
         .map_err(crate::retry::lost_every_race)?;

@@ -233,23 +233,32 @@ pub async fn apply_in(
         }
     }
     let mut session = ctx.session.clone().unwrap_or(session);
-    if let Step::Wrote(_, _, true) = step {
-        booking::execute(
+    if let Step::Wrote(event, _, true) = &step {
+        booking::execute_for_event(
             deps,
             &mut session,
             &Command::FlagDecline,
             ORIGIN_GOOGLE_INBOUND,
+            Provider::Google,
+            &event.id,
         )
         .await
         .map_err(crate::retry::lost_every_race)?;
     }
-    if let Step::EventGone(_) = step {
+    let gone = match &step {
+        Step::EventGone(Some(e)) => Some(e.id.clone()),
+        Step::EventGone(None) => ctx.mapping.as_ref().map(|m| m.external_event_id.clone()),
+        _ => None,
+    };
+    if let Some(gone) = gone {
         let grace = deps.config.pending_grace();
-        booking::execute(
+        booking::execute_for_event(
             deps,
             &mut session,
             &Command::PendingCancellation { grace },
             ORIGIN_GOOGLE_INBOUND,
+            Provider::Google,
+            &gone,
         )
         .await
         .map_err(crate::retry::lost_every_race)?;
@@ -428,9 +437,7 @@ async fn forget_retired(
     let mut s = session.clone();
     s.retired.retain(|r| !cleared.contains(r));
     if let Some(v) = settle.filter(|_| undeleted.is_none()) {
-        if s.calendar_version < Some(v) {
-            s.calendar_version = Some(v);
-        }
+        s.settle(v);
     }
     if s != *session {
         let mut writes = [OutboundWrite::Session(s)];
@@ -795,7 +802,7 @@ fn closing_writes(
     let mut s = session.clone();
     s.retired.retain(|r| !cleared.contains(r));
     if let Some(v) = settle.filter(|v| settles && session.calendar_version < Some(*v)) {
-        s.calendar_version = Some(v);
+        s.settle(v);
     }
     if matches!(step, Step::Wrote(..) | Step::EventGone(Some(_))) {
         // The placement's event exists and is mapped now.
@@ -823,7 +830,14 @@ fn closing_writes(
                 connection_id: conn.id.clone(),
                 provider: Provider::Google,
                 external_event_id: event.id.clone(),
-                change_key: event.etag.clone(),
+                // A deleted event found is mapped without its etag: its cancellation is the
+                // staff member's, not ours, so a sync listing it is no echo, and the next
+                // write reads it (and finds it gone) rather than writing over it with
+                // `If-Match` (which Google accepts, restoring it: review 8, finding 3).
+                change_key: match step {
+                    Step::EventGone(_) => None,
+                    _ => event.etag.clone(),
+                },
                 last_start,
                 last_end,
                 updated_at: now,

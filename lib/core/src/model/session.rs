@@ -90,6 +90,15 @@ pub struct Session {
     /// retry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredEvent>,
+    /// Times the platform gave the session in changes no calendar is known to show yet
+    /// (recorded by the intent of the change that replaced them, while that change's
+    /// version was not settled: `calendar_version` below `platform_version`; cleared when
+    /// one is, at most [`UNSETTLED_TIMES`]). A write of such a change may have moved an event
+    /// and lost its closing commit (a store error, a crash), so its mapping still records
+    /// the times before; an event read at one of these times is that write's echo, not a
+    /// staff member's move, and is written back to the session's times (review 8, finding 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsettled_times: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,
@@ -121,7 +130,22 @@ impl RetiredEvent {
     }
 }
 
+/// The most [`Session::unsettled_times`] kept (the oldest go first).
+pub const UNSETTLED_TIMES: usize = 8;
+
 impl Session {
+    /// Records that every calendar shows the platform's change `version` (its
+    /// `calendar_version`); once that is the platform's newest, no earlier change's times
+    /// are unsettled any more.
+    pub fn settle(&mut self, version: u64) {
+        if self.calendar_version < Some(version) {
+            self.calendar_version = Some(version);
+        }
+        if self.calendar_version >= self.platform_version {
+            self.unsettled_times.clear();
+        }
+    }
+
     /// The session's retired events of `provider`, in two parts: the ones that are its own
     /// again (`current`: the event a write just wrote, the one mapped now), cleared without
     /// being deleted; and the ones still to delete. Each provider's outbound writer deletes
@@ -159,6 +183,21 @@ mod tests {
             event_id: event.into(),
             by_transaction: false,
         }
+    }
+
+    #[test]
+    fn settling_the_platforms_newest_change_clears_the_unsettled_times_and_an_older_one_does_not() {
+        // Arrange: versions 2 and 3 unsettled.
+        let mut s = crate::reconcile::tests::session(SessionStatus::Confirmed, false);
+        s.platform_version = Some(3);
+        s.calendar_version = Some(1);
+        s.unsettled_times = vec![(s.start, s.end)];
+
+        // Act / Assert: version 2 settled: still unsettled; version 3: cleared.
+        s.settle(2);
+        assert_eq!((s.calendar_version, s.unsettled_times.len()), (Some(2), 1));
+        s.settle(3);
+        assert_eq!((s.calendar_version, s.unsettled_times.len()), (Some(3), 0));
     }
 
     #[test]

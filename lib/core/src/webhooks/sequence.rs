@@ -9,7 +9,10 @@
 //! - the `session.*` events the platform dispatches itself take the next value of a
 //!   per-session counter in the store when the payload has none, never below
 //!   `mirror version * STRIDE + 1`: above every event the mirror has emitted, below its next.
-//!   A `sequence` the platform sends is kept as sent, and raises the counter to it.
+//!   A `sequence` the platform sends is kept as sent, and raises the counter to it (so the
+//!   platform's later drawn values are above it; the booking engine's are not: they stay
+//!   `version * STRIDE`, so a value sent at or above the next of those is ordered after
+//!   them, which docs/WEBHOOKS.md tells the platform).
 //!
 //! A dispatch draws its value before it stores anything and commits the counter's
 //! compare-and-set in the same transaction as the event's deliveries
