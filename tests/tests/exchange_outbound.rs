@@ -605,6 +605,27 @@ async fn notifications_are_queued_only_with_the_right_client_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_body_that_is_not_json_is_a_400_malformed_json() {
+    // Arrange
+    let w = GraphWorld::start(&[]).await;
+
+    // Act
+    let resp = w
+        .http
+        .post(format!("{}/v1/exchange/notifications", w.app_url))
+        .header("content-type", "application/json")
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_json", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_extends_due_subscriptions_and_recreates_lost_ones() {
     let w = GraphWorld::start(&[]).await;
     let (_, conn) = w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;

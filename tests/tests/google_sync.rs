@@ -358,6 +358,69 @@ async fn push(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A queue whose every send fails.
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl voyage_core::ports::Queue for Unreachable {
+    async fn send(&self, _: &str, _: Duration) -> Result<(), voyage_core::ports::QueueError> {
+        Err(voyage_core::ports::QueueError::Unavailable("down".into()))
+    }
+    async fn receive(
+        &self,
+        _: usize,
+        _: Duration,
+    ) -> Result<Vec<voyage_core::ports::ReceivedMessage>, voyage_core::ports::QueueError> {
+        Ok(Vec::new())
+    }
+    async fn ack(&self, _: &str) -> Result<(), voyage_core::ports::QueueError> {
+        Ok(())
+    }
+    async fn release(&self, _: &str, _: Duration) -> Result<(), voyage_core::ports::QueueError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_sync_could_not_be_queued_is_queued_when_google_sends_it_again() {
+    // Arrange: a connection with its channel; the google-sync queue unreachable.
+    let w = GoogleWorld::start(&[]).await;
+    let (_, conn) = w
+        .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
+        .await;
+    let deps = &w.app.local.deps;
+    let token = deps
+        .store
+        .connection_for_staff("acme", "ann", Provider::Google)
+        .await
+        .unwrap()
+        .unwrap()
+        .channel
+        .unwrap()
+        .secret;
+    let push = voyage_core::google::push::Push {
+        channel_id: conn["channel_id"].as_str().map(str::to_string),
+        token: Some(token),
+        resource_state: Some("exists".into()),
+        message_number: Some("7".into()),
+    };
+    let mut down = (**deps).clone();
+    down.queues
+        .insert(QueueName::GoogleSync, std::sync::Arc::new(Unreachable));
+    assert!(voyage_core::google::push::accept(&down, &push)
+        .await
+        .is_err());
+
+    // Act: Google sends the same push again, the queue back.
+    let again = voyage_core::google::push::accept(deps, &push).await;
+
+    // Assert: queued, not taken for a duplicate or a coalesced burst.
+    assert_eq!(
+        again.unwrap(),
+        voyage_core::google::push::PushOutcome::Queued
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_are_authenticated_deduplicated_and_coalesced() {
     let w = GoogleWorld::start(&[]).await;
@@ -382,7 +445,14 @@ async fn pushes_are_authenticated_deduplicated_and_coalesced() {
         "the channel token is never shown"
     );
     // Wrong token, unknown channel: refused, nothing queued.
-    assert_eq!(push(&w, &channel, "guess", "exists", 2).await.0, 401);
+    let (status, refused) = push(&w, &channel, "guess", "exists", 2).await;
+    assert_eq!(status, 401);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("X-Goog-Channel-Token")),
+        "the message names the token, not an API key: {refused}"
+    );
     assert_eq!(push(&w, "nope", &secret, "exists", 2).await.0, 404);
     // The channel's first message.
     assert_eq!(

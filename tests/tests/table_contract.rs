@@ -42,6 +42,7 @@ macro_rules! every_case {
                     sessions_are_conditional_and_found_by_staff_and_time,
                     credentials_are_replaced_and_kept_per_provider,
                     outbound_context_is_one_read_and_its_commit_all_or_nothing,
+                    deliveries_listed_by_status_fill_their_pages_and_resume_after_the_last_listed,
                 ]
             );
         }

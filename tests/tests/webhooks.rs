@@ -365,6 +365,52 @@ fn targets(answer: &Value) -> Vec<String> {
 /// `voyage serve` keeps a company's endpoints in memory between dispatches
 /// (`store::cache`): every change through it applies to the very next dispatch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_null_clears_what_can_be_empty_and_is_refused_for_the_rest() {
+    // Arrange: an endpoint with a description and its own retry schedule.
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let (status, ep) = app
+        .call(
+            "POST",
+            "/v1/webhooks",
+            &tenant,
+            Some(
+                json!({"url": "https://hooks.example.com/x", "events": ["*"],
+                        "description": "ops", "retry_schedule": "5s,1m"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{ep}");
+    let path = format!("/v1/webhooks/{}", ep["id"].as_str().unwrap());
+
+    // Act: `null` for each field.
+    let mut refused = Vec::new();
+    for field in ["url", "events", "status", "headers"] {
+        let (status, answer) = app
+            .call("PATCH", &path, &tenant, Some(json!({ field: null })))
+            .await;
+        refused.push((status.as_u16(), answer["error"]["field"].clone(), field));
+    }
+    let (status, cleared) = app
+        .call(
+            "PATCH",
+            &path,
+            &tenant,
+            Some(json!({"description": null, "retry_schedule": null})),
+        )
+        .await;
+
+    // Assert: 422 naming each field that has no "none"; the others cleared.
+    for (status, named, field) in refused {
+        assert_eq!((status, named), (422, json!(field)), "{field}");
+    }
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(cleared["description"], Value::Null);
+    assert_eq!(cleared["retry_schedule"], Value::Null);
+    assert_eq!(cleared["url"], "https://hooks.example.com/x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_changes_apply_to_the_very_next_dispatch() {
     let receiver = Receiver::start().await;
     let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
@@ -577,6 +623,10 @@ async fn bad_input_is_refused_before_anything_is_stored() {
         (
             json!({"url": "https://example.com", "events": ["session.*", "sesion.*"]}),
             "events[1]",
+        ),
+        (
+            json!({"url": "https://example.com", "events": ["session.created", "*", "session.created"]}),
+            "events[2]",
         ),
         (
             json!({"url": "https://example.com", "events": ["*"], "secret": "hunter2"}),

@@ -408,6 +408,12 @@ impl Sandbox {
     }
 }
 
+/// Where `serve --simulate-providers` keeps the Graph simulator's state, in the data directory.
+pub const SIMULATED_GRAPH_FILE: &str = "simulated-graph.json";
+
+/// Where `serve --simulate-providers` keeps the Google simulator's state, in the data directory.
+pub const SIMULATED_GOOGLE_FILE: &str = "simulated-google.json";
+
 /// The data directory to use: the flag, else `VOYAGE_DATA_DIR`, else `.voyage`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.unwrap_or_else(|| PathBuf::from(".voyage"))
@@ -434,9 +440,14 @@ pub async fn serve(
     let simulators = if simulate_providers {
         let sandbox = Sandbox::for_address(&base);
         sandbox.write(data_dir)?;
+        // The simulated mailboxes and calendars live in the data directory too, so a restart
+        // finds the bookings' events where it left them (without them, every event would
+        // read as deleted by its staff member).
         let graph = voyage_simulators::GraphSimulator::new();
+        graph.persist_at(data_dir.join(SIMULATED_GRAPH_FILE))?;
         graph.register_app(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET);
         let google = voyage_simulators::GoogleSimulator::new();
+        google.persist_at(data_dir.join(SIMULATED_GOOGLE_FILE))?;
         google.register_account(
             voyage_simulators::google::SANDBOX_CLIENT_EMAIL,
             voyage_simulators::google::SANDBOX_PRIVATE_KEY,

@@ -32,8 +32,9 @@ enum Command {
         /// Let webhooks reach loopback and private addresses (for receivers on this machine).
         #[arg(long)]
         allow_private_webhook_targets: bool,
-        /// Serve stateful provider simulators (Microsoft Graph under `/sim/graph`) in this
-        /// process and point the provider clients at them: a sandbox with no cloud accounts.
+        /// Serve stateful provider simulators (Microsoft Graph under `/sim/graph`, Google
+        /// Calendar under `/sim/google`) in this process and point the provider clients at
+        /// them: a sandbox with no cloud accounts (its calendars kept in the data directory).
         #[arg(long)]
         simulate_providers: bool,
     },

@@ -439,6 +439,129 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
     );
 }
 
+/// `voyage keys create` holds the API's rule for a description (at most 200 characters).
+#[test]
+fn keys_create_refuses_a_description_the_api_would_refuse() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let long = "d".repeat(500);
+
+    // Act
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "create",
+            "--company",
+            "acme",
+            "--description",
+            &long,
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+
+    // Assert: refused, naming the field; no key printed.
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("description"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A restart of the sandbox (SIGKILL, then `serve --simulate-providers` on the same data)
+/// keeps the simulated mailbox: the booking's event is still there, and the next change of
+/// the booking updates it (before, the simulators started empty, and the change read the
+/// event as deleted by its staff member: the booking went into cancellation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_keeps_its_simulated_calendars_across_a_restart() {
+    use serde_json::{json, Value};
+    // Arrange: the sandbox, an Exchange connection and a booking with its event.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_args(dir.path(), &[], &["--simulate-providers"]);
+    let tenant = create_key(dir.path(), "acme");
+    let data_dir = dir.path().display().to_string();
+    let internal = keys_create(&[
+        "--company",
+        "platform",
+        "--internal",
+        "--data-dir",
+        &data_dir,
+    ]);
+    let http = reqwest::Client::new();
+    let resp = http
+        .put(format!("{}/v1/credentials/exchange", server.base))
+        .bearer_auth(&tenant)
+        .json(&json!({"tenant_id": "sandbox-tenant", "client_id": "sandbox-client", "client_secret": "sandbox-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http
+        .post(format!("{}/v1/connections", server.base))
+        .bearer_auth(&tenant)
+        .json(
+            &json!({"provider": "exchange", "staff_id": "ann", "staff_email": "ann@acme.example"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let d0 = date(0);
+    let change = |action: &str, location: &str| {
+        json!({"action": action, "session": {
+            "id": "s1", "company_id": "acme", "staff_id": "ann",
+            "start": format!("{d0}T09:00:00Z"), "end": format!("{d0}T10:00:00Z"),
+            "time_zone": "Europe/Berlin", "title": "Intro call", "location": location}})
+    };
+    let created: Value = http
+        .post(format!("{}/v1/exchange/outbound", server.base))
+        .bearer_auth(&internal)
+        .json(&change("created", "Room 1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["outcome"], "created", "{created}");
+
+    // Act: SIGKILL, a new serve on the same data; the platform moves the booking's room.
+    drop(server);
+    let server = serve_args(dir.path(), &[], &["--simulate-providers"]);
+    let updated: Value = http
+        .post(format!("{}/v1/exchange/outbound", server.base))
+        .bearer_auth(&internal)
+        .json(&change("updated", "Room 9"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    // Assert: the same event, updated; the booking confirmed.
+    assert_eq!(
+        (&updated["outcome"], &updated["session_status"]),
+        (&json!("updated"), &json!("confirmed")),
+        "{updated}"
+    );
+    let events: Value = http
+        .get(format!(
+            "{}/sim/graph/_control/users/ann@acme.example/events",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["value"][0]["id"], created["event_id"], "{events}");
+}
+
 /// Every event answered 202 reaches its receiver although `serve` is killed (SIGKILL) right
 /// after the last answer, with attempts in flight and deliveries not yet attempted: the
 /// delivery records are the durable wake-ups, found by the next start's sweep.

@@ -98,9 +98,6 @@ async fn create_key(
     if body.internal {
         p.require_internal()?;
     }
-    if let Some(d) = &body.description {
-        validate::text("description", d, 200)?;
-    }
     let key = auth::create_key(&deps.store, &p.company_id, body.internal, body.description).await?;
     let mut view = serde_json::to_value(KeyView::from(key.record))
         .map_err(|e| Error::Internal(e.to_string()))?;

@@ -103,6 +103,12 @@ fn check_events(events: &[String]) -> Result<(), Error> {
     }
     for (i, e) in events.iter().enumerate() {
         validate_pattern(&format!("events[{i}]"), e)?;
+        if events[..i].contains(e) {
+            return Err(Error::validation(
+                format!("events[{i}]"),
+                format!("`{e}` is listed twice"),
+            ));
+        }
     }
     Ok(())
 }
@@ -116,6 +122,18 @@ fn check_rate_limit(n: u32) -> Result<u32, Error> {
             "rate_limit",
             format!("must be a whole number of deliveries per second, 1 to {MAX_RATE_LIMIT}"),
         ))
+    }
+}
+
+/// A field that may be left out (`None`) but not sent as `null`: a data error naming it.
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom("must not be null")),
     }
 }
 
@@ -243,21 +261,25 @@ async fn read(
     Ok(Json(view(e, None)))
 }
 
+/// A change of an endpoint: an absent field is left as it is; `null` clears the fields that
+/// can be empty (`description`; `retry_schedule`, back to the default; `rate_limit`) and is
+/// a 422 naming any other (a URL, a status, a list of events have no "none").
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpdateBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     events: Option<Vec<String>>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "not_null")]
     status: Option<EndpointStatus>,
-    #[serde(default)]
-    retry_schedule: Option<String>,
+    /// `null`: back to the default schedule.
+    #[serde(default, deserialize_with = "present")]
+    retry_schedule: Option<Option<String>>,
     /// Replaces the static headers (`{}` removes them all).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     headers: Option<BTreeMap<String, String>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "present")]
@@ -277,14 +299,14 @@ async fn update(
     if let Some(ev) = &body.events {
         check_events(ev)?;
     }
-    if let Some(d) = &body.description {
+    if let Some(Some(d)) = &body.description {
         validate::text("description", d, 500)?;
     }
-    let retry = body
-        .retry_schedule
-        .as_deref()
-        .map(check_schedule)
-        .transpose()?;
+    let retry = match &body.retry_schedule {
+        Some(Some(text)) => Some(Some(check_schedule(text)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let headers = body.headers.as_ref().map(validate_headers).transpose()?;
     let rate_limit = match body.rate_limit {
         Some(Some(n)) => Some(Some(check_rate_limit(n)?)),
@@ -305,10 +327,10 @@ async fn update(
         e.events = ev;
     }
     if let Some(d) = body.description {
-        e.description = Some(d);
+        e.description = d;
     }
     if let Some(r) = retry {
-        e.retry_delays_secs = Some(r);
+        e.retry_delays_secs = r;
     }
     if let Some(s) = body.status {
         if s == EndpointStatus::Active && e.status == EndpointStatus::Disabled {

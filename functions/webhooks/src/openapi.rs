@@ -165,9 +165,9 @@ pub fn operations() -> Vec<Operation> {
                 &[
                     ("url", string()),
                     ("events", events),
-                    ("description", text(500)),
+                    ("description", nullable(text(500))),
                     ("status", one_of_strings(&["active", "disabled"])),
-                    ("retry_schedule", string()),
+                    ("retry_schedule", nullable(string())),
                     ("headers", headers()),
                     ("rate_limit", nullable(rate_limit())),
                 ],

@@ -50,13 +50,21 @@ pub fn new_key(
     Ok(NewKey { plaintext, record })
 }
 
-/// Makes and stores a key for `company`.
+/// The longest key description, in characters.
+pub const MAX_KEY_DESCRIPTION: usize = 200;
+
+/// Makes and stores a key for `company` (a description over [`MAX_KEY_DESCRIPTION`]
+/// characters is refused, naming `description`).
 pub async fn create_key(
     store: &Store,
     company: &str,
     internal: bool,
     description: Option<String>,
 ) -> Result<NewKey> {
+    // Here, so `POST /v1/keys` and `voyage keys create` hold the same rule.
+    if let Some(d) = &description {
+        crate::validate::text("description", d, MAX_KEY_DESCRIPTION)?;
+    }
     let key = new_key(company, internal, description, store.now())?;
     store.create_api_key(&key.record).await?;
     Ok(key)

@@ -77,7 +77,9 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 // Valid JSON all the same: serde_json's enum reader answers a `null`, a
                 // number or a boolean where a variant's name belongs as a syntax error
                 // ("expected value"); it is a bad value of that field.
-                _ if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+                // (Read as a `Value`, which keeps serde_json's nesting limit and string
+                // checks: a body nested too deep or with a lone surrogate stays malformed.)
+                _ if serde_json::from_slice::<serde_json::Value>(bytes).is_ok() => {
                     let field = if path.is_empty() || path == "." {
                         "body".to_string()
                     } else {
@@ -300,6 +302,14 @@ mod tests {
             );
         }
         let e = decode_json::<WithKind>(br#"{"kind":nul"#).unwrap_err().0;
+        assert_eq!(e.code(), "malformed_json");
+        // Too deep for any reader, with an enum somewhere inside: still malformed.
+        let deep = format!(
+            r#"{{"kind":null,"x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let e = decode_json::<WithKind>(deep.as_bytes()).unwrap_err().0;
         assert_eq!(e.code(), "malformed_json");
     }
 

@@ -151,8 +151,8 @@ impl Operation {
     pub fn paged(self) -> Operation {
         self.query(
             "limit",
-            "Most items per page (default and maximum set by the store).",
-            json!({"type": "integer", "minimum": 0}),
+            "Most items per page (default 50).",
+            json!({"type": "integer", "minimum": 1, "maximum": voyage_core::store::MAX_PAGE, "default": 50}),
         )
         .query(
             "cursor",

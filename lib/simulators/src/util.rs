@@ -111,3 +111,62 @@ pub fn external_root(headers: &HeaderMap, original_path: &str, inner_path: &str)
         .trim_end_matches('/');
     format!("http://{host}{prefix}")
 }
+
+/// Where a simulator keeps what outlives a restart of `voyage serve` (a JSON file in its data
+/// directory), once [`Persistence::set`]; nothing until then (tests keep state in memory).
+#[derive(Debug, Default)]
+pub(crate) struct Persistence {
+    path: std::sync::Mutex<Option<std::path::PathBuf>>,
+}
+
+impl Persistence {
+    pub(crate) fn set(&self, path: std::path::PathBuf) {
+        if let Ok(mut p) = self.path.lock() {
+            *p = Some(path);
+        }
+    }
+
+    /// Writes the bytes `snapshot` makes (under the simulator's state lock) through a
+    /// temporary file and a rename, so a crash leaves the previous state or this one whole.
+    /// Saves are taken one at a time (the path's lock), so an older snapshot never lands
+    /// after a newer one. A failure is logged; the simulator keeps serving from memory.
+    pub(crate) fn save(&self, snapshot: impl FnOnce() -> serde_json::Result<Vec<u8>>) {
+        let Ok(guard) = self.path.lock() else {
+            return;
+        };
+        let Some(path) = guard.as_ref() else {
+            return;
+        };
+        let written = snapshot().map_err(std::io::Error::other).and_then(|bytes| {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)
+        });
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "simulator state not saved");
+        }
+    }
+
+    /// What an earlier run saved at `path`, if anything.
+    pub(crate) fn load<T: serde::de::DeserializeOwned>(
+        path: &std::path::Path,
+    ) -> Result<Option<T>, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| {
+                    format!(
+                        "{}: not a simulator state this version reads ({e}); delete the file to start the simulators empty",
+                        path.display()
+                    )
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Whether a request to a simulator may change its state (anything but a read).
+pub(crate) fn may_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}

@@ -672,3 +672,72 @@ pub async fn outbound_context_is_one_read_and_its_commit_all_or_nothing(f: &Fixt
         .unwrap()
         .is_empty());
 }
+
+fn delivery(n: usize, status: voyage_core::model::DeliveryStatus) -> voyage_core::model::Delivery {
+    voyage_core::model::Delivery {
+        id: format!("d{n:02}"),
+        company_id: "acme".into(),
+        endpoint_id: "ep1".into(),
+        event_id: format!("e{n:02}"),
+        event_type: "session.created".into(),
+        body: serde_json::value::RawValue::from_string("{}".into()).expect("raw JSON"),
+        status,
+        attempt_count: 1,
+        last_status_code: None,
+        last_error_class: None,
+        next_attempt_at: None,
+        redelivery_of: None,
+        rate_slot: None,
+        created_at: t0(),
+        updated_at: t0(),
+        version: 0,
+    }
+}
+
+pub async fn deliveries_listed_by_status_fill_their_pages_and_resume_after_the_last_listed(
+    f: &Fixture<dyn Table>,
+) {
+    use voyage_core::model::DeliveryStatus;
+    // Arrange: twelve deliveries of one endpoint, every third failed.
+    let (store, _) = store(f);
+    let all: Vec<_> = (0..12)
+        .map(|n| {
+            let status = if n % 3 == 0 {
+                DeliveryStatus::Failed
+            } else {
+                DeliveryStatus::Succeeded
+            };
+            delivery(n, status)
+        })
+        .collect();
+    store.create_deliveries(&all).await.expect("created");
+
+    // Act: the failed ones, two per page, following the cursors.
+    let (mut pages, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let page = store
+            .list_deliveries(
+                "acme",
+                "ep1",
+                Some(DeliveryStatus::Failed),
+                Some(2),
+                cursor.as_deref(),
+            )
+            .await
+            .expect("listed");
+        pages.push(page.items.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+        match page.next {
+            Some(next) if pages.len() < 10 => cursor = Some(next),
+            _ => break,
+        }
+    }
+
+    // Assert: full pages, newest first, each failed delivery once.
+    assert_eq!(pages[0], vec!["d09", "d06"], "{pages:?}");
+    assert_eq!(
+        pages.concat(),
+        vec!["d09", "d06", "d03", "d00"],
+        "{pages:?}"
+    );
+    assert_eq!(pages.len(), 2, "no cursor after the last one: {pages:?}");
+}

@@ -131,7 +131,7 @@ async fn a_deletion_found_by_a_write_does_not_cancel_a_booking_given_away_meanwh
     let racing = voyage_tests::races::overtaken_at_session_put(&world, meanwhile);
 
     // Act: v2 for ann is written (finding her event gone) while v3 gives it to bob.
-    let _ = try_apply_change(&racing, versioned_body("updated", "ann", 10, 2)).await;
+    let answer = try_apply_change(&racing, versioned_body("updated", "ann", 10, 2)).await;
 
     // Assert: bob's booking is not put into pending cancellation by ann's deletion, and
     // stays booked after the grace.
@@ -153,6 +153,16 @@ async fn a_deletion_found_by_a_write_does_not_cancel_a_booking_given_away_meanwh
         s.history
     );
     assert_eq!(w.shown(cal, "bob", "s1").len(), 1, "{cal:?}");
+    // v2's answer says it was overtaken, not that a cancellation is pending.
+    let answer = answer.expect("the change applied");
+    let ann_s = answer
+        .calendars
+        .iter()
+        .find(|c| c.outcome != "no_connection");
+    assert!(
+        ann_s.is_some_and(|c| c.outcome == "superseded"),
+        "{cal:?}: {answer:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +288,58 @@ async fn review8_the_echo_of_an_exchange_write_whose_commit_failed_is_no_staff_m
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn review8_the_echo_of_a_google_write_whose_commit_failed_is_no_staff_move() {
     the_echo_of_a_write_whose_commit_failed_is_no_staff_move(Cal::Google).await;
+}
+
+/// Black-box finding: a booking given to another staff member, nothing else changed, left no
+/// trace in the session's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review8_a_booking_given_to_another_staff_member_is_a_history_entry() {
+    // Arrange: booked with ann.
+    let (w, _ann) = CalendarsWorld::with(Cal::Exchange).await;
+    let world = w.app.local.deps.clone();
+    apply_change(&world, versioned_body("created", "ann", 9, 1)).await;
+    let before = w.session("s1").await;
+
+    // Act: the same times, given to bob.
+    apply_change(&world, versioned_body("updated", "bob", 9, 2)).await;
+
+    // Assert: one more entry, the platform's update; the record's time moved.
+    let after = w.session("s1").await;
+    assert_eq!(
+        after.history.len(),
+        before.history.len() + 1,
+        "{:?}",
+        after.history
+    );
+    assert_eq!(
+        after.history.last().map(|h| h.command.as_str()),
+        Some("platform.updated")
+    );
+    assert!(after.updated_at > before.updated_at);
+}
+
+/// Review of finding 4's fix: a staff member's move back to an earlier platform time is a
+/// move, although another calendar of theirs never settles a version (its writes refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review8_a_move_back_to_an_earlier_booked_time_is_read_while_another_calendar_never_settles(
+) {
+    // Arrange: ann has both calendars; Google refuses every write. Booked at 9:00 (v1),
+    // moved by the platform to 11:00 (v2).
+    let (w, exchange, _google) = CalendarsWorld::both().await;
+    w.google.add_fault(fault("POST", "ann", 403, 1000));
+    w.google.add_fault(fault("PUT", "ann", 403, 1000));
+    let world = w.app.local.deps.clone();
+    let _ = try_apply_change(&world, versioned_body("created", "ann", 9, 1)).await;
+    let _ = try_apply_change(&world, versioned_body("updated", "ann", 11, 2)).await;
+    let event = w.one_event(Cal::Exchange, "ann", "s1");
+    w.sync(Cal::Exchange, &exchange).await;
+
+    // Act: ann drags the event back to 9:00; her Outlook is synced.
+    w.staff_move(Cal::Exchange, "ann", &event, 9);
+    w.sync(Cal::Exchange, &exchange).await;
+
+    // Assert: her move is read.
+    let s = w.session("s1").await;
+    assert_eq!(s.start, at(9), "{:?}", s.history);
+    assert_eq!(w.shown(Cal::Exchange, "ann", "s1")[0].start, at(9));
 }

@@ -1384,6 +1384,9 @@ fn closing_writes(
             s.settle(v);
         }
     }
+    if let (Some(s), Step::Wrote(..)) = (session.as_mut(), step) {
+        s.forget_unsettled_after(change);
+    }
     if let Some(s) = session {
         if ctx.session.as_ref() != Some(&s) {
             writes.insert(0, OutboundWrite::Session(s));
@@ -1617,6 +1620,18 @@ async fn finish_step(
         .await
         .map_err(crate::retry::lost_every_race)?;
     }
+    // The deletion found was not applied (the booking given away or booked again
+    // meanwhile, still confirmed): this write was overtaken, and says so.
+    let overtaken = matches!(step, Step::EventGone)
+        && ctx
+            .session
+            .as_ref()
+            .is_some_and(|s| s.status == SessionStatus::Confirmed);
+    let (outcome, step) = if overtaken {
+        ("superseded", &Step::Superseded)
+    } else {
+        (outcome, step)
+    };
     let status = ctx
         .session
         .as_ref()

@@ -49,8 +49,13 @@ pub struct Accepted {
 
 /// Checks every notification in a Graph callback body and queues the genuine ones.
 pub async fn accept(deps: &Deps, body: &[u8]) -> Result<Accepted> {
-    let parsed: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::validation("value", format!("not a Graph notification body: {e}")))?;
+    // Not JSON at all is a malformed body (400), as on every route; JSON without the
+    // notifications array is a bad `value` (422).
+    let parsed: Value = serde_json::from_slice(body).map_err(|e| Error::BadRequest {
+        status: 400,
+        code: "malformed_json",
+        message: format!("the body is not valid JSON: {e}"),
+    })?;
     let Some(items) = parsed.get("value").and_then(Value::as_array) else {
         return Err(Error::validation(
             "value",

@@ -208,7 +208,7 @@ pub async fn apply_in(
         let settle = (others_settled && undeleted.is_none())
             .then_some(change.version)
             .flatten();
-        let mut writes = closing_writes(&ctx, &step, &cleared, settle, deps.store.now());
+        let mut writes = closing_writes(&ctx, change, &step, &cleared, settle, deps.store.now());
         if writes.is_empty() {
             break;
         }
@@ -262,6 +262,11 @@ pub async fn apply_in(
         )
         .await
         .map_err(crate::retry::lost_every_race)?;
+    }
+    // The deletion found was not applied (the booking given away or booked again
+    // meanwhile, still confirmed): this write was overtaken, and says so.
+    if matches!(step, Step::EventGone(_)) && session.status == SessionStatus::Confirmed {
+        step = Step::Superseded;
     }
     let calendar = outcome_of(&conn, &step);
     Ok(Some(Written {
@@ -784,6 +789,7 @@ pub fn event_body(
 /// to record as done when the step leaves the calendar as the change asked.
 fn closing_writes(
     ctx: &OutboundContext,
+    change: &SessionChange,
     step: &Step,
     cleared: &[RetiredEvent],
     settle: Option<u64>,
@@ -807,6 +813,9 @@ fn closing_writes(
     if matches!(step, Step::Wrote(..) | Step::EventGone(Some(_))) {
         // The placement's event exists and is mapped now.
         s.google_event = None;
+    }
+    if matches!(step, Step::Wrote(..)) {
+        s.forget_unsettled_after(change);
     }
     let rewrites_session = &s != session;
     if rewrites_session {

@@ -73,7 +73,11 @@ pub async fn accept(deps: &Deps, push: &Push) -> Result<PushOutcome> {
             channel = channel_id,
             "google push with a wrong channel token refused"
         );
-        return Err(Error::Unauthorized);
+        return Err(Error::BadRequest {
+            status: 401,
+            code: "unauthorized",
+            message: "X-Goog-Channel-Token does not match the channel's token".into(),
+        });
     }
     match push
         .resource_state
@@ -120,13 +124,35 @@ pub async fn accept(deps: &Deps, push: &Push) -> Result<PushOutcome> {
         Ok(_) | Err(Error::Conflict { .. }) => return Ok(PushOutcome::Coalesced),
         Err(e) => return Err(e),
     }
-    queue_sync(
+    if let Err(e) = queue_sync(
         deps,
         &conn.company_id,
         &conn.id,
         std::time::Duration::from_secs(COALESCE_SECONDS as u64),
     )
-    .await?;
+    .await
+    {
+        // Nothing was queued: the claims go, so Google's resend of this push (same message
+        // number, answered 5xx now) queues the sync instead of being taken for a duplicate
+        // (the change would wait for the five-minute job). Best effort: a claim left
+        // behind only costs that wait.
+        let claims = [
+            Some(("gsync", conn.id.clone())),
+            push.message_number
+                .as_deref()
+                .map(|n| ("gpush", format!("{channel_id}:{n}"))),
+        ];
+        for (scope, key) in claims.into_iter().flatten() {
+            if let Err(e) = deps
+                .store
+                .abandon_idempotent(&conn.company_id, scope, &key)
+                .await
+            {
+                tracing::warn!(scope, error = %e, "google push claim not released");
+            }
+        }
+        return Err(e);
+    }
     Ok(PushOutcome::Queued)
 }
 

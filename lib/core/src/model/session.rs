@@ -134,6 +134,21 @@ impl RetiredEvent {
 pub const UNSETTLED_TIMES: usize = 8;
 
 impl Session {
+    /// After a calendar write of `change` whose commit records it: when that is the
+    /// platform's newest change (its version, its times), no unsettled time is kept. The
+    /// calendar shows the newest times and its mapping says so, so an older write's echo is
+    /// read as stale there; and waiting for every calendar to settle would hold a staff
+    /// member's move back to an earlier time forever when another of their calendars never
+    /// settles (a disabled connection), each such move written back unseen.
+    pub fn forget_unsettled_after(&mut self, change: &crate::calendar::SessionChange) {
+        let newest = change.version.is_some()
+            && change.version == self.platform_version
+            && (change.start, change.end) == (self.start, self.end);
+        if newest {
+            self.unsettled_times.clear();
+        }
+    }
+
     /// Records that every calendar shows the platform's change `version` (its
     /// `calendar_version`); once that is the platform's newest, no earlier change's times
     /// are unsettled any more.

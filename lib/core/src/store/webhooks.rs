@@ -12,6 +12,9 @@ use crate::ports::table::{BATCH_WRITE_LIMIT, TRANSACTION_LIMIT};
 use crate::ports::{Condition, Index, Item, Key, Query, StoreError, TxWrite};
 use crate::{Error, Result};
 
+/// Most pages [`Store::list_deliveries`] reads to fill one page filtered by status.
+pub const FILTERED_PAGES: usize = 10;
+
 /// Deliveries and their attempts are kept this long (then expire through TTL).
 pub const DELIVERY_RETENTION_DAYS: i64 = 30;
 
@@ -322,7 +325,11 @@ impl Store {
         }
     }
 
-    /// An endpoint's deliveries, newest first, optionally only those in `status`.
+    /// An endpoint's deliveries, newest first, optionally only those in `status`. With a
+    /// status, pages of the endpoint's deliveries are read until `limit` of them match or
+    /// [`FILTERED_PAGES`] pages were read (a page may then hold fewer, even none, with the
+    /// cursor of where the reading stopped); the cursor resumes right after the last one
+    /// listed.
     pub async fn list_deliveries(
         &self,
         company: &str,
@@ -331,19 +338,51 @@ impl Store {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<Listed<Delivery>> {
-        let mut q = Query::prefix(
-            format!("CO#{company}#WH#{endpoint}"),
-            "DLV#",
-            validate_page_size(limit)?,
-        );
-        q.cursor = check_cursor(cursor)?;
-        q.descending = true;
-        let page = self.table.query_index(Index::Gsi1, q).await?;
-        let mut listed: Listed<Delivery> = self.decode_page(page)?;
-        if let Some(s) = status {
-            listed.items.retain(|d| d.status == s);
+        let limit = validate_page_size(limit)?;
+        let mut cursor = check_cursor(cursor)?;
+        let query = |cursor: Option<String>| {
+            let mut q = Query::prefix(format!("CO#{company}#WH#{endpoint}"), "DLV#", limit);
+            q.cursor = cursor;
+            q.descending = true;
+            q
+        };
+        let Some(status) = status else {
+            let page = self.table.query_index(Index::Gsi1, query(cursor)).await?;
+            return self.decode_page(page);
+        };
+        let mut items = Vec::new();
+        for _ in 0..FILTERED_PAGES {
+            let page = self
+                .table
+                .query_index(Index::Gsi1, query(cursor.take()))
+                .await?;
+            let live: Vec<&crate::ports::Item> =
+                page.items.iter().filter(|i| self.live(i)).collect();
+            for (n, item) in live.iter().enumerate() {
+                let d: Delivery = decode(item)?;
+                if d.status != status {
+                    continue;
+                }
+                items.push(d);
+                if items.len() == limit {
+                    // Resumed right after this one; no cursor when nothing follows it.
+                    let more = n + 1 < live.len() || page.next.is_some();
+                    let after = crate::ports::table::Resume::of(item, Some(Index::Gsi1));
+                    return Ok(Listed {
+                        items,
+                        next: more.then(|| after.encode()),
+                    });
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(Listed { items, next: None }),
+            }
         }
-        Ok(listed)
+        Ok(Listed {
+            items,
+            next: cursor,
+        })
     }
 
     /// Pending deliveries due at or before `until`, across companies, oldest due first.

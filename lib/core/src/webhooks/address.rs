@@ -69,9 +69,15 @@ pub fn validate_url(field: &str, url: &str, allow_http: bool) -> Result<String> 
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must not contain spaces or control characters"));
     }
-    let rest = if let Some(r) = url.strip_prefix("https://") {
+    // Schemes are case-insensitive (RFC 3986 3.1): `HTTPS://` is `https://`.
+    let scheme = |prefix: &str| {
+        url.get(..prefix.len())
+            .filter(|head| head.eq_ignore_ascii_case(prefix))
+            .map(|_| &url[prefix.len()..])
+    };
+    let rest = if let Some(r) = scheme("https://") {
         r
-    } else if let Some(r) = url.strip_prefix("http://") {
+    } else if let Some(r) = scheme("http://") {
         if !allow_http {
             return Err(bad("must be an https URL (plain http is not allowed here)"));
         }
@@ -118,6 +124,16 @@ pub fn validate_url(field: &str, url: &str, allow_http: bool) -> Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheme_in_capitals_is_the_same_scheme() {
+        assert_eq!(
+            validate_url("url", "HTTPS://Hooks.Example.com/x", false).unwrap(),
+            "hooks.example.com"
+        );
+        assert!(validate_url("url", "HTTP://127.0.0.1:4001/z", true).is_ok());
+        assert!(validate_url("url", "HTTP://127.0.0.1:4001/z", false).is_err());
+    }
 
     fn ok(s: &str) -> bool {
         ip_allowed(s.parse().unwrap())

@@ -76,7 +76,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ring::signature::KeyPair;
 use serde_json::{json, Map, Value};
 
-use crate::util::{Fault, Served};
+use crate::util::{may_write, Fault, Persistence, Served};
 
 use self::auth::{google_edge, token};
 use self::control::{
@@ -151,6 +151,7 @@ pub struct GoogleSimulator {
 struct Inner {
     state: Mutex<SimState>,
     http: reqwest::Client,
+    persistence: Persistence,
 }
 
 #[derive(Default)]
@@ -187,13 +188,13 @@ impl SimState {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Calendar {
     time_zone: Option<String>,
     events: BTreeMap<String, SimEvent>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct SimEvent {
     json: Map<String, Value>,
     seq: u64,
@@ -273,8 +274,48 @@ impl GoogleSimulator {
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .unwrap_or_default(),
+                persistence: Persistence::default(),
             }),
         }
+    }
+
+    /// Keeps the simulator's state in the file at `path` (`voyage serve` gives its data
+    /// directory's `simulated-google.json`), so a restart keeps the calendars: first loads
+    /// what an earlier run saved there, then saves after every request that may change
+    /// something. Kept: the service accounts, the tokens issued, the calendars with their
+    /// events (cancelled ones too), the push channels, and the counters sync tokens and
+    /// `updated` stamps come from (a sync token issued before the restart still works). Not
+    /// kept: faults, the request log, a test's event clock.
+    pub fn persist_at(&self, path: std::path::PathBuf) -> Result<(), String> {
+        if let Some(durable) = Persistence::load::<GoogleDurable>(&path)? {
+            let (accounts, tokens, calendars, channels, epoch, seq, last_updated) = durable;
+            let mut s = self.state();
+            s.accounts.extend(accounts);
+            s.tokens = tokens;
+            s.calendars = calendars;
+            s.channels = channels;
+            s.epoch = epoch;
+            s.seq = seq;
+            s.last_updated = last_updated;
+        }
+        self.inner.persistence.set(path);
+        Ok(())
+    }
+
+    /// Saves the state [`GoogleSimulator::persist_at`] keeps (nothing without a file).
+    pub(crate) fn save(&self) {
+        self.inner.persistence.save(|| {
+            let s = self.state();
+            serde_json::to_vec(&(
+                &s.accounts,
+                &s.tokens,
+                &s.calendars,
+                &s.channels,
+                s.epoch,
+                s.seq,
+                s.last_updated,
+            ))
+        });
     }
 
     fn state(&self) -> MutexGuard<'_, SimState> {
@@ -583,6 +624,38 @@ impl GoogleSimulator {
             .route("/_control/calendars/{calendar}/events", get(control_events))
             .route("/_control/channels", get(control_channels))
             .route("/_control/channels/{id}/push", post(control_push));
-        google.merge(control).with_state(self.clone())
+        google
+            .merge(control)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                persisting,
+            ))
+            .with_state(self.clone())
     }
+}
+
+/// What [`GoogleSimulator::persist_at`] keeps: the accounts, the tokens, the calendars, the
+/// channels, the sync epoch, the change counter and the last `updated` stamp.
+type GoogleDurable = (
+    HashMap<String, Vec<u8>>,
+    HashMap<String, (String, DateTime<Utc>)>,
+    HashMap<String, Calendar>,
+    BTreeMap<String, ChannelState>,
+    u64,
+    u64,
+    Option<DateTime<Utc>>,
+);
+
+/// Saves the state after a request that may have changed it ([`GoogleSimulator::persist_at`]).
+async fn persisting(
+    axum::extract::State(sim): axum::extract::State<GoogleSimulator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let writes = may_write(req.method());
+    let response = next.run(req).await;
+    if writes {
+        sim.save();
+    }
+    response
 }

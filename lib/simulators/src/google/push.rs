@@ -15,7 +15,7 @@ use super::schema::check_request;
 use super::{google_error, invalid, GoogleSimulator};
 use crate::util::random_token;
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct ChannelState {
     pub(super) id: String,
     pub(super) calendar: String,
@@ -57,6 +57,8 @@ impl GoogleSimulator {
             c.messages += 1;
             c.clone()
         };
+        // The message number is state too: a restart must not number a push again.
+        self.save();
         let expiration = Utc
             .timestamp_millis_opt(channel.expiration_ms)
             .single()

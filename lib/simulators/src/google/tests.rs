@@ -542,3 +542,30 @@ fn the_calendar_owner_is_the_attendee_marked_self_and_event_types_never_change()
         )
         .is_err());
 }
+
+#[tokio::test]
+async fn a_simulator_persisted_to_a_file_gives_its_calendars_to_the_next_one_on_that_file() {
+    // Arrange: a persisted simulator with an event, saved by a request that writes.
+    let path =
+        std::env::temp_dir().join(format!("sim-google-{}.json", crate::util::random_token(8)));
+    let first = GoogleSimulator::new();
+    first.persist_at(path.clone()).unwrap();
+    first
+        .seed_events(ANN, vec![json!({"start": {"dateTime": "2030-01-01T09:00:00Z"}, "end": {"dateTime": "2030-01-01T10:00:00Z"}})])
+        .unwrap();
+    let req = axum::http::Request::delete("/_control/faults")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let Ok(resp) = first.router().oneshot(req).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    // Act: a new simulator on the same file (a restart).
+    let next = GoogleSimulator::new();
+    next.persist_at(path.clone()).unwrap();
+
+    // Assert: the same calendar, the same event.
+    let events = next.events_of(ANN);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(events, first.events_of(ANN));
+    assert_eq!(events.len(), 1);
+}

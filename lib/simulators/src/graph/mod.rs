@@ -88,7 +88,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::util::{random_token, Fault, Served};
+use crate::util::{may_write, random_token, Fault, Persistence, Served};
 
 use self::auth::{graph_edge, serving, token};
 use self::batch::batch;
@@ -127,6 +127,7 @@ struct Inner {
     state: Mutex<SimState>,
     http: reqwest::Client,
     ids: IdSource,
+    persistence: Persistence,
 }
 
 tokio::task_local! {
@@ -183,14 +184,14 @@ struct SimState {
     captured: Vec<CapturedNotification>,
 }
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Mailbox {
     events: BTreeMap<String, SimEvent>,
     /// `mailboxSettings.timeZone`, `None` until set (served as `UTC`).
     time_zone: Option<String>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct SimEvent {
     calendar: String,
     json: Map<String, Value>,
@@ -341,6 +342,7 @@ impl GraphSimulator {
                 state: Mutex::new(SimState::default()),
                 http,
                 ids,
+                persistence: Persistence::default(),
             }),
         }
     }
@@ -537,6 +539,44 @@ impl GraphSimulator {
             .unwrap_or_default()
     }
 
+    /// Keeps the simulator's state in the file at `path` (`voyage serve` gives its data
+    /// directory's `simulated-graph.json`), so a restart keeps the mailboxes: first loads what
+    /// an earlier run saved there, then saves after every request that may change something.
+    /// Kept: the registered apps, the tokens issued, the mailboxes with their events (Deleted
+    /// Items too) and settings, the subscriptions, and the counters change keys and delta
+    /// tokens come from (a delta token issued before the restart still works). Not kept:
+    /// faults, captured notifications, the request log.
+    pub fn persist_at(&self, path: std::path::PathBuf) -> Result<(), String> {
+        if let Some(durable) = Persistence::load::<GraphDurable>(&path)? {
+            let (apps, tokens, users, subscriptions, delta_epoch, seq) = durable;
+            let mut s = self.state();
+            s.apps.extend(apps);
+            s.tokens = tokens;
+            s.users = users;
+            s.subscriptions = subscriptions;
+            s.delta_epoch = delta_epoch;
+            s.seq = seq;
+        }
+        self.inner.persistence.set(path);
+        Ok(())
+    }
+
+    /// Saves the state [`GraphSimulator::persist_at`] keeps (nothing without a file).
+    fn save(&self) {
+        self.inner.persistence.save(|| {
+            let s = self.state();
+            let apps: Vec<(&(String, String), &String)> = s.apps.iter().collect();
+            serde_json::to_vec(&(
+                apps,
+                &s.tokens,
+                &s.users,
+                &s.subscriptions,
+                s.delta_epoch,
+                s.seq,
+            ))
+        });
+    }
+
     pub fn router(&self) -> Router {
         let graph = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -613,8 +653,37 @@ impl GraphSimulator {
         graph
             .merge(control)
             .layer(axum::middleware::from_fn_with_state(self.clone(), serving))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                persisting,
+            ))
             .with_state(self.clone())
     }
+}
+
+/// What [`GraphSimulator::persist_at`] keeps: the apps, the tokens, the mailboxes, the
+/// subscriptions, the delta epoch and the change counter.
+type GraphDurable = (
+    Vec<((String, String), String)>,
+    HashMap<String, (String, DateTime<Utc>)>,
+    HashMap<String, Mailbox>,
+    BTreeMap<String, push::Subscription>,
+    u64,
+    u64,
+);
+
+/// Saves the state after a request that may have changed it ([`GraphSimulator::persist_at`]).
+async fn persisting(
+    axum::extract::State(sim): axum::extract::State<GraphSimulator>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let writes = may_write(req.method());
+    let response = next.run(req).await;
+    if writes {
+        sim.save();
+    }
+    response
 }
 
 /// `{"start", "end"}` in Graph's shape, for the Rust-side helpers.

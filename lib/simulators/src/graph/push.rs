@@ -15,7 +15,7 @@ use super::{
     GraphSimulator, MAX_SUBSCRIPTION_MINUTES,
 };
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Subscription {
     pub(super) id: String,
     pub(super) resource: String,

@@ -397,3 +397,29 @@ async fn events_of_reads_the_session_tag_and_transaction_id() {
     assert!(error["error"]["innerError"]["request-id"].is_string());
     assert!(sim.events_of(user)[0].deleted);
 }
+
+#[tokio::test]
+async fn a_simulator_persisted_to_a_file_gives_its_mailboxes_to_the_next_one_on_that_file() {
+    use tower::ServiceExt;
+    // Arrange: a persisted simulator with an event, saved by a request that writes.
+    let path = std::env::temp_dir().join(format!("sim-graph-{}.json", random_token(8)));
+    let first = GraphSimulator::new();
+    first.persist_at(path.clone()).unwrap();
+    let id = first.staff_create("ann@acme.example", "Dentist", at(9, 0), at(10, 0), "busy");
+    let req = axum::http::Request::delete("/_control/faults")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let Ok(resp) = first.router().oneshot(req).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    // Act: a new simulator on the same file (a restart).
+    let next = GraphSimulator::new();
+    next.persist_at(path.clone()).unwrap();
+
+    // Assert: the same mailbox, the same event.
+    let events = next.events_of("ann@acme.example");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(events, first.events_of("ann@acme.example"));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, id);
+}
