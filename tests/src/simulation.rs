@@ -604,8 +604,8 @@ struct PlatformSession {
 enum StaffAct {
     Delete,
     Restore,
-    /// A move (logged in two-staff mode only, for the exemptions of a calendar the session
-    /// is not in).
+    /// A move (for the exemptions of a calendar the session is not in, and for the echo
+    /// invariant: a reschedule from a calendar needs one).
     Move,
 }
 
@@ -1579,9 +1579,7 @@ impl World {
                 let (start, end) = slot(self.clock.now(), to);
                 if self.gsim.staff_move(email, &e.id, start, end) {
                     let s = Self::google_session_of(e);
-                    if self.mode == Mode::TwoStaff {
-                        self.staff_log(&s, m, Cal::Google, StaffAct::Move).await;
-                    }
+                    self.staff_log(&s, m, Cal::Google, StaffAct::Move).await;
                     self.log(format!("{who} moves the Google event of {s} to slot {to}"));
                 }
             }
@@ -1649,9 +1647,7 @@ impl World {
                 let (start, end) = slot(self.clock.now(), to);
                 if self.sim.staff_move(email, &e.id, start, end) {
                     let s = Self::session_of(e);
-                    if self.mode == Mode::TwoStaff {
-                        self.staff_log(&s, m, Cal::Exchange, StaffAct::Move).await;
-                    }
+                    self.staff_log(&s, m, Cal::Exchange, StaffAct::Move).await;
                     self.log(format!("{who} moves the event of {s} to slot {to}"));
                 }
             }
@@ -2550,6 +2546,26 @@ impl World {
             if s.status == SessionStatus::Confirmed && cancelled_hooks > 0 {
                 bad.push(format!(
                     "{} ends confirmed but session.cancelled was sent",
+                    s.id
+                ));
+            }
+            // Never an echo: a reschedule reported from a calendar comes from a staff
+            // member's move of one of the session's events (the system's own writes read
+            // back, even one whose commit was lost, are no move: review 8, finding 4).
+            let moved_in_a_calendar = published.values().any(|e| {
+                e.detail_type == "session.rescheduled"
+                    && e.detail["payload"]["session_id"] == json!(s.id)
+                    && e.detail["payload"]["origin"]
+                        .as_str()
+                        .is_some_and(|o| o.ends_with("-inbound"))
+            });
+            let staff_moved = self
+                .staff_log
+                .get(&s.id)
+                .is_some_and(|log| log.iter().any(|e| e.act == StaffAct::Move));
+            if moved_in_a_calendar && !staff_moved {
+                bad.push(format!(
+                    "{} got session.rescheduled from a calendar, but no staff member moved any of its events",
                     s.id
                 ));
             }

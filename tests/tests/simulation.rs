@@ -79,6 +79,11 @@ const REGRESSIONS: &[u64] = &[
     // old cancellation within the new deletion's grace (790533). (Google's `updated` is on
     // the simulation's clock since.)
     790533,
+    // The echo invariant (a reschedule from a calendar needs a staff member's move): an
+    // Exchange move whose answer was lost, its version then counted as settled because the
+    // booking's cancellation was pending (nothing written), so the session kept no trace of
+    // the moved-to times and the next round read the event there as a staff move (779).
+    779,
 ];
 
 /// Seeds CI runs with rounds held ([`simulation::run_held`]) in each mode, from 1.

@@ -407,16 +407,14 @@ fn merged_session(
 }
 
 /// `existing`'s [`Session::unsettled_times`] once `change` replaces its times: with them
-/// added while its own change is unsettled (a write of it may have moved an event with its
-/// commit lost).
+/// added (a write of them may have moved an event with its commit lost).
 fn unsettled_times(
     existing: &Session,
     change: &SessionChange,
 ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     let mut times = existing.unsettled_times.clone();
     let before = (existing.start, existing.end);
-    let unsettled = existing.calendar_version < existing.platform_version;
-    if unsettled && before != (change.start, change.end) && !times.contains(&before) {
+    if before != (change.start, change.end) && !times.contains(&before) {
         times.push(before);
         if times.len() > crate::model::session::UNSETTLED_TIMES {
             times.remove(0);

@@ -90,13 +90,14 @@ pub struct Session {
     /// retry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredEvent>,
-    /// Times the platform gave the session in changes no calendar is known to show yet
-    /// (recorded by the intent of the change that replaced them, while that change's
-    /// version was not settled: `calendar_version` below `platform_version`; cleared when
-    /// one is, at most [`UNSETTLED_TIMES`]). A write of such a change may have moved an event
-    /// and lost its closing commit (a store error, a crash), so its mapping still records
-    /// the times before; an event read at one of these times is that write's echo, not a
-    /// staff member's move, and is written back to the session's times (review 8, finding 4).
+    /// Times the session had before the platform's later changes, kept until a calendar
+    /// write of the session's current times is recorded (at most [`UNSETTLED_TIMES`]): a
+    /// write of an earlier change may have moved an event and lost its closing commit (a
+    /// store error, a crash, an answer lost), so its mapping still records the times before
+    /// it. An event read at one of these times is such a write's echo, not a staff member's
+    /// move, and is written back to the session's times (review 8, finding 4; simulation
+    /// seed 779: the lost write's version counted as settled once the booking's
+    /// cancellation was pending, so settling cannot be what clears them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsettled_times: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     pub updated_at: DateTime<Utc>,
@@ -134,30 +135,30 @@ impl RetiredEvent {
 pub const UNSETTLED_TIMES: usize = 8;
 
 impl Session {
-    /// After a calendar write of `change` whose commit records it: when that is the
-    /// platform's newest change (its version, its times), no unsettled time is kept. The
-    /// calendar shows the newest times and its mapping says so, so an older write's echo is
-    /// read as stale there; and waiting for every calendar to settle would hold a staff
-    /// member's move back to an earlier time forever when another of their calendars never
-    /// settles (a disabled connection), each such move written back unseen.
+    /// After a calendar write of `change` whose commit records it: when it wrote the
+    /// session's current times (the platform's newest change, or a copy of the session as
+    /// stored), no earlier time is kept ([`Session::unsettled_times`]). That calendar shows
+    /// the current times and its mapping says so, so an older write's echo reads as stale
+    /// there; waiting for every calendar instead would hold a staff member's move back to an
+    /// earlier time forever when another of their calendars never settles (a disabled
+    /// connection), each such move written back unseen.
     pub fn forget_unsettled_after(&mut self, change: &crate::calendar::SessionChange) {
-        let newest = change.version.is_some()
-            && change.version == self.platform_version
+        let current = change
+            .version
+            .is_none_or(|v| Some(v) == self.platform_version)
             && (change.start, change.end) == (self.start, self.end);
-        if newest {
+        if current {
             self.unsettled_times.clear();
         }
     }
 
-    /// Records that every calendar shows the platform's change `version` (its
-    /// `calendar_version`); once that is the platform's newest, no earlier change's times
-    /// are unsettled any more.
+    /// Records that every calendar has answered the platform's change `version` (its
+    /// `calendar_version`): a retry of it is stale. (An answer is not always a write: a
+    /// calendar whose booking's cancellation is pending writes nothing. So the times kept
+    /// for echoes stay: [`Session::forget_unsettled_after`] clears them.)
     pub fn settle(&mut self, version: u64) {
         if self.calendar_version < Some(version) {
             self.calendar_version = Some(version);
-        }
-        if self.calendar_version >= self.platform_version {
-            self.unsettled_times.clear();
         }
     }
 
@@ -201,18 +202,23 @@ mod tests {
     }
 
     #[test]
-    fn settling_the_platforms_newest_change_clears_the_unsettled_times_and_an_older_one_does_not() {
-        // Arrange: versions 2 and 3 unsettled.
+    fn a_write_of_the_current_times_clears_the_earlier_ones_and_a_write_of_older_ones_does_not() {
+        // Arrange: the platform's version 3 at the stored times; an earlier time kept.
         let mut s = crate::reconcile::tests::session(SessionStatus::Confirmed, false);
         s.platform_version = Some(3);
-        s.calendar_version = Some(1);
-        s.unsettled_times = vec![(s.start, s.end)];
+        s.unsettled_times = vec![(s.start - chrono::Duration::hours(2), s.start)];
+        let mut change = crate::calendar::change_of(&s);
+        change.as_stored = false;
+        change.version = Some(2);
 
-        // Act / Assert: version 2 settled: still unsettled; version 3: cleared.
-        s.settle(2);
-        assert_eq!((s.calendar_version, s.unsettled_times.len()), (Some(2), 1));
+        // Act / Assert: version 2's write (older) keeps them; settling keeps them;
+        // version 3's write clears them.
+        s.forget_unsettled_after(&change);
         s.settle(3);
-        assert_eq!((s.calendar_version, s.unsettled_times.len()), (Some(3), 0));
+        assert_eq!(s.unsettled_times.len(), 1);
+        change.version = Some(3);
+        s.forget_unsettled_after(&change);
+        assert_eq!(s.unsettled_times.len(), 0);
     }
 
     #[test]
