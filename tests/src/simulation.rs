@@ -607,6 +607,8 @@ enum StaffAct {
     /// A move (for the exemptions of a calendar the session is not in, and for the echo
     /// invariant: a reschedule from a calendar needs one).
     Move,
+    /// A decline (the echo invariant: a decline flag needs one).
+    Decline,
 }
 
 /// One act of a staff member on one of a session's events.
@@ -1587,6 +1589,7 @@ impl World {
                 let e = &live[self.rng.gen_range(0..live.len())];
                 if self.gsim.staff_decline(email, &e.id) {
                     let s = Self::google_session_of(e);
+                    self.staff_log(&s, m, Cal::Google, StaffAct::Decline).await;
                     self.log(format!("{who} declines the Google event of {s}"));
                 }
             }
@@ -1655,6 +1658,8 @@ impl World {
                 let e = &live[self.rng.gen_range(0..live.len())];
                 if self.sim.staff_decline(email, &e.id) {
                     let s = Self::session_of(e);
+                    self.staff_log(&s, m, Cal::Exchange, StaffAct::Decline)
+                        .await;
                     self.log(format!("{who} declines the event of {s}"));
                 }
             }
@@ -2563,6 +2568,22 @@ impl World {
                 .staff_log
                 .get(&s.id)
                 .is_some_and(|log| log.iter().any(|e| e.act == StaffAct::Move));
+            // Nor a decline: the flag, and `session.declined`, come from a staff member's
+            // decline of one of the session's events.
+            let declined_hook = published.values().any(|e| {
+                e.detail_type == "session.declined"
+                    && e.detail["payload"]["session_id"] == json!(s.id)
+            });
+            let staff_declined = self
+                .staff_log
+                .get(&s.id)
+                .is_some_and(|log| log.iter().any(|e| e.act == StaffAct::Decline));
+            if (s.declined || declined_hook) && !staff_declined {
+                bad.push(format!(
+                    "{} is flagged declined, but no staff member declined any of its events",
+                    s.id
+                ));
+            }
             if moved_in_a_calendar && !staff_moved {
                 bad.push(format!(
                     "{} got session.rescheduled from a calendar, but no staff member moved any of its events",
