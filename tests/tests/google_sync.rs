@@ -358,6 +358,21 @@ async fn push(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// The token of ann's Google channel (the secret Google sends back with each push).
+async fn channel_token(w: &GoogleWorld) -> String {
+    w.app
+        .local
+        .deps
+        .store
+        .connection_for_staff("acme", "ann", Provider::Google)
+        .await
+        .unwrap()
+        .unwrap()
+        .channel
+        .unwrap()
+        .secret
+}
+
 /// A queue whose every send fails.
 struct Unreachable;
 
@@ -389,15 +404,7 @@ async fn a_push_whose_sync_could_not_be_queued_is_queued_when_google_sends_it_ag
         .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
         .await;
     let deps = &w.app.local.deps;
-    let token = deps
-        .store
-        .connection_for_staff("acme", "ann", Provider::Google)
-        .await
-        .unwrap()
-        .unwrap()
-        .channel
-        .unwrap()
-        .secret;
+    let token = channel_token(&w).await;
     let push = voyage_core::google::push::Push {
         channel_id: conn["channel_id"].as_str().map(str::to_string),
         token: Some(token),
@@ -428,18 +435,7 @@ async fn pushes_are_authenticated_deduplicated_and_coalesced() {
         .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
         .await;
     let channel = conn["channel_id"].as_str().unwrap().to_string();
-    let secret = w
-        .app
-        .local
-        .deps
-        .store
-        .connection_for_staff("acme", "ann", Provider::Google)
-        .await
-        .unwrap()
-        .unwrap()
-        .channel
-        .unwrap()
-        .secret;
+    let secret = channel_token(&w).await;
     assert!(
         !conn.to_string().contains(&secret),
         "the channel token is never shown"

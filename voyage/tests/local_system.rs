@@ -45,6 +45,17 @@ fn create_key(dir: &Path, company: &str) -> String {
     ])
 }
 
+/// An internal key (company `platform`) made by `voyage keys create` in `dir`.
+fn internal_key(dir: &Path) -> String {
+    keys_create(&[
+        "--company",
+        "platform",
+        "--internal",
+        "--data-dir",
+        &dir.display().to_string(),
+    ])
+}
+
 /// Runs `voyage keys create ARGS...` and returns the key it printed.
 fn keys_create(args: &[&str]) -> String {
     let out = Command::new(BIN)
@@ -256,14 +267,7 @@ async fn a_restart_in_the_middle_of_a_retry_schedule_loses_no_delivery() {
     ];
     let mut server = serve_with(dir.path(), &env);
     let tenant = create_key(dir.path(), "acme");
-    let data_dir = dir.path().display().to_string();
-    let internal = keys_create(&[
-        "--company",
-        "platform",
-        "--internal",
-        "--data-dir",
-        &data_dir,
-    ]);
+    let internal = internal_key(dir.path());
     let client = reqwest::Client::new();
     let created = client
         .post(format!("{}/v1/webhooks", server.base))
@@ -317,13 +321,7 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
     assert!(banner.contains("/sim/graph"), "{banner}");
     let data_dir = dir.path().display().to_string();
     let tenant = create_key(dir.path(), "acme");
-    let internal = keys_create(&[
-        "--company",
-        "platform",
-        "--internal",
-        "--data-dir",
-        &data_dir,
-    ]);
+    let internal = internal_key(dir.path());
     let http = reqwest::Client::new();
     let base = &server.base;
     let resp = http
@@ -482,14 +480,7 @@ async fn the_sandbox_keeps_its_simulated_calendars_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve_args(dir.path(), &[], &["--simulate-providers"]);
     let tenant = create_key(dir.path(), "acme");
-    let data_dir = dir.path().display().to_string();
-    let internal = keys_create(&[
-        "--company",
-        "platform",
-        "--internal",
-        "--data-dir",
-        &data_dir,
-    ]);
+    let internal = internal_key(dir.path());
     let http = reqwest::Client::new();
     let resp = http
         .put(format!("{}/v1/credentials/exchange", server.base))
@@ -598,14 +589,7 @@ async fn every_accepted_event_is_delivered_across_a_kill_9() {
     let env = [("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true")];
     let mut server = serve_with(dir.path(), &env);
     let tenant = create_key(dir.path(), "acme");
-    let data_dir = dir.path().display().to_string();
-    let internal = keys_create(&[
-        "--company",
-        "platform",
-        "--internal",
-        "--data-dir",
-        &data_dir,
-    ]);
+    let internal = internal_key(dir.path());
     let client = reqwest::Client::new();
     let created = client
         .post(format!("{}/v1/webhooks", server.base))

@@ -167,6 +167,27 @@ impl Persistence {
 }
 
 /// Whether a request to a simulator may change its state (anything but a read).
-pub(crate) fn may_write(method: &Method) -> bool {
+fn may_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A simulator that keeps its state in a file ([`Persistence`]).
+pub(crate) trait Saves: Clone + Send + Sync + 'static {
+    /// Saves the kept state (nothing without a file).
+    fn save(&self);
+}
+
+/// The middleware of both simulators: saves the state after a request that may have
+/// changed it.
+pub(crate) async fn persisting<S: Saves>(
+    axum::extract::State(sim): axum::extract::State<S>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let writes = may_write(req.method());
+    let response = next.run(req).await;
+    if writes {
+        sim.save();
+    }
+    response
 }

@@ -76,7 +76,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ring::signature::KeyPair;
 use serde_json::{json, Map, Value};
 
-use crate::util::{may_write, Fault, Persistence, Served};
+use crate::util::{persisting, Fault, Persistence, Saves, Served};
 
 use self::auth::{google_edge, token};
 use self::control::{
@@ -300,22 +300,6 @@ impl GoogleSimulator {
         }
         self.inner.persistence.set(path);
         Ok(())
-    }
-
-    /// Saves the state [`GoogleSimulator::persist_at`] keeps (nothing without a file).
-    pub(crate) fn save(&self) {
-        self.inner.persistence.save(|| {
-            let s = self.state();
-            serde_json::to_vec(&(
-                &s.accounts,
-                &s.tokens,
-                &s.calendars,
-                &s.channels,
-                s.epoch,
-                s.seq,
-                s.last_updated,
-            ))
-        });
     }
 
     fn state(&self) -> MutexGuard<'_, SimState> {
@@ -628,7 +612,7 @@ impl GoogleSimulator {
             .merge(control)
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                persisting,
+                persisting::<Self>,
             ))
             .with_state(self.clone())
     }
@@ -646,16 +630,20 @@ type GoogleDurable = (
     Option<DateTime<Utc>>,
 );
 
-/// Saves the state after a request that may have changed it ([`GoogleSimulator::persist_at`]).
-async fn persisting(
-    axum::extract::State(sim): axum::extract::State<GoogleSimulator>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let writes = may_write(req.method());
-    let response = next.run(req).await;
-    if writes {
-        sim.save();
+/// Saves the state [`GoogleSimulator::persist_at`] keeps (nothing without a file).
+impl Saves for GoogleSimulator {
+    fn save(&self) {
+        self.inner.persistence.save(|| {
+            let s = self.state();
+            serde_json::to_vec(&(
+                &s.accounts,
+                &s.tokens,
+                &s.calendars,
+                &s.channels,
+                s.epoch,
+                s.seq,
+                s.last_updated,
+            ))
+        });
     }
-    response
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::schema::check_request;
 use super::{google_error, invalid, GoogleSimulator};
 use crate::util::random_token;
+use crate::util::Saves;
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct ChannelState {

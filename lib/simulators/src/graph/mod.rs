@@ -88,7 +88,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::util::{may_write, random_token, Fault, Persistence, Served};
+use crate::util::{persisting, random_token, Fault, Persistence, Saves, Served};
 
 use self::auth::{graph_edge, serving, token};
 use self::batch::batch;
@@ -561,22 +561,6 @@ impl GraphSimulator {
         Ok(())
     }
 
-    /// Saves the state [`GraphSimulator::persist_at`] keeps (nothing without a file).
-    fn save(&self) {
-        self.inner.persistence.save(|| {
-            let s = self.state();
-            let apps: Vec<(&(String, String), &String)> = s.apps.iter().collect();
-            serde_json::to_vec(&(
-                apps,
-                &s.tokens,
-                &s.users,
-                &s.subscriptions,
-                s.delta_epoch,
-                s.seq,
-            ))
-        });
-    }
-
     pub fn router(&self) -> Router {
         let graph = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -655,7 +639,7 @@ impl GraphSimulator {
             .layer(axum::middleware::from_fn_with_state(self.clone(), serving))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                persisting,
+                persisting::<Self>,
             ))
             .with_state(self.clone())
     }
@@ -672,24 +656,28 @@ type GraphDurable = (
     u64,
 );
 
-/// Saves the state after a request that may have changed it ([`GraphSimulator::persist_at`]).
-async fn persisting(
-    axum::extract::State(sim): axum::extract::State<GraphSimulator>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let writes = may_write(req.method());
-    let response = next.run(req).await;
-    if writes {
-        sim.save();
-    }
-    response
-}
-
 /// `{"start", "end"}` in Graph's shape, for the Rust-side helpers.
 fn times_body(start: DateTime<Utc>, end: DateTime<Utc>) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("start".into(), time_json(start));
     body.insert("end".into(), time_json(end));
     body
+}
+
+/// Saves the state [`GraphSimulator::persist_at`] keeps (nothing without a file).
+impl Saves for GraphSimulator {
+    fn save(&self) {
+        self.inner.persistence.save(|| {
+            let s = self.state();
+            let apps: Vec<(&(String, String), &String)> = s.apps.iter().collect();
+            serde_json::to_vec(&(
+                apps,
+                &s.tokens,
+                &s.users,
+                &s.subscriptions,
+                s.delta_epoch,
+                s.seq,
+            ))
+        });
+    }
 }
