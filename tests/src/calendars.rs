@@ -102,6 +102,12 @@ impl CalendarsWorld {
     /// Both simulators, an idle local system (grace of pending cancellations: 1 s), a
     /// company with credentials for both providers, and the platform's internal key.
     pub async fn start() -> CalendarsWorld {
+        CalendarsWorld::start_with(&[]).await
+    }
+
+    /// [`CalendarsWorld::start`] with more of the local system's settings (a sync budget,
+    /// say).
+    pub async fn start_with(settings: &[(&str, &str)]) -> CalendarsWorld {
         let graph = GraphSimulator::new();
         graph.register_app(TENANT, CLIENT_ID, CLIENT_SECRET);
         let graph_url = serve(graph.router()).await;
@@ -113,14 +119,16 @@ impl CalendarsWorld {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app_url = format!("http://{}", listener.local_addr().unwrap());
         let token_url = format!("{google_url}/token");
-        let app = TestApp::start_idle(&[
-            ("VOYAGE_GRAPH_BASE_URL", &graph_url),
-            ("VOYAGE_MS_LOGIN_BASE_URL", &graph_url),
-            ("VOYAGE_GOOGLE_CALENDAR_BASE_URL", &google_url),
-            ("VOYAGE_GOOGLE_TOKEN_URL", &token_url),
-            ("VOYAGE_PUBLIC_BASE_URL", &app_url),
+        let mut env = vec![
+            ("VOYAGE_GRAPH_BASE_URL", graph_url.as_str()),
+            ("VOYAGE_MS_LOGIN_BASE_URL", graph_url.as_str()),
+            ("VOYAGE_GOOGLE_CALENDAR_BASE_URL", google_url.as_str()),
+            ("VOYAGE_GOOGLE_TOKEN_URL", token_url.as_str()),
+            ("VOYAGE_PUBLIC_BASE_URL", app_url.as_str()),
             ("VOYAGE_PENDING_CANCELLATION_GRACE", "1s"),
-        ]);
+        ];
+        env.extend_from_slice(settings);
+        let app = TestApp::start_idle(&env);
         let router = app.router.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;

@@ -1262,6 +1262,9 @@ mod calendars_review7;
 #[path = "calendars/review8.rs"]
 mod calendars_review8;
 
+#[path = "calendars/review9.rs"]
+mod calendars_review9;
+
 /// All-day events in the calendar's zone on every path.
 #[path = "calendars/zones.rs"]
 mod calendars_zones;

@@ -191,16 +191,28 @@ pub async fn reconcile_page(
 /// (404/410, or `cancelled`) plans a pending cancellation for a confirmed session. All-day
 /// events are read in `calendar_zone`, as the listing's pages read them (a single event's
 /// read does not name the calendar's zone).
+///
+/// **Bounded.** The events are read in id order from after `position` (the last one done,
+/// kept in the sync's checkpoint between invocations), and `position` moves past each one
+/// reconciled, so a caller that stops (an error, its time) resumes there. Before each read
+/// after the first, `out_of_time` is asked: when it says so, the reading stops and
+/// `Ok(false)` says more remain. At least one event is read per call, so every invocation
+/// makes progress. `Ok(true)`: all were read.
 pub async fn reconcile_unlisted(
     deps: &Deps,
     conn: &Connection,
     account: &ServiceAccount,
-    listed: Option<&std::collections::HashSet<String>>,
-    calendar_zone: Option<&str>,
-) -> std::result::Result<Reconciled, Failure<GoogleError>> {
-    let mut done = Reconciled::default();
+    unlisted: UnlistedScope<'_>,
+    position: &mut Option<String>,
+    out_of_time: &(dyn Fn() -> bool + Sync),
+    done: &mut Reconciled,
+) -> std::result::Result<bool, Failure<GoogleError>> {
+    let UnlistedScope {
+        listed,
+        calendar_zone,
+    } = unlisted;
     let history = deps.store.now() - chrono::Duration::days(1);
-    let unlisted: Vec<EventMapping> = deps
+    let mut unlisted: Vec<EventMapping> = deps
         .store
         .mappings_for_connection(&conn.company_id, &conn.id)
         .await?
@@ -209,19 +221,31 @@ pub async fn reconcile_unlisted(
         // last ended over a day ago belongs to a session that is over.
         .filter(|m| m.last_end >= history)
         .filter(|m| listed.is_none_or(|l| !l.contains(&m.external_event_id)))
+        .filter(|m| {
+            position
+                .as_deref()
+                .is_none_or(|after| m.external_event_id.as_str() > after)
+        })
         .collect();
+    unlisted.sort_by(|a, b| a.external_event_id.cmp(&b.external_event_id));
     if unlisted.is_empty() {
-        return Ok(done);
+        return Ok(true);
     }
     let ids: Vec<String> = unlisted.iter().map(|m| m.session_id.clone()).collect();
     let mut sessions = deps.store.get_sessions(&conn.company_id, &ids).await?;
     let google = deps.google()?;
     let calendar_id = conn.calendar_id.clone().unwrap_or_default();
-    for mapping in unlisted {
+    for (read, mapping) in unlisted.into_iter().enumerate() {
+        if read > 0 && out_of_time() {
+            return Ok(false);
+        }
+        let event_id = mapping.external_event_id.clone();
         let Some(session) = sessions.get_mut(&mapping.session_id) else {
+            *position = Some(event_id);
             continue;
         };
         if session.end < history {
+            *position = Some(event_id);
             continue;
         }
         let (snap, attendees) = match google
@@ -235,7 +259,10 @@ pub async fn reconcile_unlisted(
         {
             Ok(e) => match snapshot(&e, calendar_zone) {
                 Some(snap) => (snap, e.attendees.clone()),
-                None => continue,
+                None => {
+                    *position = Some(event_id);
+                    continue;
+                }
             },
             Err(GoogleError::NotFound) => (
                 EventSnapshot::removed(mapping.external_event_id.clone()),
@@ -254,8 +281,18 @@ pub async fn reconcile_unlisted(
             .await?;
         done.commands += r.commands;
         done.calendar_writes += r.calendar_writes;
+        *position = Some(event_id);
     }
-    Ok(done)
+    Ok(true)
+}
+
+/// Which mapped events [`reconcile_unlisted`] reads, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct UnlistedScope<'a> {
+    /// The platform's events the listing showed (`None`: not known, every one is read).
+    pub listed: Option<&'a std::collections::HashSet<String>>,
+    /// The calendar's zone, for all-day events.
+    pub calendar_zone: Option<&'a str>,
 }
 
 /// One of our events without a mapping in this connection (tagged with a session of this

@@ -18,7 +18,11 @@
 //! itself (its start, kept in the checkpoint) and removes, after its last page and a page at
 //! a time, the connection's overrides with another label: their events were not listed. So
 //! nothing it saw needs remembering between invocations, and no clock is compared. A 410
-//! on the sync token or on a saved page token starts a full sync over.
+//! on the sync token or on a saved page token starts a full sync over. After a full
+//! listing, the mapped events it did not show are read one by one
+//! ([`super::inbound::reconcile_unlisted`]) in the same budget: out of it (or on a failed
+//! read), the checkpoint keeps the listing's `nextSyncToken` and the last event read, and
+//! the next invocation reads on from there without listing again.
 
 use std::time::Instant;
 
@@ -28,6 +32,7 @@ use serde::Serialize;
 use super::api::{EventsPage, GoogleError, GoogleEvent, ListRequest};
 use super::{credentials, push};
 use crate::availability::{self, AvailabilitySettings};
+use crate::calendar::engine::Reconciled;
 use crate::deps::Deps;
 use crate::model::availability::OverrideRef;
 use crate::model::{
@@ -321,12 +326,20 @@ async fn run(
     let mut pages_before = 0u64;
     // The platform's events this invocation listed (a full sync reads the others after).
     let mut listed_ours = std::collections::HashSet::new();
+    // A full sync whose listing was complete: where its reading of unlisted events stands.
+    let mut listing_done = None;
     let mut paging = match deps.store.google_sync_progress(company, id).await? {
         Some(p) if p.cursor_version == cursor_version => {
             report.resumed = true;
             pages_before = p.pages;
             report.resynced = p.resynced;
             tracing::info!(connection = %id, full = p.full, pages = p.pages, "google sync resumes from its checkpoint");
+            if let Some(next_sync) = p.next_sync_token {
+                if p.calendar_time_zone.is_some() {
+                    zone = p.calendar_time_zone;
+                }
+                listing_done = Some((next_sync, p.unlisted_after));
+            }
             Paging {
                 full: p.full,
                 sync_token: p.sync_token,
@@ -348,142 +361,205 @@ async fn run(
     // Started over in this invocation already: a second 410 is Google's trouble, not a token
     // to drop again (the restored report says nothing about this invocation).
     let mut started_over = false;
-    loop {
-        let request = ListRequest {
-            calendar_id: calendar_id.clone(),
-            sync_token: if paging.full {
-                None
-            } else {
-                paging.sync_token.clone()
-            },
-            // Every page of a full sync asks for the same window (Google wants the first
-            // request's parameters with each page token), wherever its invocation runs.
-            time_min: paging
-                .full
-                .then(|| paging.started_at - Duration::days(WINDOW_PAST_DAYS)),
-            time_max: paging
-                .full
-                .then(|| paging.started_at + Duration::days(WINDOW_FUTURE_DAYS)),
-            page_token: paging.page_token.clone(),
-            max_results: PAGE_SIZE,
-        };
-        let page = match google
-            .list_events(account, &conn.staff_email, &request)
-            .await
-        {
-            Ok(p) => p,
-            Err(GoogleError::FullSyncRequired) if !started_over => {
-                started_over = true;
-                // The sync token, or a saved page token, is no longer valid: start over. The
-                // cursor stays until the full sync replaces it (its version guards that
-                // write): what it keeps besides the token, the calendar's zone, is still
-                // true, and reads between now and then (`event_is_back`) need it.
-                tracing::info!(connection = %id, resumed = report.resumed, "google sync or page token expired; full sync");
-                deps.store.clear_google_sync_progress(company, id).await?;
-                paging = Paging::fresh(None, deps.store.now(), cursor_version);
-                pages_before = 0;
-                report.resynced = true;
-                report.full = true;
+    let (next_sync, mut position) = match listing_done {
+        Some(done) => done,
+        None => loop {
+            let request = ListRequest {
+                calendar_id: calendar_id.clone(),
+                sync_token: if paging.full {
+                    None
+                } else {
+                    paging.sync_token.clone()
+                },
+                // Every page of a full sync asks for the same window (Google wants the first
+                // request's parameters with each page token), wherever its invocation runs.
+                time_min: paging
+                    .full
+                    .then(|| paging.started_at - Duration::days(WINDOW_PAST_DAYS)),
+                time_max: paging
+                    .full
+                    .then(|| paging.started_at + Duration::days(WINDOW_FUTURE_DAYS)),
+                page_token: paging.page_token.clone(),
+                max_results: PAGE_SIZE,
+            };
+            let page = match google
+                .list_events(account, &conn.staff_email, &request)
+                .await
+            {
+                Ok(p) => p,
+                Err(GoogleError::FullSyncRequired) if !started_over => {
+                    started_over = true;
+                    // The sync token, or a saved page token, is no longer valid: start over. The
+                    // cursor stays until the full sync replaces it (its version guards that
+                    // write): what it keeps besides the token, the calendar's zone, is still
+                    // true, and reads between now and then (`event_is_back`) need it.
+                    tracing::info!(connection = %id, resumed = report.resumed, "google sync or page token expired; full sync");
+                    deps.store.clear_google_sync_progress(company, id).await?;
+                    paging = Paging::fresh(None, deps.store.now(), cursor_version);
+                    pages_before = 0;
+                    report.resynced = true;
+                    report.full = true;
+                    continue;
+                }
+                Err(e) => return Err(SyncError::Google(e)),
+            };
+            report.pages += 1;
+            report.events += page.items.len();
+            let listing = paging.full.then(|| listing_of(paging.started_at));
+            let ours = apply_page(
+                deps,
+                conn,
+                account,
+                &settings,
+                &page,
+                listing.as_deref(),
+                &mut report,
+            )
+            .await?;
+            listed_ours.extend(ours);
+            if page.time_zone.is_some() {
+                zone.clone_from(&page.time_zone);
+            }
+            if let Some(next) = page.next_page_token {
+                // Checkpoint after every applied page: an invocation that stops (its budget, a
+                // crash) is resumed from here, and no page is applied twice.
+                let progress = GoogleSyncProgress {
+                    company_id: company.to_string(),
+                    connection_id: id.to_string(),
+                    page_token: next.clone(),
+                    full: paging.full,
+                    sync_token: (!paging.full).then(|| paging.sync_token.clone()).flatten(),
+                    started_at: paging.started_at,
+                    cursor_version: paging.cursor_version,
+                    resynced: report.resynced,
+                    pages: pages_before + report.pages as u64,
+                    next_sync_token: None,
+                    unlisted_after: None,
+                    calendar_time_zone: None,
+                    updated_at: deps.store.now(),
+                };
+                deps.store.save_google_sync_progress(&progress).await?;
+                paging.checkpointed = true;
+                paging.page_token = Some(next);
+                if began.elapsed() >= budget {
+                    // The caller queues the follow-up once the lease is released.
+                    tracing::info!(connection = %id, pages = progress.pages, "google sync out of its time budget; the rest is queued");
+                    report.continues = true;
+                    return Ok(report);
+                }
                 continue;
             }
-            Err(e) => return Err(SyncError::Google(e)),
+            let Some(next_sync) = page.next_sync_token else {
+                return Err(SyncError::Google(GoogleError::Rejected {
+                    status: 200,
+                    reason: "no_sync_token".into(),
+                    message: "the last page carried no nextSyncToken".into(),
+                }));
+            };
+            if paging.full {
+                // Every busy event listed was written at or after the sync began: what is older
+                // belongs to events that are gone (or left the window).
+                // A page at a time: memory stays bounded whatever the calendar's size.
+                report.overrides_removed += deps
+                    .store
+                    .remove_overrides_not_of_listing(
+                        company,
+                        &conn.staff_id,
+                        id,
+                        &listing_of(paging.started_at),
+                    )
+                    .await?;
+            }
+            break (next_sync, None);
+        },
+    };
+    if paging.full {
+        // Mapped events the listing did not show (deleted ones are not listed; others lie
+        // outside the window) are read one by one and reconciled: a full sync replaces the
+        // sync token, so what changed before it is seen now or never. When the listing
+        // spanned invocations, this one knows only its own pages: all are read. In the
+        // budget, like the pages: out of it, the checkpoint keeps the token and the last
+        // event read, and the follow-up reads on from there without listing again.
+        let scope = super::inbound::UnlistedScope {
+            listed: (!report.resumed).then_some(&listed_ours),
+            calendar_zone: zone.as_deref(),
         };
-        report.pages += 1;
-        report.events += page.items.len();
-        let listing = paging.full.then(|| listing_of(paging.started_at));
-        let ours = apply_page(
+        let out_of_time = || began.elapsed() >= budget;
+        let mut done = Reconciled::default();
+        let read = super::inbound::reconcile_unlisted(
             deps,
             conn,
             account,
-            &settings,
-            &page,
-            listing.as_deref(),
-            &mut report,
+            scope,
+            &mut position,
+            &out_of_time,
+            &mut done,
         )
-        .await?;
-        listed_ours.extend(ours);
-        if page.time_zone.is_some() {
-            zone.clone_from(&page.time_zone);
-        }
-        if let Some(next) = page.next_page_token {
-            // Checkpoint after every applied page: an invocation that stops (its budget, a
-            // crash) is resumed from here, and no page is applied twice.
-            let progress = GoogleSyncProgress {
-                company_id: company.to_string(),
-                connection_id: id.to_string(),
-                page_token: next.clone(),
-                full: paging.full,
-                sync_token: (!paging.full).then(|| paging.sync_token.clone()).flatten(),
-                started_at: paging.started_at,
-                cursor_version: paging.cursor_version,
-                resynced: report.resynced,
-                pages: pages_before + report.pages as u64,
-                updated_at: deps.store.now(),
-            };
-            deps.store.save_google_sync_progress(&progress).await?;
-            paging.checkpointed = true;
-            paging.page_token = Some(next);
-            if began.elapsed() >= budget {
-                // The caller queues the follow-up once the lease is released.
-                tracing::info!(connection = %id, pages = progress.pages, "google sync out of its time budget; the rest is queued");
+        .await;
+        report.commands += done.commands;
+        report.calendar_writes += done.calendar_writes;
+        let checkpoint = |position: &Option<String>| GoogleSyncProgress {
+            company_id: company.to_string(),
+            connection_id: id.to_string(),
+            page_token: String::new(),
+            full: true,
+            sync_token: None,
+            started_at: paging.started_at,
+            cursor_version: paging.cursor_version,
+            resynced: report.resynced,
+            pages: pages_before + report.pages as u64,
+            next_sync_token: Some(next_sync.clone()),
+            unlisted_after: position.clone(),
+            calendar_time_zone: zone.clone(),
+            updated_at: deps.store.now(),
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => {
+                deps.store
+                    .save_google_sync_progress(&checkpoint(&position))
+                    .await?;
+                tracing::info!(connection = %id, "google sync out of its time budget while reading unlisted events; the rest is queued");
                 report.continues = true;
                 return Ok(report);
             }
-            continue;
-        }
-        let Some(next_sync) = page.next_sync_token else {
-            return Err(SyncError::Google(GoogleError::Rejected {
-                status: 200,
-                reason: "no_sync_token".into(),
-                message: "the last page carried no nextSyncToken".into(),
-            }));
-        };
-        if paging.full {
-            // Every busy event listed was written at or after the sync began: what is older
-            // belongs to events that are gone (or left the window).
-            // A page at a time: memory stays bounded whatever the calendar's size.
-            report.overrides_removed += deps
-                .store
-                .remove_overrides_not_of_listing(
-                    company,
-                    &conn.staff_id,
-                    id,
-                    &listing_of(paging.started_at),
-                )
-                .await?;
-            // Mapped events the listing did not show (deleted ones are not listed; others
-            // lie outside the window) are read one by one and reconciled: a full sync
-            // replaces the sync token, so what changed before it is seen now or never. When
-            // the listing spanned invocations, this one knows only its own pages: all are
-            // read.
-            let listed = (!report.resumed).then_some(&listed_ours);
-            let done =
-                super::inbound::reconcile_unlisted(deps, conn, account, listed, zone.as_deref())
-                    .await?;
-            report.commands += done.commands;
-            report.calendar_writes += done.calendar_writes;
-        }
-        let mut next = DeltaCursor {
-            company_id: company.to_string(),
-            connection_id: id.to_string(),
-            token: CursorToken::GoogleSyncToken(next_sync),
-            updated_at: deps.store.now(),
-            based_at: None,
-            calendar_time_zone: zone,
-            version: paging.cursor_version,
-        };
-        match deps.store.save_cursor(&mut next).await {
-            Ok(()) => {
-                if paging.checkpointed {
-                    deps.store.clear_google_sync_progress(company, id).await?;
+            Err(e) => {
+                // What was read stays read: the retry reads on after it.
+                if position.is_some() {
+                    if let Err(saved) = deps
+                        .store
+                        .save_google_sync_progress(&checkpoint(&position))
+                        .await
+                    {
+                        tracing::warn!(connection = %id, error = %saved, "google sync checkpoint not saved");
+                    } else {
+                        paging.checkpointed = true;
+                    }
                 }
-                return Ok(report);
+                return Err(e.into());
             }
-            // A concurrent sync of this connection stored its token first: as good as ours.
-            // A checkpoint of ours no longer matches the cursor's version and is dropped.
-            Err(Error::Conflict { .. }) => return Ok(report),
-            Err(e) => return Err(e.into()),
         }
+    }
+    let mut next = DeltaCursor {
+        company_id: company.to_string(),
+        connection_id: id.to_string(),
+        token: CursorToken::GoogleSyncToken(next_sync),
+        updated_at: deps.store.now(),
+        based_at: None,
+        calendar_time_zone: zone,
+        version: paging.cursor_version,
+    };
+    match deps.store.save_cursor(&mut next).await {
+        Ok(()) => {
+            if paging.checkpointed {
+                deps.store.clear_google_sync_progress(company, id).await?;
+            }
+            Ok(report)
+        }
+        // A concurrent sync of this connection stored its token first: as good as ours.
+        // A checkpoint of ours no longer matches the cursor's version and is dropped.
+        Err(Error::Conflict { .. }) => Ok(report),
+        Err(e) => Err(e.into()),
     }
 }
 

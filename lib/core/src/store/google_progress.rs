@@ -46,6 +46,17 @@ pub struct GoogleSyncProgress {
     /// Pages applied so far, over every invocation.
     #[serde(default)]
     pub pages: u64,
+    /// Set once a full sync's listing is complete: its last page's `nextSyncToken`, stored
+    /// as the cursor when the mapped events the listing did not show have all been read
+    /// (`page_token` is then empty: nothing is listed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_sync_token: Option<String>,
+    /// Those mapped events are read in event-id order; this is the last one done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_after: Option<String>,
+    /// The calendar's zone as the listing's pages named it, for all-day events read then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar_time_zone: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 

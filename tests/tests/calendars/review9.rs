@@ -1,0 +1,168 @@
+//! Ninth review of the calendar seam (2026-12-02).
+//!
+//! A Google full sync ends by reading, one by one, the mapped events its listing did not
+//! show (a deleted event is not listed). When the listing spanned invocations (a calendar
+//! larger than a time budget's pages), the last invocation knew only its own pages and read
+//! every future mapped event, with no time budget and no resume point: a calendar with
+//! hundreds of future bookings could outlast a Lambda's timeout on every resume, and the
+//! sync would never finish. Those reads now run in the budget too, in event-id order from
+//! a resume point kept in the checkpoint beside the listing's token.
+
+use serde_json::json;
+use voyage_core::google::sync::{sync_connection, SyncReport};
+use voyage_core::model::SessionStatus;
+use voyage_tests::calendars::{fault, Cal, CalendarsWorld, COMPANY};
+use voyage_tests::dates::date;
+use voyage_tests::google::email;
+
+/// No budget at all: every invocation does the least it can, one page or one read.
+const TINY_BUDGET: (&str, &str) = ("VOYAGE_SYNC_BUDGET", "0s");
+
+/// One invocation of the connection's sync (as its queue worker runs it).
+async fn invoke(w: &CalendarsWorld, conn: &str) -> SyncReport {
+    let mut connection = w.connection(conn).await;
+    sync_connection(&w.app.local.deps, &mut connection)
+        .await
+        .expect("the sync ran")
+}
+
+/// Paths of single-event reads (`events.get`) Google served since the last clear.
+fn event_reads(w: &CalendarsWorld) -> Vec<String> {
+    w.google
+        .served()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/events/"))
+        .map(|s| s.path)
+        .collect()
+}
+
+/// Statuses of `events.list` requests Google served since the last clear.
+fn listings(w: &CalendarsWorld) -> Vec<u16> {
+    w.google
+        .served()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with("/events"))
+        .map(|s| s.status)
+        .collect()
+}
+
+/// Ann's Google calendar with three bookings (s1, s2, s3) and 300 other busy events (two
+/// pages of a full listing); the staff member deletes s2's event and Google forgets every
+/// sync token, so the next sync is a full one over two invocations.
+async fn three_bookings_and_a_two_page_full_sync_ahead() -> (CalendarsWorld, String) {
+    let w = CalendarsWorld::start_with(&[TINY_BUDGET]).await;
+    let conn = w.connect(Cal::Google, "ann").await;
+    for (session, hour) in [("s1", 9), ("s2", 11), ("s3", 13)] {
+        w.change("created", session, hour).await;
+    }
+    let busy = (0..300)
+        .map(|i| {
+            let d = date(2 + i / 20);
+            let minute = (i % 20) * 2;
+            json!({"summary": "Busy",
+                "start": {"dateTime": format!("{d}T08:{minute:02}:00Z")},
+                "end": {"dateTime": format!("{d}T08:{minute:02}:30Z")}})
+        })
+        .collect();
+    w.google
+        .seed_events(&email("ann"), busy)
+        .expect("events seeded");
+    let deleted = w.one_event(Cal::Google, "ann", "s2");
+    w.staff_delete(Cal::Google, "ann", &deleted);
+    w.google.expire_sync_tokens();
+    (w, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_full_sync_reads_the_unlisted_bookings_in_its_budget_one_invocation_at_a_time() {
+    // Arrange
+    let (w, conn) = three_bookings_and_a_two_page_full_sync_ahead().await;
+    w.google.clear_served();
+    let first = invoke(&w, &conn).await;
+    assert!(first.resynced && first.continues, "{first:?}");
+    // Act: the invocation that lists the last page
+    let second = invoke(&w, &conn).await;
+    // Assert: it reads one booking's event, then stops in its budget with the rest queued
+    assert!(second.resumed && second.continues, "{second:?}");
+    assert_eq!(event_reads(&w).len(), 1, "{:?}", event_reads(&w));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_read_across_invocations_reads_each_booking_once_and_cancels_only_the_deleted_one(
+) {
+    // Arrange
+    let (w, conn) = three_bookings_and_a_two_page_full_sync_ahead().await;
+    w.google.clear_served();
+    // Act: invocations until the sync is done
+    let mut invocations = 0;
+    loop {
+        invocations += 1;
+        assert!(invocations <= 10, "the sync never finished");
+        if !invoke(&w, &conn).await.continues {
+            break;
+        }
+    }
+    // Assert: each booking's event read once, the listing never read again, two pages and
+    // three reads in four invocations (the second lists the last page and reads one), and only the deleted one's booking held for cancelling
+    let mut reads = event_reads(&w);
+    reads.sort();
+    reads.dedup();
+    assert_eq!(reads.len(), 3, "{:?}", event_reads(&w));
+    assert_eq!(event_reads(&w).len(), 3, "{:?}", event_reads(&w));
+    assert_eq!(listings(&w), [410, 200, 200]);
+    assert_eq!(invocations, 4);
+    let statuses = [
+        w.session("s1").await.status,
+        w.session("s2").await.status,
+        w.session("s3").await.status,
+    ];
+    assert_eq!(
+        statuses,
+        [
+            SessionStatus::Confirmed,
+            SessionStatus::PendingCancellation,
+            SessionStatus::Confirmed
+        ]
+    );
+    let store = &w.app.local.deps.store;
+    assert!(store
+        .google_sync_progress(COMPANY, &conn)
+        .await
+        .expect("the checkpoint read")
+        .is_none());
+    assert!(store
+        .get_cursor(COMPANY, &conn)
+        .await
+        .expect("the cursor read")
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_of_an_unlisted_booking_is_retried_without_reading_the_ones_before_it() {
+    // Arrange: the listing done, one booking read, and Google failing the next read
+    let (w, conn) = three_bookings_and_a_two_page_full_sync_ahead().await;
+    invoke(&w, &conn).await;
+    invoke(&w, &conn).await;
+    w.google.clear_served();
+    // (Google's client tries a 5xx four times.)
+    w.google.add_fault(fault("GET", "/events/", 503, 4));
+    let failed = invoke(&w, &conn).await;
+    assert!(failed.skipped.is_some(), "{failed:?}");
+    w.google.clear_faults();
+    w.google.clear_served();
+    // Act: the retries until done
+    let mut invocations = 0;
+    while invoke(&w, &conn).await.continues {
+        invocations += 1;
+        assert!(invocations <= 10, "the sync never finished");
+    }
+    // Assert: the two bookings left were read, once each, and nothing was listed again
+    let reads = event_reads(&w);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_ne!(reads[0], reads[1]);
+    assert_eq!(listings(&w), Vec::<u16>::new());
+    assert_eq!(
+        w.session("s2").await.status,
+        SessionStatus::PendingCancellation
+    );
+}
