@@ -741,3 +741,60 @@ pub async fn deliveries_listed_by_status_fill_their_pages_and_resume_after_the_l
     );
     assert_eq!(pages.len(), 2, "no cursor after the last one: {pages:?}");
 }
+
+pub async fn a_cursor_of_another_listing_is_refused_as_the_cursor_field(f: &Fixture<dyn Table>) {
+    use voyage_core::model::DeliveryStatus;
+    // Arrange: three connections each of two companies, and three deliveries of an
+    // endpoint, so each listing of two a page has a cursor.
+    let (s, _) = store(f);
+    for company in ["acme", "zeta"] {
+        for i in 0..3 {
+            let (id, staff) = (format!("c{i}"), format!("s{i}"));
+            s.create_connection(&connection(company, &id, &staff, Provider::Google))
+                .await
+                .expect("created");
+        }
+    }
+    let deliveries: Vec<_> = (0..3)
+        .map(|n| delivery(n, DeliveryStatus::Failed))
+        .collect();
+    s.create_deliveries(&deliveries).await.expect("created");
+    let zeta_cursor = s
+        .list_connections("zeta", Some(2), None)
+        .await
+        .expect("listed")
+        .next
+        .expect("a cursor");
+    let deliveries_cursor = s
+        .list_deliveries("acme", "ep1", None, Some(2), None)
+        .await
+        .expect("listed")
+        .next
+        .expect("a cursor");
+
+    // Act: each cursor given to a listing it was not made by
+    let refused = [
+        s.list_connections("acme", Some(2), Some(&zeta_cursor))
+            .await
+            .map(|_| ()),
+        s.list_connections("acme", Some(2), Some(&deliveries_cursor))
+            .await
+            .map(|_| ()),
+        s.list_endpoints("acme", Some(2), Some(&zeta_cursor))
+            .await
+            .map(|_| ()),
+        s.list_deliveries("acme", "ep1", None, Some(2), Some(&zeta_cursor))
+            .await
+            .map(|_| ()),
+        s.list_deliveries("acme", "ep2", None, Some(2), Some(&deliveries_cursor))
+            .await
+            .map(|_| ()),
+    ];
+
+    // Assert: each is a validation error naming the cursor (no store error, no page)
+    let fields: Vec<_> = refused
+        .iter()
+        .map(|r| r.as_ref().err().and_then(|e| e.field()))
+        .collect();
+    assert_eq!(fields, [Some("cursor"); 5], "{refused:?}");
+}

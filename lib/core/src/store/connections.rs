@@ -106,7 +106,7 @@ impl Store {
         cursor: Option<&str>,
     ) -> Result<Listed<Connection>> {
         let mut q = Query::prefix(company_pk(company), "CONN#", validate_page_size(limit)?);
-        q.cursor = check_cursor(cursor)?;
+        q.cursor = check_cursor(cursor, &q, None)?;
         let page = self.table.query(q).await?;
         self.decode_page(page)
     }

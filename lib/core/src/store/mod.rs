@@ -288,15 +288,31 @@ pub(crate) fn validate_page_size(limit: Option<usize>) -> Result<usize> {
     }
 }
 
-/// Checks that a client-supplied cursor is one we issued, so a forged cursor is a 422
-/// naming the field rather than a store error.
-pub(crate) fn check_cursor(cursor: Option<&str>) -> Result<Option<String>> {
-    match cursor {
-        None => Ok(None),
-        Some(c) if crate::ports::table::Resume::decode(c).is_some() => Ok(Some(c.to_string())),
-        Some(_) => Err(Error::validation(
+/// Checks that a client-supplied cursor is one we issued for this listing (`q` read from
+/// `index`), so a forged cursor, or one of another listing (another company's, another
+/// endpoint's, another route's), is a 422 naming the field rather than a store error:
+/// DynamoDB refuses a start key outside the query's partition or without the index's keys.
+pub(crate) fn check_cursor(
+    cursor: Option<&str>,
+    q: &crate::ports::Query,
+    index: Option<crate::ports::Index>,
+) -> Result<Option<String>> {
+    let Some(c) = cursor else {
+        return Ok(None);
+    };
+    let of_this_listing = crate::ports::table::Resume::decode(c).is_some_and(|r| {
+        let (pk, sk) = match index {
+            None => (Some(&r.pk), Some(&r.sk)),
+            Some(_) => (r.ipk.as_ref(), r.isk.as_ref()),
+        };
+        pk == Some(&q.pk) && sk.is_some_and(|sk| sk.starts_with(&q.prefix))
+    });
+    if of_this_listing {
+        Ok(Some(c.to_string()))
+    } else {
+        Err(Error::validation(
             "cursor",
-            "is not a cursor this API issued",
-        )),
+            "is not a cursor this API issued for this listing",
+        ))
     }
 }

@@ -172,7 +172,7 @@ impl Store {
         cursor: Option<&str>,
     ) -> Result<Listed<WebhookEndpoint>> {
         let mut q = Query::prefix(company_pk(company), "WH#", validate_page_size(limit)?);
-        q.cursor = check_cursor(cursor)?;
+        q.cursor = check_cursor(cursor, &q, None)?;
         let page = self.table.query(q).await?;
         self.decode_page(page)
     }
@@ -339,13 +339,13 @@ impl Store {
         cursor: Option<&str>,
     ) -> Result<Listed<Delivery>> {
         let limit = validate_page_size(limit)?;
-        let mut cursor = check_cursor(cursor)?;
         let query = |cursor: Option<String>| {
             let mut q = Query::prefix(format!("CO#{company}#WH#{endpoint}"), "DLV#", limit);
             q.cursor = cursor;
             q.descending = true;
             q
         };
+        let mut cursor = check_cursor(cursor, &query(None), Some(Index::Gsi1))?;
         let Some(status) = status else {
             let page = self.table.query_index(Index::Gsi1, query(cursor)).await?;
             return self.decode_page(page);
