@@ -7,11 +7,16 @@
 //! hundreds of future bookings could outlast a Lambda's timeout on every resume, and the
 //! sync would never finish. Those reads now run in the budget too, in event-id order from
 //! a resume point kept in the checkpoint beside the listing's token.
+//!
+//! Also found: a staff member who made a booking's Google event recurring saw every
+//! occurrence deleted by the next sync. Occurrences (listed under ids of their own, with the
+//! series' `recurringEventId`) carry the series' private properties, so each looked like an
+//! unmapped event of a booking that maps another one: an earlier placement's leftover.
 
 use serde_json::json;
 use voyage_core::google::sync::{sync_connection, SyncReport};
 use voyage_core::model::SessionStatus;
-use voyage_tests::calendars::{fault, Cal, CalendarsWorld, COMPANY};
+use voyage_tests::calendars::{at, fault, Cal, CalendarsWorld, COMPANY};
 use voyage_tests::dates::date;
 use voyage_tests::google::email;
 
@@ -165,4 +170,40 @@ async fn a_failed_read_of_an_unlisted_booking_is_retried_without_reading_the_one
         w.session("s2").await.status,
         SessionStatus::PendingCancellation
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_occurrence_of_a_series_made_from_a_bookings_event_is_left_in_the_calendar() {
+    // Arrange: a booking's event, and an occurrence of the weekly series the staff member
+    // made of it, tagged as the series is
+    let (w, conn) = CalendarsWorld::with(Cal::Google).await;
+    w.change("created", "s1", 9).await;
+    let series = w.one_event(Cal::Google, "ann", "s1");
+    let next_week = |hour| (at(hour) + chrono::Duration::days(7)).to_rfc3339();
+    let occurrence = w
+        .google
+        .seed_events(
+            &email("ann"),
+            vec![
+                json!({"summary": "Consultation", "recurringEventId": series,
+                "start": {"dateTime": next_week(9)}, "end": {"dateTime": next_week(10)},
+                "extendedProperties": {"private": {
+                    "voyageSessionId": format!("{COMPANY}/s1"), "voyageStaffId": "ann"}}}),
+            ],
+        )
+        .expect("seeded")
+        .remove(0);
+
+    // Act
+    w.sync(Cal::Google, &conn).await;
+
+    // Assert: the occurrence is live, the booking confirmed with its own event
+    let live: Vec<String> = w
+        .shown(Cal::Google, "ann", "s1")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert!(live.contains(&occurrence), "{live:?}");
+    assert!(live.contains(&series), "{live:?}");
+    assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
 }

@@ -221,6 +221,14 @@ pub struct GoogleEvent {
     /// The guests, the calendar's owner among them (`self: true`) when it is an invitation.
     #[serde(default)]
     pub attendees: Option<Vec<Attendee>>,
+    /// For an occurrence of a recurring event (listed with `singleEvents=true`): the series'
+    /// id. Occurrences carry the series' extended properties.
+    #[serde(
+        rename = "recurringEventId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recurring_event_id: Option<String>,
 }
 
 /// One guest of an event: only what decides whether the calendar's owner is busy.
