@@ -44,6 +44,11 @@ pub struct Config {
     pub webhook_retry: RetryPolicy,
     /// `VOYAGE_PENDING_CANCELLATION_GRACE`: default `10m`.
     pub pending_cancellation_grace: Duration,
+    /// `VOYAGE_FOLLOW_UP_CHECK`: default `2m`, at most `15m` (SQS's longest delay). When a
+    /// staff member's change is to be written to their other calendars, a follow-up is
+    /// queued first with this delay: if the process stops between the booking's change and
+    /// those writes, the follow-up makes them ([`crate::calendar::insure`]).
+    pub follow_up_check: Duration,
     /// `VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS`: `true` lets webhooks reach private addresses.
     pub allow_private_webhook_targets: bool,
     /// `VOYAGE_ALLOW_HTTP_WEBHOOKS`: `true` accepts plain `http://` endpoint URLs.
@@ -133,6 +138,24 @@ impl Config {
                     var: "VOYAGE_PENDING_CANCELLATION_GRACE",
                     message,
                 })?,
+            },
+            follow_up_check: match get("VOYAGE_FOLLOW_UP_CHECK") {
+                None => Duration::from_secs(120),
+                Some(v) => parse_duration(&v)
+                    .and_then(|d| {
+                        if d <= Duration::from_secs(900) {
+                            Ok(d)
+                        } else {
+                            Err(
+                                "must be at most 15m (the longest delay SQS gives a message)"
+                                    .to_string(),
+                            )
+                        }
+                    })
+                    .map_err(|message| ConfigError {
+                        var: "VOYAGE_FOLLOW_UP_CHECK",
+                        message,
+                    })?,
             },
             allow_private_webhook_targets: flag(
                 "VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS",

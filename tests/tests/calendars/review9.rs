@@ -12,13 +12,26 @@
 //! occurrence deleted by the next sync. Occurrences (listed under ids of their own, with the
 //! series' `recurringEventId`) carry the series' private properties, so each looked like an
 //! unmapped event of a booking that maps another one: an earlier placement's leftover.
+//!
+//! And (a cold review of the Google code): a staff member's change in one calendar is
+//! written to their other calendars after the booking's change is stored, as a second step.
+//! A process stopped between the two (a Lambda's timeout) left the other calendar as it was
+//! for good: a cancelled booking's event live there, a move not made. A follow-up is now
+//! queued, delayed, before the booking's change ([`voyage_core::calendar::insure`]).
+
+use std::time::Duration;
 
 use serde_json::json;
+use voyage_core::exchange::push::SyncRequest;
+use voyage_core::exchange::sync::commit_pending_cancellations;
 use voyage_core::google::sync::{sync_connection, SyncReport};
-use voyage_core::model::SessionStatus;
-use voyage_tests::calendars::{at, fault, Cal, CalendarsWorld, COMPANY};
+use voyage_core::model::{Provider, SessionStatus};
+use voyage_tests::calendars::{
+    apply_change, at, fault, versioned_body, Cal, CalendarsWorld, COMPANY,
+};
 use voyage_tests::dates::date;
 use voyage_tests::google::email;
+use voyage_tests::hooked::{held, hooked, Write};
 
 /// No budget at all: every invocation does the least it can, one page or one read.
 const TINY_BUDGET: (&str, &str) = ("VOYAGE_SYNC_BUDGET", "0s");
@@ -206,4 +219,68 @@ async fn an_occurrence_of_a_series_made_from_a_bookings_event_is_left_in_the_cal
     assert!(live.contains(&occurrence), "{live:?}");
     assert!(live.contains(&series), "{live:?}");
     assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
+}
+
+/// Ann with both calendars, follow-ups checked at once, and a booking at 9:00 in both:
+/// (world, exchange connection).
+async fn a_booking_in_both_calendars() -> (CalendarsWorld, String) {
+    let w = CalendarsWorld::start_with(&[("VOYAGE_FOLLOW_UP_CHECK", "0s")]).await;
+    let exchange = w.connect(Cal::Exchange, "ann").await;
+    w.connect(Cal::Google, "ann").await;
+    apply_change(&w.app.local.deps, versioned_body("created", "ann", 9, 1)).await;
+    (w, exchange)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_whose_process_stopped_before_the_other_calendar_still_reaches_it() {
+    // Arrange: ann deletes the Outlook event; after the grace, the sweep that commits the
+    // cancellation stops (its process ends) just before it deletes the Google event
+    let (w, exchange) = a_booking_in_both_calendars().await;
+    let outlook = w.one_event(Cal::Exchange, "ann", "s1");
+    w.staff_delete(Cal::Exchange, "ann", &outlook);
+    w.sync(Cal::Exchange, &exchange).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (hook, gate) = held();
+    let stopping = hooked(&w.app.local.deps, Provider::Google, Write::Delete, hook);
+    let sweep = tokio::spawn(async move { commit_pending_cancellations(&stopping).await });
+    gate.reached.await.expect("the Google deletion reached");
+    sweep.abort();
+    assert_eq!(w.session("s1").await.status, SessionStatus::Cancelled);
+    assert_eq!(w.shown(Cal::Google, "ann", "s1").len(), 1);
+
+    // Act: the outbound queue's worker runs
+    w.drain_outbound().await;
+
+    // Assert: the cancelled booking's Google event is gone
+    assert_eq!(w.shown(Cal::Google, "ann", "s1"), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_round_stopped_before_the_other_calendar_still_reaches_it() {
+    // Arrange: ann moves the Outlook event to 14:00; the round that reschedules the
+    // booking stops just before it updates the Google event
+    let (w, exchange) = a_booking_in_both_calendars().await;
+    let outlook = w.one_event(Cal::Exchange, "ann", "s1");
+    w.staff_move(Cal::Exchange, "ann", &outlook, 14);
+    let (hook, gate) = held();
+    let stopping = hooked(&w.app.local.deps, Provider::Google, Write::Update, hook);
+    let req = SyncRequest {
+        company_id: COMPANY.into(),
+        connection_id: exchange.clone(),
+        subscription_id: String::new(),
+        reason: "notification".into(),
+    };
+    let round =
+        tokio::spawn(async move { voyage_core::exchange::sync::handle(&stopping, &req).await });
+    gate.reached.await.expect("the Google update reached");
+    round.abort();
+    assert_eq!(w.session("s1").await.start, at(14));
+
+    // Act: the outbound queue's worker runs
+    w.drain_outbound().await;
+
+    // Assert: the Google event shows the move
+    let shown = w.shown(Cal::Google, "ann", "s1");
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0].start, at(14));
 }

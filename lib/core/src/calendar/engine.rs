@@ -312,6 +312,7 @@ async fn carry_out<W: EventWriter>(
                 start: *start,
                 end: *end,
             };
+            super::insure(deps, session, &command, origin).await;
             let changed = booking::try_execute(deps, session, &command, origin).await?;
             if changed {
                 super::follow(deps, session, &command, origin).await;
@@ -336,6 +337,7 @@ async fn carry_out<W: EventWriter>(
                     wrote_calendar: false,
                 });
             };
+            super::insure(deps, session, &command, origin).await;
             let changed = booking::try_execute(deps, session, &command, origin).await?;
             if changed {
                 super::follow(deps, session, &command, origin).await;

@@ -109,7 +109,7 @@ pub async fn follow(deps: &Deps, session: &Session, command: &Command, origin: &
         }
     }
     if !owed.is_empty() {
-        queue_follow_up(deps, session, owed).await;
+        queue_follow_up(deps, session, owed, FOLLOW_RETRY).await;
     }
 }
 
@@ -125,7 +125,28 @@ pub struct FollowUp {
     pub calendars: Vec<Provider>,
 }
 
-async fn queue_follow_up(deps: &Deps, session: &Session, calendars: Vec<Provider>) {
+/// Before `command` is carried out on `session` (because of a staff member's change in the
+/// calendar `origin` stands for): when the command will be [`follow`]ed by writes to other
+/// calendars, a [`FollowUp`] naming them is queued first, delayed by
+/// `VOYAGE_FOLLOW_UP_CHECK`. The booking's change and those writes are not one atomic step:
+/// a process stopped between them (a Lambda's timeout, a crash) would leave the other
+/// calendars as they were for good (a cancelled booking's event live there, a move not
+/// made), since nothing else lists an event nobody touched. The follow-up writes the
+/// session as stored then, so when the writes were made it changes nothing the calendars do
+/// not already show (review 9); when the command turned out to change nothing, the same.
+pub async fn insure(deps: &Deps, session: &Session, command: &Command, origin: &str) {
+    let calendars = booking::calendar_writes(command, origin);
+    if !calendars.is_empty() {
+        queue_follow_up(deps, session, calendars, deps.config.follow_up_check).await;
+    }
+}
+
+async fn queue_follow_up(
+    deps: &Deps,
+    session: &Session,
+    calendars: Vec<Provider>,
+    delay: std::time::Duration,
+) {
     let body = serde_json::json!({
         "follow_up": FollowUp {
             company_id: session.company_id.clone(),
@@ -135,7 +156,7 @@ async fn queue_follow_up(deps: &Deps, session: &Session, calendars: Vec<Provider
     });
     let sent = match deps.queue(crate::deps::QueueName::ExchangeOutbound) {
         Ok(queue) => queue
-            .send(&body.to_string(), FOLLOW_RETRY)
+            .send(&body.to_string(), delay)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

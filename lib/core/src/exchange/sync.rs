@@ -1365,6 +1365,7 @@ async fn commit_one(deps: &Deps, session: &mut Session, now: DateTime<Utc>) -> R
         return Ok(());
     }
     let command = Command::CommitCancellation { now };
+    crate::calendar::insure(deps, session, &command, &origin).await;
     if booking::execute(deps, session, &command, &origin).await? {
         // The events go from every other calendar; the mappings stay, so a later restore
         // of an event is deleted again.
