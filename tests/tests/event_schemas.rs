@@ -125,7 +125,7 @@ fn engine_payloads() -> Vec<(String, Value)> {
         decide(
             &pending,
             &Command::CommitCancellation { now: t(3) },
-            "scheduler",
+            "exchange-inbound",
             t(3),
         )
         .unwrap(),

@@ -44,6 +44,7 @@ macro_rules! every_case {
                     outbound_context_is_one_read_and_its_commit_all_or_nothing,
                     deliveries_listed_by_status_fill_their_pages_and_resume_after_the_last_listed,
                     a_cursor_of_another_listing_is_refused_as_the_cursor_field,
+                    new_deliveries_are_made_once_and_each_maker_told_which_it_made,
                 ]
             );
         }

@@ -567,6 +567,44 @@ async fn after_rotation_both_secrets_sign_for_the_overlap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rotation_within_the_day_leaves_the_first_secret_its_24_hours() {
+    // Arrange: an endpoint's secret rotated twice (S0 -> S1 -> S2)
+    let receiver = Receiver::start().await;
+    let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+    let tenant = app.key("acme", false).await;
+    let created = endpoint(&app, &tenant, &receiver.url("/hook"), json!(["*"])).await;
+    let id = created["id"].as_str().unwrap();
+    let mut secrets = vec![created["secret"].as_str().unwrap().to_string()];
+    for _ in 0..2 {
+        let (status, rotated) = app
+            .call(
+                "POST",
+                &format!("/v1/webhooks/{id}/rotate-secret"),
+                &tenant,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        secrets.push(rotated["secret"].as_str().unwrap().to_string());
+    }
+
+    // Act
+    let (status, _) = app
+        .call("POST", &format!("/v1/webhooks/{id}/test"), &tenant, None)
+        .await;
+    assert_eq!(status, 202);
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    // Assert: a receiver holding any of the three verifies
+    let r = &got[0];
+    let verified: Vec<bool> = secrets
+        .iter()
+        .map(|s| standard_verify(s, &std_headers(r), &r.body))
+        .collect();
+    assert_eq!(verified, [true, true, true]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_sends_nothing_new() {
     let receiver = Receiver::start().await;
     let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
@@ -1202,6 +1240,121 @@ mod recovery {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_lists_a_recovered_copy_by_when_it_was_made() {
+        // Arrange: a failed delivery, its recovered copy, then a newer delivery
+        let receiver = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        let (status, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"], "retry_schedule": ""})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        let id = ep["id"].as_str().unwrap().to_string();
+        let since = rfc3339_now();
+        receiver.script([Answer::status(500)]);
+        let out = dispatch(&app, &internal, "session.created", json!({})).await;
+        let original = out["deliveries"][0]["id"].as_str().unwrap().to_string();
+        assert_eq!(settled(&app, &tenant, &original).await["status"], "failed");
+        receiver.answer_always(Answer::status(200));
+        let (status, answer) = app
+            .call(
+                "POST",
+                &format!("/v1/webhooks/{id}/recover"),
+                &tenant,
+                Some(json!({"since": since})),
+            )
+            .await;
+        assert_eq!((status.as_u16(), &answer["count"]), (202, &json!(1)));
+        receiver.wait_for(2, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let out = dispatch(&app, &internal, "session.created", json!({})).await;
+        let newest = out["deliveries"][0]["id"].as_str().unwrap().to_string();
+
+        // Act
+        let (_, log) = app
+            .call(
+                "GET",
+                &format!("/v1/webhooks/{id}/deliveries"),
+                &tenant,
+                None,
+            )
+            .await;
+
+        // Assert: newest first, the copy between the two
+        let listed: Vec<(&str, Option<&str>)> = log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["id"].as_str().unwrap(), d["redelivery_of"].as_str()))
+            .collect();
+        assert_eq!(listed.len(), 3, "{log}");
+        assert_eq!(listed[0].0, newest, "{log}");
+        assert_eq!(listed[1].1, Some(original.as_str()), "{log}");
+        assert_eq!(listed[2].0, original, "{log}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovers_of_one_window_at_once_send_and_count_each_failure_once() {
+        // Arrange: twenty failed deliveries of one endpoint
+        let receiver = Receiver::start().await;
+        let app = TestApp::start(&[PRIVATE_OK, HTTP_OK]);
+        let tenant = app.key("acme", false).await;
+        let internal = app.key("platform", true).await;
+        let (status, ep) = app
+            .call(
+                "POST",
+                "/v1/webhooks",
+                &tenant,
+                Some(json!({"url": receiver.url("/hook"), "events": ["*"], "retry_schedule": ""})),
+            )
+            .await;
+        assert_eq!(status, 201, "{ep}");
+        let id = ep["id"].as_str().unwrap().to_string();
+        let since = rfc3339_now();
+        receiver.answer_always(Answer::status(500));
+        let mut failed = Vec::new();
+        for _ in 0..20 {
+            let out = dispatch(&app, &internal, "session.created", json!({})).await;
+            failed.push(out["deliveries"][0]["id"].as_str().unwrap().to_string());
+        }
+        for d in &failed {
+            assert_eq!(settled(&app, &tenant, d).await["status"], "failed");
+        }
+        receiver.answer_always(Answer::status(200));
+
+        // Act: six recovers of the window at once
+        let path = format!("/v1/webhooks/{id}/recover");
+        let calls = (0..6).map(|_| {
+            app.call(
+                "POST",
+                &path,
+                &tenant,
+                Some(json!({"since": since.clone()})),
+            )
+        });
+        let answers = futures_util::future::join_all(calls).await;
+
+        // Assert: the counts add up to the failures, and each is sent once
+        let total: u64 = answers
+            .iter()
+            .map(|(status, out)| {
+                assert_eq!(status.as_u16(), 202, "{out}");
+                out["count"].as_u64().unwrap()
+            })
+            .sum();
+        assert_eq!(total, 20, "{answers:?}");
+        receiver.wait_for(40, Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.received().len(), 40);
+    }
+
     #[tokio::test]
     async fn recover_refuses_bad_windows_naming_the_field() {
         let app = TestApp::start(&[]);
@@ -1754,4 +1907,100 @@ async fn a_repeated_idempotency_key_delivers_a_session_event_once_with_one_seque
         .collect();
     sequences.sort_unstable();
     assert_eq!(sequences, vec![1, 2]);
+}
+
+/// A platform payload is held to every keyword its published schema uses on its fields.
+mod payload_schemas {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dispatched_payload_its_schema_rejects_is_refused_naming_the_field() {
+        // Arrange
+        let app = TestApp::start(&[]);
+        let internal = app.key("platform", true).await;
+        let cancelled = |extra: Value| {
+            let mut payload = json!({"session_id": "s1"});
+            payload
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json!({"company_id": "acme", "event": "session.cancelled", "payload": payload})
+        };
+        let cases = [
+            (json!({"provider": "outlook"}), "payload.provider"),
+            (json!({"start": "notadate"}), "payload.start"),
+            (json!({"status": "gone"}), "payload.status"),
+            (json!({"session_id": ""}), "payload.session_id"),
+        ];
+
+        // Act
+        let mut fields = Vec::new();
+        for (extra, _) in &cases {
+            let (status, out) = app
+                .call(
+                    "POST",
+                    "/v1/webhooks/dispatch",
+                    &internal,
+                    Some(cancelled(extra.clone())),
+                )
+                .await;
+            fields.push((status.as_u16(), out["error"]["field"].clone()));
+        }
+
+        // Assert
+        let expected: Vec<(u16, Value)> = cases.iter().map(|(_, f)| (422, json!(f))).collect();
+        assert_eq!(fields, expected);
+    }
+
+    #[tokio::test]
+    async fn a_payload_that_fits_its_schema_is_accepted() {
+        let app = TestApp::start(&[]);
+        let internal = app.key("platform", true).await;
+        let (status, out) = app
+            .call(
+                "POST",
+                "/v1/webhooks/dispatch",
+                &internal,
+                Some(
+                    json!({"company_id": "acme", "event": "session.cancelled", "payload": {
+                    "session_id": "s1", "provider": "google", "status": "cancelled",
+                    "start": "2027-06-01T09:00:00Z", "end": "2027-06-01T10:00:00+02:00"}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 202, "{out}");
+    }
+}
+
+/// List routes read only the query parameters they document.
+mod list_queries {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unknown_query_parameter_is_refused_naming_it() {
+        // Arrange
+        let app = TestApp::start(&[]);
+        let tenant = app.key("acme", false).await;
+
+        // Act: a filter the route does not have, and a misspelt one
+        let mut answers = Vec::new();
+        for path in [
+            "/v1/webhooks?status=active",
+            "/v1/connections?limt=5",
+            "/v1/webhooks/whk_x/deliveries?state=failed",
+        ] {
+            let (status, out) = app.call("GET", path, &tenant, None).await;
+            answers.push((status.as_u16(), out["error"]["field"].clone()));
+        }
+
+        // Assert
+        assert_eq!(
+            answers,
+            [
+                (422, json!("status")),
+                (422, json!("limt")),
+                (422, json!("state"))
+            ]
+        );
+    }
 }

@@ -195,6 +195,7 @@ async fn create_connection(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
     limit: Option<usize>,

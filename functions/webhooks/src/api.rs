@@ -23,6 +23,9 @@ use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
 
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
+/// Most rotated-out secrets signing at once (rotations within a day): beyond it, the oldest
+/// stops early, so a delivery's signature headers stay bounded.
+pub const MAX_PREVIOUS_SECRETS: usize = 4;
 /// Most subscription patterns per endpoint.
 pub const MAX_EVENTS: usize = 100;
 
@@ -230,6 +233,7 @@ async fn create(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Page {
     #[serde(default)]
     limit: Option<usize>,
@@ -372,15 +376,16 @@ async fn rotate(
     let mut e = store.get_endpoint(&p.company_id, &id).await?;
     let now = store.now();
     let secret = signing::generate_secret();
-    // The previous current secret signs for 24 h more; older ones stop now.
+    // The previous current secret signs for 24 h more; each rotated out before it keeps the
+    // rest of its own 24 h (a receiver told "a day" is not cut short by a second rotation),
+    // the newest [`MAX_PREVIOUS_SECRETS`] of them.
     for (i, s) in e.secrets.iter_mut().enumerate() {
-        if i == 0 {
+        if i == 0 || s.expires_at.is_none() {
             s.expires_at = Some(now + ROTATION_OVERLAP);
-        } else if s.expires_at.is_none_or(|t| t > now) {
-            s.expires_at = Some(now);
         }
     }
     e.secrets.retain(|s| s.expires_at.is_none_or(|t| t > now));
+    e.secrets.truncate(MAX_PREVIOUS_SECRETS);
     e.secrets.insert(
         0,
         SigningSecret {
@@ -418,6 +423,7 @@ async fn test(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DeliveriesQuery {
     #[serde(default)]
     status: Option<String>,

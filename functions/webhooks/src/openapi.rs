@@ -114,11 +114,12 @@ pub fn operations() -> Vec<Operation> {
                 &[
                     ("url", string()),
                     ("events", events.clone()),
-                    ("description", text(500)),
-                    ("secret", string()),
-                    ("retry_schedule", string()),
-                    ("headers", headers()),
-                    ("rate_limit", rate_limit()),
+                    // An optional field given `null` is left out (its default).
+                    ("description", nullable(text(500))),
+                    ("secret", nullable(string())),
+                    ("retry_schedule", nullable(string())),
+                    ("headers", nullable(headers())),
+                    ("rate_limit", nullable(rate_limit())),
                 ],
                 &["url", "events"],
             ))

@@ -104,8 +104,12 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Seconds; more than a u64 holds is "a very long time" (capped by the engine), not
+        // no answer at all.
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
@@ -183,5 +187,34 @@ impl Transport for HttpTransport {
             body: text,
             retry_after,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(value: &str) -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_str(value).expect("a header value"),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_retry_after_too_long_for_a_u64_is_a_very_long_wait_not_none() {
+        assert_eq!(
+            retry_after(&header("99999999999999999999")),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn a_retry_after_in_seconds_is_read_and_garbage_is_not() {
+        assert_eq!(retry_after(&header(" 7 ")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&header("-7")), None);
+        assert_eq!(retry_after(&header("soon")), None);
     }
 }

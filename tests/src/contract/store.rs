@@ -798,3 +798,31 @@ pub async fn a_cursor_of_another_listing_is_refused_as_the_cursor_field(f: &Fixt
         .collect();
     assert_eq!(fields, [Some("cursor"); 5], "{refused:?}");
 }
+
+pub async fn new_deliveries_are_made_once_and_each_maker_told_which_it_made(
+    f: &Fixture<dyn Table>,
+) {
+    use voyage_core::model::DeliveryStatus;
+    // Arrange: three deliveries made, two of them again with two more
+    let (s, _) = store(f);
+    let first: Vec<_> = (0..3)
+        .map(|n| delivery(n, DeliveryStatus::Pending))
+        .collect();
+    let made_first = s.create_new_deliveries(&first).await.expect("made");
+    let mut again: Vec<_> = (1..5)
+        .map(|n| delivery(n, DeliveryStatus::Pending))
+        .collect();
+    again[0].status = DeliveryStatus::Failed;
+
+    // Act
+    let made_again = s.create_new_deliveries(&again).await.expect("made");
+
+    // Assert: the second call made only the two new ones, and left the existing as they were
+    let ids = |ds: &[voyage_core::model::Delivery]| -> Vec<String> {
+        ds.iter().map(|d| d.id.clone()).collect()
+    };
+    assert_eq!(ids(&made_first), ["d00", "d01", "d02"]);
+    assert_eq!(ids(&made_again), ["d03", "d04"]);
+    let kept = s.get_delivery("acme", "d01").await.expect("read");
+    assert_eq!(kept.status, DeliveryStatus::Pending);
+}

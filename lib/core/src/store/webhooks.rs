@@ -65,9 +65,15 @@ struct RateSlot {
 fn delivery_item(d: &Delivery, version: u64) -> Result<Item> {
     let mut item = Item::new(delivery_key(&d.company_id, &d.id), encode(d)?);
     item.version = version;
+    // The endpoint's log, by when each delivery was made (a recovered copy's id is derived
+    // from its original, not from the time, so the id alone would not order it).
     item.gsi1 = Some(Key::new(
         format!("CO#{}#WH#{}", d.company_id, d.endpoint_id),
-        format!("DLV#{}", d.id),
+        format!(
+            "DLV#{}#{}",
+            d.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+            d.id
+        ),
     ));
     match d.status {
         DeliveryStatus::Pending => {
@@ -249,6 +255,48 @@ impl Store {
         }
         self.create_deliveries(rest).await?;
         Ok(true)
+    }
+
+    /// Stores those of `deliveries` that do not exist yet (by id) and answers them: the
+    /// copies a recover makes, whose ids derive from their originals, so two recovers of one
+    /// window at once make each copy once, and each call counts and wakes only its own. A
+    /// transaction of conditional puts per chunk; a chunk where one exists already is put
+    /// one by one.
+    pub async fn create_new_deliveries(&self, deliveries: &[Delivery]) -> Result<Vec<Delivery>> {
+        let mut created = Vec::with_capacity(deliveries.len());
+        let mut rest = deliveries;
+        while !rest.is_empty() {
+            let (mut n, mut bytes, mut writes) = (0, 0, Vec::new());
+            for d in rest {
+                let item = delivery_item(d, 1)?;
+                bytes += item.data.len();
+                if n > 0 && (n >= TRANSACTION_LIMIT || bytes > TRANSACTION_BYTES) {
+                    break;
+                }
+                writes.push(TxWrite::Put(item, Condition::NotExists));
+                n += 1;
+            }
+            let (chunk, more) = rest.split_at(n);
+            match self.table.transact(writes).await {
+                Ok(()) => created.extend_from_slice(chunk),
+                Err(StoreError::ConditionFailed) => {
+                    for d in chunk {
+                        match self
+                            .table
+                            .put(delivery_item(d, 1)?, Condition::NotExists)
+                            .await
+                        {
+                            Ok(()) => created.push(d.clone()),
+                            Err(StoreError::ConditionFailed) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            rest = more;
+        }
+        Ok(created)
     }
 
     /// Which of `ids` name deliveries that exist (batched reads).

@@ -1040,8 +1040,7 @@ impl WebhookEngine {
                 if out.count + copies.len() >= RECOVER_LIMIT && last_ms != Some(ms) {
                     out.truncated = true;
                     out.next_until = last_ms;
-                    self.send_copies(company, &copies).await?;
-                    out.count += copies.len();
+                    out.count += self.send_copies(company, &copies).await?;
                     break 'pages;
                 }
                 last_ms = Some(ms);
@@ -1060,8 +1059,7 @@ impl WebhookEngine {
                     ..original
                 });
             }
-            self.send_copies(company, &copies).await?;
-            out.count += copies.len();
+            out.count += self.send_copies(company, &copies).await?;
             match next {
                 Some(n) => cursor = Some(n),
                 None => break,
@@ -1077,18 +1075,19 @@ impl WebhookEngine {
         Ok(out)
     }
 
-    /// Stores new deliveries and wakes a worker for each (16 wake-ups at a time).
-    async fn send_copies(&self, company: &str, copies: &[Delivery]) -> Result<()> {
-        // (Recovery copies are made once each: `recover` skips those that exist.)
+    /// Stores the recovery copies that do not exist yet and wakes a worker for each (16
+    /// wake-ups at a time); answers how many this call made. (`recover` skips the copies it
+    /// read as existing; another recover of the same window at once may make some first.)
+    async fn send_copies(&self, company: &str, copies: &[Delivery]) -> Result<usize> {
         use futures::stream::{self, StreamExt};
         if copies.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        self.deps.store.create_deliveries(copies).await?;
-        stream::iter(copies)
+        let made = self.deps.store.create_new_deliveries(copies).await?;
+        stream::iter(&made)
             .for_each_concurrent(16, |c| self.wake_now(company, &c.id, None))
             .await;
-        Ok(())
+        Ok(made.len())
     }
 
     /// Sends a delivery's event again, as a new delivery to the same endpoint.

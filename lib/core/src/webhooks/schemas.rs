@@ -76,9 +76,12 @@ pub struct EventTypeDoc {
 }
 
 /// Checks a payload the platform dispatches against its type's schema: every required field
-/// present, and every field the schema types simply (`string`, `integer`, `number`,
-/// `boolean`, `object`, `array`, or a list of them) of that type. A 422 names the field
-/// (`payload.<field>`), so no event goes out that its published schema rejects.
+/// present, and every field the schema declares held to what it declares of it: its `type`
+/// (`string`, `integer`, `number`, `boolean`, `object`, `array`, `null`, or a list of them),
+/// `enum`, `format` (`date-time`: RFC 3339; `uri`: a scheme and a rest), `minLength`,
+/// `minimum` and `maximum` (the keywords the published schemas use on their fields). A 422
+/// names the field (`payload.<field>`), so no event goes out that its published schema
+/// rejects.
 pub fn check_payload(
     event_type: &str,
     payload: &serde_json::Map<String, Value>,
@@ -98,33 +101,86 @@ pub fn check_payload(
     }
     if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
         for (field, value) in payload {
-            let Some(declared) = properties.get(field).and_then(|p| p.get("type")) else {
+            let Some(declared) = properties.get(field) else {
                 continue;
             };
-            let allowed: Vec<&str> = match declared {
-                Value::String(t) => vec![t.as_str()],
-                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
-                _ => continue,
-            };
-            let fits = allowed.iter().any(|t| match *t {
-                "string" => value.is_string(),
-                "integer" => value.is_i64() || value.is_u64(),
-                "number" => value.is_number(),
-                "boolean" => value.is_boolean(),
-                "object" => value.is_object(),
-                "array" => value.is_array(),
-                "null" => value.is_null(),
-                _ => true,
-            });
-            if !fits {
+            if let Err(message) = check_field(value, declared) {
                 return Err(crate::Error::validation(
                     format!("payload.{field}"),
-                    format!("must be of type {}", allowed.join(" or ")),
+                    message,
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// One field's value against what its schema declares of it (see [`check_payload`]).
+fn check_field(value: &Value, declared: &Value) -> std::result::Result<(), String> {
+    let allowed: Vec<&str> = match declared.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let fits = |t: &str| match t {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        _ => true,
+    };
+    if !allowed.is_empty() && !allowed.iter().any(|t| fits(t)) {
+        return Err(format!("must be of type {}", allowed.join(" or ")));
+    }
+    if let Some(options) = declared.get("enum").and_then(Value::as_array) {
+        if !options.contains(value) {
+            let names: Vec<String> = options.iter().map(Value::to_string).collect();
+            return Err(format!("must be one of {}", names.join(", ")));
+        }
+    }
+    if let Some(text) = value.as_str() {
+        match declared.get("format").and_then(Value::as_str) {
+            Some("date-time") if chrono::DateTime::parse_from_rfc3339(text).is_err() => {
+                return Err("must be an RFC 3339 date-time".into());
+            }
+            Some("uri") if !is_uri(text) => return Err("must be an absolute URI".into()),
+            _ => {}
+        }
+        if let Some(min) = declared.get("minLength").and_then(Value::as_u64) {
+            if (text.chars().count() as u64) < min {
+                return Err(format!("must be at least {min} characters long"));
+            }
+        }
+    }
+    if let Some(n) = value.as_f64().filter(|_| value.is_number()) {
+        if let Some(min) = declared.get("minimum").and_then(Value::as_f64) {
+            if n < min {
+                return Err(format!("must be at least {min}"));
+            }
+        }
+        if let Some(max) = declared.get("maximum").and_then(Value::as_f64) {
+            if n > max {
+                return Err(format!("must be at most {max}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An absolute URI as RFC 3986 has it: a scheme (a letter, then letters, digits, `+`, `-`,
+/// `.`), a colon, and no whitespace.
+fn is_uri(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !text.chars().any(char::is_whitespace)
 }
 
 /// The parsed schema of `event_type`, parsed once.
