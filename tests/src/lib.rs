@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod google;
 pub mod graph;
 pub mod hooked;
+pub mod lagging;
 pub mod lambda;
 pub mod quirks;
 pub mod races;

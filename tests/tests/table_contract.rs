@@ -45,6 +45,8 @@ macro_rules! every_case {
                     deliveries_listed_by_status_fill_their_pages_and_resume_after_the_last_listed,
                     a_cursor_of_another_listing_is_refused_as_the_cursor_field,
                     new_deliveries_are_made_once_and_each_maker_told_which_it_made,
+                    a_channel_finds_its_connection_before_the_indexes_catch_up,
+                    a_replaced_or_deleted_channel_finds_no_connection,
                 ]
             );
         }

@@ -826,3 +826,65 @@ pub async fn new_deliveries_are_made_once_and_each_maker_told_which_it_made(
     let kept = s.get_delivery("acme", "d01").await.expect("read");
     assert_eq!(kept.status, DeliveryStatus::Pending);
 }
+
+pub async fn a_channel_finds_its_connection_before_the_indexes_catch_up(f: &Fixture<dyn Table>) {
+    // Arrange: a connection given a channel, read through a table whose indexes lag
+    let (s, clock) = store(f);
+    let lagging = Store::new(
+        Arc::new(crate::lagging::LaggingIndexes::new(f.it.clone())),
+        clock,
+    );
+    s.create_connection(&connection("acme", "c1", "s1", Provider::Exchange))
+        .await
+        .expect("created");
+    let mut c = s.get_connection("acme", "c1").await.expect("read");
+    c.channel = Some(PushChannel {
+        id: "sub-1".into(),
+        resource_id: None,
+        expires_at: t0() + Duration::days(2),
+        secret: "state".into(),
+    });
+    s.update_connection(&mut c).await.expect("updated");
+
+    // Act
+    let found = lagging.connection_by_channel("sub-1").await.expect("read");
+    let unknown = lagging.connection_by_channel("sub-2").await.expect("read");
+
+    // Assert
+    assert_eq!(found.map(|c| c.id), Some("c1".to_string()));
+    assert_eq!(unknown, None);
+}
+
+pub async fn a_replaced_or_deleted_channel_finds_no_connection(f: &Fixture<dyn Table>) {
+    // Arrange: a connection's channel replaced, then a second connection deleted
+    let (s, _) = store(f);
+    let channel = |id: &str| PushChannel {
+        id: id.into(),
+        resource_id: None,
+        expires_at: t0() + Duration::days(2),
+        secret: "state".into(),
+    };
+    let mut c1 = connection("acme", "c1", "s1", Provider::Google);
+    c1.channel = Some(channel("old"));
+    s.create_connection(&c1).await.expect("created");
+    let mut c1 = s.get_connection("acme", "c1").await.expect("read");
+    c1.channel = Some(channel("new"));
+    s.update_connection(&mut c1).await.expect("updated");
+    let mut c2 = connection("acme", "c2", "s2", Provider::Google);
+    c2.channel = Some(channel("gone"));
+    s.create_connection(&c2).await.expect("created");
+    s.delete_connection("acme", "c2").await.expect("deleted");
+
+    // Act
+    let found: Vec<Option<String>> = [
+        s.connection_by_channel("old").await,
+        s.connection_by_channel("new").await,
+        s.connection_by_channel("gone").await,
+    ]
+    .into_iter()
+    .map(|r| r.expect("read").map(|c| c.id))
+    .collect();
+
+    // Assert
+    assert_eq!(found, [None, Some("c1".to_string()), None]);
+}

@@ -34,20 +34,52 @@ pub(crate) fn items_of(c: &Connection, version: u64) -> Result<(Item, Item)> {
     Ok((primary, copy))
 }
 
+/// The lookup item of a push channel (Google) or subscription (Graph) id: which connection
+/// has it. Read with a consistent read, unlike the channel index (`gsi1`), which on DynamoDB
+/// lags a moment behind the write that set the channel: a notification arriving in that
+/// moment was answered as for an unknown subscription and dropped, and Graph does not send
+/// it again. Written with the connection, kept (by its expiry) a week past the channel's,
+/// and checked against the connection when read (a replaced channel's lookup names a
+/// connection with another channel now).
+fn channel_key(channel_id: &str) -> Key {
+    Key::new(format!("CHAN#{channel_id}"), "CONN")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChannelOwner {
+    company_id: String,
+    connection_id: String,
+}
+
+impl super::Versioned for ChannelOwner {
+    fn set_version(&mut self, _: u64) {}
+}
+
+pub(crate) fn channel_lookup(c: &Connection) -> Result<Option<Item>> {
+    let Some(channel) = &c.channel else {
+        return Ok(None);
+    };
+    let owner = ChannelOwner {
+        company_id: c.company_id.clone(),
+        connection_id: c.id.clone(),
+    };
+    let mut item = Item::new(channel_key(&channel.id), encode(&owner)?);
+    item.expires_at = Some((channel.expires_at + chrono::Duration::days(7)).timestamp());
+    Ok(Some(item))
+}
+
 impl Store {
     /// Creates a connection. A staff member has at most one connection per provider.
     pub async fn create_connection(&self, c: &Connection) -> Result<Connection> {
         let mut c = c.clone();
         c.version = 1;
         let (primary, copy) = items_of(&c, 1)?;
-        match self
-            .table
-            .transact(vec![
-                TxWrite::Put(primary, Condition::NotExists),
-                TxWrite::Put(copy, Condition::NotExists),
-            ])
-            .await
-        {
+        let mut writes = vec![
+            TxWrite::Put(primary, Condition::NotExists),
+            TxWrite::Put(copy, Condition::NotExists),
+        ];
+        writes.extend(channel_lookup(&c)?.map(|i| TxWrite::Put(i, Condition::None)));
+        match self.table.transact(writes).await {
             Ok(()) => Ok(c),
             Err(StoreError::ConditionFailed) => Err(Error::Duplicate {
                 entity: "connection",
@@ -85,8 +117,19 @@ impl Store {
         }
     }
 
-    /// The connection whose push channel (Google) or subscription (Graph) has this id.
+    /// The connection whose push channel (Google) or subscription (Graph) has this id: from
+    /// its lookup item (a consistent read), else (a connection stored before lookups
+    /// existed) from the channel index.
     pub async fn connection_by_channel(&self, channel_id: &str) -> Result<Option<Connection>> {
+        if let Some(item) = self.table.get(&channel_key(channel_id)).await? {
+            let owner: ChannelOwner = decode(&item)?;
+            let connection = self
+                .find_connection(&owner.company_id, &owner.connection_id)
+                .await?;
+            return Ok(
+                connection.filter(|c| c.channel.as_ref().is_some_and(|ch| ch.id == channel_id))
+            );
+        }
         let q = Query::prefix(format!("CHAN#{channel_id}"), "CONN", 1);
         let page = self.table.query_index(Index::Gsi1, q).await?;
         match page.items.first() {
@@ -131,14 +174,12 @@ impl Store {
         next.updated_at = self.now();
         let (primary, copy) = items_of(&next, expected + 1)?;
         let key = primary.key.clone();
-        match self
-            .table
-            .transact(vec![
-                TxWrite::Put(primary, Condition::Version(expected)),
-                TxWrite::Put(copy, Condition::None),
-            ])
-            .await
-        {
+        let mut writes = vec![
+            TxWrite::Put(primary, Condition::Version(expected)),
+            TxWrite::Put(copy, Condition::None),
+        ];
+        writes.extend(channel_lookup(&next)?.map(|i| TxWrite::Put(i, Condition::None)));
+        match self.table.transact(writes).await {
             Ok(()) => {
                 *c = next;
                 Ok(())
@@ -195,13 +236,23 @@ impl Store {
         let key = primary_key(company, id);
         match self
             .table
-            .transact(vec![
-                TxWrite::Delete(key.clone(), Condition::Version(existing.version)),
-                TxWrite::Delete(
-                    staff_key(company, &existing.staff_id, existing.provider),
-                    Condition::None,
-                ),
-            ])
+            .transact(
+                [
+                    TxWrite::Delete(key.clone(), Condition::Version(existing.version)),
+                    TxWrite::Delete(
+                        staff_key(company, &existing.staff_id, existing.provider),
+                        Condition::None,
+                    ),
+                ]
+                .into_iter()
+                .chain(
+                    existing
+                        .channel
+                        .as_ref()
+                        .map(|ch| TxWrite::Delete(channel_key(&ch.id), Condition::None)),
+                )
+                .collect(),
+            )
             .await
         {
             Ok(()) => Ok(existing),

@@ -1,7 +1,9 @@
 //! The two store round trips of an outbound calendar write: one batch read of everything
 //! the write depends on, one transaction that records its result.
 
-use super::connections::{items_of as connection_items, primary_key as connection_key, staff_key};
+use super::connections::{
+    channel_lookup, items_of as connection_items, primary_key as connection_key, staff_key,
+};
 use super::credentials::credentials_key;
 use super::mappings::{by_session, mapping_deletes, mapping_writes};
 use super::sessions::{item_of as session_item, key_of as session_key};
@@ -125,6 +127,9 @@ impl Store {
                     let (primary, copy) = connection_items(c, c.version)?;
                     tx.push(TxWrite::Put(primary, Condition::Version(expected)));
                     tx.push(TxWrite::Put(copy, Condition::None));
+                    if let Some(lookup) = channel_lookup(c)? {
+                        tx.push(TxWrite::Put(lookup, Condition::None));
+                    }
                 }
                 OutboundWrite::SessionUnchanged(s) => {
                     tx.push(TxWrite::Check(
