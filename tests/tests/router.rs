@@ -113,6 +113,37 @@ async fn missing_unknown_and_revoked_keys_are_401_and_scope_is_403() {
     );
 }
 
+#[tokio::test]
+async fn a_tenant_key_on_an_internal_route_is_403_whatever_the_body() {
+    // Arrange
+    let app = app();
+    let tenant = key(&app, false).await;
+    let routes = [
+        "/v1/sessions/changes",
+        "/v1/exchange/outbound",
+        "/v1/google-sync",
+        "/v1/webhooks/dispatch",
+    ];
+
+    // Act: an empty object, and a body that is not JSON at all
+    let mut answers = Vec::new();
+    for route in routes {
+        for body in ["{}", "not json"] {
+            let (status, out) =
+                call(&app.router, post(route, &tenant, "application/json", body)).await;
+            answers.push((route, status, out["error"]["code"].clone()));
+        }
+    }
+
+    // Assert
+    let expected: Vec<_> = routes
+        .iter()
+        .flat_map(|r| [*r, *r])
+        .map(|r| (r, StatusCode::FORBIDDEN, json!("forbidden")))
+        .collect();
+    assert_eq!(answers, expected);
+}
+
 async fn body_key_id(app: &App, key: &str) -> String {
     call(&app.router, get("/v1/me", Some(key))).await.1["key_id"]
         .as_str()

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use voyage_core::calendar::changes::{self, ChangesOutcome};
 use voyage_core::deps::Deps;
 use voyage_core::exchange::outbound::{self, Outcome, SessionChangeInput};
-use voyage_http::{ApiJson, ApiResult, Authenticated};
+use voyage_http::{ApiJson, ApiResult, Internal};
 
 pub fn router(deps: Arc<Deps>) -> Router {
     Router::new()
@@ -32,10 +32,9 @@ pub fn router(deps: Arc<Deps>) -> Router {
 /// stores the session and writes it to each of the staff member's calendars.
 async fn write_changes(
     State(deps): State<Arc<Deps>>,
-    Authenticated(p): Authenticated,
+    Internal(_): Internal,
     ApiJson(body): ApiJson<SessionChangeInput>,
 ) -> ApiResult<Json<ChangesOutcome>> {
-    p.require_internal()?;
     let change = body.validate()?;
     Ok(Json(changes::apply(&deps, &change).await?))
 }
@@ -44,10 +43,9 @@ async fn write_changes(
 /// stores the session and writes its event.
 async fn write_session(
     State(deps): State<Arc<Deps>>,
-    Authenticated(p): Authenticated,
+    Internal(_): Internal,
     ApiJson(body): ApiJson<SessionChangeInput>,
 ) -> ApiResult<Json<Outcome>> {
-    p.require_internal()?;
     let change = body.validate()?;
     Ok(Json(outbound::apply(&deps, &change).await?))
 }

@@ -23,7 +23,7 @@ use voyage_core::deps::Deps;
 use voyage_core::google::{push, sync};
 use voyage_core::model::Provider;
 use voyage_core::{validate, Error};
-use voyage_http::{ApiJson, ApiResult, Authenticated};
+use voyage_http::{ApiJson, ApiResult, Internal};
 
 pub fn router(deps: Arc<Deps>) -> Router {
     Router::new()
@@ -66,10 +66,9 @@ struct SyncNow {
 
 async fn sync_now(
     State(deps): State<Arc<Deps>>,
-    Authenticated(p): Authenticated,
+    Internal(_): Internal,
     ApiJson(body): ApiJson<SyncNow>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    p.require_internal()?;
     match (body.company_id, body.connection_id) {
         (Some(company), Some(id)) => {
             validate::identifier("company_id", &company)?;

@@ -19,7 +19,7 @@ use voyage_core::webhooks::address::validate_url;
 use voyage_core::webhooks::options::{validate_headers, MAX_RATE_LIMIT};
 use voyage_core::webhooks::{validate_event_type, validate_pattern, Dispatch, WebhookEngine};
 use voyage_core::{ids, signing, validate, Error};
-use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated};
+use voyage_http::{ApiJson, ApiPath, ApiQuery, ApiResult, Authenticated, Internal};
 
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
@@ -611,10 +611,9 @@ async fn event_types(Authenticated(_): Authenticated) -> Json<serde_json::Value>
 /// Internal: the platform dispatches an event for a company.
 async fn dispatch(
     State(engine): State<WebhookEngine>,
-    Authenticated(p): Authenticated,
+    Internal(_): Internal,
     ApiJson(body): ApiJson<DispatchBody>,
 ) -> ApiResult<impl IntoResponse> {
-    p.require_internal()?;
     // A `session.*` event gets its `sequence` in the commit of its deliveries; what goes out
     // (with it) matches its published schema.
     let out = engine.dispatch_stamped(body.into_dispatch()?, true).await?;

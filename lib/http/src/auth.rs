@@ -77,3 +77,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
         Ok(Authenticated(principal))
     }
 }
+
+/// A caller whose key has the `internal` scope (the platform). A handler that takes this
+/// answers 403 to any other key before anything else of the request is read, so a tenant key
+/// learns nothing of an internal route's body rules (and no body is decoded for it).
+#[derive(Debug, Clone)]
+pub struct Internal(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Internal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
+        principal.require_internal()?;
+        Ok(Internal(principal))
+    }
+}

@@ -14,7 +14,7 @@ pub mod logging;
 pub mod openapi;
 mod sqs;
 
-pub use auth::{auth_context, Auth, Authenticated};
+pub use auth::{auth_context, Auth, Authenticated, Internal};
 pub use error::{ApiError, ApiResult};
 pub use json::{decode_json, ApiJson, ApiPath, ApiQuery, MAX_BODY_BYTES};
 pub use sqs::serve_sqs;
