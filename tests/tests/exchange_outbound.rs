@@ -569,6 +569,12 @@ async fn notifications_are_queued_only_with_the_right_client_state() {
     let w = GraphWorld::start(&[]).await;
     let (_, conn) = w.tenant_with_connection("acme", "ann", CLIENT_SECRET).await;
     let secret = conn_secret(&w).await;
+    // The connection's first sync was queued when it was made.
+    let queue = w.app.local.deps.queue(QueueName::ExchangeInbound).unwrap();
+    let first = queue.receive(10, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].body.contains("\"connected\""), "{}", first[0].body);
+    queue.ack(&first[0].receipt).await.unwrap();
     let note = |client_state: &str, change: &str| {
         json!({
             "subscriptionId": conn["channel_id"], "changeType": change, "clientState": client_state,
@@ -589,7 +595,6 @@ async fn notifications_are_queued_only_with_the_right_client_state() {
     let accepted: serde_json::Value = resp.json().await.unwrap();
     // Two genuine notifications of one subscription: one wake-up. Two dropped.
     assert_eq!(accepted, json!({"queued": 1, "dropped": 2}));
-    let queue = w.app.local.deps.queue(QueueName::ExchangeInbound).unwrap();
     let messages = queue.receive(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(messages.len(), 1);
     assert!(messages[0].body.contains(conn["id"].as_str().unwrap()));

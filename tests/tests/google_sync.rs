@@ -927,6 +927,55 @@ mod off_the_request_path {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_connection_queues_its_first_sync() {
+        // Arrange: a busy event already in ann's calendar
+        let w = GoogleWorld::start(&[]).await;
+        let d = day(2);
+        let ev = w
+            .sim
+            .seed_events(
+                &email("ann"),
+                vec![timed(
+                    "Busy",
+                    &format!("{d}T09:00:00Z"),
+                    &format!("{d}T10:00:00Z"),
+                )],
+            )
+            .unwrap()
+            .remove(0);
+        let tenant = w.app.key("acme", false).await;
+        let (status, body) = w
+            .app
+            .call(
+                "PUT",
+                "/v1/credentials/google",
+                &tenant,
+                Some(json!({"type": "service_account", "client_email": voyage_simulators::google::SANDBOX_CLIENT_EMAIL,
+                    "private_key": SANDBOX_PRIVATE_KEY, "token_uri": "https://oauth2.googleapis.com/token"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+
+        // Act: the calendar is connected, and the queue's worker runs
+        let (status, conn) = w
+            .app
+            .call(
+                "POST",
+                "/v1/connections",
+                &tenant,
+                Some(json!({"provider": "google", "staff_id": "ann",
+                    "staff_email": email("ann"), "calendar_id": email("ann")})),
+            )
+            .await;
+        assert_eq!(status, 201, "{conn}");
+        let handled = drain(&w).await;
+
+        // Assert: one sync was queued, and the event is ann's busy time
+        assert_eq!(handled, 1);
+        assert_eq!(ids(&w.overrides(&tenant, "ann").await), [ev]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sync_of_all_connections_answers_at_once_and_queues_one_per_connection() {
         let w = GoogleWorld::start(&[]).await;
         let (ann_tenant, _) = w

@@ -61,7 +61,38 @@ pub async fn create(deps: &Deps, company: &str, request: NewConnection) -> Resul
             google_channels::watch(deps, &mut created).await?;
         }
     }
+    queue_first_sync(deps, &created).await;
     Ok(created)
+}
+
+/// Queues a new connection's first sync, so what the calendar already holds is availability
+/// (and its platform events reconciled) at once, not at the next timer: Google's five-minute
+/// sync job, Exchange's hourly window rebase (a subscription notifies only changes made after
+/// it). A failure to queue is logged, not raised: the connection exists, and those timers
+/// still catch up.
+async fn queue_first_sync(deps: &Deps, c: &Connection) {
+    let queued = match c.provider {
+        Provider::Exchange => {
+            let request = crate::exchange::push::SyncRequest {
+                company_id: c.company_id.clone(),
+                connection_id: c.id.clone(),
+                subscription_id: c
+                    .channel
+                    .as_ref()
+                    .map(|ch| ch.id.clone())
+                    .unwrap_or_default(),
+                reason: "connected".into(),
+            };
+            crate::exchange::push::enqueue(deps, &request).await
+        }
+        Provider::Google => {
+            crate::google::push::queue_sync(deps, &c.company_id, &c.id, std::time::Duration::ZERO)
+                .await
+        }
+    };
+    if let Err(e) = queued {
+        tracing::warn!(connection = %c.id, error = %e, "first sync not queued; the next timer syncs the calendar");
+    }
 }
 
 /// Deletes a connection and its state: its availability overrides, event mappings, delta
