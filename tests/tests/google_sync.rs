@@ -730,6 +730,58 @@ mod what_counts_as_busy {
     }
 }
 
+/// A full sync removes only what its window could have shown.
+mod beyond_the_window {
+    use super::*;
+
+    /// Ann's overrides over the next 300 days (the route takes up to 366).
+    async fn far_overrides(w: &GoogleWorld, tenant: &str) -> Vec<String> {
+        let now = chrono::Utc::now();
+        let path = format!(
+            "/v1/staff/ann/overrides?from={}&to={}",
+            now.format("%Y-%m-%dT00:00:00Z"),
+            (now + chrono::Duration::days(300)).format("%Y-%m-%dT00:00:00Z")
+        );
+        let (status, body) = w.app.call("GET", &path, tenant, None).await;
+        assert_eq!(status, 200, "{body}");
+        ids(body["data"].as_array().unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_resync_keeps_busy_time_beyond_its_window_that_an_incremental_sync_found() {
+        // Arrange: a busy event 250 days out, found by an incremental sync
+        let w = GoogleWorld::start(&[]).await;
+        let (tenant, conn) = w
+            .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
+            .await;
+        sync_now(&w, "acme", &conn).await;
+        let far = day(250);
+        let ev = w
+            .sim
+            .seed_events(
+                &email("ann"),
+                vec![timed(
+                    "Busy",
+                    &format!("{far}T09:00:00Z"),
+                    &format!("{far}T10:00:00Z"),
+                )],
+            )
+            .unwrap()
+            .remove(0);
+        let out = sync_now(&w, "acme", &conn).await;
+        assert_eq!(out["report"]["full"], false, "{out}");
+        assert_eq!(far_overrides(&w, &tenant).await, [ev.clone()]);
+
+        // Act: every sync token expires, and the next sync lists the window again
+        w.control("POST", "sync-tokens/expire", json!({})).await;
+        let out = sync_now(&w, "acme", &conn).await;
+
+        // Assert: the event is still busy time
+        assert_eq!(out["report"]["resynced"], true, "{out}");
+        assert_eq!(far_overrides(&w, &tenant).await, [ev]);
+    }
+}
+
 /// Syncs that outlast their time budget checkpoint and finish across invocations.
 mod resumable_syncs {
     use super::*;

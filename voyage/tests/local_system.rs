@@ -407,7 +407,10 @@ async fn the_sandbox_turns_a_session_into_a_simulated_outlook_event() {
     let mut first = Value::Null;
     for _ in 0..100 {
         first = http
-            .get(format!("{base}/v1/connections/{}", google["id"].as_str().unwrap()))
+            .get(format!(
+                "{base}/v1/connections/{}",
+                google["id"].as_str().unwrap()
+            ))
             .bearer_auth(&tenant)
             .send()
             .await

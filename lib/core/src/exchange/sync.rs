@@ -1130,7 +1130,7 @@ async fn remove_vanished(
     // did not show.
     report.overrides_removed += deps
         .store
-        .remove_overrides_not_of_listing(&conn.company_id, &conn.staff_id, &conn.id, listing)
+        .remove_overrides_not_of_listing(&conn.company_id, &conn.staff_id, &conn.id, listing, None)
         .await?;
     Ok(())
 }

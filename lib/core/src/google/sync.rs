@@ -467,6 +467,7 @@ async fn run(
                         &conn.staff_id,
                         id,
                         &listing_of(paging.started_at),
+                        Some(paging.started_at + Duration::days(WINDOW_FUTURE_DAYS)),
                     )
                     .await?;
             }

@@ -168,14 +168,17 @@ impl Store {
     /// Removes a connection's overrides not written by the full listing `listing` (after it
     /// completes: every busy event it showed was written by it), reading and removing a page
     /// of them at a time, so memory stays bounded whatever the calendar's size. A label, not
-    /// a time: clocks of different processes never decide what is removed. Answers how many
-    /// were removed.
+    /// a time: clocks of different processes never decide what is removed. With
+    /// `listed_before`, the end of the listing's window, an override starting at or after it
+    /// stays: the listing could not show its event (Google's incremental sync reports events
+    /// at any distance, a full one only those in its window). Answers how many were removed.
     pub async fn remove_overrides_not_of_listing(
         &self,
         company: &str,
         staff: &str,
         connection: &str,
         listing: &str,
+        listed_before: Option<DateTime<Utc>>,
     ) -> Result<usize> {
         let mut query = Query::prefix(
             company_pk(company),
@@ -188,7 +191,8 @@ impl Store {
             let mut stale = Vec::new();
             for item in &page.items {
                 let o: AvailabilityOverride = super::decode(item)?;
-                if o.listing.as_deref() != Some(listing) {
+                let listable = listed_before.is_none_or(|end| o.start < end);
+                if o.listing.as_deref() != Some(listing) && listable {
                     stale.push(o.reference());
                 }
             }
