@@ -284,3 +284,28 @@ async fn a_move_whose_round_stopped_before_the_other_calendar_still_reaches_it()
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert_eq!(shown[0].start, at(14));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_booking_reads_the_same_in_both_calendars() {
+    // Arrange: both of ann's calendars
+    let (w, _, _) = CalendarsWorld::both().await;
+
+    // Act: a booking for Dana Client
+    w.change("created", "s1", 9).await;
+
+    // Assert: Outlook's body and Google's description say the same
+    let outlook = w
+        .graph
+        .events_of(&email("ann"))
+        .into_iter()
+        .find(|e| !e.deleted)
+        .and_then(|e| e.body);
+    let google = w
+        .google
+        .events_of(&email("ann"))
+        .into_iter()
+        .find(|e| e.status != "cancelled")
+        .and_then(|e| e.description);
+    let expected = Some("Voyage session with Dana Client.".to_string());
+    assert_eq!((outlook, google), (expected.clone(), expected));
+}

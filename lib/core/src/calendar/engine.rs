@@ -323,7 +323,8 @@ async fn carry_out<W: EventWriter>(
             })
         }
         PlanStep::WriteBack => {
-            write_session_to_event(deps, writer, mapping, snap, session, "Voyage session.").await?;
+            let note = super::event_description(session.client.as_ref());
+            write_session_to_event(deps, writer, mapping, snap, session, &note).await?;
             Ok(Carried {
                 changed: false,
                 wrote_calendar: true,

@@ -81,6 +81,15 @@ pub fn change_of(session: &Session) -> SessionChange {
     }
 }
 
+/// The text of a session's event in every calendar (Outlook's body, Google's description):
+/// the same for both, and for a write-back as for the write it puts back.
+pub fn event_description(client: Option<&crate::model::SessionClient>) -> String {
+    match client {
+        Some(c) => format!("Voyage session with {}.", c.name),
+        None => "Voyage session.".to_string(),
+    }
+}
+
 /// How long a follow-up that could not be written waits on the outbound queue before its
 /// first retry (none: a failed retry waits out the queue's visibility timeout, then the
 /// dead-letter queue keeps it).

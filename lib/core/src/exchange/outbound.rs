@@ -278,10 +278,7 @@ pub fn session_tag(company: &str, session: &str) -> String {
 }
 
 fn event_body(change: &SessionChange, transaction: Option<String>) -> EventWrite {
-    let content = match &change.client {
-        Some(c) => format!("Voyage session with {}.", c.name),
-        None => "Voyage session.".to_string(),
-    };
+    let content = crate::calendar::event_description(change.client.as_ref());
     EventWrite {
         subject: change.title.clone(),
         body: EventBody {

@@ -770,7 +770,7 @@ pub fn event_body(
     GoogleEventWrite {
         id: event_id.to_string(),
         summary: session.title.clone(),
-        description: "Voyage session.".into(),
+        description: crate::calendar::event_description(session.client.as_ref()),
         location: session.location.clone(),
         start: GoogleDateTime::utc(session.start),
         end: GoogleDateTime::utc(session.end),

@@ -123,6 +123,7 @@ pub struct GoogleEventView {
     /// `confirmed`, `tentative` or `cancelled` (deleted, restorable).
     pub status: String,
     pub summary: Option<String>,
+    pub description: Option<String>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
     /// `extendedProperties.private.voyageSessionId` (`<company>/<session>`).
@@ -219,6 +220,7 @@ impl SimEvent {
             id: text("id").unwrap_or_default(),
             status: text("status").unwrap_or_else(|| "confirmed".into()),
             summary: text("summary"),
+            description: text("description"),
             start: self.start,
             end: self.end,
             session_tag: self

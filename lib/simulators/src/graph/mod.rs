@@ -162,6 +162,8 @@ pub struct SimEventView {
     pub session_tag: Option<String>,
     pub transaction_id: Option<String>,
     pub show_as: String,
+    /// `body.content`.
+    pub body: Option<String>,
 }
 
 #[derive(Default)]
@@ -249,6 +251,12 @@ impl SimEvent {
                 .map(str::to_string),
             transaction_id: self.transaction_id.clone(),
             show_as: text("showAs").unwrap_or("busy").to_string(),
+            body: self
+                .json
+                .get("body")
+                .and_then(|b| b.get("content"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         }
     }
 }
