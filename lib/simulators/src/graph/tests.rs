@@ -382,6 +382,7 @@ async fn events_of_reads_the_session_tag_and_transaction_id() {
             session_tag: Some("acme/s-1".into()),
             transaction_id: Some("txn-1".into()),
             show_as: "busy".into(),
+            body: created["body"]["content"].as_str().map(str::to_string),
         }]
     );
     // A staff delete goes through the route's code path: gone from Graph, restorable.
