@@ -485,7 +485,12 @@ impl Stack {
         let webhooks = ("VOYAGE_WEBHOOK_QUEUE_URL", self.webhooks.url.clone());
         env.extend(match binary {
             "gateway" => vec![],
-            "gateway-api" => vec![parameter, secret],
+            "gateway-api" => vec![
+                parameter,
+                secret,
+                ("VOYAGE_INBOUND_QUEUE_URL", self.inbound.url.clone()),
+                ("VOYAGE_GOOGLE_SYNC_QUEUE_URL", self.google.url.clone()),
+            ],
             "webhooks" | "webhooks-worker" => vec![webhooks],
             "google-sync" => vec![
                 secret,

@@ -780,6 +780,43 @@ mod beyond_the_window {
         assert_eq!(out["report"]["resynced"], true, "{out}");
         assert_eq!(far_overrides(&w, &tenant).await, [ev]);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_resync_removes_busy_time_beyond_its_window_whose_event_is_gone() {
+        // Arrange: a busy event 250 days out found by an incremental sync, then deleted while
+        // the sync token was lost (no sync saw the deletion)
+        let w = GoogleWorld::start(&[]).await;
+        let (tenant, conn) = w
+            .tenant_with_connection("acme", "ann", SANDBOX_PRIVATE_KEY)
+            .await;
+        sync_now(&w, "acme", &conn).await;
+        let far = day(250);
+        let ev = w
+            .sim
+            .seed_events(
+                &email("ann"),
+                vec![timed(
+                    "Busy",
+                    &format!("{far}T09:00:00Z"),
+                    &format!("{far}T10:00:00Z"),
+                )],
+            )
+            .unwrap()
+            .remove(0);
+        sync_now(&w, "acme", &conn).await;
+        assert_eq!(far_overrides(&w, &tenant).await, std::slice::from_ref(&ev));
+        let token = w.staff_token("ann").await;
+        w.stop_channels(&token).await;
+        assert_eq!(w.edit(&token, "ann", "DELETE", &ev, None).await, 204);
+        w.control("POST", "sync-tokens/expire", json!({})).await;
+
+        // Act
+        let out = sync_now(&w, "acme", &conn).await;
+
+        // Assert: read, found gone, removed
+        assert_eq!(out["report"]["resynced"], true, "{out}");
+        assert_eq!(far_overrides(&w, &tenant).await, Vec::<String>::new());
+    }
 }
 
 /// Syncs that outlast their time budget checkpoint and finish across invocations.
@@ -1106,6 +1143,49 @@ mod writes {
             },
             staff: email("ann"),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_after_beyond_the_waiting_budget_ends_the_call_at_once() {
+        // Arrange: Google throttling with `Retry-After: 30`, a client allowed four attempts
+        let sim = GoogleSimulator::new();
+        sim.register_account(SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY)
+            .unwrap();
+        let url = voyage_tests::graph::serve(sim.router()).await;
+        let google =
+            GoogleHttp::with_backoff(&url, &format!("{url}/token"), Backoff::default()).unwrap();
+        sim.add_fault(voyage_simulators::Fault {
+            method: Some("GET".into()),
+            path_contains: Some("/events/".into()),
+            status: Some(429),
+            retry_after: Some(30),
+            latency_ms: None,
+            count: 10,
+            after: 0,
+            lose_answer: false,
+        });
+        let account = ServiceAccount {
+            client_email: SANDBOX_CLIENT_EMAIL.into(),
+            private_key: SANDBOX_PRIVATE_KEY.into(),
+        };
+        let staff = email("ann");
+
+        // Act
+        let began = std::time::Instant::now();
+        let out = google.get_event(&account, &staff, &staff, "x").await;
+
+        // Assert: throttled with Google's hint, after one request and no wait
+        assert!(
+            matches!(out, Err(GoogleError::RateLimited { retry_after: Some(d) }) if d.as_secs() == 30),
+            "{out:?}"
+        );
+        assert!(began.elapsed() < std::time::Duration::from_secs(2));
+        let asked = sim
+            .served()
+            .iter()
+            .filter(|s| s.path.contains("/events/"))
+            .count();
+        assert_eq!(asked, 1);
     }
 
     /// The body the outbound writer sends for session `s1` of `acme`, starting `hour`.

@@ -231,3 +231,26 @@ async fn error_answers_have_the_documented_shape() {
         assert!(error.is_valid(&answer), "{method} {path}: {answer}");
     }
 }
+
+#[test]
+fn the_document_in_the_repository_is_the_one_the_code_builds() {
+    // Arrange: what `voyage openapi` prints, and the file the gateway Lambda serves on AWS
+    let built = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&voyage::openapi()).expect("the document")
+    );
+
+    // Act
+    let stored = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../schemas/openapi.json"
+    ))
+    .expect("schemas/openapi.json");
+
+    // Assert
+    assert!(
+        stored == built,
+        "schemas/openapi.json is not the document the code builds: \
+         run `cargo run -q -p voyage -- openapi > schemas/openapi.json`"
+    );
+}

@@ -764,6 +764,22 @@ mod deployed_shape {
         );
         assert_eq!(status, 401, "{err}");
         assert_eq!(err["error"]["code"], "unauthorized");
+        // gateway-api also answers the public routes, with no authorizer (`Authorizer: NONE`).
+        let (status, health) = http_answer(
+            &gateway_api
+                .invoke(http_event("GET", "/health", None, None, &[]))
+                .await
+                .response(),
+        );
+        assert_eq!((status, health), (200, json!({"status": "ok"})));
+        let (status, document) = http_answer(
+            &gateway_api
+                .invoke(http_event("GET", "/openapi.json", None, None, &[]))
+                .await
+                .response(),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(document, voyage::openapi());
 
         // webhooks: the tenant's endpoints (none yet).
         let (status, list) = http_answer(

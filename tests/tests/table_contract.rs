@@ -47,6 +47,7 @@ macro_rules! every_case {
                     new_deliveries_are_made_once_and_each_maker_told_which_it_made,
                     a_channel_finds_its_connection_before_the_indexes_catch_up,
                     a_replaced_or_deleted_channel_finds_no_connection,
+                    a_delivery_stored_before_the_log_was_keyed_by_time_sorts_among_the_new_ones,
                 ]
             );
         }

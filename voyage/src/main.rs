@@ -53,6 +53,9 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Print the OpenAPI 3.1 document of every public route (what `GET /openapi.json`
+    /// serves; `schemas/openapi.json` is this output, served by the gateway Lambda on AWS).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +208,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     voyage_http::logging::init(config.log_format);
     match cli.command {
+        Command::Openapi => {
+            let text = serde_json::to_string_pretty(&voyage::openapi())
+                .map_err(|e| format!("the document: {e}"))?;
+            println!("{text}");
+            Ok(())
+        }
         Command::Serve {
             addr,
             data_dir,

@@ -4,7 +4,9 @@
 //!   `VOYAGE_GOOGLE_TOKEN_URL` (never a key file's own `token_uri`), cached per (account,
 //!   staff member, key) until five minutes before expiry; a 401 drops it and retries once.
 //! - 403/429 rate limits and 5xx: exponential backoff with full jitter, honouring
-//!   `Retry-After`, within a bounded budget; then `RateLimited`/`Unavailable`.
+//!   `Retry-After`, within a bounded budget (the waits of one call add up to at most
+//!   [`Backoff::max_wait`]; a longer `Retry-After` ends the call at once, never asked again
+//!   early); then `RateLimited`/`Unavailable`.
 //! - Header names are case-insensitive (HTTP); a channel's `expiration` is read as a number
 //!   or a string.
 //! - Event writes: `sendUpdates=none` on every insert, update and delete; `If-Match` with the
@@ -38,6 +40,8 @@ pub struct Backoff {
     pub attempts: u32,
     /// The first wait; each next one doubles, with full jitter.
     pub base: Duration,
+    /// The most one call waits between its attempts, all waits together; a `Retry-After`
+    /// beyond what is left ends the call at once.
     pub max_wait: Duration,
     pub timeout: Duration,
 }
@@ -229,6 +233,7 @@ impl GoogleHttp {
     ) -> Result<Vec<u8>, GoogleError> {
         let mut refreshed = false;
         let mut attempt: u32 = 0;
+        let mut waited = Duration::ZERO;
         loop {
             attempt += 1;
             let token = self.token(account, subject).await?;
@@ -288,13 +293,23 @@ impl GoogleHttp {
                     other => other,
                 });
             }
-            // Exponential backoff with full jitter; Google's hint wins when it is longer.
+            // Exponential backoff with full jitter; Google's hint wins when it is longer. The
+            // waits of one call add up to at most `max_wait`, and a hint beyond it ends the
+            // call at once (as Graph's budget does): it is never cut short and asked again
+            // early, and a call never outwaits the invocation it runs in.
             let ceiling = self.backoff.base * 2u32.saturating_pow(attempt - 1);
             let jittered =
                 Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling.as_millis() as u64));
-            let wait = hint
-                .map_or(jittered, |h| h.max(jittered))
-                .min(self.backoff.max_wait);
+            let wait = hint.map_or(jittered, |h| h.max(jittered));
+            if waited + wait > self.backoff.max_wait {
+                return Err(match error {
+                    GoogleError::RateLimited { .. } => {
+                        GoogleError::RateLimited { retry_after: hint }
+                    }
+                    other => other,
+                });
+            }
+            waited += wait;
             tracing::debug!(
                 status = status.as_u16(),
                 wait_ms = wait.as_millis() as u64,

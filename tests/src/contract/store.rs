@@ -888,3 +888,42 @@ pub async fn a_replaced_or_deleted_channel_finds_no_connection(f: &Fixture<dyn T
     // Assert
     assert_eq!(found, [None, Some("c1".to_string()), None]);
 }
+
+pub async fn a_delivery_stored_before_the_log_was_keyed_by_time_sorts_among_the_new_ones(
+    f: &Fixture<dyn Table>,
+) {
+    use voyage_core::model::DeliveryStatus;
+    use voyage_core::ports::Key;
+    // Arrange: a delivery made an hour ago whose log entry has the form the key had before
+    // (`DLV#<its time-ordered id>`), then one made now
+    let (s, _) = store(f);
+    let mut old = delivery(1, DeliveryStatus::Succeeded);
+    old.id = voyage_core::ids::new_id("dlv");
+    old.created_at = Utc::now() - Duration::hours(1);
+    s.create_deliveries(std::slice::from_ref(&old))
+        .await
+        .expect("made");
+    let key = Key::new("CO#acme", format!("DLV#{}", old.id));
+    let mut item = f.it.get(&key).await.expect("read").expect("stored");
+    if let Some(index) = item.gsi1.as_mut() {
+        index.sk = format!("DLV#{}", old.id);
+    }
+    f.it.put(item, voyage_core::ports::Condition::None)
+        .await
+        .expect("rewritten");
+    let mut new = delivery(2, DeliveryStatus::Pending);
+    new.created_at = Utc::now() + Duration::seconds(1);
+    s.create_deliveries(std::slice::from_ref(&new))
+        .await
+        .expect("made");
+
+    // Act
+    let listed = s
+        .list_deliveries("acme", "ep1", None, Some(2), None)
+        .await
+        .expect("listed");
+
+    // Assert: newest first
+    let ids: Vec<&str> = listed.items.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, [new.id.as_str(), old.id.as_str()]);
+}

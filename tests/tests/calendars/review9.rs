@@ -222,20 +222,20 @@ async fn an_occurrence_of_a_series_made_from_a_bookings_event_is_left_in_the_cal
 }
 
 /// Ann with both calendars, follow-ups checked at once, and a booking at 9:00 in both:
-/// (world, exchange connection).
-async fn a_booking_in_both_calendars() -> (CalendarsWorld, String) {
+/// (world, exchange connection, google connection).
+async fn a_booking_in_both_calendars() -> (CalendarsWorld, String, String) {
     let w = CalendarsWorld::start_with(&[("VOYAGE_FOLLOW_UP_CHECK", "0s")]).await;
     let exchange = w.connect(Cal::Exchange, "ann").await;
-    w.connect(Cal::Google, "ann").await;
+    let google = w.connect(Cal::Google, "ann").await;
     apply_change(&w.app.local.deps, versioned_body("created", "ann", 9, 1)).await;
-    (w, exchange)
+    (w, exchange, google)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancellation_whose_process_stopped_before_the_other_calendar_still_reaches_it() {
     // Arrange: ann deletes the Outlook event; after the grace, the sweep that commits the
     // cancellation stops (its process ends) just before it deletes the Google event
-    let (w, exchange) = a_booking_in_both_calendars().await;
+    let (w, exchange, _) = a_booking_in_both_calendars().await;
     let outlook = w.one_event(Cal::Exchange, "ann", "s1");
     w.staff_delete(Cal::Exchange, "ann", &outlook);
     w.sync(Cal::Exchange, &exchange).await;
@@ -259,7 +259,7 @@ async fn a_cancellation_whose_process_stopped_before_the_other_calendar_still_re
 async fn a_move_whose_round_stopped_before_the_other_calendar_still_reaches_it() {
     // Arrange: ann moves the Outlook event to 14:00; the round that reschedules the
     // booking stops just before it updates the Google event
-    let (w, exchange) = a_booking_in_both_calendars().await;
+    let (w, exchange, _) = a_booking_in_both_calendars().await;
     let outlook = w.one_event(Cal::Exchange, "ann", "s1");
     w.staff_move(Cal::Exchange, "ann", &outlook, 14);
     let (hook, gate) = held();
@@ -308,4 +308,55 @@ async fn a_booking_reads_the_same_in_both_calendars() {
         .and_then(|e| e.description);
     let expected = Some("Voyage session with Dana Client.".to_string());
     assert_eq!((outlook, google), (expected.clone(), expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_after_the_writes_leaves_a_later_move_in_the_other_calendar_alone() {
+    // Arrange: ann moves the Outlook event to 14:00 (written to Google), then the Google
+    // event to 16:00, before Google's sync reads it
+    let (w, exchange, google) = a_booking_in_both_calendars().await;
+    let outlook = w.one_event(Cal::Exchange, "ann", "s1");
+    w.staff_move(Cal::Exchange, "ann", &outlook, 14);
+    w.sync(Cal::Exchange, &exchange).await;
+    let event = w.one_event(Cal::Google, "ann", "s1");
+    assert_eq!(w.shown(Cal::Google, "ann", "s1")[0].start, at(14));
+    w.staff_move(Cal::Google, "ann", &event, 16);
+
+    // Act: the follow-up queued before the reschedule runs, then Google's sync
+    w.drain_outbound().await;
+    w.sync(Cal::Google, &google).await;
+
+    // Assert: the later move stands, in Google and in the booking
+    assert_eq!(w.shown(Cal::Google, "ann", "s1")[0].start, at(16));
+    assert_eq!(w.session("s1").await.start, at(16));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_booking_google_refuses_for_good_does_not_hold_the_sync_at_itself() {
+    // Arrange: the listing done and one booking read; Google then refuses every read of a
+    // single event (400) for good
+    let (w, conn) = three_bookings_and_a_two_page_full_sync_ahead().await;
+    invoke(&w, &conn).await;
+    invoke(&w, &conn).await;
+    w.google.add_fault(fault("GET", "/events/", 400, 1000));
+
+    // Act: the invocations until the sync is done
+    let mut invocations = 0;
+    while invoke(&w, &conn).await.continues {
+        invocations += 1;
+        assert!(invocations <= 10, "the sync never finished");
+    }
+
+    // Assert: it finished (its token stored, no checkpoint left)
+    let store = &w.app.local.deps.store;
+    assert!(store
+        .google_sync_progress(COMPANY, &conn)
+        .await
+        .expect("the checkpoint read")
+        .is_none());
+    assert!(store
+        .get_cursor(COMPANY, &conn)
+        .await
+        .expect("the cursor read")
+        .is_some());
 }

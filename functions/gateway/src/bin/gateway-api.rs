@@ -1,5 +1,5 @@
 //! The tenant admin API Lambda (`/v1/me`, `/v1/keys`, `/v1/connections`,
-//! `/v1/credentials/*`).
+//! `/v1/credentials/*`), and the public `GET /health` and `GET /openapi.json`.
 
 use std::sync::Arc;
 
@@ -11,5 +11,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     voyage_http::logging::init(config.log_format);
     let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
     let deps = Arc::new(deps);
-    voyage_http::serve_lambda(voyage_fn_gateway::api::router(deps)).await
+    let routes = voyage_fn_gateway::api::router(deps).merge(voyage_fn_gateway::public::router());
+    voyage_http::serve_lambda(routes).await
 }

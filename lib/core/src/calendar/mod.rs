@@ -189,10 +189,48 @@ pub async fn write_as_stored(deps: &Deps, follow_up: &FollowUp) -> crate::Result
     let change = change_of(&session);
     let mut written = true;
     for provider in &follow_up.calendars {
+        if shows_already(deps, &session, *provider).await? {
+            tracing::debug!(session = %session.id, provider = provider.as_str(), "follow-up: the calendar shows the booking as stored already");
+            continue;
+        }
         let (outcome, _) = write_to(deps, *provider, &change).await?;
         written &= outcome != "failed";
     }
     Ok(written)
+}
+
+/// Whether `provider`'s calendar already shows the confirmed `session` as stored, as the
+/// record of it says: its mapping is in the staff member's connection of that provider, at
+/// the session's times (written by us, or read there since), and no earlier placement's
+/// event is left to delete there. A follow-up then writes
+/// nothing: most follow-ups ([`insure`]) come after [`follow`] made the writes, and writing
+/// again would overwrite what the staff member did in that calendar since, before its sync
+/// read it (a second move put back to the first; review 9). That calendar's own sync
+/// reconciles what the staff member did. A cancelled session is always written (deleting an
+/// event that is gone changes nothing).
+async fn shows_already(deps: &Deps, session: &Session, provider: Provider) -> crate::Result<bool> {
+    if session.status != crate::model::SessionStatus::Confirmed {
+        return Ok(false);
+    }
+    let store = &deps.store;
+    let Some(mapping) = store
+        .mapping_for_session(&session.company_id, provider, &session.id)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let Some(connection) = store
+        .connection_for_staff(&session.company_id, &session.staff_id, provider)
+        .await?
+    else {
+        return Ok(false);
+    };
+    // An earlier placement's event still to delete there (`retired`) is written for.
+    let leftover = session.retired.iter().any(|r| r.provider == provider);
+    Ok(!leftover
+        && mapping.connection_id == connection.id
+        && mapping.last_start == session.start
+        && mapping.last_end == session.end)
 }
 
 /// Writes `change` (the session already stored) to the staff member's calendar of

@@ -197,7 +197,8 @@ pub async fn reconcile_page(
 /// reconciled, so a caller that stops (an error, its time) resumes there. Before each read
 /// after the first, `out_of_time` is asked: when it says so, the reading stops and
 /// `Ok(false)` says more remain. At least one event is read per call, so every invocation
-/// makes progress. `Ok(true)`: all were read.
+/// makes progress. `Ok(true)`: all were read. An event Google refuses for good is passed
+/// over (logged), so one such event cannot stop the sync at itself on every try.
 pub async fn reconcile_unlisted(
     deps: &Deps,
     conn: &Connection,
@@ -268,6 +269,11 @@ pub async fn reconcile_unlisted(
                 EventSnapshot::removed(mapping.external_event_id.clone()),
                 None,
             ),
+            Err(e) if refused_for_this_event(&e) => {
+                skip_refused(&event_id, &e);
+                *position = Some(event_id);
+                continue;
+            }
             Err(e) => return Err(Failure::Calendar(e)),
         };
         let writer = GoogleEventWriter {
@@ -277,13 +283,30 @@ pub async fn reconcile_unlisted(
             calendar_id: &calendar_id,
             attendees,
         };
-        let r = engine::reconcile_event(deps, &writer, &conn.staff_id, &mapping, &snap, session)
-            .await?;
-        done.commands += r.commands;
-        done.calendar_writes += r.calendar_writes;
+        match engine::reconcile_event(deps, &writer, &conn.staff_id, &mapping, &snap, session).await
+        {
+            Ok(r) => {
+                done.commands += r.commands;
+                done.calendar_writes += r.calendar_writes;
+            }
+            Err(Failure::Calendar(e)) if refused_for_this_event(&e) => skip_refused(&event_id, &e),
+            Err(e) => return Err(e),
+        }
         *position = Some(event_id);
     }
     Ok(true)
+}
+
+/// Google refused something about this one event for good (a 4xx other than a timeout, a
+/// conflict, a stale etag or rate limiting): retrying will not change it, and the events
+/// after it must not wait on it (the sync would stop there on every try). Not the account's
+/// refusal, which is every event's and the connection's error.
+fn refused_for_this_event(e: &GoogleError) -> bool {
+    e.refused_for_good() && !matches!(e, GoogleError::Auth(_))
+}
+
+fn skip_refused(event: &str, e: &GoogleError) {
+    tracing::warn!(event, error = %e, "google refused a mapped event's read or write for good; left to its next change");
 }
 
 /// Which mapped events [`reconcile_unlisted`] reads, and how.

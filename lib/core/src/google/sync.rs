@@ -470,10 +470,20 @@ async fn run(
                         Some(paging.started_at + Duration::days(WINDOW_FUTURE_DAYS)),
                     )
                     .await?;
+                report.overrides_removed += confirm_beyond_window(
+                    deps,
+                    conn,
+                    account,
+                    &settings,
+                    &listing_of(paging.started_at),
+                    paging.started_at + Duration::days(WINDOW_FUTURE_DAYS),
+                )
+                .await?;
             }
             break (next_sync, None);
         },
     };
+    let resumed_at = position.clone();
     if paging.full {
         // Mapped events the listing did not show (deleted ones are not listed; others lie
         // outside the window) are read one by one and reconciled: a full sync replaces the
@@ -525,8 +535,10 @@ async fn run(
                 return Ok(report);
             }
             Err(e) => {
-                // What was read stays read: the retry reads on after it.
-                if position.is_some() {
+                // What was read stays read: the retry reads on after it. Saved only when this
+                // invocation moved on (a save without progress would keep the checkpoint
+                // from expiring, `PROGRESS_TTL_HOURS`).
+                if position.is_some() && position != resumed_at {
                     if let Err(saved) = deps
                         .store
                         .save_google_sync_progress(&checkpoint(&position))
@@ -562,6 +574,57 @@ async fn run(
         Err(Error::Conflict { .. }) => Ok(report),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Reads of overrides beyond a full listing's window, at most, per full sync.
+pub const BEYOND_WINDOW_READS: usize = 50;
+
+/// After a full listing: the connection's overrides beyond its window (found by incremental
+/// syncs, which report events at any distance; the listing could not show them, so they
+/// were kept) are read one by one, at most [`BEYOND_WINDOW_READS`] of them, and removed when
+/// their event is gone or no longer busy. A full sync follows a lost sync token, when a
+/// deletion may have been missed. A read that fails ends the reading (the rest are kept: a
+/// busy time kept too long is safer than one removed while it holds). Answers how many
+/// were removed.
+async fn confirm_beyond_window(
+    deps: &Deps,
+    conn: &Connection,
+    account: &super::ServiceAccount,
+    settings: &AvailabilitySettings,
+    listing: &str,
+    window_end: DateTime<Utc>,
+) -> std::result::Result<usize, SyncError> {
+    let google = deps.google()?;
+    let calendar_id = conn.calendar_id.clone().unwrap_or_default();
+    let beyond: Vec<AvailabilityOverride> = deps
+        .store
+        .overrides_for_connection(&conn.company_id, &conn.staff_id, &conn.id)
+        .await?
+        .into_iter()
+        .filter(|o| o.start >= window_end && o.listing.as_deref() != Some(listing))
+        .take(BEYOND_WINDOW_READS)
+        .collect();
+    let mut gone = Vec::new();
+    for o in &beyond {
+        match google
+            .get_event(
+                account,
+                &conn.staff_email,
+                &calendar_id,
+                &o.external_event_id,
+            )
+            .await
+        {
+            Ok(event) if verdict(&event, settings) == Verdict::Busy => {}
+            Ok(_) | Err(GoogleError::NotFound) => gone.push(o.reference()),
+            Err(e) => {
+                tracing::info!(connection = %conn.id, error = %e, "overrides beyond the window not confirmed; kept");
+                break;
+            }
+        }
+    }
+    deps.store.apply_overrides(&[], &gone).await?;
+    Ok(gone.len())
 }
 
 /// The label of a full sync's overrides: its start, which its checkpoint keeps (a label,

@@ -66,14 +66,12 @@ fn delivery_item(d: &Delivery, version: u64) -> Result<Item> {
     let mut item = Item::new(delivery_key(&d.company_id, &d.id), encode(d)?);
     item.version = version;
     // The endpoint's log, by when each delivery was made (a recovered copy's id is derived
-    // from its original, not from the time, so the id alone would not order it).
+    // from its original, not from the time, so the id alone would not order it): the time
+    // part of an id made then, in the form of the ids the key held before (`DLV#dlv_<ulid>`),
+    // so records written before this key sort among the new ones by time.
     item.gsi1 = Some(Key::new(
         format!("CO#{}#WH#{}", d.company_id, d.endpoint_id),
-        format!(
-            "DLV#{}#{}",
-            d.created_at.format("%Y-%m-%dT%H:%M:%S%.6fZ"),
-            d.id
-        ),
+        format!("DLV#dlv_{}#{}", crate::ids::time_part(d.created_at), d.id),
     ));
     match d.status {
         DeliveryStatus::Pending => {
