@@ -210,7 +210,8 @@ async fn an_occurrence_of_a_series_made_from_a_bookings_event_is_left_in_the_cal
     // Act
     w.sync(Cal::Google, &conn).await;
 
-    // Assert: the occurrence is live, the booking confirmed with its own event
+    // Assert: the occurrence is live and ann's busy time, the booking confirmed with its
+    // own event
     let live: Vec<String> = w
         .shown(Cal::Google, "ann", "s1")
         .into_iter()
@@ -219,6 +220,18 @@ async fn an_occurrence_of_a_series_made_from_a_bookings_event_is_left_in_the_cal
     assert!(live.contains(&occurrence), "{live:?}");
     assert!(live.contains(&series), "{live:?}");
     assert_eq!(w.session("s1").await.status, SessionStatus::Confirmed);
+    let busy: Vec<String> = w
+        .app
+        .local
+        .deps
+        .store
+        .overrides_for_connection(COMPANY, "ann", &conn)
+        .await
+        .expect("the overrides read")
+        .into_iter()
+        .map(|o| o.external_event_id)
+        .collect();
+    assert_eq!(busy, [occurrence]);
 }
 
 /// Ann with both calendars, follow-ups checked at once, and a booking at 9:00 in both:

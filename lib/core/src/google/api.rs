@@ -253,12 +253,17 @@ impl GoogleEvent {
         self.transparency.as_deref() == Some("transparent")
     }
 
-    /// The platform's own event (tagged in its private extended properties).
+    /// The platform's own event (tagged in its private extended properties). Not an
+    /// occurrence of a series (`recurringEventId`): a staff member who makes a booking's event
+    /// recurring makes a series of their own, whose occurrences carry the series' tag; they
+    /// are the staff member's busy time, neither reconciled with the booking nor deleted.
     pub fn is_platform_event(&self) -> bool {
-        self.extended_properties
-            .as_ref()
-            .and_then(|p| p.private.as_ref())
-            .is_some_and(|p| p.contains_key(SESSION_PROPERTY))
+        self.recurring_event_id.is_none()
+            && self
+                .extended_properties
+                .as_ref()
+                .and_then(|p| p.private.as_ref())
+                .is_some_and(|p| p.contains_key(SESSION_PROPERTY))
     }
 
     /// The session this event was written for, from its tag (`<company>/<session>`).

@@ -361,13 +361,6 @@ async fn adopt(
     if company != conn.company_id {
         return Ok(None);
     }
-    if event.recurring_event_id.is_some() {
-        // An occurrence of a series the staff member made of a booking's event (it carries
-        // the series' tag): theirs, neither adopted nor deleted. The booking stays with the
-        // series' own event, which a single-events listing never shows.
-        tracing::info!(session = %session_id, event = %event.id, "occurrence of a recurring event made from a booking's event left alone");
-        return Ok(None);
-    }
     let Some((start, end)) = snapshot(event, zone).and_then(|s| s.times()) else {
         return Ok(None);
     };
