@@ -209,10 +209,14 @@ async fn run(cli: Cli) -> Result<(), String> {
     voyage_http::logging::init(config.log_format);
     match cli.command {
         Command::Openapi => {
+            use std::io::Write;
             let text = serde_json::to_string_pretty(&voyage::openapi())
                 .map_err(|e| format!("the document: {e}"))?;
-            println!("{text}");
-            Ok(())
+            // A reader that stops early (`| head`) is no error of ours.
+            match writeln!(std::io::stdout(), "{text}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("stdout: {e}")),
+                _ => Ok(()),
+            }
         }
         Command::Serve {
             addr,

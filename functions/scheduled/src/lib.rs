@@ -157,7 +157,9 @@ impl Schedule {
                 Job::ResumeCoalescedRounds,
                 Job::GoogleSync,
             ],
-            Schedule::Renewal => &[Job::RenewSubscriptions, Job::RebaseSyncWindows],
+            // The rebase first: it only touches the store and the queues, and renewals can
+            // spend the invocation's time on slow or throttling providers.
+            Schedule::Renewal => &[Job::RebaseSyncWindows, Job::RenewSubscriptions],
         }
     }
 }

@@ -211,6 +211,10 @@ where
                 } else {
                     path
                 };
+                if message.starts_with("unknown field") {
+                    // A parameter the route does not read: the same code as a body's.
+                    return ApiError(Error::UnknownField { field });
+                }
                 ApiError(Error::validation(field, message))
             })
     }
