@@ -1962,16 +1962,7 @@ impl World {
             .await
             .expect("connections");
         for c in conns.items {
-            let req = SyncRequest {
-                company_id: c.company_id.clone(),
-                connection_id: c.id.clone(),
-                subscription_id: c
-                    .channel
-                    .as_ref()
-                    .map(|ch| ch.id.clone())
-                    .unwrap_or_default(),
-                reason: "missed".into(),
-            };
+            let req = SyncRequest::for_connection(&c, "missed");
             push::enqueue(&self.deps, &req).await.expect("enqueue");
         }
     }

@@ -73,16 +73,7 @@ pub async fn create(deps: &Deps, company: &str, request: NewConnection) -> Resul
 async fn queue_first_sync(deps: &Deps, c: &Connection) {
     let queued = match c.provider {
         Provider::Exchange => {
-            let request = crate::exchange::push::SyncRequest {
-                company_id: c.company_id.clone(),
-                connection_id: c.id.clone(),
-                subscription_id: c
-                    .channel
-                    .as_ref()
-                    .map(|ch| ch.id.clone())
-                    .unwrap_or_default(),
-                reason: "connected".into(),
-            };
+            let request = crate::exchange::push::SyncRequest::for_connection(c, "connected");
             crate::exchange::push::enqueue(deps, &request).await
         }
         Provider::Google => {

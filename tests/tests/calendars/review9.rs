@@ -44,6 +44,21 @@ async fn invoke(w: &CalendarsWorld, conn: &str) -> SyncReport {
         .expect("the sync ran")
 }
 
+/// The sync of `conn` is done: its token stored, no checkpoint left.
+async fn assert_finished(w: &CalendarsWorld, conn: &str) {
+    let store = &w.app.local.deps.store;
+    let progress = store
+        .google_sync_progress(COMPANY, conn)
+        .await
+        .expect("the checkpoint read");
+    let cursor = store
+        .get_cursor(COMPANY, conn)
+        .await
+        .expect("the cursor read");
+    assert!(progress.is_none(), "{progress:?}");
+    assert!(cursor.is_some());
+}
+
 /// Paths of single-event reads (`events.get`) Google served since the last clear.
 fn event_reads(w: &CalendarsWorld) -> Vec<String> {
     w.google
@@ -142,17 +157,7 @@ async fn a_full_sync_read_across_invocations_reads_each_booking_once_and_cancels
             SessionStatus::Confirmed
         ]
     );
-    let store = &w.app.local.deps.store;
-    assert!(store
-        .google_sync_progress(COMPANY, &conn)
-        .await
-        .expect("the checkpoint read")
-        .is_none());
-    assert!(store
-        .get_cursor(COMPANY, &conn)
-        .await
-        .expect("the cursor read")
-        .is_some());
+    assert_finished(&w, &conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,15 +366,5 @@ async fn an_unlisted_booking_google_refuses_for_good_does_not_hold_the_sync_at_i
     }
 
     // Assert: it finished (its token stored, no checkpoint left)
-    let store = &w.app.local.deps.store;
-    assert!(store
-        .google_sync_progress(COMPANY, &conn)
-        .await
-        .expect("the checkpoint read")
-        .is_none());
-    assert!(store
-        .get_cursor(COMPANY, &conn)
-        .await
-        .expect("the cursor read")
-        .is_some());
+    assert_finished(&w, &conn).await;
 }

@@ -39,6 +39,22 @@ pub struct SyncRequest {
     pub reason: String,
 }
 
+impl SyncRequest {
+    /// A delta round of `conn`, for `reason` (`connected`, `rebase`, `resume`, ...).
+    pub fn for_connection(conn: &crate::model::Connection, reason: &str) -> SyncRequest {
+        SyncRequest {
+            company_id: conn.company_id.clone(),
+            connection_id: conn.id.clone(),
+            subscription_id: conn
+                .channel
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+            reason: reason.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Accepted {
     /// Messages queued (one per subscription with at least one genuine notification).

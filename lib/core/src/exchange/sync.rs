@@ -1451,16 +1451,7 @@ pub async fn rebase_sync_windows(deps: &Deps) -> Result<crate::jobs::JobReport> 
             if !due {
                 continue;
             }
-            let request = SyncRequest {
-                company_id: conn.company_id.clone(),
-                connection_id: conn.id.clone(),
-                subscription_id: conn
-                    .channel
-                    .as_ref()
-                    .map(|c| c.id.clone())
-                    .unwrap_or_default(),
-                reason: "rebase".into(),
-            };
+            let request = SyncRequest::for_connection(&conn, "rebase");
             match super::push::enqueue(deps, &request).await {
                 Ok(()) => report.processed += 1,
                 Err(e) => {
