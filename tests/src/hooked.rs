@@ -26,6 +26,8 @@ pub enum Write {
     Create,
     Update,
     Delete,
+    /// A Graph subscription's or a Google channel's creation.
+    Subscribe,
 }
 
 /// Called before each write of the hooked kind: the work to run to its end first, if any.
@@ -150,6 +152,7 @@ impl GraphApi for HookedGraph {
         creds: &GraphCredentials,
         sub: &NewSubscription,
     ) -> Result<GraphSubscription, GraphError> {
+        self.before(Write::Subscribe).await;
         self.inner.create_subscription(creds, sub).await
     }
     async fn renew_subscription(
@@ -209,6 +212,7 @@ impl GoogleApi for HookedGoogle {
         subject: &str,
         request: &WatchRequest,
     ) -> Result<Channel, GoogleError> {
+        self.before(Write::Subscribe).await;
         self.inner.watch(account, subject, request).await
     }
     async fn stop_channel(

@@ -54,6 +54,9 @@ struct Inner {
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     first_poll: Mutex<Option<Instant>>,
     init_error: Mutex<Option<Value>>,
+    /// The invocation timeout the next events carry (`Lambda-Runtime-Deadline-Ms`); 30 s,
+    /// the template's, when unset.
+    timeout: Mutex<Option<Duration>>,
 }
 
 fn parse(body: &Bytes) -> Value {
@@ -73,11 +76,16 @@ async fn next(State(inner): State<Arc<Inner>>) -> impl IntoResponse {
         tokio::pin!(arrived);
         arrived.as_mut().enable();
         if let Some((id, event)) = inner.pending.lock().unwrap().pop_front() {
+            let timeout = inner
+                .timeout
+                .lock()
+                .unwrap()
+                .unwrap_or(Duration::from_secs(30));
             let deadline = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
                 .as_millis()
-                + 30_000;
+                + timeout.as_millis();
             let mut headers = HeaderMap::new();
             headers.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
             headers.insert(
@@ -166,6 +174,12 @@ impl RuntimeApi {
     /// What the function reported through `init/error`, if anything.
     pub fn init_error(&self) -> Option<Value> {
         self.inner.init_error.lock().unwrap().clone()
+    }
+
+    /// Sets the timeout the next invocations run under (their deadline is this long after
+    /// the function takes them).
+    pub fn set_timeout(&self, timeout: Duration) {
+        *self.inner.timeout.lock().unwrap() = Some(timeout);
     }
 
     /// Queues `event` for the next `next` poll and waits up to `within` for the answer.

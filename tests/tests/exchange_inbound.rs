@@ -21,8 +21,13 @@ mod review;
 const WITHIN: Duration = Duration::from_secs(30);
 
 async fn world() -> (GraphWorld, Receiver, String, String) {
+    world_with_grace("1s").await
+}
+
+/// [`world`] with a pending cancellation's grace of `grace`.
+async fn world_with_grace(grace: &str) -> (GraphWorld, Receiver, String, String) {
     let w = GraphWorld::start_running(&[
-        ("VOYAGE_PENDING_CANCELLATION_GRACE", "1s"),
+        ("VOYAGE_PENDING_CANCELLATION_GRACE", grace),
         ("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true"),
         ("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true"),
     ])
@@ -1450,5 +1455,306 @@ mod sequence {
             .await;
         assert_eq!(status, 422, "{out}");
         assert_eq!(out["error"]["field"], "payload.session_id");
+    }
+}
+
+/// A booking whose cancellation is pending, given by the platform to another staff member.
+mod reassigned {
+    use super::*;
+
+    /// Left out at an earlier stop: the booking was confirmed again without a word to the
+    /// tenant, who had been told (`session.cancellation_pending`) that it was about to be
+    /// cancelled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pending_cancellation_ended_by_giving_the_booking_to_another_staff_member_is_a_restored_webhook(
+    ) {
+        // Arrange: booked with ann, who deletes the event; the grace is long enough not to
+        // end first.
+        let (w, receiver, _key, platform) = world_with_grace("10m").await;
+        let event = book(&w, &platform, "s1", 9).await;
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        until(&w, "s1", "pending after delete", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+        wait_event(&receiver, "session.cancellation_pending").await;
+
+        // Act: the platform gives the booking to bob.
+        let (status, out) = w
+            .app
+            .call(
+                "POST",
+                "/v1/sessions/changes",
+                &platform,
+                Some(change("updated", "acme", "s1", "bob", 9)),
+            )
+            .await;
+        assert_eq!(status, 200, "{out}");
+
+        // Assert: confirmed with bob, and the tenant is told, after the pending event.
+        wait_event(&receiver, "session.restored").await;
+        let bodies: Vec<Value> = receiver
+            .received()
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(&m.body).ok())
+            .collect();
+        let of = |t: &str| {
+            bodies
+                .iter()
+                .find(|b| b["type"] == t)
+                .map(|b| b["data"].clone())
+                .unwrap()
+        };
+        let (pending, restored) = (of("session.cancellation_pending"), of("session.restored"));
+        assert_eq!(
+            (
+                &restored["status"],
+                &restored["staff_id"],
+                &restored["origin"],
+                &restored["reason"]
+            ),
+            (
+                &json!("confirmed"),
+                &json!("bob"),
+                &json!("platform"),
+                &json!("reassigned")
+            ),
+            "{restored}"
+        );
+        assert!(
+            restored["sequence"].as_u64() > pending["sequence"].as_u64(),
+            "{pending} then {restored}"
+        );
+        assert_eq!(session(&w, "s1").await.status, SessionStatus::Confirmed);
+    }
+}
+
+/// A Graph subscription dropped without its lifecycle notification reaching the system.
+mod lost_subscription {
+    use super::*;
+    use voyage_core::exchange::channels::SUBSCRIPTION_MINUTES;
+
+    /// The day-old subscription of ann's connection, as the store holds it: its expiry set
+    /// to what a renewal `age` ago gave it.
+    async fn age_subscription(w: &GraphWorld, age: chrono::Duration) -> String {
+        let store = &w.app.local.deps.store;
+        let mut c = store
+            .connection_for_staff("acme", "ann", Provider::Exchange)
+            .await
+            .unwrap()
+            .unwrap();
+        let channel = c.channel.as_mut().unwrap();
+        let renewed = chrono::Utc::now() - age;
+        channel.expires_at = renewed + chrono::Duration::minutes(SUBSCRIPTION_MINUTES);
+        channel.renewed_at = Some(renewed);
+        let id = channel.id.clone();
+        store.update_connection(&mut c).await.unwrap();
+        id
+    }
+
+    async fn renew(w: &GraphWorld) -> voyage_core::jobs::JobReport {
+        voyage_fn_scheduled::run(
+            voyage_fn_scheduled::Job::RenewSubscriptions,
+            &w.app.local.deps,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Left out at an earlier stop: such a subscription was made again only when it fell due
+    /// for renewal, up to a week later, and what the staff member did meanwhile waited for
+    /// the daily re-base round.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_lost_without_a_word_is_made_again_within_a_day_and_its_gap_caught_up() {
+        // Arrange: booked with ann. Graph drops the subscription; its lifecycle
+        // notification, and every notification from now on, is lost (captured).
+        let (w, _receiver, _key, platform) = world_with_grace("10m").await;
+        let event = book(&w, &platform, "s1", 9).await;
+        let lost = age_subscription(&w, chrono::Duration::hours(25)).await;
+        w.sim.capture_notifications(true);
+        assert_eq!(
+            w.control(
+                &format!("subscriptions/{lost}/lifecycle"),
+                json!({"lifecycleEvent": "subscriptionRemoved"})
+            )
+            .await,
+            202
+        );
+        // ann deletes the event meanwhile: nobody is told.
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+
+        // Act: the hourly renewal job runs.
+        let report = renew(&w).await;
+
+        // Assert: a new subscription, and the deletion found without any notification.
+        assert_eq!(report.processed, 1, "{report:?}");
+        let subs = w.subscriptions().await;
+        assert_eq!(subs.len(), 1, "{subs:?}");
+        assert_ne!(subs[0]["id"], lost.as_str());
+        until(&w, "s1", "pending after the catch-up round", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+    }
+
+    /// Arrange of the findings below: booked with ann; her day-old subscription is dropped
+    /// by Graph without a word reaching us (every notification captured from now on), and
+    /// she deletes the event meanwhile.
+    async fn lost_with_a_deletion_meanwhile() -> GraphWorld {
+        let (w, _receiver, _key, platform) = world_with_grace("10m").await;
+        let event = book(&w, &platform, "s1", 9).await;
+        let lost = age_subscription(&w, chrono::Duration::hours(25)).await;
+        w.sim.capture_notifications(true);
+        assert_eq!(
+            w.control(
+                &format!("subscriptions/{lost}/lifecycle"),
+                json!({"lifecycleEvent": "subscriptionRemoved"})
+            )
+            .await,
+            202
+        );
+        assert_eq!(w.staff("DELETE", "ann", &event, "", None).await, 204);
+        w
+    }
+
+    async fn stored_subscription(w: &GraphWorld) -> Option<String> {
+        w.app
+            .local
+            .deps
+            .store
+            .connection_for_staff("acme", "ann", Provider::Exchange)
+            .await
+            .unwrap()
+            .and_then(|c| c.channel)
+            .map(|c| c.id)
+    }
+
+    /// Review 10, finding 2: the connection changed (a round recorded its sync) while Graph
+    /// made the new subscription, so recording it lost its race, and the subscription was
+    /// left an orphan Graph notifies for a week.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_whose_record_loses_its_race_leaves_no_orphan_and_the_next_run_makes_it() {
+        // Arrange: the connection is written meanwhile, as Graph makes the new subscription.
+        let w = lost_with_a_deletion_meanwhile().await;
+        let world = w.app.local.deps.clone();
+        let elsewhere = world.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            let mut c = elsewhere
+                .store
+                .connection_for_staff("acme", "ann", Provider::Exchange)
+                .await
+                .unwrap()
+                .unwrap();
+            elsewhere.store.update_connection(&mut c).await.unwrap();
+        });
+        let racing = voyage_tests::hooked::hooked(
+            &world,
+            Provider::Exchange,
+            voyage_tests::hooked::Write::Subscribe,
+            voyage_tests::hooked::once(meanwhile),
+        );
+
+        // Act: the renewal job runs, then once more.
+        let first = voyage_core::exchange::channels::renew_all(&racing)
+            .await
+            .unwrap();
+        let orphans = w.subscriptions().await;
+        let second = renew(&w).await;
+
+        // Assert: the first run's subscription was removed; the second's is the stored one,
+        // and its catch-up round finds the deletion.
+        assert_eq!(first.failed, 1, "{first:?}");
+        assert_eq!(orphans, Vec::<Value>::new());
+        assert_eq!(second.processed, 1, "{second:?}");
+        let subs = w.subscriptions().await;
+        assert_eq!(subs.len(), 1, "{subs:?}");
+        assert_eq!(
+            subs[0]["id"].as_str().map(str::to_string),
+            stored_subscription(&w).await
+        );
+        until(&w, "s1", "pending after the catch-up round", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+    }
+
+    /// Review 10, finding 3: Graph refused the new subscription at the run that found the
+    /// old one gone; the next run made it but queued no round, so the deletion waited for
+    /// the daily re-base round.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_subscription_made_again_at_the_second_run_still_catches_up() {
+        // Arrange: Graph refuses the next subscription.
+        let w = lost_with_a_deletion_meanwhile().await;
+        w.sim.add_fault(voyage_tests::calendars::fault(
+            "POST",
+            "subscriptions",
+            400,
+            1,
+        ));
+
+        // Act: two runs.
+        let first = renew(&w).await;
+        let second = renew(&w).await;
+
+        // Assert
+        assert_eq!(
+            (first.failed, second.processed),
+            (1, 1),
+            "{first:?} {second:?}"
+        );
+        until(&w, "s1", "pending after the catch-up round", |s| {
+            s.status == SessionStatus::PendingCancellation
+        })
+        .await;
+    }
+
+    /// Review 10, finding 5: renewals come daily now; one refused by a passing outage turned
+    /// a healthy connection to `error` although its subscription had days to live.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_daily_renewal_graph_refuses_for_a_while_keeps_the_connection_active() {
+        // Arrange: a day-old subscription; Graph answers its renewal 500 for a while.
+        let (w, _receiver, _key, _platform) = world_with_grace("10m").await;
+        let id = age_subscription(&w, chrono::Duration::hours(25)).await;
+        w.sim.add_fault(voyage_tests::calendars::fault(
+            "PATCH",
+            "subscriptions",
+            500,
+            10,
+        ));
+
+        // Act
+        let report = renew(&w).await;
+
+        // Assert: not renewed, but nothing the tenant sees changed.
+        assert_eq!(report.failed, 1, "{report:?}");
+        let c = w
+            .app
+            .local
+            .deps
+            .store
+            .connection_for_staff("acme", "ann", Provider::Exchange)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.status, c.last_error),
+            (voyage_core::model::ConnectionStatus::Active, None)
+        );
+        assert_eq!(c.channel.map(|c| c.id), Some(id));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_renewed_less_than_a_day_ago_is_not_renewed_again() {
+        // Arrange: renewed 23 hours ago.
+        let (w, _receiver, _key, _platform) = world_with_grace("10m").await;
+        let id = age_subscription(&w, chrono::Duration::hours(23)).await;
+
+        // Act
+        let report = renew(&w).await;
+
+        // Assert: no call made, the subscription kept.
+        assert_eq!(report.processed, 0, "{report:?}");
+        let subs = w.subscriptions().await;
+        assert_eq!(subs[0]["id"], id.as_str());
     }
 }

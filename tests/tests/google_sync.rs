@@ -1443,6 +1443,8 @@ mod calendars_review7;
 #[path = "calendars/review8.rs"]
 mod calendars_review8;
 
+#[path = "calendars/review10.rs"]
+mod calendars_review10;
 #[path = "calendars/review9.rs"]
 mod calendars_review9;
 

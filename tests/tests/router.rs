@@ -709,6 +709,93 @@ mod deployed_shape {
             .all(|l| l["function"] == "voyage-webhooks-worker"));
     }
 
+    /// Registers `url` for `company` and dispatches one event to it through the webhooks
+    /// binary; returns the wake-up message the deliveries queue then holds.
+    async fn dispatched_wake_up(
+        stack: &Stack,
+        webhooks: &mut Function,
+        company: &str,
+        url: String,
+    ) -> voyage_core::ports::ReceivedMessage {
+        let tenant = json!({"company_id": company, "key_id": "key_01example", "internal": false});
+        let platform =
+            json!({"company_id": "platform", "key_id": "key_02example", "internal": true});
+        let create = http_event(
+            "POST",
+            "/v1/webhooks",
+            Some(tenant),
+            Some(json!({"url": url, "events": ["session.*"]})),
+            &[],
+        );
+        let (status, endpoint) = http_answer(&webhooks.invoke(create).await.response());
+        assert_eq!(status, 201, "{endpoint}");
+        let dispatch = http_event(
+            "POST",
+            "/v1/webhooks/dispatch",
+            Some(platform),
+            Some(
+                json!({"company_id": company, "event": "session.created", "payload": {"session_id": "s1"}}),
+            ),
+            &[],
+        );
+        let (status, dispatched) = http_answer(&webhooks.invoke(dispatch).await.response());
+        assert_eq!(status, 202, "{dispatched}");
+        let sqs = aws_sdk_sqs::Client::new(&voyage_tests::fixtures::aws().await);
+        let queue = voyage_aws::SqsQueue::new(sqs, stack.webhooks.url.clone());
+        use voyage_core::ports::Queue;
+        let mut messages = queue.receive(10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(messages.len(), 1);
+        messages.remove(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_answers_before_its_deadline_and_hands_back_only_the_unfinished_message() {
+        let stack = Stack::create().await;
+        let (stuck, quick) = (Receiver::start().await, Receiver::start().await);
+        // The stuck receiver never answers (its gate is never opened): the attempt would
+        // wait for its 10 s timeout, past the invocation's deadline.
+        let never = std::sync::Arc::new(tokio::sync::Notify::new());
+        stuck.answer_always(voyage_tests::receiver::Answer::held(200, &never));
+        let loopback = |binary: &str| {
+            let mut env = stack.env(binary);
+            env.push(("VOYAGE_ALLOW_PRIVATE_WEBHOOK_TARGETS", "true".to_string()));
+            env.push(("VOYAGE_ALLOW_HTTP_WEBHOOKS", "true".to_string()));
+            env
+        };
+        let (webhooks_env, worker_env) = (loopback("webhooks"), loopback("webhooks-worker"));
+        let (mut webhooks, mut worker) = tokio::join!(
+            Function::start("webhooks", &webhooks_env),
+            Function::start("webhooks-worker", &worker_env),
+        );
+        let to_stuck = dispatched_wake_up(&stack, &mut webhooks, "acme", stuck.url("/hook")).await;
+        let to_quick = dispatched_wake_up(&stack, &mut webhooks, "beta", quick.url("/hook")).await;
+
+        worker.api.set_timeout(Duration::from_secs(4));
+        let started = std::time::Instant::now();
+        let answer = worker
+            .invoke(sqs_event(
+                &stack.webhooks.arn,
+                &[
+                    (to_stuck.id.as_str(), to_stuck.body.as_str()),
+                    (to_quick.id.as_str(), to_quick.body.as_str()),
+                ],
+            ))
+            .await
+            .response();
+        let took = started.elapsed();
+
+        assert!(
+            took < Duration::from_secs(4),
+            "answered after {took:?}, past the 4 s deadline (Lambda would have ended the \
+             invocation and offered the whole batch again)"
+        );
+        assert_eq!(
+            answer,
+            json!({"batchItemFailures": [{"itemIdentifier": to_stuck.id}]})
+        );
+        assert_eq!(quick.received().len(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_function_binary_answers_its_events_as_lambda_would() {
         let stack = Stack::create().await;

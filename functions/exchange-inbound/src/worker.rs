@@ -1,7 +1,7 @@
 //! Inbound queue messages: "sync this connection now" (from a Graph notification or
 //! lifecycle event), each handled by one delta round.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use voyage_core::deps::Deps;
 use voyage_core::exchange::push::{received_at, SyncRequest, SYNC_KIND};
@@ -64,9 +64,84 @@ async fn handle_until(deps: &Deps, body: &str, deadline: Instant) -> Result<(), 
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    let deadline = Instant::now() + deps.config.sync_budget;
-    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
-        handle_until(deps, &body, deadline).await
-    })
+    batch(deps, messages, None).await
+}
+
+/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// the rounds' paging stops at the budget or `cut_at`, whichever comes first, and a round
+/// cut short is offered again.
+pub async fn handle_batch_until(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Instant,
+) -> Vec<String> {
+    batch(deps, messages, Some(cut_at)).await
+}
+
+async fn batch(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Option<Instant>,
+) -> Vec<String> {
+    let deadline = paging_deadline(Instant::now(), deps.config.sync_budget, cut_at);
+    voyage_core::ports::queue::handle_batch_until(
+        messages,
+        CONCURRENCY,
+        cut_at,
+        |body| async move { handle_until(deps, &body, deadline).await },
+    )
     .await
+}
+
+/// How long before the batch's cut a round's paging stops: time for the page in flight (one
+/// Graph call, `VOYAGE_GRAPH_TIMEOUT` 10 s by default, is the worst case) and the checkpoint,
+/// which a round writes only once its paging deadline has passed. A round cut before its
+/// checkpoint would start over at every receive and never finish.
+pub const PAGE_MARGIN: Duration = Duration::from_secs(5);
+
+/// The paging deadline of a batch started `now`: its budget, or [`PAGE_MARGIN`] before its
+/// cut when that comes first (at least `now`: one page is always applied).
+pub fn paging_deadline(now: Instant, budget: Duration, cut_at: Option<Instant>) -> Instant {
+    let budgeted = now + budget;
+    match cut_at {
+        Some(cut) => budgeted.min(cut.checked_sub(PAGE_MARGIN).unwrap_or(now).max(now)),
+        None => budgeted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_pages_until_its_budget_when_the_cut_is_far() {
+        let now = Instant::now();
+        let deadline = paging_deadline(
+            now,
+            Duration::from_secs(10),
+            Some(now + Duration::from_secs(28)),
+        );
+        assert_eq!(deadline, now + Duration::from_secs(10));
+    }
+
+    /// Review 10, finding 4: with the cut before the budget, the deadline was the cut
+    /// itself, so the checkpoint written after it was never reached.
+    #[test]
+    fn a_round_stops_paging_early_enough_to_checkpoint_before_the_cut() {
+        let now = Instant::now();
+        let cut = now + Duration::from_secs(12);
+        let deadline = paging_deadline(now, Duration::from_secs(20), Some(cut));
+        assert_eq!(deadline, cut - PAGE_MARGIN);
+    }
+
+    #[test]
+    fn a_cut_closer_than_the_margin_still_lets_one_page_run() {
+        let now = Instant::now();
+        let deadline = paging_deadline(
+            now,
+            Duration::from_secs(20),
+            Some(now + Duration::from_secs(2)),
+        );
+        assert_eq!(deadline, now);
+    }
 }

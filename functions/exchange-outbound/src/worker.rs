@@ -1,6 +1,8 @@
 //! Outbound queue messages: a session change, bare or in EventBridge's envelope, written to
 //! every calendar of the staff member ([`voyage_core::calendar::changes`]).
 
+use std::time::Instant;
+
 use serde_json::Value;
 use voyage_core::calendar::{self, changes};
 use voyage_core::deps::Deps;
@@ -53,8 +55,29 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
-        handle(deps, &body).await
-    })
+    batch(deps, messages, None).await
+}
+
+/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// a message cut short is offered again, its writes resuming from their intents.
+pub async fn handle_batch_until(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Instant,
+) -> Vec<String> {
+    batch(deps, messages, Some(cut_at)).await
+}
+
+async fn batch(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Option<Instant>,
+) -> Vec<String> {
+    voyage_core::ports::queue::handle_batch_until(
+        messages,
+        CONCURRENCY,
+        cut_at,
+        |body| async move { handle(deps, &body).await },
+    )
     .await
 }

@@ -2,6 +2,8 @@
 //! `{}`, and the follow-ups of syncs that ran out of their time budget): one sync of the
 //! named connection per message, each inside `VOYAGE_SYNC_BUDGET`.
 
+use std::time::Instant;
+
 use voyage_core::deps::Deps;
 use voyage_core::google::push::{SyncRequest, SYNC_KIND};
 use voyage_core::google::sync;
@@ -37,8 +39,29 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 }
 
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
-        handle(deps, &body).await
-    })
+    batch(deps, messages, None).await
+}
+
+/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// a sync cut short is offered again and resumes from its last checkpoint.
+pub async fn handle_batch_until(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Instant,
+) -> Vec<String> {
+    batch(deps, messages, Some(cut_at)).await
+}
+
+async fn batch(
+    deps: &Deps,
+    messages: Vec<(String, String)>,
+    cut_at: Option<Instant>,
+) -> Vec<String> {
+    voyage_core::ports::queue::handle_batch_until(
+        messages,
+        CONCURRENCY,
+        cut_at,
+        |body| async move { handle(deps, &body).await },
+    )
     .await
 }

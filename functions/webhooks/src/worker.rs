@@ -55,8 +55,30 @@ pub async fn handle(engine: &WebhookEngine, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(engine: &WebhookEngine, messages: Vec<(String, String)>) -> Vec<String> {
-    voyage_core::ports::queue::handle_batch(messages, CONCURRENCY, |body| async move {
-        handle(engine, &body).await
-    })
+    batch(engine, messages, None).await
+}
+
+/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// an attempt cut short keeps its claim until the lease ends, and the message offered
+/// again sends it then (the receiver may get it twice: deliveries are at least once).
+pub async fn handle_batch_until(
+    engine: &WebhookEngine,
+    messages: Vec<(String, String)>,
+    cut_at: std::time::Instant,
+) -> Vec<String> {
+    batch(engine, messages, Some(cut_at)).await
+}
+
+async fn batch(
+    engine: &WebhookEngine,
+    messages: Vec<(String, String)>,
+    cut_at: Option<std::time::Instant>,
+) -> Vec<String> {
+    voyage_core::ports::queue::handle_batch_until(
+        messages,
+        CONCURRENCY,
+        cut_at,
+        |body| async move { handle(engine, &body).await },
+    )
     .await
 }

@@ -214,6 +214,25 @@ pub fn decide(
     let Some(event_type) = command.event_type() else {
         return Some(next);
     };
+    let event = session_event(&next, event_type, command.name(), origin, extra);
+    next.outbox.push(event);
+    Some(next)
+}
+
+/// The webhook event `event_type` of `next`, the session as the write that is about to
+/// replace the stored one (`next.version` still the stored version) leaves it: its state,
+/// `origin` (and the calendar's provider when the change came from one), the `sequence` of
+/// the version the write creates, and `extra`. Its idempotency key names that version and
+/// `command`: the same write retried after a lost answer produces the same key, and the
+/// webhook dispatcher delivers it once.
+pub(crate) fn session_event(
+    next: &Session,
+    event_type: &str,
+    command: &str,
+    origin: &str,
+    extra: Map<String, Value>,
+) -> OutboxEvent {
+    let created = next.version + 1;
     let mut payload = Map::new();
     payload.insert("session_id".into(), json!(next.id));
     payload.insert("staff_id".into(), json!(next.staff_id));
@@ -229,19 +248,14 @@ pub fn decide(
     // The version this write creates orders the session's events (webhooks::sequence).
     payload.insert(
         "sequence".into(),
-        json!(crate::webhooks::sequence::of_session_version(
-            session.version + 1
-        )),
+        json!(crate::webhooks::sequence::of_session_version(created)),
     );
     payload.extend(extra);
-    next.outbox.push(OutboxEvent {
+    OutboxEvent {
         event_type: event_type.into(),
         payload,
-        // The version this write creates: the same command retried after a lost answer
-        // produces the same key, and the webhook dispatcher delivers it once.
-        idempotency_key: format!("{}:{}:{}", next.id, session.version + 1, command.name()),
-    });
-    Some(next)
+        idempotency_key: format!("{}:{created}:{command}", next.id),
+    }
 }
 
 /// Carries out `command` on the stored session: decide, conditional write (re-reading and
@@ -364,10 +378,38 @@ pub async fn publish_outbox(deps: &Deps, session: &mut Session) {
     }
 }
 
-async fn try_publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
-    if session.outbox.is_empty() {
-        return Ok(());
+/// Publishes the outbox of `written`, the session as the caller's own write just left it,
+/// and clears what was published with one conditional write of that session. A lost race
+/// leaves `written` as the caller wrote it, and the events in the stored outbox for the
+/// relay (published again under the same keys: delivered once). Unlike [`publish_outbox`],
+/// it never takes over the newer session that won: the caller's later writes are
+/// conditioned on its own, and must lose their races against the newer one (review 10,
+/// finding 1: a reassignment went on with the session of the change that overtook it).
+pub async fn publish_own_outbox(deps: &Deps, written: &mut Session) {
+    let published = match publish_events(deps, written).await {
+        Ok(published) => published,
+        Err(e) => {
+            tracing::warn!(session = %written.id, error = %e, "session events left in the outbox for the relay");
+            return;
+        }
+    };
+    let mut next = written.clone();
+    next.outbox
+        .retain(|e| !published.contains(&e.idempotency_key));
+    match deps.store.update_session(&mut next).await {
+        Ok(()) => *written = next,
+        Err(Error::Conflict { .. }) => {
+            tracing::debug!(session = %written.id, "overtaken before its outbox was cleared; the relay clears it");
+        }
+        Err(e) => {
+            tracing::warn!(session = %written.id, error = %e, "published session events left in the outbox; the relay clears it");
+        }
     }
+}
+
+/// Publishes `session`'s outbox to the bus (retried at once a few times); returns the
+/// idempotency keys published.
+async fn publish_events(deps: &Deps, session: &Session) -> Result<Vec<String>> {
     let Some(bus) = &deps.bus else {
         return Err(Error::Unavailable("no event bus configured".into()));
     };
@@ -393,11 +435,18 @@ async fn try_publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
             }
         }
     }
-    let published: Vec<String> = session
+    Ok(session
         .outbox
         .iter()
         .map(|e| e.idempotency_key.clone())
-        .collect();
+        .collect())
+}
+
+async fn try_publish_outbox(deps: &Deps, session: &mut Session) -> Result<()> {
+    if session.outbox.is_empty() {
+        return Ok(());
+    }
+    let published = publish_events(deps, session).await?;
     for _ in 0..ATTEMPTS {
         let mut next = session.clone();
         next.outbox

@@ -158,10 +158,12 @@ pub async fn connections_are_found_by_channel_and_listed_in_pages(f: &Fixture<dy
         resource_id: Some("res".into()),
         expires_at: t0() + Duration::days(7),
         secret: "token".into(),
+        renewed_at: Some(t0()),
     });
     s.update_connection(&mut c).await.unwrap();
     let found = s.connection_by_channel("chan-3").await.unwrap().unwrap();
     assert_eq!(found.id, "c3");
+    assert_eq!(found.channel, c.channel, "the channel is kept whole");
     assert_eq!(s.connection_by_channel("chan-x").await.unwrap(), None);
     // Paging a company's connections: every page within the limit, all of them once.
     let mut ids = Vec::new();
@@ -843,6 +845,7 @@ pub async fn a_channel_finds_its_connection_before_the_indexes_catch_up(f: &Fixt
         resource_id: None,
         expires_at: t0() + Duration::days(2),
         secret: "state".into(),
+        renewed_at: None,
     });
     s.update_connection(&mut c).await.expect("updated");
 
@@ -863,6 +866,7 @@ pub async fn a_replaced_or_deleted_channel_finds_no_connection(f: &Fixture<dyn T
         resource_id: None,
         expires_at: t0() + Duration::days(2),
         secret: "state".into(),
+        renewed_at: None,
     };
     let mut c1 = connection("acme", "c1", "s1", Provider::Google);
     c1.channel = Some(channel("old"));

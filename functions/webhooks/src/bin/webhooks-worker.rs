@@ -15,5 +15,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deps = Arc::new(voyage_aws::deps_from_config(config).await?);
     let engine = WebhookEngine::new(deps, Arc::new(transport));
     let engine = &engine;
-    voyage_http::serve_sqs(|messages| worker::handle_batch(engine, messages)).await
+    voyage_http::serve_sqs(|messages, cut_at| worker::handle_batch_until(engine, messages, cut_at))
+        .await
 }

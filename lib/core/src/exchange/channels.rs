@@ -7,11 +7,13 @@
 //! `.../v1/exchange/lifecycle`.
 
 use chrono::{DateTime, Duration, Utc};
+use futures::stream::{self, StreamExt};
 
 use super::api::{CalendarRef, GraphError, NewSubscription};
 use super::{credentials, GraphCredentials};
 use crate::deps::Deps;
 use crate::model::{Connection, ConnectionStatus, PushChannel};
+
 use crate::{ids, Error, Result};
 
 pub const NOTIFICATION_PATH: &str = "/v1/exchange/notifications";
@@ -21,6 +23,14 @@ pub const LIFECYCLE_PATH: &str = "/v1/exchange/lifecycle";
 pub const SUBSCRIPTION_MINUTES: i64 = 10_070;
 /// The renewal job renews subscriptions that expire within this window.
 pub const RENEWAL_WINDOW_HOURS: i64 = 24;
+/// A subscription is renewed this long after it was made or last renewed, though it lasts a
+/// week: Graph may drop one (`subscriptionRemoved`) and the lifecycle notification that says
+/// so may be lost; the renewal's 404 finds it within a day instead of a week, and the round
+/// queued with the new one ([`RESUBSCRIBED`]) reads what happened meanwhile. One call per
+/// connection a day.
+pub const RENEW_AFTER_HOURS: i64 = 24;
+/// The reason of the delta round queued when a renewal finds the subscription gone.
+pub const RESUBSCRIBED: &str = "resubscribed";
 
 pub fn calendar_of(c: &Connection) -> CalendarRef {
     CalendarRef {
@@ -67,13 +77,38 @@ pub async fn subscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
             Renewal::Failed
         }
     };
-    deps.store.update_connection(conn).await?;
+    if let Err(e) = deps.store.update_connection(conn).await {
+        // Not recorded (another write of the connection won, or it was deleted): the new
+        // subscription would be an orphan Graph notifies for a week, so it goes; the next
+        // renewal run makes another (review 10, finding 2).
+        if outcome == Renewal::Created {
+            if let Some(made) = &conn.channel {
+                remove_quietly(deps, &conn.company_id, &made.id).await;
+            }
+        }
+        return Err(e);
+    }
     if outcome == Renewal::Created {
         if let Some(old) = old {
             remove_quietly(deps, &conn.company_id, &old.id).await;
         }
     }
     Ok(outcome)
+}
+
+/// [`subscribe`] in place of a subscription that was lost or never made: when the new one
+/// is made, a delta round (reason [`RESUBSCRIBED`]) reads what no notification told while
+/// there was none.
+async fn resubscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
+    conn.channel = None;
+    let renewal = subscribe(deps, conn).await?;
+    if renewal == Renewal::Created {
+        let request = super::push::SyncRequest::for_connection(conn, RESUBSCRIBED);
+        if let Err(e) = super::push::enqueue(deps, &request).await {
+            tracing::warn!(connection = %conn.id, error = %e, "catch-up round not queued; the hourly re-base round reads the calendar");
+        }
+    }
+    Ok(renewal)
 }
 
 async fn create(deps: &Deps, conn: &Connection) -> std::result::Result<PushChannel, String> {
@@ -106,6 +141,7 @@ async fn create(deps: &Deps, conn: &Connection) -> std::result::Result<PushChann
         resource_id: None,
         expires_at: created.expires_at,
         secret: client_state,
+        renewed_at: Some(deps.store.now()),
     })
 }
 
@@ -115,8 +151,9 @@ async fn load_credentials(deps: &Deps, company: &str) -> Result<GraphCredentials
         .ok_or_else(|| Error::validation("credentials", credentials::MISSING))
 }
 
-/// Renews the connection's subscription if it is due (missing, failed, or expiring within
-/// the renewal window); recreates it when Graph no longer knows it.
+/// Renews the connection's subscription if it is due (missing, failed, expiring within the
+/// renewal window, or renewed [`RENEW_AFTER_HOURS`] ago); recreates it when Graph no longer
+/// knows it.
 pub async fn renew_if_due(
     deps: &Deps,
     conn: &mut Connection,
@@ -126,10 +163,15 @@ pub async fn renew_if_due(
         return Ok(Renewal::NotDue);
     }
     let due = conn.status != ConnectionStatus::Active
-        || conn
-            .channel
-            .as_ref()
-            .is_none_or(|c| c.expires_at <= now + Duration::hours(RENEWAL_WINDOW_HOURS));
+        || conn.channel.as_ref().is_none_or(|c| {
+            // A record from before `renewed_at` was kept: renewed when its expiry says it
+            // was (not all at the first run after an upgrade).
+            let renewed = c
+                .renewed_at
+                .unwrap_or(c.expires_at - Duration::minutes(SUBSCRIPTION_MINUTES));
+            c.expires_at <= now + Duration::hours(RENEWAL_WINDOW_HOURS)
+                || renewed <= now - Duration::hours(RENEW_AFTER_HOURS)
+        });
     if !due {
         return Ok(Renewal::NotDue);
     }
@@ -139,7 +181,7 @@ pub async fn renew_if_due(
 /// Extends the subscription to the maximum, or recreates it when it is missing or gone.
 pub async fn renew(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
     let Some(channel) = conn.channel.clone() else {
-        return subscribe(deps, conn).await;
+        return resubscribe(deps, conn).await;
     };
     let creds = match load_credentials(deps, &conn.company_id).await {
         Ok(c) => c,
@@ -154,6 +196,7 @@ pub async fn renew(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
         Ok(sub) => {
             conn.channel = Some(PushChannel {
                 expires_at: sub.expires_at,
+                renewed_at: Some(deps.store.now()),
                 ..channel
             });
             conn.status = ConnectionStatus::Active;
@@ -161,10 +204,19 @@ pub async fn renew(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
             deps.store.update_connection(conn).await?;
             Ok(Renewal::Renewed)
         }
-        // Expired or removed on Graph's side: a new one (with a new clientState).
-        Err(GraphError::NotFound) => {
-            conn.channel = None;
-            subscribe(deps, conn).await
+        // Expired or removed on Graph's side: a new one (with a new clientState), and a
+        // delta round for what no notification told while there was none.
+        Err(GraphError::NotFound) => resubscribe(deps, conn).await,
+        // A refusal or an outage while the subscription still has more than the renewal
+        // window to live: nothing is lost yet, the next run tries again; the connection
+        // keeps its status (renewals come daily: a passing 503 must not show `error`).
+        Err(e)
+            if conn.status == ConnectionStatus::Active
+                && channel.expires_at
+                    > deps.store.now() + Duration::hours(RENEWAL_WINDOW_HOURS) =>
+        {
+            tracing::warn!(connection = %conn.id, error = %e, "subscription renewal failed; tried again at the next run");
+            Ok(Renewal::Failed)
         }
         Err(e) => {
             conn.status = ConnectionStatus::Error;
@@ -196,6 +248,32 @@ pub async fn remove_quietly(deps: &Deps, company: &str, subscription_id: &str) {
     }
 }
 
+/// Connections renewed at once by [`renew_all`] (each a different mailbox, so Graph's
+/// per-mailbox limits are not shared; a daily renewal of every connection stays well inside
+/// the scheduled function's time).
+pub const RENEW_CONCURRENCY: usize = 8;
+
+/// One connection of the renewal job's listing: read again first (the listing comes from an
+/// index, and a busy connection changes between the page and its turn: a renewal recorded
+/// on a stale copy loses its race after Graph made the subscription), then renewed if due.
+async fn renew_listed(deps: &Deps, listed: Connection) -> Result<Renewal> {
+    let mut conn = match deps
+        .store
+        .get_connection(&listed.company_id, &listed.id)
+        .await
+    {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(Renewal::NotDue),
+        Err(e) => return Err(e),
+    };
+    let now = deps.store.now();
+    let outcome = renew_if_due(deps, &mut conn, now).await;
+    if let Err(e) = &outcome {
+        tracing::warn!(connection = %conn.id, error = %e, "renewal failed");
+    }
+    outcome
+}
+
 /// The renewal job for Exchange: every connection, independently.
 pub async fn renew_all(deps: &Deps) -> Result<crate::jobs::JobReport> {
     let mut report = crate::jobs::JobReport {
@@ -208,16 +286,17 @@ pub async fn renew_all(deps: &Deps) -> Result<crate::jobs::JobReport> {
             .store
             .all_connections(crate::model::Provider::Exchange, cursor)
             .await?;
-        for mut conn in page.items {
-            let now = deps.store.now();
-            match renew_if_due(deps, &mut conn, now).await {
+        let outcomes: Vec<Result<Renewal>> = stream::iter(page.items)
+            .map(|listed| renew_listed(deps, listed))
+            .buffer_unordered(RENEW_CONCURRENCY)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
                 Ok(Renewal::NotDue) => {}
                 Ok(Renewal::Created | Renewal::Renewed) => report.processed += 1,
                 Ok(Renewal::Failed) => report.failed += 1,
-                Err(e) => {
-                    tracing::warn!(connection = %conn.id, error = %e, "renewal failed");
-                    report.failed += 1;
-                }
+                Err(_) => report.failed += 1,
             }
         }
         match page.next {

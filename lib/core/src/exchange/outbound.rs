@@ -400,8 +400,29 @@ fn merged_session(
             None,
         );
     }
+    // A pending cancellation ended by giving the booking to another staff member: the
+    // tenant, told it was about to be cancelled, is told it is not (`session.restored`,
+    // `reason` `reassigned`). Published once the write is in (see [`record_intent`]).
+    let reassigned = existing.is_some_and(|s| s.status == SessionStatus::PendingCancellation)
+        && next.status == SessionStatus::Confirmed;
+    if reassigned {
+        let mut extra = serde_json::Map::new();
+        extra.insert("reason".into(), serde_json::json!(REASSIGNED));
+        let event = crate::booking::session_event(
+            &next,
+            "session.restored",
+            "platform.reassign",
+            ORIGIN_PLATFORM,
+            extra,
+        );
+        next.outbox.push(event);
+    }
     next
 }
+
+/// The `reason` of a `session.restored` sent when the platform gave a booking whose
+/// cancellation was pending to another staff member.
+pub const REASSIGNED: &str = "reassigned";
 
 /// `existing`'s [`Session::unsettled_times`] once `change` replaces its times: with them
 /// added (a write of them may have moved an event with its commit lost).
@@ -840,9 +861,14 @@ where
         writes.extend(retired.into_iter().map(OutboundWrite::DeleteMapping));
         match deps.store.commit_outbound(&mut writes).await {
             Ok(()) => {
-                let Some(OutboundWrite::Session(written)) = writes.into_iter().next() else {
+                let Some(OutboundWrite::Session(mut written)) = writes.into_iter().next() else {
                     return Err(Error::Internal("intent write lost its session".into()));
                 };
+                // Events the write made (a pending cancellation ended by a reassignment)
+                // go out now; one whose publish fails stays for the outbox relay.
+                if !written.outbox.is_empty() {
+                    crate::booking::publish_own_outbox(deps, &mut written).await;
+                }
                 ctx.session = Some(written);
                 if retire {
                     ctx.mapping = None;

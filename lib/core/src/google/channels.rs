@@ -75,6 +75,7 @@ async fn create(deps: &Deps, conn: &Connection) -> std::result::Result<PushChann
         .await
         .map_err(|e| e.to_string())?;
     Ok(PushChannel {
+        renewed_at: None,
         id: channel.id,
         resource_id: Some(channel.resource_id),
         expires_at: channel.expires_at,

@@ -43,6 +43,12 @@ pub struct PushChannel {
     /// Google channel token or Graph `clientState`: checked in constant time on every push,
     /// never returned by any route.
     pub secret: String,
+    /// When the Graph subscription was made or last renewed (unused for Google): it is
+    /// renewed a day later, so one Graph dropped without its lifecycle notification reaching
+    /// us is found within a day. `None` in records written before it was kept (renewed at
+    /// the next run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

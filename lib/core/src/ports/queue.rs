@@ -131,11 +131,46 @@ where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = crate::Result<()>>,
 {
+    handle_batch_until(messages, concurrency, None, handler).await
+}
+
+/// [`handle_batch`], over by `cut_at` when one is given: a message not finished by then
+/// (or not started: the batch runs `concurrency` at a time) is stopped where it is, as a
+/// crash there would stop it (every handler's steps are idempotent and resume from what
+/// was recorded), and returned with the failures, so the queue offers it again. The
+/// batch's answer never comes after `cut_at`. On Lambda that is a little before the
+/// invocation's deadline: past the deadline Lambda ends the invocation, its answer is lost,
+/// and every message of the batch, the finished ones too, is offered again.
+pub async fn handle_batch_until<F, Fut>(
+    messages: Vec<(String, String)>,
+    concurrency: usize,
+    cut_at: Option<std::time::Instant>,
+    handler: F,
+) -> Vec<String>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
     use futures::stream::{self, StreamExt};
     let handler = &handler;
     stream::iter(messages)
         .map(|(id, body)| async move {
-            match handler(body).await {
+            let handled = handler(body);
+            let result = match cut_at {
+                Some(at) => {
+                    match tokio::time::timeout_at(tokio::time::Instant::from_std(at), handled)
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => {
+                            tracing::warn!(message_id = %id, "message not finished before the invocation's deadline; it will be offered again");
+                            return Some(id);
+                        }
+                    }
+                }
+                None => handled.await,
+            };
+            match result {
                 Ok(()) => None,
                 Err(e) => {
                     tracing::warn!(message_id = %id, error = %e, "message failed; it will be retried");
