@@ -209,6 +209,7 @@ fn plans_per_second() -> f64 {
         google_event: None,
         retired: vec![],
         unsettled_times: vec![],
+        times_changed_at: None,
         updated_at: t(0),
         version: 1,
     };

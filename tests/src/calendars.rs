@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use voyage_core::deps::Deps;
 use voyage_core::model::{Connection, Session};
 use voyage_simulators::google::{SANDBOX_CLIENT_EMAIL, SANDBOX_PRIVATE_KEY};
 use voyage_simulators::{GoogleSimulator, GraphSimulator};
@@ -225,7 +226,11 @@ impl CalendarsWorld {
     /// Runs one sync round of the connection (inline, as its queue worker would); returns the
     /// booking commands it carried out.
     pub async fn sync(&self, cal: Cal, connection: &str) -> usize {
-        let deps = &self.app.local.deps;
+        self.sync_with(&self.app.local.deps, cal, connection).await
+    }
+
+    /// [`CalendarsWorld::sync`] through `deps` (a world's dependencies with a race in them).
+    pub async fn sync_with(&self, deps: &Deps, cal: Cal, connection: &str) -> usize {
         match cal {
             Cal::Exchange => {
                 let req = voyage_core::exchange::push::SyncRequest {

@@ -28,6 +28,10 @@ pub enum Write {
     Delete,
     /// A Graph subscription's or a Google channel's creation.
     Subscribe,
+    /// Not a write: a page of events read (a delta page, a Google list). The hook runs
+    /// after the page is read and before the caller gets it: what the page shows is then
+    /// older than what the hook's work wrote (a slow answer on the way back).
+    Read,
 }
 
 /// Called before each write of the hooked kind: the work to run to its end first, if any.
@@ -175,7 +179,9 @@ impl GraphApi for HookedGraph {
         creds: &GraphCredentials,
         request: &DeltaRequest,
     ) -> Result<DeltaPage, GraphError> {
-        self.inner.delta_page(creds, request).await
+        let page = self.inner.delta_page(creds, request).await;
+        self.before(Write::Read).await;
+        page
     }
 }
 
@@ -204,7 +210,9 @@ impl GoogleApi for HookedGoogle {
         subject: &str,
         request: &ListRequest,
     ) -> Result<EventsPage, GoogleError> {
-        self.inner.list_events(account, subject, request).await
+        let page = self.inner.list_events(account, subject, request).await;
+        self.before(Write::Read).await;
+        page
     }
     async fn watch(
         &self,

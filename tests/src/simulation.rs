@@ -874,10 +874,13 @@ impl World {
         let oqueue = Arc::new(ListQueue::default());
         let epoch = epoch();
         let clock = Arc::new(ManualClock::new(epoch));
-        // Google stamps events' `updated` on the simulation's clock, as the real Google's
-        // clock and ours agree (the system compares them).
+        // Google stamps events' `updated`, and Graph their `lastModifiedDateTime`, on the
+        // simulation's clock, as the providers' clocks and ours agree (the system compares
+        // them): a seed replays whatever the time of day it runs at.
         let event_clock = clock.clone();
         gsim.set_event_clock(Arc::new(move || event_clock.now()));
+        let event_clock = clock.clone();
+        sim.set_event_clock(Arc::new(move || event_clock.now()));
         let table = Arc::new(FaultyTable::new());
         let bus = Arc::new(RecordingBus::default());
         let queue = Arc::new(ListQueue::default());

@@ -1538,18 +1538,25 @@ mod lost_subscription {
     /// to what a renewal `age` ago gave it.
     async fn age_subscription(w: &GraphWorld, age: chrono::Duration) -> String {
         let store = &w.app.local.deps.store;
-        let mut c = store
-            .connection_for_staff("acme", "ann", Provider::Exchange)
-            .await
-            .unwrap()
-            .unwrap();
-        let channel = c.channel.as_mut().unwrap();
         let renewed = chrono::Utc::now() - age;
-        channel.expires_at = renewed + chrono::Duration::minutes(SUBSCRIPTION_MINUTES);
-        channel.renewed_at = Some(renewed);
-        let id = channel.id.clone();
-        store.update_connection(&mut c).await.unwrap();
-        id
+        // The connection's first round (queued when it was made) may record its sync at
+        // the same moment: a lost race is read again.
+        loop {
+            let mut c = store
+                .connection_for_staff("acme", "ann", Provider::Exchange)
+                .await
+                .unwrap()
+                .unwrap();
+            let channel = c.channel.as_mut().unwrap();
+            channel.expires_at = renewed + chrono::Duration::minutes(SUBSCRIPTION_MINUTES);
+            channel.renewed_at = Some(renewed);
+            let id = channel.id.clone();
+            match store.update_connection(&mut c).await {
+                Ok(()) => return id,
+                Err(voyage_core::Error::Conflict { .. }) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     async fn renew(w: &GraphWorld) -> voyage_core::jobs::JobReport {
@@ -1629,43 +1636,55 @@ mod lost_subscription {
             .map(|c| c.id)
     }
 
-    /// Review 10, finding 2: the connection changed (a round recorded its sync) while Graph
-    /// made the new subscription, so recording it lost its race, and the subscription was
-    /// left an orphan Graph notifies for a week.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_renewal_whose_record_loses_its_race_leaves_no_orphan_and_the_next_run_makes_it() {
-        // Arrange: the connection is written meanwhile, as Graph makes the new subscription.
-        let w = lost_with_a_deletion_meanwhile().await;
-        let world = w.app.local.deps.clone();
-        let elsewhere = world.clone();
-        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
-            let mut c = elsewhere
-                .store
-                .connection_for_staff("acme", "ann", Provider::Exchange)
-                .await
-                .unwrap()
-                .unwrap();
-            elsewhere.store.update_connection(&mut c).await.unwrap();
-        });
+    /// `renew_all` through the world's dependencies, with `meanwhile` run to its end just
+    /// as Graph makes the new subscription.
+    async fn renew_with_meanwhile(
+        w: &GraphWorld,
+        meanwhile: voyage_tests::races::Meanwhile,
+    ) -> voyage_core::jobs::JobReport {
         let racing = voyage_tests::hooked::hooked(
-            &world,
+            &w.app.local.deps,
             Provider::Exchange,
             voyage_tests::hooked::Write::Subscribe,
             voyage_tests::hooked::once(meanwhile),
         );
-
-        // Act: the renewal job runs, then once more.
-        let first = voyage_core::exchange::channels::renew_all(&racing)
+        voyage_core::exchange::channels::renew_all(&racing)
             .await
-            .unwrap();
-        let orphans = w.subscriptions().await;
-        let second = renew(&w).await;
+            .unwrap()
+    }
 
-        // Assert: the first run's subscription was removed; the second's is the stored one,
-        // and its catch-up round finds the deletion.
-        assert_eq!(first.failed, 1, "{first:?}");
-        assert_eq!(orphans, Vec::<Value>::new());
-        assert_eq!(second.processed, 1, "{second:?}");
+    /// Review 10, finding 2: the connection changed (a round recorded its sync) while Graph
+    /// made the new subscription, so recording it lost its race, and the subscription was
+    /// left an orphan Graph notifies for a week (and the lost one stayed recorded). A lost
+    /// race with a write that left the subscription alone is now read again and recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_that_loses_its_race_to_another_write_of_the_connection_is_recorded_all_the_same(
+    ) {
+        // Arrange: the connection is written meanwhile, as Graph makes the new subscription.
+        let w = lost_with_a_deletion_meanwhile().await;
+        let elsewhere = w.app.local.deps.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            loop {
+                let mut c = elsewhere
+                    .store
+                    .connection_for_staff("acme", "ann", Provider::Exchange)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                match elsewhere.store.update_connection(&mut c).await {
+                    Ok(()) => break,
+                    Err(voyage_core::Error::Conflict { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        });
+
+        // Act
+        let report = renew_with_meanwhile(&w, meanwhile).await;
+
+        // Assert: one subscription, the stored one, and the catch-up round finds the
+        // deletion.
+        assert_eq!(report.processed, 1, "{report:?}");
         let subs = w.subscriptions().await;
         assert_eq!(subs.len(), 1, "{subs:?}");
         assert_eq!(
@@ -1676,6 +1695,38 @@ mod lost_subscription {
             s.status == SessionStatus::PendingCancellation
         })
         .await;
+    }
+
+    /// Review 10, finding 2, the other race: another writer replaced the subscription while
+    /// the renewal made its own. Theirs stands; the renewal's is removed, not left an orphan.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_overtaken_by_another_new_subscription_leaves_no_orphan() {
+        // Arrange: the lifecycle handling's own new subscription lands meanwhile.
+        let w = lost_with_a_deletion_meanwhile().await;
+        let elsewhere = w.app.local.deps.clone();
+        let meanwhile: voyage_tests::races::Meanwhile = Box::pin(async move {
+            let mut c = elsewhere
+                .store
+                .connection_for_staff("acme", "ann", Provider::Exchange)
+                .await
+                .unwrap()
+                .unwrap();
+            voyage_core::exchange::channels::subscribe(&elsewhere, &mut c)
+                .await
+                .unwrap();
+        });
+
+        // Act
+        let report = renew_with_meanwhile(&w, meanwhile).await;
+
+        // Assert: exactly one subscription, the one recorded.
+        assert_eq!(report.failed, 0, "{report:?}");
+        let subs = w.subscriptions().await;
+        assert_eq!(subs.len(), 1, "{subs:?}");
+        assert_eq!(
+            subs[0]["id"].as_str().map(str::to_string),
+            stored_subscription(&w).await
+        );
     }
 
     /// Review 10, finding 3: Graph refused the new subscription at the run that found the

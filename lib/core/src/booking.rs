@@ -525,6 +525,7 @@ mod tests {
             google_event: None,
             retired: vec![],
             unsettled_times: vec![],
+            times_changed_at: None,
             updated_at: t(0),
             version: 3,
         }

@@ -177,7 +177,7 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
                 // it (a write whose commit was lost, [`Session::unsettled_times`]): ours.
                 let ours = (*start, *end) == (mapping.last_start, mapping.last_end)
                     || session.unsettled_times.contains(&(*start, *end));
-                if ours {
+                if ours || overtaken_by_platform(snapshot, mapping, session) {
                     steps.push(PlanStep::WriteBack);
                 } else {
                     steps.push(PlanStep::Reschedule {
@@ -189,6 +189,27 @@ pub fn plan(snapshot: &EventSnapshot, mapping: &EventMapping, session: &Session)
             steps
         }
     }
+}
+
+/// Whether the staff member's change `snapshot` shows was made before the platform's newest
+/// change of the session, which has not reached this calendar yet (the mapping still
+/// records other times than the session's: the platform's write is in flight, or failed
+/// and will be sent again). The platform's newer change wins: its write overwrites the
+/// event (a changed event is read again and written over), so the session keeps the
+/// platform's times and the event is written back to them, instead of the older move
+/// being taken for a request made since (review 10, a black-box run: the booking went
+/// back to the staff member's time and the platform's write answered `superseded`).
+/// Compares the provider's modification time with the time the platform's change was
+/// recorded by this system's clock ([`Session::times_changed_at`]: only changes that moved
+/// the session count): only when the provider gives one.
+fn overtaken_by_platform(
+    snapshot: &EventSnapshot,
+    mapping: &EventMapping,
+    session: &Session,
+) -> bool {
+    let unwritten = (mapping.last_start, mapping.last_end) != (session.start, session.end);
+    unwritten
+        && matches!((snapshot.modified, session.times_changed_at), (Some(seen), Some(changed)) if seen < changed)
 }
 
 /// A read of the event older than the last write or read of it the mapping records (the
@@ -241,6 +262,7 @@ pub(crate) mod tests {
             google_event: None,
             retired: vec![],
             unsettled_times: vec![],
+            times_changed_at: None,
             updated_at: t(0),
             version: 1,
         }
@@ -456,5 +478,27 @@ pub(crate) mod tests {
                 }
             }
         }
+    }
+
+    /// Review 10: the staff member's move, made before the platform's newer change that
+    /// has not reached the calendar yet, is written back, not taken for a request.
+    #[test]
+    fn a_move_older_than_the_platforms_unwritten_change_is_written_back() {
+        let mut s = moved_session(SessionStatus::Confirmed);
+        s.times_changed_at = Some(t(5));
+        let mut moved = snap("k2", live(13, 14, false, false));
+        moved.modified = Some(t(4));
+
+        assert_eq!(plan(&moved, &mapping(), &s), vec![PlanStep::WriteBack]);
+
+        // The same move made after the platform's change is the staff member's request.
+        moved.modified = Some(t(6));
+        assert_eq!(
+            plan(&moved, &mapping(), &s),
+            vec![PlanStep::Reschedule {
+                start: t(13),
+                end: t(14)
+            }]
+        );
     }
 }

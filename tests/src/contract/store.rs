@@ -66,6 +66,7 @@ pub fn session(company: &str, id: &str, staff: &str, start: DateTime<Utc>) -> Se
         google_event: None,
         retired: vec![],
         unsettled_times: vec![],
+        times_changed_at: None,
         updated_at: t0(),
         version: 0,
     }

@@ -214,6 +214,11 @@ pub struct GraphEvent {
     pub extended: Option<Vec<ExtendedProperty>>,
     #[serde(rename = "@removed", default)]
     pub removed: Option<Removed>,
+    /// When the event was last changed, by the mailbox's clock: orders a read against our
+    /// last write or read of it ([`crate::reconcile::is_stale_read`]). A delta entry may
+    /// leave it out (partial entries): then no read is taken for stale.
+    #[serde(rename = "lastModifiedDateTime", default)]
+    pub last_modified: Option<DateTime<Utc>>,
 }
 
 impl GraphEvent {

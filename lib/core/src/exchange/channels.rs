@@ -63,30 +63,34 @@ pub enum Renewal {
 pub async fn subscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
     let result = create(deps, conn).await;
     let old = conn.channel.clone();
-    let outcome = match result {
-        Ok(channel) => {
-            conn.channel = Some(channel);
-            conn.status = ConnectionStatus::Active;
-            conn.last_error = None;
-            Renewal::Created
-        }
+    let outcome = match &result {
+        Ok(_) => Renewal::Created,
         Err(reason) => {
             tracing::warn!(connection = %conn.id, %reason, "graph subscription failed");
-            conn.status = ConnectionStatus::Error;
-            conn.last_error = Some(format!("subscription: {reason}"));
             Renewal::Failed
         }
     };
-    if let Err(e) = deps.store.update_connection(conn).await {
-        // Not recorded (another write of the connection won, or it was deleted): the new
-        // subscription would be an orphan Graph notifies for a week, so it goes; the next
-        // renewal run makes another (review 10, finding 2).
-        if outcome == Renewal::Created {
-            if let Some(made) = &conn.channel {
-                remove_quietly(deps, &conn.company_id, &made.id).await;
-            }
+    let apply = |c: &mut Connection| match &result {
+        Ok(channel) => {
+            c.channel = Some(channel.clone());
+            c.status = ConnectionStatus::Active;
+            c.last_error = None;
         }
-        return Err(e);
+        Err(reason) => {
+            c.status = ConnectionStatus::Error;
+            c.last_error = Some(format!("subscription: {reason}"));
+        }
+    };
+    let recorded = record_channel(deps, conn, old.as_ref(), apply).await;
+    if !matches!(recorded, Ok(true)) {
+        // Not recorded (another writer replaced the subscription meanwhile, the connection
+        // is gone, or the store failed): the new subscription would be an orphan Graph
+        // notifies for a week, so it goes; the next renewal run makes another if one is
+        // still needed (review 10, finding 2).
+        if let Ok(channel) = &result {
+            remove_quietly(deps, &conn.company_id, &channel.id).await;
+        }
+        return recorded.map(|_| Renewal::NotDue);
     }
     if outcome == Renewal::Created {
         if let Some(old) = old {
@@ -96,11 +100,46 @@ pub async fn subscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
     Ok(outcome)
 }
 
+/// Writes `apply`'s change of the connection. A lost race with another write of it (a round
+/// recording its sync, an outbound write refreshing `last_sync_at`) is read again and the
+/// change applied to the fresh copy, as long as its subscription is still `expected` (by
+/// id): `false` when another writer replaced it meanwhile, or the connection is gone.
+async fn record_channel(
+    deps: &Deps,
+    conn: &mut Connection,
+    expected: Option<&PushChannel>,
+    apply: impl Fn(&mut Connection),
+) -> Result<bool> {
+    const ATTEMPTS: usize = 4;
+    let expected = expected.map(|c| c.id.clone());
+    for attempt in 1..=ATTEMPTS {
+        apply(conn);
+        match deps.store.update_connection(conn).await {
+            Ok(()) => return Ok(true),
+            Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {
+                let fresh = match deps.store.get_connection(&conn.company_id, &conn.id).await {
+                    Ok(c) => c,
+                    Err(Error::NotFound { .. }) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                if fresh.channel.as_ref().map(|c| &c.id) != expected.as_ref() {
+                    return Ok(false);
+                }
+                *conn = fresh;
+            }
+            Err(Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
 /// [`subscribe`] in place of a subscription that was lost or never made: when the new one
 /// is made, a delta round (reason [`RESUBSCRIBED`]) reads what no notification told while
 /// there was none.
 async fn resubscribe(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
-    conn.channel = None;
+    // The lost subscription stays recorded until the new one replaces it (a lost race is
+    // checked against it), and is then removed (Graph answers 404: nothing to do).
     let renewal = subscribe(deps, conn).await?;
     if renewal == Renewal::Created {
         let request = super::push::SyncRequest::for_connection(conn, RESUBSCRIBED);
@@ -194,15 +233,24 @@ pub async fn renew(deps: &Deps, conn: &mut Connection) -> Result<Renewal> {
         .await
     {
         Ok(sub) => {
-            conn.channel = Some(PushChannel {
+            let renewed = PushChannel {
                 expires_at: sub.expires_at,
                 renewed_at: Some(deps.store.now()),
-                ..channel
-            });
-            conn.status = ConnectionStatus::Active;
-            conn.last_error = None;
-            deps.store.update_connection(conn).await?;
-            Ok(Renewal::Renewed)
+                ..channel.clone()
+            };
+            let apply = |c: &mut Connection| {
+                c.channel = Some(renewed.clone());
+                c.status = ConnectionStatus::Active;
+                c.last_error = None;
+            };
+            // Not recorded when another writer replaced the subscription meanwhile: theirs
+            // stands (this one expires, or the replacement removed it).
+            Ok(
+                match record_channel(deps, conn, Some(&channel), apply).await? {
+                    true => Renewal::Renewed,
+                    false => Renewal::NotDue,
+                },
+            )
         }
         // Expired or removed on Graph's side: a new one (with a new clientState), and a
         // delta round for what no notification told while there was none.

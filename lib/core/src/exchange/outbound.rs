@@ -360,6 +360,15 @@ fn merged_session(
         unsettled_times: existing
             .map(|s| unsettled_times(s, change))
             .unwrap_or_default(),
+        times_changed_at: match existing {
+            Some(s)
+                if (&s.staff_id, s.start, s.end)
+                    == (&change.staff_id, change.start, change.end) =>
+            {
+                s.times_changed_at
+            }
+            _ => Some(now),
+        },
         updated_at: now,
         version: existing.map_or(0, |s| s.version),
     };
@@ -1606,7 +1615,7 @@ fn mapping_of(
         last_end: change.end,
         updated_at: now,
         version: ctx.mapping.as_ref().map_or(0, |m| m.version),
-        modified: None,
+        modified: event.last_modified,
     }
 }
 

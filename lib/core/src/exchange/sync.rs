@@ -168,8 +168,9 @@ pub async fn handle_until(
         }
         "subscriptionRemoved" => {
             // Graph dropped it: a new one first (changes from now on are notified), then
-            // the delta round below catches up on what happened meanwhile.
-            conn.channel = None;
+            // the delta round below catches up on what happened meanwhile. The dropped one
+            // stays recorded until the new one replaces it (a lost race is checked against
+            // it); its removal then finds it gone.
             channels::subscribe(deps, &mut conn).await?;
         }
         _ => {}
@@ -626,7 +627,7 @@ pub fn snapshot(e: &GraphEvent) -> Option<EventSnapshot> {
                 .and_then(|r| r.response.as_deref())
                 .is_some_and(|r| r.eq_ignore_ascii_case("declined")),
         },
-        modified: None,
+        modified: e.last_modified,
     })
 }
 
@@ -1047,7 +1048,7 @@ impl crate::calendar::engine::EventWriter for GraphEventWriter<'_> {
         {
             Ok(written) => Ok(Some(engine::Written {
                 change_key: written.change_key,
-                modified: None,
+                modified: written.last_modified,
             })),
             Err(GraphError::PreconditionFailed) | Err(GraphError::NotFound) => Ok(None),
             Err(e) => Err(e),

@@ -100,6 +100,12 @@ pub struct Session {
     /// cancellation was pending, so settling cannot be what clears them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsettled_times: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// When a platform change last moved the session (its times or its staff member), by
+    /// this system's clock: a staff member's move made before it, read while that change
+    /// has not reached the calendar, is no request ([`crate::reconcile::plan`]). Title-only
+    /// changes, redeliveries and failed writes leave it as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times_changed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     #[serde(default)]
     pub version: u64,

@@ -91,7 +91,8 @@ impl GraphSimulator {
                 "iCalUId".into(),
                 json!(format!("040000008200E0{}", self.token(16))),
             );
-            stamp(&mut event.json, &self.new_change_key());
+            let at = state.next_modified();
+            stamp(&mut event.json, &self.new_change_key(), at);
             state.seq += 1;
             event.seq = state.seq;
             state
@@ -118,6 +119,7 @@ impl GraphSimulator {
     ) -> Result<SimEvent, Response> {
         let updated = {
             let mut state = self.state();
+            let at = state.next_modified();
             let SimState { users, seq, .. } = &mut *state;
             let event = live_event_mut(users, user, calendar, id).ok_or_else(not_found)?;
             if if_match_fails(if_match, event) {
@@ -125,7 +127,7 @@ impl GraphSimulator {
             }
             let mut next = event.clone();
             change(&mut next)?;
-            stamp(&mut next.json, &self.new_change_key());
+            stamp(&mut next.json, &self.new_change_key(), at);
             *seq += 1;
             next.seq = *seq;
             *event = next.clone();
@@ -184,6 +186,7 @@ impl GraphSimulator {
     pub(super) fn untrash(&self, user: &str, id: &str) -> Option<SimEvent> {
         let restored = {
             let mut state = self.state();
+            let at = state.next_modified();
             let SimState { users, seq, .. } = &mut *state;
             let event = users
                 .get_mut(&user_key(user))?
@@ -193,7 +196,7 @@ impl GraphSimulator {
             *seq += 1;
             event.deleted = false;
             event.seq = *seq;
-            stamp(&mut event.json, &self.new_change_key());
+            stamp(&mut event.json, &self.new_change_key(), at);
             event.clone()
         };
         self.notify(user, &restored.calendar, id, restored.etag(), "created");
@@ -232,13 +235,10 @@ pub(super) fn render(e: &SimEvent, extended: bool) -> Value {
     Value::Object(out)
 }
 
-fn stamp(json: &mut Map<String, Value>, change_key: &str) {
+fn stamp(json: &mut Map<String, Value>, change_key: &str, at: DateTime<Utc>) {
     json.insert("changeKey".into(), json!(change_key));
     json.insert("@odata.etag".into(), json!(format!("W/\"{change_key}\"")));
-    json.insert(
-        "lastModifiedDateTime".into(),
-        json!(graph_instant(Utc::now())),
-    );
+    json.insert("lastModifiedDateTime".into(), json!(graph_instant(at)));
 }
 
 /// Applies the writable fields of a create or update body to an event.

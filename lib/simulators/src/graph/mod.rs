@@ -184,6 +184,25 @@ struct SimState {
     /// Keep notifications in `captured` instead of POSTing them.
     capture: bool,
     captured: Vec<CapturedNotification>,
+    /// What events' `lastModifiedDateTime` is read from (the real clock unless set: see
+    /// [`GraphSimulator::set_event_clock`]), and the last value stamped.
+    event_clock: Option<crate::google::EventClock>,
+    last_modified: Option<DateTime<Utc>>,
+}
+
+impl SimState {
+    /// The next `lastModifiedDateTime`: the event clock's now, and always after the last
+    /// stamp (Graph's carry seven fractional digits), so two changes at one instant of a
+    /// manual clock still come in order.
+    fn next_modified(&mut self) -> DateTime<Utc> {
+        let now = self.event_clock.as_ref().map_or_else(Utc::now, |c| c());
+        let next = match self.last_modified {
+            Some(last) if now <= last => last + chrono::Duration::microseconds(1),
+            _ => now,
+        };
+        self.last_modified = Some(next);
+        next
+    }
 }
 
 #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -331,7 +350,8 @@ impl GraphSimulator {
     /// A deterministic simulator: every generated id, change key, iCalUId and token comes
     /// from SplitMix64 streams seeded with `seed`, so the same sequence of requests (and
     /// Rust-side calls) gives the same ids, the same listing order and the same delta pages.
-    /// Times (`createdDateTime`, `lastModifiedDateTime`, token expiry) stay on the real clock.
+    /// Times (`createdDateTime`, `lastModifiedDateTime`, token expiry) stay on the real clock,
+    /// unless [`GraphSimulator::set_event_clock`] sets the one events are stamped from.
     pub fn seeded(seed: u64) -> Self {
         let request_ids = mix64(seed ^ 0x5245_5155_4553_5449); // "REQUESTI"
         Self::with_ids(IdSource {
@@ -370,6 +390,12 @@ impl GraphSimulator {
 
     fn new_change_key(&self) -> String {
         self.token(12)
+    }
+
+    /// Stamps events' `lastModifiedDateTime` from `clock` instead of the real clock (a
+    /// simulation that runs on a manual clock, so Graph's times and the system's agree).
+    pub fn set_event_clock(&self, clock: crate::google::EventClock) {
+        self.state().event_clock = Some(clock);
     }
 
     /// Registers an app registration's client credentials for a tenant.
