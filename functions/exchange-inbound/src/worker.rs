@@ -64,21 +64,14 @@ async fn handle_until(deps: &Deps, body: &str, deadline: Instant) -> Result<(), 
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    batch(deps, messages, None).await
+    handle_batch_until(deps, messages, None).await
 }
 
-/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// [`handle_batch`], over by `cut_at` when given
+/// ([`voyage_core::ports::queue::handle_batch_until`]):
 /// the rounds' paging stops at the budget or `cut_at`, whichever comes first, and a round
 /// cut short is offered again.
 pub async fn handle_batch_until(
-    deps: &Deps,
-    messages: Vec<(String, String)>,
-    cut_at: Instant,
-) -> Vec<String> {
-    batch(deps, messages, Some(cut_at)).await
-}
-
-async fn batch(
     deps: &Deps,
     messages: Vec<(String, String)>,
     cut_at: Option<Instant>,

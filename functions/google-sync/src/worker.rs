@@ -39,20 +39,13 @@ pub async fn handle(deps: &Deps, body: &str) -> Result<(), Error> {
 }
 
 pub async fn handle_batch(deps: &Deps, messages: Vec<(String, String)>) -> Vec<String> {
-    batch(deps, messages, None).await
+    handle_batch_until(deps, messages, None).await
 }
 
-/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// [`handle_batch`], over by `cut_at` when given
+/// ([`voyage_core::ports::queue::handle_batch_until`]):
 /// a sync cut short is offered again and resumes from its last checkpoint.
 pub async fn handle_batch_until(
-    deps: &Deps,
-    messages: Vec<(String, String)>,
-    cut_at: Instant,
-) -> Vec<String> {
-    batch(deps, messages, Some(cut_at)).await
-}
-
-async fn batch(
     deps: &Deps,
     messages: Vec<(String, String)>,
     cut_at: Option<Instant>,

@@ -55,21 +55,14 @@ pub async fn handle(engine: &WebhookEngine, body: &str) -> Result<(), Error> {
 
 /// Handles `(message id, body)` pairs concurrently; returns the ids that failed.
 pub async fn handle_batch(engine: &WebhookEngine, messages: Vec<(String, String)>) -> Vec<String> {
-    batch(engine, messages, None).await
+    handle_batch_until(engine, messages, None).await
 }
 
-/// [`handle_batch`], over by `cut_at` ([`voyage_core::ports::queue::handle_batch_until`]):
+/// [`handle_batch`], over by `cut_at` when given
+/// ([`voyage_core::ports::queue::handle_batch_until`]):
 /// an attempt cut short keeps its claim until the lease ends, and the message offered
 /// again sends it then (the receiver may get it twice: deliveries are at least once).
 pub async fn handle_batch_until(
-    engine: &WebhookEngine,
-    messages: Vec<(String, String)>,
-    cut_at: std::time::Instant,
-) -> Vec<String> {
-    batch(engine, messages, Some(cut_at)).await
-}
-
-async fn batch(
     engine: &WebhookEngine,
     messages: Vec<(String, String)>,
     cut_at: Option<std::time::Instant>,

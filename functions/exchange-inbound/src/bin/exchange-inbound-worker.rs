@@ -10,6 +10,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     voyage_http::logging::init(config.log_format);
     let deps = voyage_providers::attach(voyage_aws::deps_from_config(config).await?)?;
     let deps = &deps;
-    voyage_http::serve_sqs(|messages, cut_at| worker::handle_batch_until(deps, messages, cut_at))
-        .await
+    voyage_http::serve_sqs(|messages, cut_at| {
+        worker::handle_batch_until(deps, messages, Some(cut_at))
+    })
+    .await
 }

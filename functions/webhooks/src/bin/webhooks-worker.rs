@@ -15,6 +15,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let deps = Arc::new(voyage_aws::deps_from_config(config).await?);
     let engine = WebhookEngine::new(deps, Arc::new(transport));
     let engine = &engine;
-    voyage_http::serve_sqs(|messages, cut_at| worker::handle_batch_until(engine, messages, cut_at))
-        .await
+    voyage_http::serve_sqs(|messages, cut_at| {
+        worker::handle_batch_until(engine, messages, Some(cut_at))
+    })
+    .await
 }

@@ -558,20 +558,7 @@ async fn checkpoint(
         })
         .await?;
     report.checkpoints += 1;
-    super::push::enqueue(
-        deps,
-        &SyncRequest {
-            company_id: conn.company_id.clone(),
-            connection_id: conn.id.clone(),
-            subscription_id: conn
-                .channel
-                .as_ref()
-                .map(|c| c.id.clone())
-                .unwrap_or_default(),
-            reason: CONTINUE_REASON.into(),
-        },
-    )
-    .await?;
+    super::push::enqueue(deps, &SyncRequest::for_connection(conn, CONTINUE_REASON)).await?;
     tracing::info!(connection = %conn.id, pages = report.pages, "delta round checkpointed; continued by a queued message");
     Ok(())
 }
